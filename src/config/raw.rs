@@ -1,0 +1,242 @@
+//! The serde shape of `guardline.toml`, with defaults. Unknown keys are errors.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub daemon: RawDaemon,
+    #[serde(default)]
+    pub feeds: Vec<RawFeed>,
+    #[serde(default)]
+    pub receivers: Vec<RawReceiver>,
+    #[serde(default)]
+    pub notify: RawNotify,
+    pub simulator: Option<RawSimulator>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDaemon {
+    pub data_dir: String,
+    pub listen: String,
+    pub rules_dir: String,
+    pub evaluation_interval: String,
+    pub pseudonym_key_file: Option<String>,
+    pub create_pseudonym_key: bool,
+    pub retention_months: u32,
+    pub language: String,
+}
+
+impl Default for RawDaemon {
+    fn default() -> Self {
+        Self {
+            data_dir: "/var/lib/guardline".into(),
+            listen: "127.0.0.1:9187".into(),
+            rules_dir: "alerts".into(),
+            evaluation_interval: "30s".into(),
+            pseudonym_key_file: None,
+            create_pseudonym_key: false,
+            retention_months: 24,
+            language: "zh".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeed {
+    pub name: String,
+    #[serde(default)]
+    pub department: String,
+    pub kind: String,
+    pub url: String,
+    pub schedule: String,
+    #[serde(default = "default_timeout")]
+    pub timeout: String,
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    #[serde(default = "default_max_pages")]
+    pub max_pages_per_poll: u32,
+    #[serde(default = "default_records_path")]
+    pub records_path: String,
+    #[serde(default = "default_next_path")]
+    pub next_cursor_path: String,
+    #[serde(default = "default_cursor_param")]
+    pub cursor_param: String,
+    #[serde(default = "default_limit_param")]
+    pub limit_param: String,
+    pub map: RawMap,
+}
+
+fn default_timeout() -> String {
+    "30s".into()
+}
+fn default_page_size() -> u32 {
+    1000
+}
+fn default_max_body() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_max_pages() -> u32 {
+    10_000
+}
+fn default_records_path() -> String {
+    "records".into()
+}
+fn default_next_path() -> String {
+    "next".into()
+}
+fn default_cursor_param() -> String {
+    "since".into()
+}
+fn default_limit_param() -> String {
+    "limit".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AmountUnit {
+    #[default]
+    Yuan,
+    Fen,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMap {
+    pub record_id: String,
+    // roster
+    pub household: Option<String>,
+    pub village: Option<String>,
+    pub village_name: Option<String>,
+    pub category: Option<String>,
+    pub head_name: Option<String>,
+    pub members: Option<String>,
+    pub member_id: Option<String>,
+    pub income_per_capita: Option<String>,
+    #[serde(default)]
+    pub income_unit: AmountUnit,
+    // samples
+    pub person: Option<String>,
+    pub time: Option<String>,
+    pub time_format: Option<String>,
+    #[serde(default)]
+    pub values: Vec<RawValue>,
+    // intervals
+    pub interval_kind: Option<String>,
+    pub interval_id: Option<String>,
+    pub start: Option<String>,
+    pub end: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawValue {
+    pub indicator: String,
+    pub field: String,
+    #[serde(default)]
+    pub unit: AmountUnit,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RawReceiver {
+    File {
+        name: String,
+        path: String,
+        #[serde(default)]
+        stdout: bool,
+    },
+    Smtp(RawSmtp),
+}
+
+impl RawReceiver {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::File { name, .. } => name,
+            Self::Smtp(s) => &s.name,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain connection upgraded with STARTTLS (required).
+    Starttls,
+    /// Implicit TLS from the first byte (port 465).
+    Tls,
+    /// No encryption: only for a relay on loopback.
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmtp {
+    pub name: String,
+    pub host: String,
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    #[serde(default = "default_tls")]
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+    pub from: String,
+    pub to: Vec<String>,
+    #[serde(default = "default_smtp_timeout")]
+    pub timeout: String,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+fn default_tls() -> SmtpTls {
+    SmtpTls::Starttls
+}
+fn default_smtp_timeout() -> String {
+    "20s".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNotify {
+    pub receivers: Vec<String>,
+    pub send_resolved: bool,
+    pub retry_initial: String,
+    pub retry_max: String,
+    pub expire_after: String,
+}
+
+impl Default for RawNotify {
+    fn default() -> Self {
+        Self {
+            receivers: Vec::new(),
+            send_resolved: true,
+            retry_initial: "5s".into(),
+            retry_max: "10m".into(),
+            expire_after: "3d".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSimulator {
+    pub listen: String,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default = "default_households")]
+    pub households: u32,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+fn default_households() -> u32 {
+    5000
+}

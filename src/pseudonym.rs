@@ -1,0 +1,122 @@
+//! Pseudonymisation of ID numbers with a keyed hash (HMAC-SHA-256).
+//!
+//! Invariant: an ID number is hashed here the moment a record is decoded and never stored,
+//! logged or passed on. The key comes from a file (or a systemd credential); without the key
+//! a person key cannot be linked back to an ID number.
+
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::model::PersonKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read the pseudonymisation key {path}: {source} (create it with 32 random bytes, e.g. `head -c 32 /dev/urandom > {path}`)")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the pseudonymisation key {path} is {len} bytes; it needs at least 16")]
+    TooShort { path: PathBuf, len: usize },
+    #[error("cannot write a new pseudonymisation key to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone)]
+pub struct Pseudonymizer {
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Pseudonymizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pseudonymizer { key: <redacted> }")
+    }
+}
+
+impl Pseudonymizer {
+    pub fn from_key(key: &[u8]) -> Self {
+        Self { key: key.to_vec() }
+    }
+
+    /// Reads the key from `path`. Surrounding whitespace is part of nothing: it is trimmed.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let raw = std::fs::read(path).map_err(|source| KeyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let key = raw.trim_ascii();
+        if key.len() < 16 {
+            return Err(KeyError::TooShort {
+                path: path.to_path_buf(),
+                len: key.len(),
+            });
+        }
+        Ok(Self::from_key(key))
+    }
+
+    /// Reads the key, or creates a random one first (used by `demo` for its own data dir).
+    pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
+        if !path.exists() {
+            use rand::RngCore;
+            let mut bytes = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut bytes);
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::write(path, hex).map_err(|source| KeyError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        Self::load(path)
+    }
+
+    /// The person key of an ID number. The number is normalised first (trimmed, `x` upper-cased)
+    /// so that the same person gets the same key from every department.
+    pub fn person_key(&self, id_number: &str) -> PersonKey {
+        let normalized = id_number.trim().to_ascii_uppercase();
+        let digest = self.mac(b"person\0", normalized.as_bytes());
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&digest[..16]);
+        PersonKey(out)
+    }
+
+    fn mac(&self, domain: &[u8], data: &[u8]) -> [u8; 32] {
+        // Invariant: HMAC accepts keys of any length.
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(domain);
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_number_same_key_other_key_other_hash() {
+        let a = Pseudonymizer::from_key(b"0123456789abcdef0123");
+        let b = Pseudonymizer::from_key(b"another key of enough length");
+        let k1 = a.person_key("63252219800101123x");
+        assert_eq!(k1, a.person_key(" 63252219800101123X "));
+        assert_ne!(k1, b.person_key("63252219800101123X"));
+        assert_ne!(k1, a.person_key("632522198001011230"));
+        assert!(!k1.to_string().contains("632522"));
+    }
+
+    #[test]
+    fn short_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        std::fs::write(&p, "short").unwrap();
+        let err = Pseudonymizer::load(&p).unwrap_err().to_string();
+        assert!(err.contains("at least 16"), "{err}");
+        let created = dir.path().join("new");
+        Pseudonymizer::load_or_create(&created).unwrap();
+        assert_eq!(std::fs::read(&created).unwrap().len(), 64);
+    }
+}

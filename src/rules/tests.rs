@@ -1,0 +1,167 @@
+use super::*;
+use crate::model::{
+    HouseholdCategory, IntervalKind, Observation, PersonKey, Record, RosterEntry, Subject,
+    china_offset,
+};
+use crate::state::{EntityRef, World};
+use chrono::TimeZone;
+
+fn default_rules() -> RuleSet {
+    RuleSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("alerts")).unwrap()
+}
+
+fn now() -> chrono::DateTime<chrono::FixedOffset> {
+    china_offset().with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap()
+}
+
+fn world_with(wages: &[i64], oop: &[(&str, i64)], members: usize, income: i64) -> World {
+    let mut w = World::new(24);
+    let keys: Vec<PersonKey> = (0..members).map(|i| PersonKey([i as u8; 16])).collect();
+    w.apply(
+        "roster",
+        &Record {
+            id: "r".into(),
+            observation: Observation::Roster(RosterEntry {
+                household: "H1".parse().unwrap(),
+                village: "632522100201".parse().unwrap(),
+                village_name: "测试村".into(),
+                category: HouseholdCategory::Lifted,
+                head_masked: "王*".into(),
+                members: keys.clone(),
+                income_per_capita: income * 100,
+            }),
+        },
+        now(),
+    )
+    .unwrap();
+    let last: crate::model::Month = "2026-10".parse().unwrap();
+    for (i, yuan) in wages.iter().enumerate() {
+        let m = last.minus((wages.len() - 1 - i) as u32);
+        w.apply(
+            "wages",
+            &Record {
+                id: format!("w{i}"),
+                observation: Observation::Sample {
+                    subject: Subject::Person(keys[0]),
+                    month: m,
+                    values: vec![(crate::model::Indicator::WageIncome, yuan * 100)],
+                },
+            },
+            now(),
+        )
+        .unwrap();
+    }
+    for (i, (month, yuan)) in oop.iter().enumerate() {
+        w.apply(
+            "med",
+            &Record {
+                id: format!("m{i}"),
+                observation: Observation::Sample {
+                    subject: Subject::Person(keys[0]),
+                    month: month.parse().unwrap(),
+                    values: vec![(crate::model::Indicator::MedicalOutOfPocket, yuan * 100)],
+                },
+            },
+            now(),
+        )
+        .unwrap();
+    }
+    w
+}
+
+fn eval(rules: &RuleSet, name: &str, w: &World, e: EntityRef) -> Option<Finding> {
+    let ctx = EvalContext { world: w, now: now() };
+    evaluate(rules.rule(name).unwrap(), &ctx, &e)
+}
+
+fn hh() -> EntityRef {
+    EntityRef::Household("H1".parse().unwrap())
+}
+
+#[test]
+fn wage_drop_fires_with_evidence_and_not_at_the_boundary() {
+    let rules = default_rules();
+    let w = world_with(&[3000, 3100, 2900, 3050, 3000, 3010, 900], &[], 3, 9000);
+    let f = eval(&rules, "wage_income_drop", &w, hh()).expect("a 70% drop fires");
+    let text = rules
+        .render("wage_income_drop", "description", &full_context(rules.rule("wage_income_drop").unwrap(), &f))
+        .unwrap();
+    assert!(text.starts_with("2026-10 工资性收入 900 元，前6个月均值 3,010 元，下降 70%"), "{text}");
+
+    // Exactly 50 % fires (≥), 49 % does not.
+    let w = world_with(&[2000, 2000, 2000, 2000, 2000, 2000, 1000], &[], 3, 9000);
+    assert!(eval(&rules, "wage_income_drop", &w, hh()).is_some());
+    let w = world_with(&[2000, 2000, 2000, 2000, 2000, 2000, 1020], &[], 3, 9000);
+    assert!(eval(&rules, "wage_income_drop", &w, hh()).is_none());
+    // A small baseline is ignored.
+    let w = world_with(&[800, 800, 800, 800, 800, 800, 0], &[], 3, 9000);
+    assert!(eval(&rules, "wage_income_drop", &w, hh()).is_none());
+}
+
+#[test]
+fn medical_burden_fixed_and_relative() {
+    let rules = default_rules();
+    // Rich household: income 4 × 20,000 = 80,000, half is 40,000 > fixed 20,000.
+    let w = world_with(&[], &[("2026-01", 12_000), ("2026-09", 8_001)], 4, 20_000);
+    let f = eval(&rules, "medical_burden", &w, hh()).expect("above 20,000");
+    assert_eq!(f.context["basis"], "fixed");
+    let w = world_with(&[], &[("2026-01", 12_000), ("2026-09", 8_000)], 4, 20_000);
+    assert!(eval(&rules, "medical_burden", &w, hh()).is_none(), "20,000 is not above 20,000");
+    // Poor household: income 2 × 7,000 = 14,000; half is 7,000.
+    let w = world_with(&[], &[("2026-03", 7_500)], 2, 7_000);
+    let f = eval(&rules, "medical_burden", &w, hh()).expect("above half the income");
+    assert_eq!(f.context["basis"], "income_share");
+    assert_eq!(f.context["limit"], "7,000");
+    // Costs older than 12 months do not count.
+    let w = world_with(&[], &[("2025-10", 30_000), ("2026-10", 10)], 4, 20_000);
+    assert!(eval(&rules, "medical_burden", &w, hh()).is_none());
+}
+
+#[test]
+fn water_outage_duration() {
+    let rules = default_rules();
+    let mut w = World::new(24);
+    let outage = |days: i64, end: bool| Record {
+        id: "x".into(),
+        observation: Observation::Interval {
+            village: "632522100201".parse().unwrap(),
+            id: format!("o{days}"),
+            kind: IntervalKind::WaterOutage,
+            start: now() - chrono::Duration::days(days),
+            end: end.then(now),
+        },
+    };
+    let v = EntityRef::Village("632522100201".parse().unwrap());
+    w.apply("water", &outage(29, false), now()).unwrap();
+    assert!(eval(&rules, "water_outage_long", &w, v.clone()).is_none());
+    w.apply("water", &outage(45, true), now()).unwrap();
+    assert!(eval(&rules, "water_outage_long", &w, v.clone()).is_none(), "closed outages do not fire");
+    w.apply("water", &outage(31, false), now()).unwrap();
+    let f = eval(&rules, "water_outage_long", &w, v).expect("31 days open");
+    assert_eq!(f.context["days"], 31);
+    assert_eq!(f.context["open_intervals"], 2);
+}
+
+#[test]
+fn rule_errors_are_located() {
+    let text = r#"
+[[rules]]
+name = "x"
+kind = "drop"
+indicator = "wage_income"
+drop_percent = 50
+severity = "warning"
+risk_category = "因务工就业不稳"
+summary = "{{ nosuch }}"
+description = "ok"
+"#;
+    let src = Source::from_text(Path::new("a.toml"), text.into());
+    let err = RuleSet::from_sources(&[src]).unwrap_err().to_string();
+    assert!(err.starts_with("a.toml:9:"), "{err}");
+    assert!(err.contains("rules[0].summary"), "{err}");
+    assert!(err.contains("undefined"), "{err}");
+
+    let src = Source::from_text(Path::new("b.toml"), text.replace("drop_percent", "drop_pct"));
+    let err = RuleSet::from_sources(&[src]).unwrap_err().to_string();
+    assert!(err.contains("b.toml:6:1: rules[0].drop_pct: unknown field"), "{err}");
+}

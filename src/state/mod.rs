@@ -1,0 +1,422 @@
+//! Rolling state per household, village and county, and how records change it.
+//!
+//! The working set lives in memory ([`World`]) and is written through to the store in batches.
+//! Invariants:
+//! - Applying a record is idempotent: a sample whose record id was already applied to its
+//!   household's month changes nothing; roster entries and intervals replace by id.
+//! - Between [`World::begin`] and [`World::take_batch`] every changed entity is remembered with
+//!   its value before the change, so a batch the store failed to commit can be rolled back
+//!   and memory never runs ahead of disk.
+//! - Monthly buckets older than `retention_months` before a household's newest month are dropped.
+
+mod values;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, FixedOffset};
+
+pub use values::{CountyValue, Household, Interval, MonthBucket, Village};
+
+use crate::model::{
+    CountyCode, HouseholdCategory, HouseholdId, Indicator, Month, Observation, PersonKey, Record,
+    Subject, VillageCode,
+};
+use crate::store::{Batch, Space, Store, StoreError, codec};
+
+/// Why a record was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("person is not on the household roster (yet)")]
+    UnknownPerson,
+    #[error("household {0} is not on the roster")]
+    UnknownHousehold(HouseholdId),
+    #[error("month {0} lies in the future")]
+    FutureMonth(Month),
+    #[error("month {0} is older than the retention window")]
+    TooOld(Month),
+    #[error("interval ends before it starts")]
+    IntervalReversed,
+}
+
+impl Rejection {
+    /// A short, stable reason for metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownPerson => "unknown_person",
+            Self::UnknownHousehold(_) => "unknown_household",
+            Self::FutureMonth(_) => "future_month",
+            Self::TooOld(_) => "too_old",
+            Self::IntervalReversed => "interval_reversed",
+        }
+    }
+}
+
+/// What applying one record did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Changed,
+    Duplicate,
+}
+
+/// An entity rules are evaluated on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EntityRef {
+    Household(HouseholdId),
+    Village(VillageCode),
+}
+
+impl EntityRef {
+    pub fn key(&self) -> String {
+        match self {
+            Self::Household(h) => format!("household/{h}"),
+            Self::Village(v) => format!("village/{v}"),
+        }
+    }
+}
+
+/// The in-memory working set.
+pub struct World {
+    households: HashMap<HouseholdId, Household>,
+    villages: HashMap<VillageCode, Village>,
+    counties: BTreeMap<CountyCode, CountyValue>,
+    persons: HashMap<PersonKey, HouseholdId>,
+    latest: [Option<Month>; Indicator::COUNT],
+    retention_months: u32,
+    undo_households: HashMap<HouseholdId, Option<Household>>,
+    undo_villages: HashMap<VillageCode, Option<Village>>,
+    dirty_counties: BTreeSet<CountyCode>,
+}
+
+/// Entities changed by a batch, for incremental evaluation.
+#[derive(Debug, Default, Clone)]
+pub struct Touched {
+    pub households: Vec<HouseholdId>,
+    pub villages: Vec<VillageCode>,
+}
+
+impl Touched {
+    pub fn is_empty(&self) -> bool {
+        self.households.is_empty() && self.villages.is_empty()
+    }
+}
+
+const HOUSEHOLD_VERSION: u8 = 1;
+const VILLAGE_VERSION: u8 = 1;
+const COUNTY_VERSION: u8 = 1;
+
+/// A stable 64-bit tag of a record id within a feed (FNV-1a), kept for idempotent ingest.
+pub fn record_tag(feed: &str, record_id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in feed.bytes().chain([0u8]).chain(record_id.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl World {
+    pub fn new(retention_months: u32) -> Self {
+        Self {
+            households: HashMap::new(),
+            villages: HashMap::new(),
+            counties: BTreeMap::new(),
+            persons: HashMap::new(),
+            latest: [None; Indicator::COUNT],
+            retention_months,
+            undo_households: HashMap::new(),
+            undo_villages: HashMap::new(),
+            dirty_counties: BTreeSet::new(),
+        }
+    }
+
+    /// Loads the whole working set from the store.
+    pub fn load(store: &dyn Store, retention_months: u32) -> Result<Self, StoreError> {
+        let mut w = Self::new(retention_months);
+        for (k, v) in store.scan(Space::Household)? {
+            let h: Household = codec::decode(HOUSEHOLD_VERSION, Space::Household, &k, &v)?;
+            w.index_household(&h);
+            w.households.insert(h.id.clone(), h);
+        }
+        for (k, v) in store.scan(Space::Village)? {
+            let village: Village = codec::decode(VILLAGE_VERSION, Space::Village, &k, &v)?;
+            w.villages.insert(village.code, village);
+        }
+        for (k, v) in store.scan(Space::County)? {
+            let c: CountyValue = codec::decode(COUNTY_VERSION, Space::County, &k, &v)?;
+            w.counties.insert(c.code, c);
+        }
+        w.recompute_latest();
+        Ok(w)
+    }
+
+    fn index_household(&mut self, h: &Household) {
+        for m in &h.members {
+            self.persons.insert(*m, h.id.clone());
+        }
+        for b in &h.months {
+            for ind in Indicator::ALL {
+                if b.has(ind) {
+                    let l = &mut self.latest[ind.index()];
+                    *l = Some(l.map_or(b.month, |x| x.max(b.month)));
+                }
+            }
+        }
+    }
+
+    fn recompute_latest(&mut self) {
+        self.latest = [None; Indicator::COUNT];
+        self.persons.clear();
+        let all: Vec<Household> = self.households.values().cloned().collect();
+        for h in &all {
+            self.index_household(h);
+        }
+    }
+
+    pub fn household(&self, id: &HouseholdId) -> Option<&Household> {
+        self.households.get(id)
+    }
+    pub fn village(&self, code: &VillageCode) -> Option<&Village> {
+        self.villages.get(code)
+    }
+    pub fn households(&self) -> impl Iterator<Item = &Household> {
+        self.households.values()
+    }
+    pub fn villages(&self) -> impl Iterator<Item = &Village> {
+        self.villages.values()
+    }
+    pub fn counties(&self) -> impl Iterator<Item = &CountyValue> {
+        self.counties.values()
+    }
+    pub fn n_households(&self) -> usize {
+        self.households.len()
+    }
+    /// The newest month any record of the indicator was applied for.
+    pub fn latest_month(&self, ind: Indicator) -> Option<Month> {
+        self.latest[ind.index()]
+    }
+
+    /// Starts a batch: from here on, changes are remembered for [`World::rollback`].
+    pub fn begin(&mut self) {
+        self.undo_households.clear();
+        self.undo_villages.clear();
+        self.dirty_counties.clear();
+    }
+
+    fn touch_household(&mut self, id: &HouseholdId) {
+        if !self.undo_households.contains_key(id) {
+            let before = self.households.get(id).cloned();
+            self.undo_households.insert(id.clone(), before);
+        }
+    }
+
+    fn touch_village(&mut self, code: VillageCode) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.undo_villages.entry(code) {
+            e.insert(self.villages.get(&code).cloned());
+        }
+    }
+
+    /// Applies one record. `now` bounds months (no future data); `feed` scopes record ids.
+    pub fn apply(
+        &mut self,
+        feed: &str,
+        record: &Record,
+        now: DateTime<FixedOffset>,
+    ) -> Result<Applied, Rejection> {
+        match &record.observation {
+            Observation::Roster(entry) => {
+                let id = entry.household.clone();
+                if let Some(old) = self.households.get(&id) {
+                    if old.same_roster(entry) {
+                        return Ok(Applied::Duplicate);
+                    }
+                }
+                self.touch_household(&id);
+                let old_category = self.households.get(&id).map(|h| (h.county(), h.category));
+                let h = self
+                    .households
+                    .entry(id.clone())
+                    .or_insert_with(|| Household::new(entry));
+                let removed: Vec<PersonKey> = h
+                    .members
+                    .iter()
+                    .filter(|m| !entry.members.contains(m))
+                    .copied()
+                    .collect();
+                h.set_roster(entry);
+                for m in removed {
+                    if self.persons.get(&m) == Some(&id) {
+                        self.persons.remove(&m);
+                    }
+                }
+                for m in &entry.members {
+                    self.persons.insert(*m, id.clone());
+                }
+                if let Some((county, cat)) = old_category {
+                    self.county_mut(county).households_by_category[cat.index()] =
+                        self.county_mut(county).households_by_category[cat.index()].saturating_sub(1);
+                }
+                let county = entry.village.county();
+                self.county_mut(county).households_by_category[entry.category.index()] += 1;
+                self.villages
+                    .entry(entry.village)
+                    .or_insert_with(|| Village::new(entry.village, &entry.village_name));
+                Ok(Applied::Changed)
+            }
+            Observation::Sample {
+                subject,
+                month,
+                values,
+            } => {
+                if *month > Month::of(now) {
+                    return Err(Rejection::FutureMonth(*month));
+                }
+                let id = match subject {
+                    Subject::Person(p) => self.persons.get(p).cloned().ok_or(Rejection::UnknownPerson)?,
+                    Subject::Household(h) => h.clone(),
+                };
+                let Some(h) = self.households.get(&id) else {
+                    return Err(Rejection::UnknownHousehold(id));
+                };
+                if let Some(newest) = h.newest_month() {
+                    if newest.since(*month) >= self.retention_months {
+                        return Err(Rejection::TooOld(*month));
+                    }
+                }
+                let tag = record_tag(feed, &record.id);
+                if h.has_record(*month, tag) {
+                    return Ok(Applied::Duplicate);
+                }
+                self.touch_household(&id);
+                let retention = self.retention_months;
+                let h = self.households.get_mut(&id).ok_or(Rejection::UnknownHousehold(id))?;
+                h.add_sample(*month, tag, values, retention);
+                for (ind, _) in values {
+                    let l = &mut self.latest[ind.index()];
+                    *l = Some(l.map_or(*month, |x| x.max(*month)));
+                }
+                Ok(Applied::Changed)
+            }
+            Observation::Interval {
+                village,
+                id,
+                kind,
+                start,
+                end,
+            } => {
+                if end.is_some_and(|e| e < *start) {
+                    return Err(Rejection::IntervalReversed);
+                }
+                let interval = Interval {
+                    id: id.clone(),
+                    kind: *kind,
+                    start: start.timestamp(),
+                    end: end.map(|e| e.timestamp()),
+                };
+                if self
+                    .villages
+                    .get(village)
+                    .is_some_and(|v| v.intervals.contains(&interval))
+                {
+                    return Ok(Applied::Duplicate);
+                }
+                self.touch_village(*village);
+                let retention_secs = i64::from(self.retention_months) * 31 * 86_400;
+                let v = self
+                    .villages
+                    .entry(*village)
+                    .or_insert_with(|| Village::new(*village, ""));
+                v.upsert_interval(interval, now.timestamp() - retention_secs);
+                Ok(Applied::Changed)
+            }
+        }
+    }
+
+    fn county_mut(&mut self, code: CountyCode) -> &mut CountyValue {
+        self.dirty_counties.insert(code);
+        self.counties
+            .entry(code)
+            .or_insert_with(|| CountyValue::new(code))
+    }
+
+    /// Records how many households of a county have a firing alert this month.
+    pub fn set_at_risk(&mut self, code: CountyCode, month: Month, n: u32) {
+        let c = self.county_mut(code);
+        if c.at_risk_in(month) != Some(n) {
+            c.set_at_risk(month, n, 24);
+        } else {
+            self.dirty_counties.remove(&code);
+        }
+    }
+
+    /// Encodes everything changed since [`World::begin`] and forgets the undo log.
+    pub fn take_batch(&mut self) -> (Batch, Touched) {
+        let mut batch = Batch::default();
+        let mut touched = Touched::default();
+        for (id, _) in self.undo_households.drain() {
+            match self.households.get(&id) {
+                Some(h) => batch.put(
+                    Space::Household,
+                    id.as_str().as_bytes().to_vec(),
+                    codec::encode(HOUSEHOLD_VERSION, h),
+                ),
+                None => batch.delete(Space::Household, id.as_str().as_bytes().to_vec()),
+            }
+            touched.households.push(id);
+        }
+        for (code, _) in self.undo_villages.drain() {
+            if let Some(v) = self.villages.get(&code) {
+                batch.put(
+                    Space::Village,
+                    code.to_string().into_bytes(),
+                    codec::encode(VILLAGE_VERSION, v),
+                );
+            }
+            touched.villages.push(code);
+        }
+        for code in std::mem::take(&mut self.dirty_counties) {
+            if let Some(c) = self.counties.get(&code) {
+                batch.put(
+                    Space::County,
+                    code.to_string().into_bytes(),
+                    codec::encode(COUNTY_VERSION, c),
+                );
+            }
+        }
+        touched.households.sort();
+        touched.villages.sort();
+        (batch, touched)
+    }
+
+    /// Undoes every change since [`World::begin`] (the store refused the batch).
+    pub fn rollback(&mut self) {
+        for (id, before) in self.undo_households.drain() {
+            match before {
+                Some(h) => self.households.insert(id, h),
+                None => self.households.remove(&id),
+            };
+        }
+        for (code, before) in self.undo_villages.drain() {
+            match before {
+                Some(v) => self.villages.insert(code, v),
+                None => self.villages.remove(&code),
+            };
+        }
+        // County counts are derived from households: recount them.
+        for c in self.counties.values_mut() {
+            c.households_by_category = [0; HouseholdCategory::ALL.len()];
+        }
+        let counts: Vec<(CountyCode, HouseholdCategory)> =
+            self.households.values().map(|h| (h.county(), h.category)).collect();
+        for (county, cat) in counts {
+            self.counties
+                .entry(county)
+                .or_insert_with(|| CountyValue::new(county))
+                .households_by_category[cat.index()] += 1;
+        }
+        self.dirty_counties.clear();
+        self.recompute_latest();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,231 @@
+//! The stored values: one per household, village and county, compact and versioned.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    CountyCode, Fen, HouseholdCategory, HouseholdId, Indicator, IntervalKind, Month, PersonKey,
+    RosterEntry, VillageCode,
+};
+
+/// One calendar month of a household's indicators.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonthBucket {
+    pub month: Month,
+    /// Bit `i` is set when indicator `i` has at least one record this month.
+    pub present: u8,
+    pub values: [Fen; Indicator::COUNT],
+    /// Tags of the records applied to this month (see `record_tag`), for idempotent ingest.
+    pub records: Vec<u64>,
+}
+
+impl MonthBucket {
+    fn new(month: Month) -> Self {
+        Self {
+            month,
+            present: 0,
+            values: [0; Indicator::COUNT],
+            records: Vec::new(),
+        }
+    }
+    pub fn has(&self, ind: Indicator) -> bool {
+        self.present & (1 << ind.index()) != 0
+    }
+    pub fn get(&self, ind: Indicator) -> Option<Fen> {
+        self.has(ind).then(|| self.values[ind.index()])
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Household {
+    pub id: HouseholdId,
+    pub village: VillageCode,
+    pub village_name: String,
+    pub category: HouseholdCategory,
+    pub head_masked: String,
+    pub members: Vec<PersonKey>,
+    /// Annual per-capita net income (人均纯收入), fen.
+    pub income_per_capita: Fen,
+    /// Monthly buckets in month order, only months with data.
+    pub months: Vec<MonthBucket>,
+}
+
+impl Household {
+    pub fn new(entry: &RosterEntry) -> Self {
+        let mut h = Self {
+            id: entry.household.clone(),
+            village: entry.village,
+            village_name: String::new(),
+            category: entry.category,
+            head_masked: String::new(),
+            members: Vec::new(),
+            income_per_capita: 0,
+            months: Vec::new(),
+        };
+        h.set_roster(entry);
+        h
+    }
+
+    pub fn county(&self) -> CountyCode {
+        self.village.county()
+    }
+
+    pub fn same_roster(&self, e: &RosterEntry) -> bool {
+        self.village == e.village
+            && self.village_name == e.village_name
+            && self.category == e.category
+            && self.head_masked == e.head_masked
+            && self.members == e.members
+            && self.income_per_capita == e.income_per_capita
+    }
+
+    pub fn set_roster(&mut self, e: &RosterEntry) {
+        self.village = e.village;
+        self.village_name = e.village_name.clone();
+        self.category = e.category;
+        self.head_masked = e.head_masked.clone();
+        self.members = e.members.clone();
+        self.income_per_capita = e.income_per_capita;
+    }
+
+    /// Annual household income: per-capita net income times the number of members.
+    pub fn annual_income(&self) -> Fen {
+        self.income_per_capita * self.members.len().max(1) as Fen
+    }
+
+    pub fn newest_month(&self) -> Option<Month> {
+        self.months.last().map(|b| b.month)
+    }
+
+    pub fn bucket(&self, month: Month) -> Option<&MonthBucket> {
+        self.months
+            .binary_search_by_key(&month, |b| b.month)
+            .ok()
+            .map(|i| &self.months[i])
+    }
+
+    pub fn has_record(&self, month: Month, tag: u64) -> bool {
+        self.bucket(month).is_some_and(|b| b.records.contains(&tag))
+    }
+
+    /// Adds a record's values to its month and drops months beyond the retention window.
+    pub fn add_sample(&mut self, month: Month, tag: u64, values: &[(Indicator, Fen)], retention: u32) {
+        let i = match self.months.binary_search_by_key(&month, |b| b.month) {
+            Ok(i) => i,
+            Err(i) => {
+                self.months.insert(i, MonthBucket::new(month));
+                i
+            }
+        };
+        let b = &mut self.months[i];
+        for (ind, v) in values {
+            b.values[ind.index()] += v;
+            b.present |= 1 << ind.index();
+        }
+        b.records.push(tag);
+        if let Some(newest) = self.newest_month() {
+            self.months.retain(|b| newest.since(b.month) < retention);
+        }
+    }
+
+    /// The indicator's value for a month, if any record gave one.
+    pub fn value(&self, ind: Indicator, month: Month) -> Option<Fen> {
+        self.bucket(month).and_then(|b| b.get(ind))
+    }
+
+    /// The newest month with a value of the indicator.
+    pub fn latest(&self, ind: Indicator) -> Option<(Month, Fen)> {
+        self.months
+            .iter()
+            .rev()
+            .find_map(|b| b.get(ind).map(|v| (b.month, v)))
+    }
+
+    /// Sum of the indicator over `n` months ending with `last` (missing months count 0).
+    pub fn sum(&self, ind: Indicator, last: Month, n: u32) -> Fen {
+        let first = last.minus(n.saturating_sub(1));
+        self.months
+            .iter()
+            .filter(|b| b.month >= first && b.month <= last)
+            .filter_map(|b| b.get(ind))
+            .sum()
+    }
+}
+
+/// An interval at a village; times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interval {
+    pub id: String,
+    pub kind: IntervalKind,
+    pub start: i64,
+    pub end: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Village {
+    pub code: VillageCode,
+    pub name: String,
+    pub intervals: Vec<Interval>,
+}
+
+impl Village {
+    pub fn new(code: VillageCode, name: &str) -> Self {
+        Self {
+            code,
+            name: name.to_string(),
+            intervals: Vec::new(),
+        }
+    }
+
+    /// Inserts or replaces the interval with the same id; drops intervals that ended before
+    /// `forget_before` (Unix seconds).
+    pub fn upsert_interval(&mut self, interval: Interval, forget_before: i64) {
+        match self.intervals.iter_mut().find(|i| i.id == interval.id) {
+            Some(existing) => *existing = interval,
+            None => self.intervals.push(interval),
+        }
+        self.intervals
+            .retain(|i| i.end.is_none_or(|e| e >= forget_before));
+        self.intervals.sort_by(|a, b| (a.start, &a.id).cmp(&(b.start, &b.id)));
+    }
+
+    /// Open intervals of a kind (no end yet).
+    pub fn open(&self, kind: IntervalKind) -> impl Iterator<Item = &Interval> {
+        self.intervals
+            .iter()
+            .filter(move |i| i.kind == kind && i.end.is_none())
+    }
+}
+
+/// Per-county aggregates kept across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CountyValue {
+    pub code: CountyCode,
+    pub households_by_category: [u32; HouseholdCategory::ALL.len()],
+    /// Households with a firing alert, per month (newest last).
+    pub at_risk: Vec<(Month, u32)>,
+}
+
+impl CountyValue {
+    pub fn new(code: CountyCode) -> Self {
+        Self {
+            code,
+            households_by_category: [0; HouseholdCategory::ALL.len()],
+            at_risk: Vec::new(),
+        }
+    }
+
+    pub fn at_risk_in(&self, month: Month) -> Option<u32> {
+        self.at_risk.iter().find(|(m, _)| *m == month).map(|(_, n)| *n)
+    }
+
+    pub fn set_at_risk(&mut self, month: Month, n: u32, keep_months: u32) {
+        match self.at_risk.iter_mut().find(|(m, _)| *m == month) {
+            Some(e) => e.1 = n,
+            None => {
+                self.at_risk.push((month, n));
+                self.at_risk.sort();
+            }
+        }
+        self.at_risk.retain(|(m, _)| month.since(*m) < keep_months);
+    }
+}
