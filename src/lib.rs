@@ -3,10 +3,19 @@
 //! See ARCHITECTURE.md for the map of the modules and the invariants each keeps.
 #![forbid(unsafe_code)]
 
+pub mod alerts;
+pub mod api;
+pub mod commands;
 pub mod config;
+pub mod daemon;
+pub mod engine;
+pub mod feeds;
+pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod pseudonym;
 pub mod regions;
+pub mod rules;
+pub mod simulate;
 pub mod state;
 pub mod store;
-pub mod rules;

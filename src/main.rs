@@ -1,1 +1,126 @@
-fn main() {}
+//! The `guardline` command: parses the command line, sets up logging, runs a subcommand.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use guardline::commands;
+
+#[derive(Parser)]
+#[command(
+    name = "guardline",
+    version,
+    about = "Early warning of households at risk of falling back into poverty (防止返贫动态监测预警)"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        #[arg(long, default_value = "/etc/guardline/guardline.toml")]
+        config: PathBuf,
+    },
+    /// Validate the configuration and rule files; exits non-zero with file:line:field errors.
+    Check {
+        #[arg(long, default_value = "/etc/guardline/guardline.toml")]
+        config: PathBuf,
+    },
+    /// Serve synthetic departmental feeds over HTTP.
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1:18700")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 5000)]
+        households: u32,
+        /// Publication date of the simulated data (default: today in China Standard Time).
+        #[arg(long)]
+        as_of: Option<chrono::NaiveDate>,
+        /// Print the planted cases and decoys as JSON and exit.
+        #[arg(long)]
+        list_planted: bool,
+    },
+    /// Run the simulator and the daemon together on config/demo.toml.
+    Demo {
+        #[arg(long, default_value = "config/demo.toml")]
+        config: PathBuf,
+        /// Delete the demo's data directory first.
+        #[arg(long)]
+        fresh: bool,
+        /// Stop after this long (e.g. 30s) instead of waiting for Ctrl-C.
+        #[arg(long, value_parser = guardline::config::parse_duration)]
+        exit_after: Option<std::time::Duration>,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GUARDLINE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => commands::run(&config).await,
+            Command::Check { config } => commands::check(&config).map(|s| println!("{s}")),
+            Command::Simulate {
+                listen,
+                seed,
+                households,
+                as_of,
+                list_planted,
+            } => {
+                commands::simulate(
+                    listen,
+                    commands::sim_options(seed, households, as_of),
+                    list_planted,
+                )
+                .await
+            }
+            Command::Demo {
+                config,
+                fresh,
+                exit_after,
+            } => commands::demo(&config, fresh, exit_after).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

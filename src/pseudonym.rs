@@ -13,7 +13,9 @@ use crate::model::PersonKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read the pseudonymisation key {path}: {source} (create it with 32 random bytes, e.g. `head -c 32 /dev/urandom > {path}`)")]
+    #[error(
+        "cannot read the pseudonymisation key {path}: {source} (create it with 32 random bytes, e.g. `head -c 32 /dev/urandom > {path}`)"
+    )]
     Read {
         path: PathBuf,
         source: std::io::Error,

@@ -48,8 +48,13 @@ pub fn counties() -> &'static [County] {
 
 pub fn county(code: CountyCode) -> Option<&'static County> {
     static INDEX: OnceLock<HashMap<CountyCode, usize>> = OnceLock::new();
-    let index =
-        INDEX.get_or_init(|| table().iter().enumerate().map(|(i, c)| (c.code, i)).collect());
+    let index = INDEX.get_or_init(|| {
+        table()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.code, i))
+            .collect()
+    });
     index.get(&code).map(|&i| &table()[i])
 }
 

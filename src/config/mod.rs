@@ -163,8 +163,9 @@ pub enum SecretSource {
 impl SecretSource {
     pub fn read(&self) -> Result<String, String> {
         match self {
-            Self::Env(var) => std::env::var(var)
-                .map_err(|_| format!("environment variable {var} is not set")),
+            Self::Env(var) => {
+                std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
+            }
             Self::File(path) => std::fs::read_to_string(path)
                 .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
                 .map_err(|e| format!("cannot read {}: {e}", path.display())),
@@ -222,7 +223,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86_400,
-        _ => return Err(format!("duration {s:?} has unknown unit {unit:?} (use ms, s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "duration {s:?} has unknown unit {unit:?} (use ms, s, m, h or d)"
+            ));
+        }
     };
     Ok(Duration::from_secs(secs))
 }
@@ -262,18 +267,35 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
     let d = &raw.daemon;
     let dp = root.key("daemon");
     let listen = d.listen.parse::<SocketAddr>().unwrap_or_else(|e| {
-        problems.push(src.problem(&dp.key("listen"), format!("not a socket address ({e}), e.g. \"127.0.0.1:9187\"")));
+        problems.push(src.problem(
+            &dp.key("listen"),
+            format!("not a socket address ({e}), e.g. \"127.0.0.1:9187\""),
+        ));
         SocketAddr::from(([127, 0, 0, 1], 0))
     });
-    let evaluation_interval = duration_field(src, &dp.key("evaluation_interval"), &d.evaluation_interval, &mut problems);
+    let evaluation_interval = duration_field(
+        src,
+        &dp.key("evaluation_interval"),
+        &d.evaluation_interval,
+        &mut problems,
+    );
     if d.retention_months < 24 {
-        problems.push(src.problem(&dp.key("retention_months"), format!("{} is too short: rules look back up to 24 months, keep at least 24", d.retention_months)));
+        problems.push(src.problem(
+            &dp.key("retention_months"),
+            format!(
+                "{} is too short: rules look back up to 24 months, keep at least 24",
+                d.retention_months
+            ),
+        ));
     }
     let language = match d.language.as_str() {
         "zh" => Language::Zh,
         "en" => Language::En,
         other => {
-            problems.push(src.problem(&dp.key("language"), format!("unknown language {other:?} (zh or en)")));
+            problems.push(src.problem(
+                &dp.key("language"),
+                format!("unknown language {other:?} (zh or en)"),
+            ));
             Language::Zh
         }
     };
@@ -294,15 +316,27 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
     for (i, f) in raw.feeds.iter().enumerate() {
         let fp = root.key("feeds").index(i);
         if !valid_name(&f.name) {
-            problems.push(src.problem(&fp.key("name"), format!("feed name {:?} must be 1-64 characters of a-z, 0-9, _ or -", f.name)));
+            problems.push(src.problem(
+                &fp.key("name"),
+                format!(
+                    "feed name {:?} must be 1-64 characters of a-z, 0-9, _ or -",
+                    f.name
+                ),
+            ));
         }
         if !names.insert(f.name.clone()) {
-            problems.push(src.problem(&fp.key("name"), format!("feed name {:?} is used twice", f.name)));
+            problems.push(src.problem(
+                &fp.key("name"),
+                format!("feed name {:?} is used twice", f.name),
+            ));
         }
         let url = match reqwest::Url::parse(&f.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
             Ok(u) => {
-                problems.push(src.problem(&fp.key("url"), format!("scheme {:?} is not http or https", u.scheme())));
+                problems.push(src.problem(
+                    &fp.key("url"),
+                    format!("scheme {:?} is not http or https", u.scheme()),
+                ));
                 None
             }
             Err(e) => {
@@ -349,30 +383,52 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
         let rp = root.key("receivers").index(i);
         let name = r.name();
         if !valid_name(name) {
-            problems.push(src.problem(&rp.key("name"), format!("receiver name {name:?} must be 1-64 characters of a-z, 0-9, _ or -")));
+            problems.push(src.problem(
+                &rp.key("name"),
+                format!("receiver name {name:?} must be 1-64 characters of a-z, 0-9, _ or -"),
+            ));
         }
         if !rnames.insert(name.to_string()) {
-            problems.push(src.problem(&rp.key("name"), format!("receiver name {name:?} is used twice")));
+            problems.push(src.problem(
+                &rp.key("name"),
+                format!("receiver name {name:?} is used twice"),
+            ));
         }
         match r {
             raw::RawReceiver::File { name, path, stdout } => receivers.push(ReceiverConfig::File {
                 name: name.clone(),
-                path: if Path::new(path).is_absolute() { PathBuf::from(path) } else { daemon.data_dir.join(path) },
+                path: if Path::new(path).is_absolute() {
+                    PathBuf::from(path)
+                } else {
+                    daemon.data_dir.join(path)
+                },
                 stdout: *stdout,
             }),
             raw::RawReceiver::Smtp(s) => {
                 if s.to.is_empty() {
-                    problems.push(src.problem(&rp.key("to"), "an e-mail receiver needs at least one address in `to`"));
+                    problems.push(src.problem(
+                        &rp.key("to"),
+                        "an e-mail receiver needs at least one address in `to`",
+                    ));
                 }
                 for (j, addr) in s.to.iter().chain(std::iter::once(&s.from)).enumerate() {
                     if addr.parse::<lettre::message::Mailbox>().is_err() {
-                        let field = if j < s.to.len() { rp.key("to").index(j) } else { rp.key("from") };
-                        problems.push(src.problem(&field, format!("{addr:?} is not an e-mail address")));
+                        let field = if j < s.to.len() {
+                            rp.key("to").index(j)
+                        } else {
+                            rp.key("from")
+                        };
+                        problems.push(
+                            src.problem(&field, format!("{addr:?} is not an e-mail address")),
+                        );
                     }
                 }
                 let password = match (&s.password_env, &s.password_file) {
                     (Some(_), Some(_)) => {
-                        problems.push(src.problem(&rp.key("password_file"), "give either password_env or password_file, not both"));
+                        problems.push(src.problem(
+                            &rp.key("password_file"),
+                            "give either password_env or password_file, not both",
+                        ));
                         None
                     }
                     (Some(v), None) => Some(SecretSource::Env(v.clone())),
@@ -380,7 +436,9 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
                     (None, None) => None,
                 };
                 if password.is_some() && s.username.is_none() {
-                    problems.push(src.problem(&rp.key("username"), "a password is set but no username"));
+                    problems.push(
+                        src.problem(&rp.key("username"), "a password is set but no username"),
+                    );
                 }
                 let timeout = duration_field(src, &rp.key("timeout"), &s.timeout, &mut problems);
                 receivers.push(ReceiverConfig::Smtp(SmtpConfig {
@@ -402,20 +460,41 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
     let np = root.key("notify");
     for (i, name) in raw.notify.receivers.iter().enumerate() {
         if !rnames.contains(name) {
-            problems.push(src.problem(&np.key("receivers").index(i), format!("no receiver named {name:?} is defined in [[receivers]]")));
+            problems.push(src.problem(
+                &np.key("receivers").index(i),
+                format!("no receiver named {name:?} is defined in [[receivers]]"),
+            ));
         }
     }
     let notify = NotifyConfig {
         receivers: raw.notify.receivers.clone(),
         send_resolved: raw.notify.send_resolved,
-        retry_initial: duration_field(src, &np.key("retry_initial"), &raw.notify.retry_initial, &mut problems),
-        retry_max: duration_field(src, &np.key("retry_max"), &raw.notify.retry_max, &mut problems),
-        expire_after: duration_field(src, &np.key("expire_after"), &raw.notify.expire_after, &mut problems),
+        retry_initial: duration_field(
+            src,
+            &np.key("retry_initial"),
+            &raw.notify.retry_initial,
+            &mut problems,
+        ),
+        retry_max: duration_field(
+            src,
+            &np.key("retry_max"),
+            &raw.notify.retry_max,
+            &mut problems,
+        ),
+        expire_after: duration_field(
+            src,
+            &np.key("expire_after"),
+            &raw.notify.expire_after,
+            &mut problems,
+        ),
     };
 
     let simulator = raw.simulator.as_ref().map(|s| SimulatorConfig {
         listen: s.listen.parse().unwrap_or_else(|e| {
-            problems.push(src.problem(&root.key("simulator").key("listen"), format!("not a socket address ({e})")));
+            problems.push(src.problem(
+                &root.key("simulator").key("listen"),
+                format!("not a socket address ({e})"),
+            ));
             SocketAddr::from(([127, 0, 0, 1], 0))
         }),
         seed: s.seed,
@@ -439,10 +518,16 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-fn duration_field(src: &Source, path: &FieldPath, text: &str, problems: &mut Vec<Problem>) -> Duration {
+fn duration_field(
+    src: &Source,
+    path: &FieldPath,
+    text: &str,
+    problems: &mut Vec<Problem>,
+) -> Duration {
     parse_duration(text).unwrap_or_else(|e| {
         problems.push(src.problem(path, e));
         Duration::from_secs(1)
@@ -489,7 +574,10 @@ fn validate_mapping(
                 (Some(p), None) => SubjectField::Person(p.clone()),
                 (None, Some(h)) => SubjectField::Household(h.clone()),
                 _ => {
-                    problems.push(src.problem(&mp.key("person"), "a samples feed needs exactly one of map.person or map.household"));
+                    problems.push(src.problem(
+                        &mp.key("person"),
+                        "a samples feed needs exactly one of map.person or map.household",
+                    ));
                     SubjectField::Household(String::new())
                 }
             };
@@ -498,16 +586,27 @@ fn validate_mapping(
                 format: m.time_format.clone().unwrap_or_else(|| "%Y-%m".to_string()),
             };
             if m.values.is_empty() {
-                problems.push(src.problem(&mp.key("values"), "a samples feed needs at least one entry in map.values"));
+                problems.push(src.problem(
+                    &mp.key("values"),
+                    "a samples feed needs at least one entry in map.values",
+                ));
             }
             let mut values = Vec::new();
             for (i, v) in m.values.iter().enumerate() {
                 match v.indicator.parse::<Indicator>() {
-                    Ok(indicator) => values.push(ValueField { indicator, field: v.field.clone(), unit: v.unit }),
+                    Ok(indicator) => values.push(ValueField {
+                        indicator,
+                        field: v.field.clone(),
+                        unit: v.unit,
+                    }),
                     Err(e) => problems.push(src.problem(&mp.key("values").index(i), e)),
                 }
             }
-            MappingTarget::Samples { subject, time, values }
+            MappingTarget::Samples {
+                subject,
+                time,
+                values,
+            }
         }
         "intervals" => {
             let kind = m
@@ -525,11 +624,17 @@ fn validate_mapping(
                 interval_id: need!("interval_id", m.interval_id),
                 start: need!("start", m.start),
                 end: need!("end", m.end),
-                time_format: m.time_format.clone().unwrap_or_else(|| "rfc3339".to_string()),
+                time_format: m
+                    .time_format
+                    .clone()
+                    .unwrap_or_else(|| "rfc3339".to_string()),
             }
         }
         other => {
-            problems.push(src.problem(&feed_path.key("kind"), format!("unknown feed kind {other:?} (roster, samples or intervals)")));
+            problems.push(src.problem(
+                &feed_path.key("kind"),
+                format!("unknown feed kind {other:?} (roster, samples or intervals)"),
+            ));
             return None;
         }
     };
@@ -546,7 +651,10 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("15d").unwrap(), Duration::from_secs(15 * 86400));
+        assert_eq!(
+            parse_duration("15d").unwrap(),
+            Duration::from_secs(15 * 86400)
+        );
         assert!(parse_duration("30").unwrap_err().contains("no unit"));
         assert!(parse_duration("3w").unwrap_err().contains("unknown unit"));
     }
@@ -557,7 +665,11 @@ mod tests {
         assert!(parse_schedule("0 0 8 * * MON-FRI").is_ok());
         let e = parse_schedule("0 0 8 * * 1-5").unwrap_err();
         assert!(e.contains("Sunday=1"), "{e}");
-        assert!(parse_schedule("*/5 * * * *").unwrap_err().contains("5 fields"));
+        assert!(
+            parse_schedule("*/5 * * * *")
+                .unwrap_err()
+                .contains("5 fields")
+        );
     }
 
     #[test]

@@ -290,15 +290,24 @@ mod tests {
         let p = &err.0[0];
         assert_eq!((p.line, p.field.as_str()), (8, "feeds[1].shedule"), "{err}");
         assert!(p.message.contains("unknown field `shedule`"), "{err}");
-        assert!(err.to_string().starts_with("g.toml:8:1: feeds[1].shedule: "));
+        assert!(
+            err.to_string()
+                .starts_with("g.toml:8:1: feeds[1].shedule: ")
+        );
     }
 
     #[test]
     fn validation_path_is_located() {
         let src = Source::from_text(Path::new("g.toml"), TEXT.replace("shedule", "schedule"));
-        let p = src.problem(&FieldPath::root().key("feeds").index(1).key("schedule"), "bad");
+        let p = src.problem(
+            &FieldPath::root().key("feeds").index(1).key("schedule"),
+            "bad",
+        );
         assert_eq!((p.line, p.field.as_str()), (8, "feeds[1].schedule"));
-        let p = src.problem(&FieldPath::root().key("feeds").index(1).key("missing"), "bad");
+        let p = src.problem(
+            &FieldPath::root().key("feeds").index(1).key("missing"),
+            "bad",
+        );
         assert_eq!(p.line, 6, "falls back to the enclosing table");
     }
 }

@@ -51,8 +51,13 @@ fn merge(mut base: Value, extra: Value) -> Value {
 }
 
 fn in_scope(rule: &Rule, h: &Household) -> bool {
-    rule.categories.as_ref().is_none_or(|c| c.contains(&h.category))
-        && rule.counties.as_ref().is_none_or(|c| c.contains(&h.county()))
+    rule.categories
+        .as_ref()
+        .is_none_or(|c| c.contains(&h.category))
+        && rule
+            .counties
+            .as_ref()
+            .is_none_or(|c| c.contains(&h.county()))
 }
 
 /// Evaluates `rule` on `entity`; `None` when the condition does not hold (or does not apply).

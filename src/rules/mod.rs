@@ -105,7 +105,9 @@ pub struct RuleSet {
 
 impl std::fmt::Debug for RuleSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RuleSet").field("rules", &self.rules).finish()
+        f.debug_struct("RuleSet")
+            .field("rules", &self.rules)
+            .finish()
     }
 }
 
@@ -152,7 +154,11 @@ impl RuleSet {
                 if let Some(other) = names.get(&r.name) {
                     problems.push(src.problem(
                         &path.key("name"),
-                        format!("rule {:?} is already defined in {}", r.name, other.display()),
+                        format!(
+                            "rule {:?} is already defined in {}",
+                            r.name,
+                            other.display()
+                        ),
                     ));
                     continue;
                 }
@@ -162,7 +168,8 @@ impl RuleSet {
                 for (field, text) in [("summary", &r.summary), ("description", &r.description)] {
                     let name = format!("{}.{field}", r.name);
                     if let Err(e) = env.add_template_owned(name.clone(), text.clone()) {
-                        problems.push(src.problem(&path.key(field), format!("template error: {e}")));
+                        problems
+                            .push(src.problem(&path.key(field), format!("template error: {e}")));
                     }
                 }
                 if let (Some(rule), true) = (rule, problems.len() == before) {

@@ -67,14 +67,23 @@ pub fn validate(
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     {
-        p("name", format!("rule name {:?} must be lower-case letters, digits and _", r.name));
+        p(
+            "name",
+            format!(
+                "rule name {:?} must be lower-case letters, digits and _",
+                r.name
+            ),
+        );
     }
     let severity = match r.severity.as_str() {
         "info" => Severity::Info,
         "warning" => Severity::Warning,
         "critical" => Severity::Critical,
         other => {
-            p("severity", format!("unknown severity {other:?} (info, warning or critical)"));
+            p(
+                "severity",
+                format!("unknown severity {other:?} (info, warning or critical)"),
+            );
             Severity::Warning
         }
     };
@@ -97,12 +106,19 @@ pub fn validate(
     });
     let counties = r.counties.as_ref().map(|cs| {
         cs.iter()
-            .filter_map(|c| c.parse::<CountyCode>().map_err(|e| p("counties", e.to_string())).ok())
+            .filter_map(|c| {
+                c.parse::<CountyCode>()
+                    .map_err(|e| p("counties", e.to_string()))
+                    .ok()
+            })
             .collect::<BTreeSet<_>>()
     });
     for k in r.labels.keys() {
         if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            p("labels", format!("label name {k:?} must be letters, digits and _"));
+            p(
+                "labels",
+                format!("label name {k:?} must be letters, digits and _"),
+            );
         }
     }
     let mut indicator = || -> Indicator {
@@ -126,7 +142,10 @@ pub fn validate(
                 p("baseline_months", "must be between 1 and 23".into());
             }
             if !(drop_percent > 0.0 && drop_percent <= 100.0) {
-                p("drop_percent", "a drop rule needs drop_percent between 0 and 100".into());
+                p(
+                    "drop_percent",
+                    "a drop rule needs drop_percent between 0 and 100".into(),
+                );
             }
             Some(RuleKind::Drop {
                 indicator: ind,
@@ -142,10 +161,18 @@ pub fn validate(
                 p("window_months", "must be between 1 and 24".into());
             }
             if r.above.is_none() && r.above_income_share.is_none() {
-                p("above", "a threshold rule needs `above` (yuan), `above_income_share`, or both".into());
+                p(
+                    "above",
+                    "a threshold rule needs `above` (yuan), `above_income_share`, or both".into(),
+                );
             }
-            if r.above_income_share.is_some_and(|s| !(s > 0.0 && s <= 10.0)) {
-                p("above_income_share", "must be a share such as 0.5 (50 %)".into());
+            if r.above_income_share
+                .is_some_and(|s| !(s > 0.0 && s <= 10.0))
+            {
+                p(
+                    "above_income_share",
+                    "must be a share such as 0.5 (50 %)".into(),
+                );
             }
             Some(RuleKind::Threshold {
                 indicator: ind,
@@ -166,7 +193,10 @@ pub fn validate(
                 });
             let longer_than = match r.longer_than.as_deref() {
                 None => {
-                    p("longer_than", "a duration rule needs `longer_than`, e.g. \"30d\"".into());
+                    p(
+                        "longer_than",
+                        "a duration rule needs `longer_than`, e.g. \"30d\"".into(),
+                    );
                     std::time::Duration::ZERO
                 }
                 Some(s) => parse_rule_duration(s).unwrap_or_else(|e| {
@@ -180,7 +210,10 @@ pub fn validate(
             })
         }
         other => {
-            p("kind", format!("unknown rule kind {other:?} (drop, threshold or duration)"));
+            p(
+                "kind",
+                format!("unknown rule kind {other:?} (drop, threshold or duration)"),
+            );
             None
         }
     };

@@ -11,7 +11,9 @@ fn default_rules() -> RuleSet {
 }
 
 fn now() -> chrono::DateTime<chrono::FixedOffset> {
-    china_offset().with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap()
+    china_offset()
+        .with_ymd_and_hms(2026, 11, 28, 12, 0, 0)
+        .unwrap()
 }
 
 fn world_with(wages: &[i64], oop: &[(&str, i64)], members: usize, income: i64) -> World {
@@ -70,7 +72,10 @@ fn world_with(wages: &[i64], oop: &[(&str, i64)], members: usize, income: i64) -
 }
 
 fn eval(rules: &RuleSet, name: &str, w: &World, e: EntityRef) -> Option<Finding> {
-    let ctx = EvalContext { world: w, now: now() };
+    let ctx = EvalContext {
+        world: w,
+        now: now(),
+    };
     evaluate(rules.rule(name).unwrap(), &ctx, &e)
 }
 
@@ -84,9 +89,16 @@ fn wage_drop_fires_with_evidence_and_not_at_the_boundary() {
     let w = world_with(&[3000, 3100, 2900, 3050, 3000, 3010, 900], &[], 3, 9000);
     let f = eval(&rules, "wage_income_drop", &w, hh()).expect("a 70% drop fires");
     let text = rules
-        .render("wage_income_drop", "description", &full_context(rules.rule("wage_income_drop").unwrap(), &f))
+        .render(
+            "wage_income_drop",
+            "description",
+            &full_context(rules.rule("wage_income_drop").unwrap(), &f),
+        )
         .unwrap();
-    assert!(text.starts_with("2026-10 工资性收入 900 元，前6个月均值 3,010 元，下降 70%"), "{text}");
+    assert!(
+        text.starts_with("2026-10 工资性收入 900 元，前6个月均值 3,010 元，下降 70%"),
+        "{text}"
+    );
 
     // Exactly 50 % fires (≥), 49 % does not.
     let w = world_with(&[2000, 2000, 2000, 2000, 2000, 2000, 1000], &[], 3, 9000);
@@ -106,7 +118,10 @@ fn medical_burden_fixed_and_relative() {
     let f = eval(&rules, "medical_burden", &w, hh()).expect("above 20,000");
     assert_eq!(f.context["basis"], "fixed");
     let w = world_with(&[], &[("2026-01", 12_000), ("2026-09", 8_000)], 4, 20_000);
-    assert!(eval(&rules, "medical_burden", &w, hh()).is_none(), "20,000 is not above 20,000");
+    assert!(
+        eval(&rules, "medical_burden", &w, hh()).is_none(),
+        "20,000 is not above 20,000"
+    );
     // Poor household: income 2 × 7,000 = 14,000; half is 7,000.
     let w = world_with(&[], &[("2026-03", 7_500)], 2, 7_000);
     let f = eval(&rules, "medical_burden", &w, hh()).expect("above half the income");
@@ -135,7 +150,10 @@ fn water_outage_duration() {
     w.apply("water", &outage(29, false), now()).unwrap();
     assert!(eval(&rules, "water_outage_long", &w, v.clone()).is_none());
     w.apply("water", &outage(45, true), now()).unwrap();
-    assert!(eval(&rules, "water_outage_long", &w, v.clone()).is_none(), "closed outages do not fire");
+    assert!(
+        eval(&rules, "water_outage_long", &w, v.clone()).is_none(),
+        "closed outages do not fire"
+    );
     w.apply("water", &outage(31, false), now()).unwrap();
     let f = eval(&rules, "water_outage_long", &w, v).expect("31 days open");
     assert_eq!(f.context["days"], 31);
@@ -161,7 +179,13 @@ description = "ok"
     assert!(err.contains("rules[0].summary"), "{err}");
     assert!(err.contains("undefined"), "{err}");
 
-    let src = Source::from_text(Path::new("b.toml"), text.replace("drop_percent", "drop_pct"));
+    let src = Source::from_text(
+        Path::new("b.toml"),
+        text.replace("drop_percent", "drop_pct"),
+    );
     let err = RuleSet::from_sources(&[src]).unwrap_err().to_string();
-    assert!(err.contains("b.toml:6:1: rules[0].drop_pct: unknown field"), "{err}");
+    assert!(
+        err.contains("b.toml:6:1: rules[0].drop_pct: unknown field"),
+        "{err}"
+    );
 }

@@ -253,7 +253,8 @@ impl World {
                 }
                 if let Some((county, cat)) = old_category {
                     self.county_mut(county).households_by_category[cat.index()] =
-                        self.county_mut(county).households_by_category[cat.index()].saturating_sub(1);
+                        self.county_mut(county).households_by_category[cat.index()]
+                            .saturating_sub(1);
                 }
                 let county = entry.village.county();
                 self.county_mut(county).households_by_category[entry.category.index()] += 1;
@@ -271,7 +272,11 @@ impl World {
                     return Err(Rejection::FutureMonth(*month));
                 }
                 let id = match subject {
-                    Subject::Person(p) => self.persons.get(p).cloned().ok_or(Rejection::UnknownPerson)?,
+                    Subject::Person(p) => self
+                        .persons
+                        .get(p)
+                        .cloned()
+                        .ok_or(Rejection::UnknownPerson)?,
                     Subject::Household(h) => h.clone(),
                 };
                 let Some(h) = self.households.get(&id) else {
@@ -288,7 +293,10 @@ impl World {
                 }
                 self.touch_household(&id);
                 let retention = self.retention_months;
-                let h = self.households.get_mut(&id).ok_or(Rejection::UnknownHousehold(id))?;
+                let h = self
+                    .households
+                    .get_mut(&id)
+                    .ok_or(Rejection::UnknownHousehold(id))?;
                 h.add_sample(*month, tag, values, retention);
                 for (ind, _) in values {
                     let l = &mut self.latest[ind.index()];
@@ -405,8 +413,11 @@ impl World {
         for c in self.counties.values_mut() {
             c.households_by_category = [0; HouseholdCategory::ALL.len()];
         }
-        let counts: Vec<(CountyCode, HouseholdCategory)> =
-            self.households.values().map(|h| (h.county(), h.category)).collect();
+        let counts: Vec<(CountyCode, HouseholdCategory)> = self
+            .households
+            .values()
+            .map(|h| (h.county(), h.category))
+            .collect();
         for (county, cat) in counts {
             self.counties
                 .entry(county)

@@ -4,7 +4,9 @@ use crate::store::SledStore;
 use chrono::TimeZone;
 
 fn now() -> DateTime<FixedOffset> {
-    china_offset().with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap()
+    china_offset()
+        .with_ymd_and_hms(2026, 11, 28, 12, 0, 0)
+        .unwrap()
 }
 
 fn roster(id: &str, members: &[u8]) -> Record {
@@ -37,14 +39,32 @@ fn wage(id: &str, person: u8, month: &str, yuan: i64) -> Record {
 fn samples_join_through_the_roster_and_are_idempotent() {
     let mut w = World::new(24);
     w.begin();
-    assert_eq!(w.apply("roster", &roster("H1", &[1, 2]), now()), Ok(Applied::Changed));
-    assert_eq!(w.apply("wages", &wage("w1", 1, "2026-09", 3000), now()), Ok(Applied::Changed));
-    assert_eq!(w.apply("wages", &wage("w2", 2, "2026-09", 1000), now()), Ok(Applied::Changed));
-    assert_eq!(w.apply("wages", &wage("w1", 1, "2026-09", 3000), now()), Ok(Applied::Duplicate));
+    assert_eq!(
+        w.apply("roster", &roster("H1", &[1, 2]), now()),
+        Ok(Applied::Changed)
+    );
+    assert_eq!(
+        w.apply("wages", &wage("w1", 1, "2026-09", 3000), now()),
+        Ok(Applied::Changed)
+    );
+    assert_eq!(
+        w.apply("wages", &wage("w2", 2, "2026-09", 1000), now()),
+        Ok(Applied::Changed)
+    );
+    assert_eq!(
+        w.apply("wages", &wage("w1", 1, "2026-09", 3000), now()),
+        Ok(Applied::Duplicate)
+    );
     // The same id in another feed is another record.
-    assert_eq!(w.apply("other", &wage("w1", 1, "2026-09", 5), now()), Ok(Applied::Changed));
+    assert_eq!(
+        w.apply("other", &wage("w1", 1, "2026-09", 5), now()),
+        Ok(Applied::Changed)
+    );
     let h = w.household(&"H1".parse().unwrap()).unwrap();
-    assert_eq!(h.value(Indicator::WageIncome, "2026-09".parse().unwrap()), Some(400_500));
+    assert_eq!(
+        h.value(Indicator::WageIncome, "2026-09".parse().unwrap()),
+        Some(400_500)
+    );
     assert_eq!(
         w.apply("wages", &wage("w3", 9, "2026-09", 1), now()),
         Err(Rejection::UnknownPerson)
@@ -53,15 +73,20 @@ fn samples_join_through_the_roster_and_are_idempotent() {
         w.apply("wages", &wage("w4", 1, "2027-01", 1), now()),
         Err(Rejection::FutureMonth(_))
     ));
-    assert_eq!(w.apply("roster", &roster("H1", &[1, 2]), now()), Ok(Applied::Duplicate));
+    assert_eq!(
+        w.apply("roster", &roster("H1", &[1, 2]), now()),
+        Ok(Applied::Duplicate)
+    );
 }
 
 #[test]
 fn buckets_roll_beyond_retention() {
     let mut w = World::new(24);
     w.apply("roster", &roster("H1", &[1]), now()).unwrap();
-    w.apply("wages", &wage("a", 1, "2024-01", 1), now()).unwrap();
-    w.apply("wages", &wage("b", 1, "2026-01", 1), now()).unwrap();
+    w.apply("wages", &wage("a", 1, "2024-01", 1), now())
+        .unwrap();
+    w.apply("wages", &wage("b", 1, "2026-01", 1), now())
+        .unwrap();
     let h = w.household(&"H1".parse().unwrap()).unwrap();
     assert_eq!(h.months.len(), 1, "2024-01 is 24 months before 2026-01");
     assert!(matches!(
@@ -77,21 +102,29 @@ fn batch_survives_reopen_and_rollback_restores_memory() {
     let mut w = World::new(24);
     w.begin();
     w.apply("roster", &roster("H1", &[1]), now()).unwrap();
-    w.apply("wages", &wage("a", 1, "2026-09", 2000), now()).unwrap();
+    w.apply("wages", &wage("a", 1, "2026-09", 2000), now())
+        .unwrap();
     let (batch, touched) = w.take_batch();
     assert_eq!(touched.households.len(), 1);
     store.commit(batch).unwrap();
 
     w.begin();
-    w.apply("wages", &wage("b", 1, "2026-10", 100), now()).unwrap();
+    w.apply("wages", &wage("b", 1, "2026-10", 100), now())
+        .unwrap();
     w.apply("roster", &roster("H2", &[2]), now()).unwrap();
     w.rollback();
     assert!(w.household(&"H2".parse().unwrap()).is_none());
-    assert_eq!(w.latest_month(Indicator::WageIncome), Some("2026-09".parse().unwrap()));
+    assert_eq!(
+        w.latest_month(Indicator::WageIncome),
+        Some("2026-09".parse().unwrap())
+    );
 
     let again = World::load(&store, 24).unwrap();
     let h = again.household(&"H1".parse().unwrap()).unwrap();
-    assert_eq!(h.latest(Indicator::WageIncome), Some(("2026-09".parse().unwrap(), 200_000)));
+    assert_eq!(
+        h.latest(Indicator::WageIncome),
+        Some(("2026-09".parse().unwrap(), 200_000))
+    );
     assert_eq!(
         again.counties().next().unwrap().households_by_category[0],
         1,
@@ -115,8 +148,15 @@ fn intervals_replace_by_id() {
     };
     assert_eq!(w.apply("water", &rec(None), now()), Ok(Applied::Changed));
     assert_eq!(w.apply("water", &rec(None), now()), Ok(Applied::Duplicate));
-    assert_eq!(w.apply("water", &rec(Some(now())), now()), Ok(Applied::Changed));
+    assert_eq!(
+        w.apply("water", &rec(Some(now())), now()),
+        Ok(Applied::Changed)
+    );
     let v = w.village(&"632522100201".parse().unwrap()).unwrap();
     assert_eq!(v.intervals.len(), 1);
-    assert!(v.open(crate::model::IntervalKind::WaterOutage).next().is_none());
+    assert!(
+        v.open(crate::model::IntervalKind::WaterOutage)
+            .next()
+            .is_none()
+    );
 }

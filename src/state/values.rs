@@ -108,7 +108,13 @@ impl Household {
     }
 
     /// Adds a record's values to its month and drops months beyond the retention window.
-    pub fn add_sample(&mut self, month: Month, tag: u64, values: &[(Indicator, Fen)], retention: u32) {
+    pub fn add_sample(
+        &mut self,
+        month: Month,
+        tag: u64,
+        values: &[(Indicator, Fen)],
+        retention: u32,
+    ) {
         let i = match self.months.binary_search_by_key(&month, |b| b.month) {
             Ok(i) => i,
             Err(i) => {
@@ -185,7 +191,8 @@ impl Village {
         }
         self.intervals
             .retain(|i| i.end.is_none_or(|e| e >= forget_before));
-        self.intervals.sort_by(|a, b| (a.start, &a.id).cmp(&(b.start, &b.id)));
+        self.intervals
+            .sort_by(|a, b| (a.start, &a.id).cmp(&(b.start, &b.id)));
     }
 
     /// Open intervals of a kind (no end yet).
@@ -215,7 +222,10 @@ impl CountyValue {
     }
 
     pub fn at_risk_in(&self, month: Month) -> Option<u32> {
-        self.at_risk.iter().find(|(m, _)| *m == month).map(|(_, n)| *n)
+        self.at_risk
+            .iter()
+            .find(|(m, _)| *m == month)
+            .map(|(_, n)| *n)
     }
 
     pub fn set_at_risk(&mut self, month: Month, n: u32, keep_months: u32) {

@@ -20,11 +20,21 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the store at {path}: {source} (is another guardline running on the same data_dir?)")]
+    #[error(
+        "cannot open the store at {path}: {source} (is another guardline running on the same data_dir?)"
+    )]
     Open { path: PathBuf, source: sled::Error },
-    #[error("the store at {path} has schema version {found}, but this guardline understands only version {expected}; it was written by a newer guardline: run that version, or restore a backup")]
-    NewerSchema { path: PathBuf, found: u32, expected: u32 },
-    #[error("the store at {path} has an unreadable schema version key ({detail}); it was not written by guardline or is damaged")]
+    #[error(
+        "the store at {path} has schema version {found}, but this guardline understands only version {expected}; it was written by a newer guardline: run that version, or restore a backup"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error(
+        "the store at {path} has an unreadable schema version key ({detail}); it was not written by guardline or is damaged"
+    )]
     UnknownSchema { path: PathBuf, detail: String },
     #[error("store I/O failed: {0} (check disk space and permissions of the data directory)")]
     Io(#[from] sled::Error),

@@ -172,6 +172,9 @@ mod tests {
             .write_schema_version_for_tests(0)
             .unwrap();
         let err = SledStore::open(dir.path()).err().unwrap().to_string();
-        assert!(err.contains("can migrate") && err.contains("damaged"), "{err}");
+        assert!(
+            err.contains("can migrate") && err.contains("damaged"),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,298 @@
+//! Alert lifecycle: pending → firing → resolved, keyed by rule and entity, persisted.
+//!
+//! Invariants:
+//! - An alert's identity is its fingerprint, a hash of the rule name and the entity key, so
+//!   the same risk of the same household is always the same alert.
+//! - A transition to firing or resolved is reported exactly once per episode: the caller
+//!   commits the alert state and the notifications it causes in one batch, so after a restart
+//!   a firing alert is known to be firing and is not announced again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, FixedOffset, TimeZone};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{CountyCode, china_offset};
+use crate::rules::{Finding, Rule, RuleSet, full_context};
+use crate::state::EntityRef;
+use crate::store::{Batch, Space, Store, StoreError, codec};
+
+const ALERT_VERSION: u8 = 1;
+/// Resolved alerts are kept this long for history, then forgotten.
+pub const RESOLVED_RETENTION_SECS: i64 = 30 * 86_400;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Status {
+    Pending,
+    Firing,
+    Resolved,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Firing => "firing",
+            Self::Resolved => "resolved",
+        }
+    }
+}
+
+/// One alert as stored. Times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub fingerprint: String,
+    pub rule: String,
+    /// `household/<id>` or `village/<code>`.
+    pub entity: String,
+    pub county: CountyCode,
+    pub severity: String,
+    pub risk_category: String,
+    pub status: Status,
+    pub active_since: i64,
+    pub fired_at: Option<i64>,
+    pub resolved_at: Option<i64>,
+    pub summary: String,
+    pub description: String,
+    /// The evidence as JSON (values, periods, thresholds).
+    pub evidence: String,
+    pub labels: BTreeMap<String, String>,
+    /// Transitions of this alert: (time, status).
+    pub history: Vec<(i64, Status)>,
+}
+
+/// A change that must be announced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    Fired(Alert),
+    Resolved(Alert),
+}
+
+pub fn fingerprint(rule: &str, entity: &EntityRef) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in rule.bytes().chain([0u8]).chain(entity.key().bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+pub fn format_time(t: i64) -> String {
+    china_offset()
+        .timestamp_opt(t, 0)
+        .single()
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    #[error("rendering the templates of rule {rule}: {source}")]
+    Template {
+        rule: String,
+        source: minijinja::Error,
+    },
+}
+
+/// All alerts that are pending, firing, or recently resolved.
+#[derive(Default)]
+pub struct Alerts {
+    alerts: HashMap<String, Alert>,
+    changed: HashSet<String>,
+    removed: HashSet<String>,
+}
+
+impl Alerts {
+    pub fn load(store: &dyn Store) -> Result<Self, StoreError> {
+        let mut a = Self::default();
+        for (k, v) in store.scan(Space::Alert)? {
+            let alert: Alert = codec::decode(ALERT_VERSION, Space::Alert, &k, &v)?;
+            a.alerts.insert(alert.fingerprint.clone(), alert);
+        }
+        Ok(a)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Alert> {
+        self.alerts.values()
+    }
+
+    pub fn get(&self, fingerprint: &str) -> Option<&Alert> {
+        self.alerts.get(fingerprint)
+    }
+
+    /// Entities with a pending alert: they must be re-evaluated on every tick for `for`.
+    pub fn pending_entities(&self) -> Vec<(String, String)> {
+        self.alerts
+            .values()
+            .filter(|a| a.status == Status::Pending)
+            .map(|a| (a.rule.clone(), a.entity.clone()))
+            .collect()
+    }
+
+    /// Feeds one evaluation result into the lifecycle.
+    pub fn observe(
+        &mut self,
+        rules: &RuleSet,
+        rule: &Rule,
+        entity: &EntityRef,
+        finding: Option<&Finding>,
+        now: DateTime<FixedOffset>,
+    ) -> Result<Option<Transition>, AlertError> {
+        let fp = fingerprint(&rule.name, entity);
+        let t = now.timestamp();
+        let existing = self.alerts.get(&fp);
+        let active = existing.is_some_and(|a| a.status != Status::Resolved);
+        match (finding, active) {
+            (None, false) => Ok(None),
+            (None, true) => {
+                // Invariant: `active` implies the alert exists.
+                let Some(a) = self.alerts.get_mut(&fp) else {
+                    return Ok(None);
+                };
+                if a.status == Status::Pending {
+                    self.alerts.remove(&fp);
+                    self.changed.remove(&fp);
+                    self.removed.insert(fp);
+                    return Ok(None);
+                }
+                a.status = Status::Resolved;
+                a.resolved_at = Some(t);
+                a.history.push((t, Status::Resolved));
+                let out = a.clone();
+                self.changed.insert(fp);
+                Ok(Some(Transition::Resolved(out)))
+            }
+            (Some(f), _) => {
+                let ctx = full_context(rule, f);
+                let render = |field: &str| {
+                    rules
+                        .render(&rule.name, field, &ctx)
+                        .map_err(|source| AlertError::Template {
+                            rule: rule.name.clone(),
+                            source,
+                        })
+                };
+                let summary = render("summary")?;
+                let description = render("description")?;
+                let evidence = ctx.to_string();
+                let mut labels = rule.labels.clone();
+                labels.insert("rule".into(), rule.name.clone());
+                labels.insert("county".into(), f.county.to_string());
+                labels.insert("severity".into(), rule.severity.name().into());
+                labels.insert("risk_category".into(), rule.risk.name_zh().into());
+                match entity {
+                    EntityRef::Household(h) => {
+                        labels.insert("household".into(), h.to_string());
+                        if let Some(v) = ctx.get("village").and_then(|v| v.as_str()) {
+                            labels.insert("village".into(), v.to_string());
+                        }
+                    }
+                    EntityRef::Village(v) => {
+                        labels.insert("village".into(), v.to_string());
+                    }
+                }
+                let a = match self.alerts.get_mut(&fp) {
+                    Some(a) if a.status != Status::Resolved => a,
+                    previous => {
+                        let history = previous.map(|p| p.history.clone()).unwrap_or_default();
+                        let mut history = history;
+                        history.push((t, Status::Pending));
+                        self.alerts.insert(
+                            fp.clone(),
+                            Alert {
+                                fingerprint: fp.clone(),
+                                rule: rule.name.clone(),
+                                entity: entity.key(),
+                                county: f.county,
+                                severity: rule.severity.name().into(),
+                                risk_category: rule.risk.name_zh().into(),
+                                status: Status::Pending,
+                                active_since: t,
+                                fired_at: None,
+                                resolved_at: None,
+                                summary: String::new(),
+                                description: String::new(),
+                                evidence: String::new(),
+                                labels: BTreeMap::new(),
+                                history,
+                            },
+                        );
+                        self.removed.remove(&fp);
+                        // Invariant: inserted just above.
+                        self.alerts.get_mut(&fp).expect("inserted")
+                    }
+                };
+                let content_changed = a.summary != summary || a.description != description;
+                a.summary = summary;
+                a.description = description;
+                a.evidence = evidence;
+                a.labels = labels;
+                let mut transition = None;
+                if a.status == Status::Pending && t - a.active_since >= rule.hold.as_secs() as i64 {
+                    a.status = Status::Firing;
+                    a.fired_at = Some(t);
+                    a.history.push((t, Status::Firing));
+                    transition = Some(Transition::Fired(a.clone()));
+                }
+                if transition.is_some() || content_changed || a.status == Status::Pending {
+                    self.changed.insert(fp);
+                }
+                Ok(transition)
+            }
+        }
+    }
+
+    /// Forgets resolved alerts older than the retention.
+    pub fn expire_resolved(&mut self, now: i64) {
+        let old: Vec<String> = self
+            .alerts
+            .values()
+            .filter(|a| {
+                a.status == Status::Resolved
+                    && a.resolved_at
+                        .is_some_and(|r| now - r > RESOLVED_RETENTION_SECS)
+            })
+            .map(|a| a.fingerprint.clone())
+            .collect();
+        for fp in old {
+            self.alerts.remove(&fp);
+            self.changed.remove(&fp);
+            self.removed.insert(fp);
+        }
+    }
+
+    /// Writes changed alerts into `batch`.
+    pub fn write_changes(&mut self, batch: &mut Batch) {
+        for fp in self.changed.drain() {
+            if let Some(a) = self.alerts.get(&fp) {
+                batch.put(
+                    Space::Alert,
+                    fp.into_bytes(),
+                    codec::encode(ALERT_VERSION, a),
+                );
+            }
+        }
+        for fp in self.removed.drain() {
+            batch.delete(Space::Alert, fp.into_bytes());
+        }
+    }
+
+    /// Throws away unsaved changes by reloading from the store (a commit failed).
+    pub fn reload(&mut self, store: &dyn Store) -> Result<(), StoreError> {
+        *self = Self::load(store)?;
+        Ok(())
+    }
+
+    /// Counts per (county, rule, severity, status), for metrics.
+    pub fn counts(&self) -> BTreeMap<(CountyCode, String, String, Status), u64> {
+        let mut m = BTreeMap::new();
+        for a in self.alerts.values() {
+            *m.entry((a.county, a.rule.clone(), a.severity.clone(), a.status))
+                .or_default() += 1;
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,306 @@
+//! The daemon: builds every part from the validated configuration and runs them until
+//! shutdown. Start-up order: store → engine (full evaluation) → HTTP → outbox → feeds
+//! (roster feeds first, then the feeds that join through the roster) → evaluation ticks.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::api::{self, ApiState};
+use crate::config::{Config, FeedConfig, MappingTarget};
+use crate::engine::Engine;
+use crate::feeds::{self, Counts, MapError, PollError, Sink};
+use crate::metrics::Metrics;
+use crate::model::{Record, now};
+use crate::notify::{self, Outbox, Receiver, Templates};
+use crate::pseudonym::Pseudonymizer;
+use crate::rules::RuleSet;
+use crate::store::{self, Store};
+
+/// What a running daemon reports back to its caller (tests and `demo`).
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub http: SocketAddr,
+}
+
+/// The key file: from the config, or the systemd credential `pseudonym-key`.
+fn pseudonymizer(config: &Config) -> anyhow::Result<Pseudonymizer> {
+    let path = match &config.daemon.pseudonym_key_file {
+        Some(p) => p.clone(),
+        None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => PathBuf::from(dir).join("pseudonym-key"),
+            None => anyhow::bail!(
+                "{}: daemon.pseudonym_key_file is not set and there is no systemd credential \
+                 (CREDENTIALS_DIRECTORY); set pseudonym_key_file to a file with at least 16 random bytes",
+                config.file.display()
+            ),
+        },
+    };
+    let p = if config.daemon.create_pseudonym_key {
+        Pseudonymizer::load_or_create(&path)?
+    } else {
+        Pseudonymizer::load(&path)?
+    };
+    Ok(p)
+}
+
+#[derive(Clone)]
+struct EngineSink {
+    engine: Arc<tokio::sync::Mutex<Engine>>,
+}
+
+impl Sink for EngineSink {
+    async fn cursor(&self, feed: &str) -> Result<Option<String>, PollError> {
+        self.engine
+            .lock()
+            .await
+            .cursor(feed)
+            .map_err(|e| PollError::Store(e.to_string()))
+    }
+
+    async fn ingest(
+        &self,
+        feed: &FeedConfig,
+        records: Vec<Result<Record, MapError>>,
+    ) -> Result<Counts, PollError> {
+        self.engine
+            .lock()
+            .await
+            .ingest(feed, records, now())
+            .map_err(|e| PollError::Store(e.to_string()))
+    }
+
+    async fn save_cursor(&self, feed: &str, cursor: &str) -> Result<(), PollError> {
+        self.engine
+            .lock()
+            .await
+            .save_cursor(feed, cursor)
+            .map_err(|e| PollError::Store(e.to_string()))
+    }
+
+    async fn poll_done(&self, feed: &str) {
+        let mut engine = self.engine.lock().await;
+        match engine.evaluate_touched(now()) {
+            Ok(r) if r.checks > 0 => info!(
+                feed,
+                checks = r.checks,
+                fired = r.fired,
+                resolved = r.resolved,
+                notifications = r.notifications,
+                "rules evaluated after poll"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                error!(feed, error = %e, "rule evaluation after poll failed; it will be retried")
+            }
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` becomes true. `started` receives the bound address.
+pub async fn run(
+    config: Config,
+    rules: RuleSet,
+    mut shutdown: watch::Receiver<bool>,
+    started: Option<tokio::sync::oneshot::Sender<Started>>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.daemon.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.daemon.data_dir.display()))?;
+    let pseudo = pseudonymizer(&config)?;
+    let store: Arc<dyn Store> = Arc::new(store::open(&config.daemon.data_dir)?);
+    let metrics = Arc::new(Metrics::new());
+    let mut receivers = BTreeMap::new();
+    for r in &config.receivers {
+        receivers.insert(r.name().to_string(), Receiver::build(r)?);
+    }
+    let outbox = Arc::new(Mutex::new(Outbox::load(store.as_ref())?));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let rules = Arc::new(rules);
+    let mut engine = Engine::open(
+        Arc::clone(&store),
+        config.daemon.retention_months,
+        Arc::clone(&rules),
+        config.notify.clone(),
+        Templates::new(config.daemon.language),
+        Arc::clone(&outbox),
+        Arc::clone(&wake),
+        Arc::clone(&metrics),
+    )?;
+    let report = engine.evaluate_all(now())?;
+    info!(
+        households = engine.world().n_households(),
+        rules = rules.rules.len(),
+        checks = report.checks,
+        fired = report.fired,
+        resolved = report.resolved,
+        "state loaded and evaluated"
+    );
+    let engine = Arc::new(tokio::sync::Mutex::new(engine));
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let (http, http_task) = {
+        let mut sd = shutdown.clone();
+        api::serve(
+            ApiState {
+                metrics: Arc::clone(&metrics),
+                ready: Arc::clone(&ready),
+            },
+            config.daemon.listen,
+            async move {
+                let _ = sd.wait_for(|v| *v).await;
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "binding the HTTP listener {} (daemon.listen)",
+                config.daemon.listen
+            )
+        })?
+    };
+    info!(address = %http, "serving /metrics, /healthz and /readyz");
+
+    let outbox_task = tokio::spawn(notify::run_outbox(
+        Arc::clone(&outbox),
+        Arc::clone(&wake),
+        receivers,
+        Arc::clone(&store),
+        config.notify.clone(),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
+
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("guardline/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .context("building the HTTP client")?;
+    // Feeds keyed by person wait for the roster's first poll, so that their records can
+    // be joined to households.
+    let roster_feeds: Vec<String> = config
+        .feeds
+        .iter()
+        .filter(|f| matches!(f.mapping.target, MappingTarget::Roster { .. }))
+        .map(|f| f.name.clone())
+        .collect();
+    let (open_tx, open_rx) = watch::channel(roster_feeds.is_empty());
+    let (first_tx, mut first_rx) = tokio::sync::mpsc::channel::<String>(64);
+    let mut feed_tasks = Vec::new();
+    let sink = EngineSink {
+        engine: Arc::clone(&engine),
+    };
+    for f in &config.feeds {
+        let is_roster = roster_feeds.contains(&f.name);
+        let (gate, report) = if is_roster {
+            (watch::channel(true).1, Some(first_tx.clone()))
+        } else {
+            (open_rx.clone(), None)
+        };
+        feed_tasks.push(tokio::spawn(feeds::run_feed(
+            f.clone(),
+            client.clone(),
+            pseudo.clone(),
+            sink.clone(),
+            Arc::clone(&metrics),
+            shutdown.clone(),
+            gate,
+            report,
+        )));
+    }
+    drop(first_tx);
+    tokio::spawn(async move {
+        let mut waiting: std::collections::BTreeSet<String> = roster_feeds.into_iter().collect();
+        while !waiting.is_empty() {
+            match first_rx.recv().await {
+                Some(name) => {
+                    waiting.remove(&name);
+                }
+                None => break,
+            }
+        }
+        let _ = open_tx.send(true);
+        // Keep the channel drained.
+        while first_rx.recv().await.is_some() {}
+    });
+
+    ready.store(true, Ordering::SeqCst);
+    if let Some(tx) = started {
+        let _ = tx.send(Started { http });
+    }
+
+    let mut ticker = tokio::time::interval(config.daemon.evaluation_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let mut e = engine.lock().await;
+                match e.tick(now()) {
+                    Ok(r) if r.fired + r.resolved > 0 => info!(checks = r.checks, fired = r.fired, resolved = r.resolved, "tick evaluated"),
+                    Ok(_) => {}
+                    Err(err) => error!(error = %err, "tick evaluation failed; retrying at the next tick"),
+                }
+            }
+            _ = shutdown.wait_for(|v| *v) => break,
+        }
+    }
+
+    info!("shutting down: waiting for polls in flight");
+    ready.store(false, Ordering::SeqCst);
+    for t in feed_tasks {
+        if tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .is_err()
+        {
+            warn!(
+                "a feed poll did not finish within 60 s; its uncommitted page will be fetched again"
+            );
+        }
+    }
+    {
+        let mut e = engine.lock().await;
+        if let Err(err) = e.evaluate_touched(now()) {
+            error!(error = %err, "final evaluation failed; it runs again at the next start");
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), outbox_task).await;
+    let _ = http_task.await;
+    info!("stopped");
+    Ok(())
+}
+
+/// A watch channel that turns true on SIGTERM or Ctrl-C.
+pub fn shutdown_on_signals() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        error!(error = %e, "cannot listen for SIGTERM");
+                        let _ = tokio::signal::ctrl_c().await;
+                        let _ = tx.send(true);
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => info!("interrupt received"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}

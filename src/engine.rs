@@ -1,0 +1,401 @@
+//! The engine: applies records to state, evaluates rules on what changed, moves alerts
+//! through their lifecycle and queues the notifications they cause.
+//!
+//! Invariants:
+//! - State is committed before the cursor covering it (see `feeds`); alert states and the
+//!   notifications they cause are committed in one batch, before anything is sent.
+//! - If a commit fails, memory is rolled back to what the store holds, so a retry starts
+//!   from the durable state.
+//! - Rules are evaluated on touched entities after a poll, on time-driven rules and pending
+//!   alerts at every tick, and on everything at start (which also covers a crash between a
+//!   state commit and its evaluation).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::{DateTime, FixedOffset};
+use tracing::{info, warn};
+
+use crate::alerts::{Alerts, Status, Transition};
+use crate::config::{FeedConfig, NotifyConfig};
+use crate::feeds::{Counts, MapError};
+use crate::metrics::Metrics;
+use crate::model::{HouseholdCategory, Month, Record};
+use crate::notify::{Outbox, Templates, notifications_for};
+use crate::rules::{EntityKind, EvalContext, RuleSet, evaluate};
+use crate::state::{Applied, EntityRef, Touched, World};
+use crate::store::{Batch, Space, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Alert(#[from] crate::alerts::AlertError),
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    world: World,
+    alerts: Alerts,
+    rules: Arc<RuleSet>,
+    notify: NotifyConfig,
+    templates: Templates,
+    outbox: Arc<Mutex<Outbox>>,
+    wake: Arc<tokio::sync::Notify>,
+    metrics: Arc<Metrics>,
+    /// Entities touched by polls and not yet evaluated.
+    pending_eval: Touched,
+}
+
+/// What one evaluation pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EvalReport {
+    pub checks: u64,
+    pub fired: u64,
+    pub resolved: u64,
+    pub notifications: u64,
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        store: Arc<dyn Store>,
+        retention_months: u32,
+        rules: Arc<RuleSet>,
+        notify: NotifyConfig,
+        templates: Templates,
+        outbox: Arc<Mutex<Outbox>>,
+        wake: Arc<tokio::sync::Notify>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, EngineError> {
+        let world = World::load(store.as_ref(), retention_months)?;
+        let alerts = Alerts::load(store.as_ref())?;
+        let e = Self {
+            store,
+            world,
+            alerts,
+            rules,
+            notify,
+            templates,
+            outbox,
+            wake,
+            metrics,
+            pending_eval: Touched::default(),
+        };
+        e.update_gauges();
+        Ok(e)
+    }
+
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+    pub fn alerts(&self) -> &Alerts {
+        &self.alerts
+    }
+
+    pub fn cursor(&self, feed: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .store
+            .get(Space::Cursor, feed.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn save_cursor(&self, feed: &str, cursor: &str) -> Result<(), StoreError> {
+        let mut b = Batch::default();
+        b.put(
+            Space::Cursor,
+            feed.as_bytes().to_vec(),
+            cursor.as_bytes().to_vec(),
+        );
+        self.store.commit(b)
+    }
+
+    /// Applies records and commits the changed state; logs and counts every rejection.
+    pub fn ingest(
+        &mut self,
+        feed: &FeedConfig,
+        records: Vec<Result<Record, MapError>>,
+        now: DateTime<FixedOffset>,
+    ) -> Result<Counts, EngineError> {
+        let mut counts = Counts::default();
+        let mut rejected: BTreeMap<&'static str, u64> = BTreeMap::new();
+        self.world.begin();
+        for (i, r) in records.iter().enumerate() {
+            let outcome = match r {
+                Err(e) => Err((e.reason, e.to_string())),
+                Ok(rec) => self
+                    .world
+                    .apply(&feed.name, rec, now)
+                    .map_err(|e| (e.reason(), e.to_string())),
+            };
+            match outcome {
+                Ok(Applied::Changed) => counts.accepted += 1,
+                Ok(Applied::Duplicate) => counts.duplicate += 1,
+                Err((reason, detail)) => {
+                    counts.rejected += 1;
+                    *rejected.entry(reason).or_default() += 1;
+                    // The record id is the department's, not personal data; field values are never logged.
+                    let id = r.as_ref().map(|x| x.id.as_str()).unwrap_or("");
+                    warn!(feed = %feed.name, record = id, index = i, reason, error = %detail, "record rejected");
+                }
+            }
+        }
+        let (batch, touched) = self.world.take_batch();
+        if let Err(e) = self.store.commit(batch) {
+            self.world.rollback();
+            return Err(e.into());
+        }
+        let name = feed.name.as_str();
+        let m = &self.metrics;
+        m.feed_records
+            .with_label_values(&[name, "accepted"])
+            .inc_by(counts.accepted);
+        m.feed_records
+            .with_label_values(&[name, "duplicate"])
+            .inc_by(counts.duplicate);
+        m.feed_records
+            .with_label_values(&[name, "rejected"])
+            .inc_by(counts.rejected);
+        for (reason, n) in rejected {
+            m.feed_records_rejected
+                .with_label_values(&[name, reason])
+                .inc_by(n);
+        }
+        self.pending_eval.households.extend(touched.households);
+        self.pending_eval.villages.extend(touched.villages);
+        Ok(counts)
+    }
+
+    /// Evaluates the entities touched since the last call.
+    pub fn evaluate_touched(
+        &mut self,
+        now: DateTime<FixedOffset>,
+    ) -> Result<EvalReport, EngineError> {
+        let t = std::mem::take(&mut self.pending_eval);
+        let mut entities: BTreeSet<EntityRef> =
+            t.households.into_iter().map(EntityRef::Household).collect();
+        entities.extend(t.villages.into_iter().map(EntityRef::Village));
+        // A household changed: its village-level rules do not depend on it, so only its own.
+        let result = self.evaluate_set(&entities, |_| true, now, "poll");
+        if result.is_err() {
+            // Keep them for the next try.
+            for e in entities {
+                match e {
+                    EntityRef::Household(h) => self.pending_eval.households.push(h),
+                    EntityRef::Village(v) => self.pending_eval.villages.push(v),
+                }
+            }
+        }
+        result
+    }
+
+    /// Evaluates every entity with every rule (at start and after a rules change).
+    pub fn evaluate_all(&mut self, now: DateTime<FixedOffset>) -> Result<EvalReport, EngineError> {
+        let mut entities: BTreeSet<EntityRef> = self
+            .world
+            .households()
+            .map(|h| EntityRef::Household(h.id.clone()))
+            .collect();
+        entities.extend(self.world.villages().map(|v| EntityRef::Village(v.code)));
+        // Alerts whose entity is gone must resolve too.
+        for a in self.alerts.iter() {
+            if let Some(e) = parse_entity(&a.entity) {
+                entities.insert(e);
+            }
+        }
+        self.evaluate_set(&entities, |_| true, now, "all")
+    }
+
+    /// The periodic pass: time-driven rules on all villages, and entities with pending alerts.
+    pub fn tick(&mut self, now: DateTime<FixedOffset>) -> Result<EvalReport, EngineError> {
+        let mut report = self.evaluate_touched(now)?;
+        let villages: BTreeSet<EntityRef> = self
+            .world
+            .villages()
+            .map(|v| EntityRef::Village(v.code))
+            .collect();
+        let r = self.evaluate_set(&villages, |rule| rule.kind.time_driven(), now, "tick")?;
+        add(&mut report, r);
+        let pending: Vec<(String, String)> = self.alerts.pending_entities();
+        let mut by_rule: BTreeMap<String, BTreeSet<EntityRef>> = BTreeMap::new();
+        for (rule, entity) in pending {
+            if let Some(e) = parse_entity(&entity) {
+                by_rule.entry(rule).or_default().insert(e);
+            }
+        }
+        for (rule, ents) in by_rule {
+            let r = self.evaluate_set(&ents, |r| r.name == rule, now, "tick")?;
+            add(&mut report, r);
+        }
+        self.alerts.expire_resolved(now.timestamp());
+        let mut b = Batch::default();
+        self.alerts.write_changes(&mut b);
+        if !b.is_empty() {
+            self.store.commit(b)?;
+        }
+        self.metrics
+            .store_size
+            .set(self.store.size_on_disk() as i64);
+        Ok(report)
+    }
+
+    fn evaluate_set(
+        &mut self,
+        entities: &BTreeSet<EntityRef>,
+        rule_filter: impl Fn(&crate::rules::Rule) -> bool,
+        now: DateTime<FixedOffset>,
+        trigger: &str,
+    ) -> Result<EvalReport, EngineError> {
+        let began = Instant::now();
+        let mut report = EvalReport::default();
+        let mut transitions = Vec::new();
+        let rules = Arc::clone(&self.rules);
+        {
+            let ctx = EvalContext {
+                world: &self.world,
+                now,
+            };
+            for rule in rules.rules.iter().filter(|r| rule_filter(r)) {
+                let kind = rule.kind.entity();
+                for entity in entities {
+                    let matches = matches!(
+                        (kind, entity),
+                        (EntityKind::Household, EntityRef::Household(_))
+                            | (EntityKind::Village, EntityRef::Village(_))
+                    );
+                    if !matches {
+                        continue;
+                    }
+                    report.checks += 1;
+                    let finding = evaluate(rule, &ctx, entity);
+                    match self
+                        .alerts
+                        .observe(&rules, rule, entity, finding.as_ref(), now)
+                    {
+                        Ok(Some(t)) => transitions.push(t),
+                        Ok(None) => {}
+                        Err(e) => {
+                            warn!(rule = %rule.name, error = %e, "rule evaluation failed");
+                        }
+                    }
+                }
+            }
+        }
+        let mut batch = Batch::default();
+        let mut queued = Vec::new();
+        for t in &transitions {
+            let (state, alert) = match t {
+                Transition::Fired(a) => ("firing", a),
+                Transition::Resolved(a) => ("resolved", a),
+            };
+            match t {
+                Transition::Fired(_) => report.fired += 1,
+                Transition::Resolved(_) => report.resolved += 1,
+            }
+            info!(rule = %alert.rule, county = %alert.county, fingerprint = %alert.fingerprint, state, "alert transition");
+            self.metrics
+                .alert_transitions
+                .with_label_values(&[alert.rule.as_str(), state])
+                .inc();
+            queued.extend(notifications_for(
+                t,
+                &self.notify,
+                &self.templates,
+                self.store.as_ref(),
+                now.timestamp(),
+                &mut batch,
+            )?);
+        }
+        self.alerts.write_changes(&mut batch);
+        self.record_at_risk(now);
+        let (state_batch, _) = self.world.take_batch();
+        batch.ops.extend(state_batch.ops);
+        if let Err(e) = self.store.commit(batch) {
+            self.alerts.reload(self.store.as_ref())?;
+            return Err(e.into());
+        }
+        report.notifications = queued.len() as u64;
+        if !queued.is_empty() {
+            if let Ok(mut o) = self.outbox.lock() {
+                for n in queued {
+                    o.insert(n);
+                }
+                self.metrics.outbox_depth.set(o.len() as i64);
+            }
+            self.wake.notify_one();
+        }
+        self.metrics
+            .evaluation_duration
+            .with_label_values(&[trigger])
+            .observe(began.elapsed().as_secs_f64());
+        self.update_gauges();
+        Ok(report)
+    }
+
+    /// Households with a firing alert per county, for the county value of this month.
+    fn record_at_risk(&mut self, now: DateTime<FixedOffset>) {
+        let mut per_county: BTreeMap<crate::model::CountyCode, BTreeSet<&str>> = BTreeMap::new();
+        for a in self.alerts.iter() {
+            if a.status == Status::Firing && a.entity.starts_with("household/") {
+                per_county
+                    .entry(a.county)
+                    .or_default()
+                    .insert(a.entity.as_str());
+            }
+        }
+        let counts: Vec<(crate::model::CountyCode, u32)> = per_county
+            .into_iter()
+            .map(|(c, s)| (c, s.len() as u32))
+            .collect();
+        self.world.begin();
+        for (c, n) in counts {
+            self.world.set_at_risk(c, Month::of(now), n);
+        }
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.metrics;
+        m.alerts.reset();
+        for ((county, rule, severity, status), n) in self.alerts.counts() {
+            m.alerts
+                .with_label_values(&[
+                    county.to_string().as_str(),
+                    rule.as_str(),
+                    severity.as_str(),
+                    status.name(),
+                ])
+                .set(n as i64);
+        }
+        m.households.reset();
+        for c in self.world.counties() {
+            for cat in HouseholdCategory::ALL {
+                let n = c.households_by_category[cat.index()];
+                if n > 0 {
+                    m.households
+                        .with_label_values(&[c.code.to_string().as_str(), cat.slug()])
+                        .set(i64::from(n));
+                }
+            }
+        }
+    }
+}
+
+fn add(a: &mut EvalReport, b: EvalReport) {
+    a.checks += b.checks;
+    a.fired += b.fired;
+    a.resolved += b.resolved;
+    a.notifications += b.notifications;
+}
+
+fn parse_entity(key: &str) -> Option<EntityRef> {
+    let (kind, id) = key.split_once('/')?;
+    match kind {
+        "household" => id.parse().ok().map(EntityRef::Household),
+        "village" => id.parse().ok().map(EntityRef::Village),
+        _ => None,
+    }
+}

@@ -1,0 +1,372 @@
+//! Mapping a decoded record (JSON value) to an observation, as the feed's `map` says.
+//!
+//! Invariant: ID numbers are pseudonymised here and names masked here; neither the raw
+//! values nor any other field value appears in a [`MapError`], so errors can be logged.
+
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone};
+use serde_json::Value;
+
+use crate::config::{AmountUnit, Mapping, MappingTarget, SubjectField, TimeField};
+use crate::model::{
+    Fen, HouseholdCategory, Month, Observation, Record, RosterEntry, Subject, china_offset,
+    mask_name,
+};
+use crate::pseudonym::Pseudonymizer;
+
+/// Why a record could not be mapped. `reason` is a short stable slug for metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {detail}")]
+pub struct MapError {
+    pub reason: &'static str,
+    pub field: String,
+    pub detail: String,
+}
+
+fn err(reason: &'static str, field: &str, detail: impl Into<String>) -> MapError {
+    MapError {
+        reason,
+        field: field.to_string(),
+        detail: detail.into(),
+    }
+}
+
+/// Looks up a dotted path (`a.b.c`) in a JSON value; an empty path is the value itself.
+pub fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    if path.is_empty() {
+        return Some(v);
+    }
+    path.split('.').try_fold(v, |cur, seg| match cur {
+        Value::Object(m) => m.get(seg),
+        Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
+}
+
+fn present<'a>(rec: &'a Value, field: &str) -> Result<&'a Value, MapError> {
+    match lookup(rec, field) {
+        None | Some(Value::Null) => Err(err("missing_field", field, "is missing")),
+        Some(v) => Ok(v),
+    }
+}
+
+/// A field as text: strings as they are, numbers printed.
+fn text(rec: &Value, field: &str) -> Result<String, MapError> {
+    match present(rec, field)? {
+        Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        Value::String(_) => Err(err("missing_field", field, "is empty")),
+        Value::Number(n) => Ok(n.to_string()),
+        other => Err(err(
+            "wrong_type",
+            field,
+            format!("is a {} instead of text", type_name(other)),
+        )),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "list",
+        Value::Object(_) => "object",
+    }
+}
+
+/// An amount in yuan or fen, as a number or a numeric string; never negative.
+pub fn amount(rec: &Value, field: &str, unit: AmountUnit) -> Result<Fen, MapError> {
+    let v = present(rec, field)?;
+    let x = match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().replace(',', "").parse::<f64>().ok(),
+        _ => None,
+    }
+    .filter(|x| x.is_finite())
+    .ok_or_else(|| {
+        err(
+            "not_a_number",
+            field,
+            format!("is a {} that is not a number", type_name(v)),
+        )
+    })?;
+    if x < 0.0 {
+        return Err(err("negative_amount", field, "is negative"));
+    }
+    let fen = match unit {
+        AmountUnit::Yuan => (x * 100.0).round(),
+        AmountUnit::Fen => x.round(),
+    };
+    if fen > 1e13 {
+        return Err(err("out_of_range", field, "is implausibly large"));
+    }
+    Ok(fen as Fen)
+}
+
+/// Parses a time with a chrono format, `rfc3339` or `epoch`; local times are China Standard Time.
+pub fn time(rec: &Value, field: &str, format: &str) -> Result<DateTime<FixedOffset>, MapError> {
+    let bad = || {
+        err(
+            "bad_time",
+            field,
+            format!("does not match the format {format:?}"),
+        )
+    };
+    let tz = china_offset();
+    if format == "epoch" {
+        let secs = match present(rec, field)? {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.trim().parse::<i64>().ok(),
+            _ => None,
+        }
+        .ok_or_else(bad)?;
+        return tz.timestamp_opt(secs, 0).single().ok_or_else(bad);
+    }
+    let s = text(rec, field)?;
+    if format == "rfc3339" {
+        return DateTime::parse_from_rfc3339(&s)
+            .map(|d| d.with_timezone(&tz))
+            .map_err(|_| bad());
+    }
+    if let Ok(dt) = NaiveDateTime::parse_from_str(&s, format) {
+        return tz.from_local_datetime(&dt).single().ok_or_else(bad);
+    }
+    let date = NaiveDate::parse_from_str(&s, format)
+        .or_else(|_| NaiveDate::parse_from_str(&format!("{s}|01"), &format!("{format}|%d")))
+        .map_err(|_| bad())?;
+    let dt = date.and_hms_opt(0, 0, 0).ok_or_else(bad)?;
+    tz.from_local_datetime(&dt).single().ok_or_else(bad)
+}
+
+fn month(rec: &Value, tf: &TimeField) -> Result<Month, MapError> {
+    Ok(Month::of(time(rec, &tf.field, &tf.format)?))
+}
+
+/// Maps one record. `rec` is one element of the feed's record list.
+pub fn map_record(m: &Mapping, rec: &Value, pseudo: &Pseudonymizer) -> Result<Record, MapError> {
+    if !rec.is_object() {
+        return Err(err(
+            "wrong_type",
+            "",
+            format!("record is a {} instead of an object", type_name(rec)),
+        ));
+    }
+    let id = text(rec, &m.record_id)?;
+    let observation = match &m.target {
+        MappingTarget::Roster {
+            household,
+            village,
+            village_name,
+            category,
+            head_name,
+            members,
+            member_id,
+            income_per_capita,
+            income_unit,
+        } => {
+            let hh = text(rec, household)?
+                .parse()
+                .map_err(|e: crate::model::IdError| err("invalid_id", household, e.to_string()))?;
+            let village_code = text(rec, village)?
+                .parse()
+                .map_err(|_| err("invalid_code", village, "is not a 12-digit village code"))?;
+            let category = text(rec, category)?
+                .parse::<HouseholdCategory>()
+                .map_err(|e| err("invalid_category", category, e))?;
+            let list = match present(rec, members)? {
+                Value::Array(a) => a,
+                other => {
+                    return Err(err(
+                        "wrong_type",
+                        members,
+                        format!("is a {} instead of a list", type_name(other)),
+                    ));
+                }
+            };
+            let mut keys = Vec::with_capacity(list.len());
+            for member in list {
+                let raw = match member {
+                    Value::Object(_) => text(member, member_id).map_err(|e| {
+                        err(e.reason, &format!("{members}[].{member_id}"), e.detail)
+                    })?,
+                    Value::String(s) => s.clone(),
+                    other => {
+                        return Err(err(
+                            "wrong_type",
+                            members,
+                            format!("has a {} member", type_name(other)),
+                        ));
+                    }
+                };
+                keys.push(pseudo.person_key(&raw));
+            }
+            if keys.is_empty() {
+                return Err(err("missing_field", members, "has no members"));
+            }
+            Observation::Roster(RosterEntry {
+                household: hh,
+                village: village_code,
+                village_name: village_name
+                    .as_deref()
+                    .and_then(|f| text(rec, f).ok())
+                    .unwrap_or_default(),
+                category,
+                head_masked: mask_name(&text(rec, head_name)?),
+                members: keys,
+                income_per_capita: amount(rec, income_per_capita, *income_unit)?,
+            })
+        }
+        MappingTarget::Samples {
+            subject,
+            time: tf,
+            values,
+        } => {
+            let subject = match subject {
+                SubjectField::Person(f) => Subject::Person(pseudo.person_key(&text(rec, f)?)),
+                SubjectField::Household(f) => Subject::Household(
+                    text(rec, f)?
+                        .parse()
+                        .map_err(|e: crate::model::IdError| err("invalid_id", f, e.to_string()))?,
+                ),
+            };
+            let month = month(rec, tf)?;
+            let values = values
+                .iter()
+                .map(|v| amount(rec, &v.field, v.unit).map(|a| (v.indicator, a)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Observation::Sample {
+                subject,
+                month,
+                values,
+            }
+        }
+        MappingTarget::Intervals {
+            kind,
+            village,
+            interval_id,
+            start,
+            end,
+            time_format,
+        } => {
+            let village_code = text(rec, village)?
+                .parse()
+                .map_err(|_| err("invalid_code", village, "is not a 12-digit village code"))?;
+            let end = match lookup(rec, end) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) if s.trim().is_empty() => None,
+                Some(_) => Some(time(rec, end, time_format)?),
+            };
+            Observation::Interval {
+                village: village_code,
+                id: text(rec, interval_id)?,
+                kind: *kind,
+                start: time(rec, start, time_format)?,
+                end,
+            }
+        }
+    };
+    Ok(Record { id, observation })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ValueField;
+    use crate::model::Indicator;
+    use serde_json::json;
+
+    fn wages() -> Mapping {
+        Mapping {
+            record_id: "record_id".into(),
+            target: MappingTarget::Samples {
+                subject: SubjectField::Person("id_number".into()),
+                time: TimeField {
+                    field: "month".into(),
+                    format: "%Y-%m".into(),
+                },
+                values: vec![ValueField {
+                    indicator: Indicator::WageIncome,
+                    field: "amount".into(),
+                    unit: AmountUnit::Yuan,
+                }],
+            },
+        }
+    }
+
+    fn p() -> Pseudonymizer {
+        Pseudonymizer::from_key(b"test key of sixteen+ bytes")
+    }
+
+    #[test]
+    fn maps_a_wage_record() {
+        let rec = json!({"record_id": "RS-1", "id_number": "632522199001011234", "month": "2026-09", "amount": "3,010.50"});
+        let r = map_record(&wages(), &rec, &p()).unwrap();
+        assert_eq!(r.id, "RS-1");
+        match r.observation {
+            Observation::Sample {
+                subject,
+                month,
+                values,
+            } => {
+                assert_eq!(
+                    subject,
+                    Subject::Person(p().person_key("632522199001011234"))
+                );
+                assert_eq!(month.to_string(), "2026-09");
+                assert_eq!(values, vec![(Indicator::WageIncome, 301_050)]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_fields_are_rejected_without_their_values() {
+        let m = wages();
+        let cases = [
+            (
+                json!({"record_id": "1", "id_number": "632522199001011234", "month": "2026-09"}),
+                "missing_field",
+            ),
+            (
+                json!({"record_id": "1", "id_number": "632522199001011234", "month": "2026-09", "amount": "abc"}),
+                "not_a_number",
+            ),
+            (
+                json!({"record_id": "1", "id_number": "632522199001011234", "month": "2026-09", "amount": -5}),
+                "negative_amount",
+            ),
+            (
+                json!({"record_id": "1", "id_number": "632522199001011234", "month": "Sept", "amount": 5}),
+                "bad_time",
+            ),
+            (json!([1, 2]), "wrong_type"),
+        ];
+        for (rec, reason) in cases {
+            let e = map_record(&m, &rec, &p()).unwrap_err();
+            assert_eq!(e.reason, reason, "{rec}");
+            assert!(!e.to_string().contains("632522199001011234"));
+        }
+    }
+
+    #[test]
+    fn time_formats() {
+        let r =
+            json!({"a": "20260305", "b": "2026-03-05T23:30:00Z", "c": 1772726400, "d": "202603"});
+        assert_eq!(
+            time(&r, "a", "%Y%m%d").unwrap().to_rfc3339(),
+            "2026-03-05T00:00:00+08:00"
+        );
+        assert_eq!(
+            time(&r, "b", "rfc3339").unwrap().to_rfc3339(),
+            "2026-03-06T07:30:00+08:00"
+        );
+        assert_eq!(
+            time(&r, "c", "epoch").unwrap().to_rfc3339(),
+            "2026-03-06T00:00:00+08:00"
+        );
+        assert_eq!(
+            Month::of(time(&r, "d", "%Y%m").unwrap()).to_string(),
+            "2026-03"
+        );
+    }
+}

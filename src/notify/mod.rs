@@ -1,0 +1,411 @@
+//! Notifications: rendered from alert transitions, kept in a persistent outbox, delivered by
+//! receivers with retries.
+//!
+//! Invariants:
+//! - A notification is written to the store (in the same batch as the alert transition that
+//!   caused it) before any attempt to send it, and removed only after a receiver accepted it.
+//!   Delivery is therefore at-least-once; a duplicate happens only if the daemon dies between
+//!   a successful send and the removal. Every notification carries a stable key
+//!   (Message-ID `<fingerprint.fired_at.status@guardline>`) so a receiver can drop it.
+//! - Notify reads notifications, never rules or state.
+
+mod receivers;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::{info, warn};
+
+pub use receivers::{Receiver, SendError};
+
+use crate::alerts::{Alert, Status, Transition, format_time};
+use crate::config::{Language, NotifyConfig};
+use crate::metrics::Metrics;
+use crate::model::CountyCode;
+use crate::regions::county_name;
+use crate::store::{Batch, Space, Store, StoreError, codec};
+
+const NOTIFICATION_VERSION: u8 = 1;
+/// The identification time limit of the plan: a warning must be verified within 15 days.
+const IDENTIFICATION_DAYS: i64 = 15;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub id: u64,
+    pub receiver: String,
+    pub fingerprint: String,
+    pub status: Status,
+    pub rule: String,
+    pub county: CountyCode,
+    /// Stable across retries and restarts; receivers may deduplicate on it.
+    pub key: String,
+    pub subject: String,
+    pub body: String,
+    pub created_at: i64,
+    pub attempts: u32,
+    pub next_attempt: i64,
+    pub last_error: Option<String>,
+}
+
+/// Renders notification subjects and bodies (Chinese by default, English available).
+pub struct Templates {
+    env: minijinja::Environment<'static>,
+    lang: &'static str,
+}
+
+impl Templates {
+    pub fn new(language: Language) -> Self {
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        for (name, src) in [
+            ("zh.subject", include_str!("templates/zh.subject.j2")),
+            ("zh.body", include_str!("templates/zh.body.j2")),
+            ("en.subject", include_str!("templates/en.subject.j2")),
+            ("en.body", include_str!("templates/en.body.j2")),
+        ] {
+            // Invariant: the built-in templates are tested to compile (tests below).
+            env.add_template(name, src)
+                .expect("built-in template compiles");
+        }
+        let lang = match language {
+            Language::Zh => "zh",
+            Language::En => "en",
+        };
+        Self { env, lang }
+    }
+
+    pub fn render(
+        &self,
+        alert: &Alert,
+        status: Status,
+    ) -> Result<(String, String), minijinja::Error> {
+        let fired = alert.fired_at.unwrap_or(alert.active_since);
+        let severity = match (self.lang, alert.severity.as_str()) {
+            ("zh", "critical") => "严重",
+            ("zh", "warning") => "预警",
+            ("zh", _) => "提示",
+            (_, s) => s,
+        };
+        let village_name = alert
+            .evidence
+            .parse::<serde_json::Value>()
+            .ok()
+            .and_then(|v| {
+                v.get("village_name")
+                    .and_then(|n| n.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        let ctx = json!({
+            "status": status.name(),
+            "summary": alert.summary,
+            "description": alert.description,
+            "risk_category": alert.risk_category,
+            "severity": severity,
+            "county": alert.county.to_string(),
+            "county_name": county_name(alert.county),
+            "village": alert.labels.get("village").cloned().unwrap_or_default(),
+            "village_name": village_name,
+            "household": alert.labels.get("household").cloned().unwrap_or_default(),
+            "rule": alert.rule,
+            "fired_at": format_time(fired),
+            "resolved_at": alert.resolved_at.map(format_time).unwrap_or_default(),
+            "deadline": format_time(fired + IDENTIFICATION_DAYS * 86_400).get(..10).unwrap_or_default().to_string(),
+            "fingerprint": alert.fingerprint,
+        });
+        let subject = self
+            .env
+            .get_template(&format!("{}.subject", self.lang))?
+            .render(&ctx)?;
+        let body = self
+            .env
+            .get_template(&format!("{}.body", self.lang))?
+            .render(&ctx)?;
+        Ok((subject.trim().replace('\n', " "), body))
+    }
+}
+
+/// Notifications waiting for delivery; mirrors the store's outbox space.
+#[derive(Default)]
+pub struct Outbox {
+    items: BTreeMap<u64, Notification>,
+}
+
+impl Outbox {
+    pub fn load(store: &dyn Store) -> Result<Self, StoreError> {
+        let mut o = Self::default();
+        for (k, v) in store.scan(Space::Outbox)? {
+            let n: Notification = codec::decode(NOTIFICATION_VERSION, Space::Outbox, &k, &v)?;
+            o.items.insert(n.id, n);
+        }
+        Ok(o)
+    }
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+    pub fn insert(&mut self, n: Notification) {
+        self.items.insert(n.id, n);
+    }
+    pub fn oldest_created(&self) -> Option<i64> {
+        self.items.values().map(|n| n.created_at).min()
+    }
+    pub fn items(&self) -> impl Iterator<Item = &Notification> {
+        self.items.values()
+    }
+}
+
+pub fn put(batch: &mut Batch, n: &Notification) {
+    batch.put(
+        Space::Outbox,
+        n.id.to_be_bytes().to_vec(),
+        codec::encode(NOTIFICATION_VERSION, n),
+    );
+}
+
+/// Creates the notifications a transition causes, one per receiver, and adds them to `batch`.
+pub fn notifications_for(
+    transition: &Transition,
+    cfg: &NotifyConfig,
+    templates: &Templates,
+    store: &dyn Store,
+    now: i64,
+    batch: &mut Batch,
+) -> Result<Vec<Notification>, NotifyError> {
+    let (alert, status) = match transition {
+        Transition::Fired(a) => (a, Status::Firing),
+        Transition::Resolved(a) if cfg.send_resolved => (a, Status::Resolved),
+        Transition::Resolved(_) => return Ok(Vec::new()),
+    };
+    let (subject, body) = templates
+        .render(alert, status)
+        .map_err(|e| NotifyError::Template(e.to_string()))?;
+    let key = format!(
+        "{}.{}.{}",
+        alert.fingerprint,
+        alert.fired_at.unwrap_or(alert.active_since),
+        status.name()
+    );
+    let mut out = Vec::new();
+    for receiver in &cfg.receivers {
+        let n = Notification {
+            id: store.next_id()?,
+            receiver: receiver.clone(),
+            fingerprint: alert.fingerprint.clone(),
+            status,
+            rule: alert.rule.clone(),
+            county: alert.county,
+            key: key.clone(),
+            subject: subject.clone(),
+            body: body.clone(),
+            created_at: now,
+            attempts: 0,
+            next_attempt: now,
+            last_error: None,
+        };
+        put(batch, &n);
+        out.push(n);
+    }
+    Ok(out)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("rendering a notification: {0}")]
+    Template(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Exponential backoff with ±20 % jitter, from `initial` doubling up to `max`.
+pub fn backoff(attempts: u32, initial: Duration, max: Duration) -> Duration {
+    let exp = initial.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
+    let base = exp.min(max).as_secs_f64();
+    let jitter = rand::thread_rng().gen_range(0.8..1.2);
+    Duration::from_secs_f64((base * jitter).max(0.001))
+}
+
+/// Delivers due notifications until `shutdown` fires. Order is kept per receiver: when a
+/// receiver fails, its later notifications wait for the earlier one.
+pub async fn run_outbox(
+    outbox: Arc<Mutex<Outbox>>,
+    wake: Arc<tokio::sync::Notify>,
+    receivers: BTreeMap<String, Receiver>,
+    store: Arc<dyn Store>,
+    cfg: NotifyConfig,
+    metrics: Arc<Metrics>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let next_due = deliver_due(&outbox, &receivers, store.as_ref(), &cfg, &metrics).await;
+        let sleep = next_due
+            .map(|t| {
+                Duration::from_secs(t.saturating_sub(crate::model::now().timestamp()).max(0) as u64)
+            })
+            .unwrap_or(Duration::from_secs(3600))
+            .clamp(Duration::from_millis(200), Duration::from_secs(60));
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// One pass over the outbox; returns when the next waiting notification is due.
+pub async fn deliver_due(
+    outbox: &Mutex<Outbox>,
+    receivers: &BTreeMap<String, Receiver>,
+    store: &dyn Store,
+    cfg: &NotifyConfig,
+    metrics: &Metrics,
+) -> Option<i64> {
+    let now = crate::model::now().timestamp();
+    let pending: Vec<Notification> = match outbox.lock() {
+        Ok(o) => o.items.values().cloned().collect(),
+        Err(_) => return None,
+    };
+    let mut blocked: std::collections::BTreeSet<String> = Default::default();
+    let mut next_due: Option<i64> = None;
+    for mut n in pending {
+        if blocked.contains(&n.receiver) {
+            continue;
+        }
+        if n.next_attempt > now {
+            blocked.insert(n.receiver.clone());
+            next_due = Some(next_due.map_or(n.next_attempt, |t| t.min(n.next_attempt)));
+            continue;
+        }
+        let mut batch = Batch::default();
+        let outcome;
+        if now - n.created_at > cfg.expire_after.as_secs() as i64 {
+            warn!(receiver = %n.receiver, fingerprint = %n.fingerprint, attempts = n.attempts,
+                  last_error = n.last_error.as_deref().unwrap_or(""), "notification expired undelivered");
+            outcome = "expired";
+            batch.delete(Space::Outbox, n.id.to_be_bytes().to_vec());
+        } else {
+            let Some(receiver) = receivers.get(&n.receiver) else {
+                warn!(receiver = %n.receiver, "notification for a receiver that is no longer configured; dropped");
+                batch.delete(Space::Outbox, n.id.to_be_bytes().to_vec());
+                if store.commit(batch).is_ok() {
+                    if let Ok(mut o) = outbox.lock() {
+                        o.items.remove(&n.id);
+                    }
+                }
+                continue;
+            };
+            match receiver.send(&n).await {
+                Ok(()) => {
+                    info!(receiver = %n.receiver, fingerprint = %n.fingerprint, rule = %n.rule,
+                          county = %n.county, status = n.status.name(), attempts = n.attempts + 1,
+                          "notification delivered");
+                    outcome = "sent";
+                    batch.delete(Space::Outbox, n.id.to_be_bytes().to_vec());
+                }
+                Err(e) => {
+                    n.attempts += 1;
+                    let wait = if let SendError::RetryAfter(d, _) = &e {
+                        *d
+                    } else {
+                        backoff(n.attempts, cfg.retry_initial, cfg.retry_max)
+                    };
+                    n.next_attempt = now + wait.as_secs().max(1) as i64;
+                    n.last_error = Some(e.to_string());
+                    warn!(receiver = %n.receiver, fingerprint = %n.fingerprint, attempts = n.attempts,
+                          retry_in_seconds = wait.as_secs(), error = %e, "notification failed; will retry");
+                    outcome = "failed";
+                    put(&mut batch, &n);
+                    blocked.insert(n.receiver.clone());
+                    next_due = Some(next_due.map_or(n.next_attempt, |t| t.min(n.next_attempt)));
+                }
+            }
+        }
+        metrics
+            .notifications
+            .with_label_values(&[n.receiver.as_str(), outcome])
+            .inc();
+        match store.commit(batch) {
+            Ok(()) => {
+                if let Ok(mut o) = outbox.lock() {
+                    if outcome == "failed" {
+                        o.items.insert(n.id, n);
+                    } else {
+                        o.items.remove(&n.id);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot record a delivery in the store; it will be retried");
+                return Some(now + 5);
+            }
+        }
+    }
+    if let Ok(o) = outbox.lock() {
+        metrics.outbox_depth.set(o.len() as i64);
+        metrics
+            .outbox_oldest_age
+            .set(o.oldest_created().map_or(0.0, |t| (now - t).max(0) as f64));
+    }
+    next_due
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert() -> Alert {
+        let mut labels = BTreeMap::new();
+        labels.insert("household".to_string(), "632522100201001".to_string());
+        labels.insert("village".to_string(), "632522100201".to_string());
+        Alert {
+            fingerprint: "00ff".into(),
+            rule: "medical_burden".into(),
+            entity: "household/632522100201001".into(),
+            county: "632522".parse().unwrap(),
+            severity: "critical".into(),
+            risk_category: "因病".into(),
+            status: Status::Firing,
+            active_since: 1_790_000_000,
+            fired_at: Some(1_790_000_000),
+            resolved_at: None,
+            summary: "同德县甲村 户632522100201001（户主张*）医疗自付费用负担过重".into(),
+            description: "说明".into(),
+            evidence: r#"{"village_name":"甲村"}"#.into(),
+            labels,
+            history: vec![],
+        }
+    }
+
+    #[test]
+    fn chinese_and_english_templates_render() {
+        let (subject, body) = Templates::new(Language::Zh)
+            .render(&alert(), Status::Firing)
+            .unwrap();
+        assert!(
+            subject.starts_with("【返贫风险预警·严重】同德县甲村"),
+            "{subject}"
+        );
+        assert!(body.contains("所属村：甲村（632522100201）"), "{body}");
+        assert!(body.contains("预警编号：00ff"), "{body}");
+        let (subject, body) = Templates::new(Language::En)
+            .render(&alert(), Status::Resolved)
+            .unwrap();
+        assert!(subject.starts_with("[resolved]"), "{subject}");
+        assert!(body.contains("Household: 632522100201001"), "{body}");
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let i = Duration::from_secs(5);
+        let m = Duration::from_secs(600);
+        assert!(backoff(1, i, m) <= Duration::from_secs(6));
+        assert!(backoff(4, i, m) >= Duration::from_secs(32));
+        assert!(backoff(30, i, m) <= Duration::from_secs(720));
+    }
+}

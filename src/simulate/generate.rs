@@ -1,0 +1,505 @@
+//! Generating the synthetic province.
+
+use chrono::{Datelike, Duration, NaiveDate, TimeZone};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::names::{GIVEN, SURNAMES, VILLAGE_SYLLABLES};
+use crate::model::{HouseholdCategory, Month, china_offset};
+use crate::regions::counties;
+
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub seed: u64,
+    pub households: u32,
+    /// The day the simulated data is published: wages and claims run to the month before.
+    pub as_of: NaiveDate,
+}
+
+/// A case the simulator planted on purpose, or a near miss that must not fire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Planted {
+    /// The rule that must fire (for a case) or stay silent (for a decoy).
+    pub rule: String,
+    /// `household/<id>` or `village/<code>`, as alert entities are named.
+    pub entity: String,
+    pub county: String,
+    pub note: String,
+}
+
+/// The generated feeds, each a list of records in publication order.
+pub struct SimWorld {
+    pub roster: Vec<Value>,
+    pub wages: Vec<Value>,
+    pub medical: Vec<Value>,
+    pub water: Vec<Value>,
+    pub cases: Vec<Planted>,
+    pub decoys: Vec<Planted>,
+}
+
+impl SimWorld {
+    pub fn feed(&self, name: &str) -> Option<&[Value]> {
+        match name {
+            "roster" => Some(&self.roster),
+            "wages" => Some(&self.wages),
+            "medical" => Some(&self.medical),
+            "water" => Some(&self.water),
+            _ => None,
+        }
+    }
+}
+
+/// Thresholds the planted cases and decoys are placed around. They mirror the shipped
+/// default rules in alerts/ (a test checks that every case fires and no decoy does).
+const DROP_PERCENT: f64 = 50.0;
+const MEDICAL_FIXED: f64 = 20_000.0;
+const MEDICAL_SHARE: f64 = 0.5;
+const OUTAGE_DAYS: i64 = 30;
+const MONTHS: u32 = 24;
+
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    // Box-Muller.
+    let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.gen_range(0.0..1.0);
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+fn round10(x: f64) -> f64 {
+    (x / 10.0).round() * 10.0
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn id_number(county: u32, birth: NaiveDate, seq: u32) -> String {
+    let body = format!("{county:06}{}{:03}", birth.format("%Y%m%d"), seq % 1000);
+    let weights = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+    let sum: u32 = body
+        .bytes()
+        .zip(weights)
+        .map(|(b, w)| u32::from(b - b'0') * w)
+        .sum();
+    let check = b"10X98765432"[(sum % 11) as usize] as char;
+    format!("{body}{check}")
+}
+
+fn name(rng: &mut ChaCha8Rng) -> String {
+    let mut n = SURNAMES[rng.gen_range(0..SURNAMES.len())].to_string();
+    for _ in 0..rng.gen_range(1..=2) {
+        n.push_str(GIVEN[rng.gen_range(0..GIVEN.len())]);
+    }
+    n
+}
+
+struct Person {
+    id: String,
+    wage: Option<f64>,
+}
+
+struct Hh {
+    id: String,
+    county: String,
+    persons: Vec<Person>,
+    /// Annual household income, yuan.
+    income: f64,
+}
+
+pub fn generate(opts: &SimOptions) -> SimWorld {
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    let last = Month::of(opts.as_of).minus(1);
+    let first = last.minus(MONTHS - 1);
+    let n = opts.households.max(1);
+    let per_county = ((f64::from(n) / 146.0 / 45.0).ceil() as u32).max(2);
+
+    // Villages: county + township (3 digits) + village (3 digits).
+    let mut villages: Vec<(String, String, String)> = Vec::new(); // (code, name, county)
+    for c in counties() {
+        for v in 0..per_county {
+            let code = format!("{}{:03}{:03}", c.code, 100 + v / 10, 200 + v);
+            let vname = format!(
+                "{}{}村",
+                VILLAGE_SYLLABLES[rng.gen_range(0..VILLAGE_SYLLABLES.len())],
+                VILLAGE_SYLLABLES[rng.gen_range(0..VILLAGE_SYLLABLES.len())]
+            );
+            villages.push((code, vname, c.code.to_string()));
+        }
+    }
+
+    let mut roster = Vec::new();
+    let mut households = Vec::new();
+    let mut per_village = vec![0u32; villages.len()];
+    for i in 0..n {
+        let vi = if (i as usize) < villages.len() {
+            i as usize
+        } else {
+            rng.gen_range(0..villages.len())
+        };
+        per_village[vi] += 1;
+        let (vcode, vname, county) = &villages[vi];
+        let hh_id = format!("{vcode}{:04}", per_village[vi]);
+        let size = match rng.gen_range(0..100) {
+            0..8 => 1,
+            8..25 => 2,
+            25..47 => 3,
+            47..72 => 4,
+            72..90 => 5,
+            _ => 6,
+        };
+        let category = match rng.gen_range(0..100) {
+            0..68 => HouseholdCategory::Ordinary,
+            68..93 => HouseholdCategory::Lifted,
+            93..96 => HouseholdCategory::UnstableLifted,
+            96..99 => HouseholdCategory::NearPoor,
+            _ => HouseholdCategory::SuddenHardship,
+        };
+        let base = match category {
+            HouseholdCategory::Ordinary => 14_000.0,
+            HouseholdCategory::Lifted => 11_000.0,
+            _ => 7_500.0,
+        };
+        let per_capita = round10((base * (0.35 * normal(&mut rng)).exp()).max(4_000.0));
+        let county_num: u32 = county.parse().unwrap_or(630000);
+        let mut members = Vec::new();
+        let mut persons = Vec::new();
+        for k in 0..size {
+            let age = if k == 0 {
+                rng.gen_range(30..75)
+            } else {
+                rng.gen_range(1..80)
+            };
+            let birth = NaiveDate::from_ymd_opt(
+                opts.as_of.year() - age,
+                rng.gen_range(1..=12),
+                rng.gen_range(1..=28),
+            )
+            .unwrap_or(opts.as_of);
+            let pid = id_number(county_num, birth, i * 7 + k);
+            let pname = name(&mut rng);
+            let works = (18..60).contains(&age) && rng.gen_bool(0.45);
+            let wage = works.then(|| {
+                round10((3_200.0 * (0.3 * normal(&mut rng)).exp()).clamp(1_200.0, 9_000.0))
+            });
+            members.push(json!({"id_number": pid, "name": pname, "relation": if k == 0 { "户主" } else { "家庭成员" }}));
+            persons.push(Person { id: pid, wage });
+        }
+        let head_name = members[0]["name"].clone();
+        roster.push(json!({
+            "record_id": format!("R{:07}", i + 1),
+            "hh_id": hh_id,
+            "county_code": county,
+            "village_code": vcode,
+            "village_name": vname,
+            "category": category.name_zh(),
+            "head_name": head_name,
+            "members": members,
+            "income_per_capita": per_capita,
+            "updated_at": opts.as_of.to_string(),
+        }));
+        households.push(Hh {
+            id: hh_id,
+            county: county.clone(),
+            persons,
+            income: per_capita * size as f64,
+        });
+    }
+
+    let mut cases = Vec::new();
+    let mut decoys = Vec::new();
+    let planted = |rule: &str, h: &Hh, note: String| Planted {
+        rule: rule.into(),
+        entity: format!("household/{}", h.id),
+        county: h.county.clone(),
+        note,
+    };
+
+    // Wages: stable ±10 % around each earner's base; plant drops and near misses.
+    let mut wage_rows: Vec<(Month, String, f64)> = Vec::new();
+    let mut earning_seen = 0usize;
+    for h in &households {
+        let earners: Vec<&Person> = h.persons.iter().filter(|p| p.wage.is_some()).collect();
+        if earners.is_empty() {
+            continue;
+        }
+        earning_seen += 1;
+        let mut table: Vec<Vec<f64>> = earners
+            .iter()
+            .map(|p| {
+                (0..MONTHS)
+                    .map(|_| round10(p.wage.unwrap_or(0.0) * rng.gen_range(0.9..1.1)))
+                    .collect()
+            })
+            .collect();
+        let total = |t: &Vec<Vec<f64>>, m: usize| t.iter().map(|r| r[m]).sum::<f64>();
+        let lastm = (MONTHS - 1) as usize;
+        let baseline: f64 = (lastm - 6..lastm).map(|m| total(&table, m)).sum::<f64>() / 6.0;
+        let role = earning_seen % 100; // one case and one decoy per 100 earning households
+        if role == 7 && baseline >= 1_500.0 {
+            if earners.len() == 1 && rng.gen_bool(0.5) {
+                table[0][lastm] = -1.0; // lost the job: no record this month
+                cases.push(planted(
+                    "wage_income_drop",
+                    h,
+                    "唯一务工成员失业，本月无工资记录".into(),
+                ));
+            } else {
+                let target = baseline * rng.gen_range(0.1..0.35);
+                let f = target / total(&table, lastm);
+                for r in table.iter_mut() {
+                    r[lastm] = round10(r[lastm] * f);
+                }
+                let pct = 100.0 - total(&table, lastm) / baseline * 100.0;
+                cases.push(planted(
+                    "wage_income_drop",
+                    h,
+                    format!("工资下降约{pct:.0}%"),
+                ));
+            }
+        } else if role == 37 && baseline >= 1_500.0 {
+            let target = baseline * rng.gen_range(0.62..0.72);
+            let f = target / total(&table, lastm);
+            for r in table.iter_mut() {
+                r[lastm] = round10(r[lastm] * f);
+            }
+            let pct = 100.0 - total(&table, lastm) / baseline * 100.0;
+            decoys.push(planted(
+                "wage_income_drop",
+                h,
+                format!("工资仅下降约{pct:.0}%（低于{DROP_PERCENT}%阈值）"),
+            ));
+        }
+        for (p, row) in earners.iter().zip(&table) {
+            for (m, v) in row.iter().enumerate() {
+                if *v >= 0.0 {
+                    wage_rows.push((first.plus(m as u32), p.id.clone(), *v));
+                }
+            }
+        }
+    }
+    wage_rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let wages = wage_rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, (m, pid, v))| {
+            json!({"record_id": format!("RS{:09}", i + 1), "id_number": pid, "month": m.to_string(), "amount": v})
+        })
+        .collect();
+
+    // Medical claims: rare, modest claims; background households stay well below the lines.
+    let mut claims: Vec<(NaiveDate, String, f64, f64)> = Vec::new(); // (date, person, total, oop)
+    let window_first = last.minus(11);
+    for (hi, h) in households.iter().enumerate() {
+        let limit = MEDICAL_FIXED.min(MEDICAL_SHARE * h.income);
+        let role = hi % 150;
+        let mut mine: Vec<(NaiveDate, String, f64, f64)> = Vec::new();
+        for p in &h.persons {
+            for m in 0..MONTHS {
+                if rng.gen_bool(0.02) {
+                    let month = first.plus(m);
+                    let total = round2(1_500.0 * (0.8 * normal(&mut rng)).exp());
+                    let oop = round2(total * rng.gen_range(0.15..0.4));
+                    mine.push((day_in(&mut rng, month), p.id.clone(), total, oop));
+                }
+            }
+        }
+        // Keep any 12 months of the background below 60 % of the household's line.
+        let sum: f64 = mine.iter().map(|c| c.3).sum();
+        if sum > 0.6 * limit {
+            let f = 0.6 * limit / sum;
+            for c in mine.iter_mut() {
+                c.3 = round2(c.3 * f * 0.99);
+                c.2 = c.2.max(c.3);
+            }
+        }
+        let patient = h.persons[0].id.clone();
+        type Claim = (NaiveDate, String, f64, f64);
+        let heavy = |rng: &mut ChaCha8Rng,
+                     mine: &mut Vec<Claim>,
+                     months_back: std::ops::Range<u32>,
+                     oop_total: f64| {
+            let parts = rng.gen_range(2..=4);
+            for _ in 0..parts {
+                let month = last.minus(rng.gen_range(months_back.clone()));
+                let oop = round2(oop_total / f64::from(parts));
+                let total = round2(oop / rng.gen_range(0.3..0.5));
+                mine.push((day_in(rng, month), patient.clone(), total, oop));
+            }
+        };
+        match role {
+            11 => {
+                let oop = rng.gen_range(25_000.0..60_000.0);
+                heavy(&mut rng, &mut mine, 0..11, oop);
+                cases.push(planted(
+                    "medical_burden",
+                    h,
+                    format!("12个月自付约{oop:.0}元（固定标准）"),
+                ));
+            }
+            61 if h.income < 2.0 * MEDICAL_FIXED => {
+                let oop = h.income * rng.gen_range(0.6..0.9);
+                heavy(&mut rng, &mut mine, 0..11, oop);
+                cases.push(planted(
+                    "medical_burden",
+                    h,
+                    format!("12个月自付约{oop:.0}元，超过年收入{:.0}元的一半", h.income),
+                ));
+            }
+            91 => {
+                // Near miss: high costs, but under the line in the window.
+                let in_window: f64 = mine
+                    .iter()
+                    .filter(|c| Month::of(c.0) >= window_first)
+                    .map(|c| c.3)
+                    .sum();
+                let oop = (limit * rng.gen_range(0.75..0.9) - in_window).max(0.0);
+                heavy(&mut rng, &mut mine, 0..11, oop);
+                decoys.push(planted(
+                    "medical_burden",
+                    h,
+                    format!("自付接近但低于标准{limit:.0}元"),
+                ));
+            }
+            121 => {
+                // Near miss: very heavy costs, but 14-20 months ago, outside the 12-month window.
+                heavy(&mut rng, &mut mine, 14..20, 40_000.0);
+                decoys.push(planted(
+                    "medical_burden",
+                    h,
+                    "大额自付发生在12个月之前".into(),
+                ));
+            }
+            _ => {}
+        }
+        claims.extend(mine);
+    }
+    claims.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    let medical = claims
+        .into_iter()
+        .enumerate()
+        .map(|(i, (d, pid, total, oop))| {
+            json!({"claim_id": format!("YB{:09}", i + 1), "id_number": pid, "settle_date": d.to_string(),
+                   "total_cost": total, "fund_paid": round2(total - oop), "out_of_pocket": oop})
+        })
+        .collect();
+
+    // Water: short repaired interruptions everywhere; a few long open ones and near misses.
+    let tz = china_offset();
+    let at = |days_ago: i64, hour: u32| {
+        let d = opts.as_of - Duration::days(days_ago);
+        tz.from_local_datetime(&d.and_hms_opt(hour, 0, 0).unwrap_or_default())
+            .single()
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default()
+    };
+    let mut events = Vec::new();
+    for (vi, (vcode, _, county)) in villages.iter().enumerate() {
+        let village = |note: String| Planted {
+            rule: "water_outage_long".into(),
+            entity: format!("village/{vcode}"),
+            county: county.clone(),
+            note,
+        };
+        for _ in 0..rng.gen_range(0..3) {
+            let start = rng.gen_range(30..600);
+            let len = rng.gen_range(1..6);
+            events.push((start, vcode.clone(), Some(start - len), "管网维修"));
+        }
+        match vi % 29 {
+            3 => {
+                let d = rng.gen_range(OUTAGE_DAYS + 5..OUTAGE_DAYS + 50);
+                events.push((d, vcode.clone(), None, "水源枯竭"));
+                cases.push(village(format!("停水{d}天未恢复")));
+            }
+            13 => {
+                let d = rng.gen_range(3..OUTAGE_DAYS - 8);
+                events.push((d, vcode.clone(), None, "管道冻裂"));
+                decoys.push(village(format!("停水{d}天，未到阈值")));
+            }
+            23 => {
+                let d = rng.gen_range(OUTAGE_DAYS + 10..OUTAGE_DAYS + 40);
+                events.push((d, vcode.clone(), Some(rng.gen_range(2..8)), "水厂检修"));
+                decoys.push(village(format!("曾停水约{d}天，已恢复")));
+            }
+            _ => {}
+        }
+    }
+    events.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let water = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, (start, vcode, end, cause))| {
+            json!({"event_id": format!("SL{:07}", i + 1), "village_code": vcode,
+                   "start_time": at(start, 8), "end_time": end.map(|e| at(e, 18)), "cause": cause})
+        })
+        .collect();
+
+    let number = |v: Vec<Value>| -> Vec<Value> {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, mut r)| {
+                if let Some(o) = r.as_object_mut() {
+                    o.insert("seq".into(), json!(i as u64 + 1));
+                }
+                r
+            })
+            .collect()
+    };
+    SimWorld {
+        roster: number(roster),
+        wages: number(wages),
+        medical: number(medical),
+        water: number(water),
+        cases,
+        decoys,
+    }
+}
+
+fn day_in(rng: &mut ChaCha8Rng, m: Month) -> NaiveDate {
+    m.first_day() + Duration::days(rng.gen_range(0..28))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(seed: u64) -> SimOptions {
+        SimOptions {
+            seed,
+            households: 3000,
+            as_of: NaiveDate::from_ymd_opt(2026, 11, 28).unwrap(),
+        }
+    }
+
+    #[test]
+    fn deterministic_for_a_seed() {
+        let a = generate(&opts(7));
+        let b = generate(&opts(7));
+        assert_eq!(a.wages, b.wages);
+        assert_eq!(a.cases, b.cases);
+        let c = generate(&opts(8));
+        assert_ne!(a.roster, c.roster);
+    }
+
+    #[test]
+    fn plants_every_kind_and_covers_all_counties() {
+        let w = generate(&opts(1));
+        for rule in ["wage_income_drop", "medical_burden", "water_outage_long"] {
+            assert!(w.cases.iter().any(|c| c.rule == rule), "no case for {rule}");
+            assert!(
+                w.decoys.iter().any(|c| c.rule == rule),
+                "no decoy for {rule}"
+            );
+        }
+        let counties: std::collections::BTreeSet<&str> = w
+            .roster
+            .iter()
+            .filter_map(|r| r["county_code"].as_str())
+            .collect();
+        assert_eq!(counties.len(), 45);
+        let id = w.roster[0]["members"][0]["id_number"].as_str().unwrap();
+        assert_eq!(id.len(), 18);
+        assert_eq!(w.wages.last().unwrap()["month"], "2026-10");
+    }
+}
