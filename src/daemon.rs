@@ -85,8 +85,13 @@ impl Sink for EngineSink {
             .map_err(|e| PollError::Store(e.to_string()))
     }
 
-    async fn poll_done(&self, feed: &str) {
+    async fn poll_started(&self, feed: &str) {
+        self.engine.lock().await.poll_started(feed);
+    }
+
+    async fn poll_done(&self, feed: &str, caught_up: bool) {
         let mut engine = self.engine.lock().await;
+        engine.poll_finished(feed, caught_up);
         match engine.evaluate_touched(now()) {
             Ok(r) if r.checks > 0 => info!(
                 feed,
@@ -133,6 +138,7 @@ pub async fn run(
         Arc::clone(&wake),
         Arc::clone(&metrics),
     )?;
+    engine.set_feeds(&config.feeds);
     let report = engine.evaluate_all(now())?;
     info!(
         households = engine.world().n_households(),

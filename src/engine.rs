@@ -23,7 +23,7 @@ use crate::feeds::{Counts, MapError};
 use crate::metrics::Metrics;
 use crate::model::{HouseholdCategory, Month, Record};
 use crate::notify::{Outbox, Templates, notifications_for};
-use crate::rules::{EntityKind, EvalContext, RuleSet, evaluate};
+use crate::rules::{EntityKind, EvalContext, Input, Rule, RuleSet, evaluate};
 use crate::state::{Applied, EntityRef, Touched, World};
 use crate::store::{Batch, Space, Store, StoreError};
 
@@ -49,6 +49,12 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     /// Entities touched by polls and not yet evaluated.
     pending_eval: Touched,
+    /// What each feed delivers, and the feeds that have not caught up (yet, or since a
+    /// failed poll): rules reading their data wait.
+    feed_inputs: BTreeMap<String, Vec<Input>>,
+    busy: BTreeSet<String>,
+    /// Entities evaluated without the rules that were waiting for a busy feed.
+    deferred: BTreeSet<EntityRef>,
 }
 
 /// What one evaluation pass did.
@@ -85,9 +91,37 @@ impl Engine {
             wake,
             metrics,
             pending_eval: Touched::default(),
+            feed_inputs: BTreeMap::new(),
+            busy: BTreeSet::new(),
+            deferred: BTreeSet::new(),
         };
         e.update_gauges();
         Ok(e)
+    }
+
+    /// Declares the feeds; until each has caught up once, rules reading its data wait.
+    pub fn set_feeds(&mut self, feeds: &[FeedConfig]) {
+        self.feed_inputs = feeds.iter().map(|f| (f.name.clone(), f.inputs())).collect();
+        self.busy = self.feed_inputs.keys().cloned().collect();
+    }
+
+    pub fn poll_started(&mut self, feed: &str) {
+        self.busy.insert(feed.to_string());
+    }
+
+    pub fn poll_finished(&mut self, feed: &str, caught_up: bool) {
+        if caught_up {
+            self.busy.remove(feed);
+        }
+    }
+
+    fn blocked_inputs(&self) -> BTreeSet<Input> {
+        self.busy
+            .iter()
+            .filter_map(|f| self.feed_inputs.get(f))
+            .flatten()
+            .copied()
+            .collect()
     }
 
     pub fn world(&self) -> &World {
@@ -170,25 +204,25 @@ impl Engine {
         Ok(counts)
     }
 
-    /// Evaluates the entities touched since the last call.
+    /// Evaluates the entities touched since the last call (and those deferred while a feed
+    /// was catching up) with every rule whose inputs are complete.
     pub fn evaluate_touched(
         &mut self,
         now: DateTime<FixedOffset>,
     ) -> Result<EvalReport, EngineError> {
         let t = std::mem::take(&mut self.pending_eval);
-        let mut entities: BTreeSet<EntityRef> =
-            t.households.into_iter().map(EntityRef::Household).collect();
+        let mut entities = std::mem::take(&mut self.deferred);
+        entities.extend(t.households.into_iter().map(EntityRef::Household));
         entities.extend(t.villages.into_iter().map(EntityRef::Village));
-        // A household changed: its village-level rules do not depend on it, so only its own.
-        let result = self.evaluate_set(&entities, |_| true, now, "poll");
-        if result.is_err() {
-            // Keep them for the next try.
-            for e in entities {
-                match e {
-                    EntityRef::Household(h) => self.pending_eval.households.push(h),
-                    EntityRef::Village(v) => self.pending_eval.villages.push(v),
-                }
-            }
+        if entities.is_empty() {
+            return Ok(EvalReport::default());
+        }
+        let blocked = self.blocked_inputs();
+        let ready = |r: &Rule| !r.kind.inputs().iter().any(|i| blocked.contains(i));
+        let any_waiting = self.rules.rules.iter().any(|r| !ready(r));
+        let result = self.evaluate_set(&entities, ready, now, "poll");
+        if any_waiting || result.is_err() {
+            self.deferred = entities;
         }
         result
     }
@@ -207,7 +241,8 @@ impl Engine {
                 entities.insert(e);
             }
         }
-        self.evaluate_set(&entities, |_| true, now, "all")
+        self.deferred.extend(entities);
+        self.evaluate_touched(now)
     }
 
     /// The periodic pass: time-driven rules on all villages, and entities with pending alerts.
@@ -218,7 +253,14 @@ impl Engine {
             .villages()
             .map(|v| EntityRef::Village(v.code))
             .collect();
-        let r = self.evaluate_set(&villages, |rule| rule.kind.time_driven(), now, "tick")?;
+        let blocked = self.blocked_inputs();
+        let ready = |r: &Rule| !r.kind.inputs().iter().any(|i| blocked.contains(i));
+        let r = self.evaluate_set(
+            &villages,
+            |rule| rule.kind.time_driven() && ready(rule),
+            now,
+            "tick",
+        )?;
         add(&mut report, r);
         let pending: Vec<(String, String)> = self.alerts.pending_entities();
         let mut by_rule: BTreeMap<String, BTreeSet<EntityRef>> = BTreeMap::new();
@@ -228,7 +270,7 @@ impl Engine {
             }
         }
         for (rule, ents) in by_rule {
-            let r = self.evaluate_set(&ents, |r| r.name == rule, now, "tick")?;
+            let r = self.evaluate_set(&ents, |r| r.name == rule && ready(r), now, "tick")?;
             add(&mut report, r);
         }
         self.alerts.expire_resolved(now.timestamp());
@@ -246,7 +288,7 @@ impl Engine {
     fn evaluate_set(
         &mut self,
         entities: &BTreeSet<EntityRef>,
-        rule_filter: impl Fn(&crate::rules::Rule) -> bool,
+        rule_filter: impl Fn(&Rule) -> bool,
         now: DateTime<FixedOffset>,
         trigger: &str,
     ) -> Result<EvalReport, EngineError> {

@@ -355,7 +355,7 @@ impl FromStr for RiskCategory {
 }
 
 /// A monthly numeric indicator kept per household in monthly buckets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Indicator {
     /// 工资性收入: wages of all members in the month (人社).
     WageIncome,
@@ -449,7 +449,7 @@ pub struct RosterEntry {
 }
 
 /// Kinds of interval kept per village.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum IntervalKind {
     /// 停水: drinking-water supply interruption.
     WaterOutage,

@@ -66,6 +66,21 @@ pub struct FeedConfig {
     pub mapping: Mapping,
 }
 
+impl FeedConfig {
+    /// The kinds of data this feed delivers.
+    pub fn inputs(&self) -> Vec<crate::rules::Input> {
+        use crate::rules::Input;
+        match &self.mapping.target {
+            MappingTarget::Roster { .. } => vec![Input::Roster],
+            MappingTarget::Samples { values, .. } => values
+                .iter()
+                .map(|v| Input::Indicator(v.indicator))
+                .collect(),
+            MappingTarget::Intervals { kind, .. } => vec![Input::Intervals(*kind)],
+        }
+    }
+}
+
 /// How a feed's records become observations. Field names are dotted paths into a record.
 #[derive(Debug, Clone)]
 pub struct Mapping {

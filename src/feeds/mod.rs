@@ -54,8 +54,11 @@ pub trait Sink {
         feed: &str,
         cursor: &str,
     ) -> impl Future<Output = Result<(), PollError>> + Send;
-    /// Called once after a poll applied at least one record (rules evaluate the changes).
-    fn poll_done(&self, feed: &str) -> impl Future<Output = ()> + Send;
+    /// Called before a poll starts: until it completes, the feed's data may be partial.
+    fn poll_started(&self, feed: &str) -> impl Future<Output = ()> + Send;
+    /// Called after every poll. `caught_up` is true when the poll reached the end of the
+    /// feed, so that rules reading the feed's data can be evaluated on complete data.
+    fn poll_done(&self, feed: &str, caught_up: bool) -> impl Future<Output = ()> + Send;
 }
 
 /// Maps a page's records, keeping failures to report.
@@ -71,12 +74,13 @@ pub fn map_page(
 }
 
 /// Polls a feed from its saved cursor until a page comes back short (or empty).
+/// Returns the counts and whether the end of the feed was reached (not the page limit).
 pub async fn poll<S: Sink + Sync>(
     feed: &FeedConfig,
     client: &reqwest::Client,
     pseudo: &Pseudonymizer,
     sink: &S,
-) -> Result<Counts, PollError> {
+) -> Result<(Counts, bool), PollError> {
     let mut cursor = sink.cursor(&feed.name).await?;
     let mut total = Counts::default();
     for page_no in 0..feed.max_pages_per_poll {
@@ -97,10 +101,10 @@ pub async fn poll<S: Sink + Sync>(
         }
         debug!(feed = %feed.name, page = page_no, records = n, "page applied");
         if n < feed.page_size as usize || page.next.is_none() {
-            break;
+            return Ok((total, true));
         }
     }
-    Ok(total)
+    Ok((total, false))
 }
 
 /// The time from `now` to the feed's next cron slot.
@@ -133,6 +137,7 @@ pub async fn run_feed<S: Sink + Sync>(
     }
     loop {
         let began = Instant::now();
+        sink.poll_started(&feed.name).await;
         let result = poll(&feed, &client, &pseudo, &sink).await;
         let secs = began.elapsed().as_secs_f64();
         metrics
@@ -140,7 +145,7 @@ pub async fn run_feed<S: Sink + Sync>(
             .with_label_values(&[feed.name.as_str()])
             .observe(secs);
         match &result {
-            Ok(c) => {
+            Ok((c, caught_up)) => {
                 metrics
                     .feed_polls
                     .with_label_values(&[feed.name.as_str(), "success"])
@@ -150,10 +155,8 @@ pub async fn run_feed<S: Sink + Sync>(
                     .with_label_values(&[feed.name.as_str()])
                     .set(crate::model::now().timestamp() as f64);
                 info!(feed = %feed.name, accepted = c.accepted, duplicate = c.duplicate,
-                      rejected = c.rejected, seconds = secs, "poll done");
-                if c.accepted > 0 {
-                    sink.poll_done(&feed.name).await;
-                }
+                      rejected = c.rejected, caught_up, seconds = secs, "poll done");
+                sink.poll_done(&feed.name, *caught_up).await;
             }
             Err(e) => {
                 metrics
@@ -165,8 +168,8 @@ pub async fn run_feed<S: Sink + Sync>(
                     .with_label_values(&[feed.name.as_str(), e.reason()])
                     .inc();
                 warn!(feed = %feed.name, reason = e.reason(), error = %e, "poll failed; retrying at the next slot");
-                // Records applied before the failure still need evaluation.
-                sink.poll_done(&feed.name).await;
+                // Records applied before the failure are evaluated once the feed catches up.
+                sink.poll_done(&feed.name, false).await;
             }
         }
         if let Some(tx) = &started {

@@ -71,7 +71,24 @@ pub enum RuleKind {
     },
 }
 
+/// A kind of data a rule reads; a rule is evaluated only when every feed that delivers one
+/// of its inputs has caught up, so that it never judges a half-loaded history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Input {
+    Roster,
+    Indicator(Indicator),
+    Intervals(IntervalKind),
+}
+
 impl RuleKind {
+    pub fn inputs(&self) -> Vec<Input> {
+        match self {
+            Self::Drop { indicator, .. } | Self::Threshold { indicator, .. } => {
+                vec![Input::Roster, Input::Indicator(*indicator)]
+            }
+            Self::Duration { interval, .. } => vec![Input::Intervals(*interval)],
+        }
+    }
     pub fn entity(&self) -> EntityKind {
         match self {
             Self::Drop { .. } | Self::Threshold { .. } => EntityKind::Household,

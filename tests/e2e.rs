@@ -1,0 +1,213 @@
+//! End to end: the simulator and the daemon as processes over HTTP on loopback, e-mail to a
+//! real SMTP server (aiosmtpd) on loopback.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use support::*;
+
+fn planted_set(sim: &Simulator, key: &str) -> BTreeSet<(String, String)> {
+    sim.planted()[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["rule"].as_str().unwrap().to_string(),
+                c["entity"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn polls_ok(d: &Daemon, feed: &str) -> f64 {
+    d.metric(&format!(
+        "guardline_feed_polls_total{{feed=\"{feed}\",outcome=\"success\"}}"
+    ))
+}
+
+#[test]
+fn planted_cases_fire_once_by_mail_decoys_stay_silent_and_a_restart_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(dir.path(), 0);
+    let sim = Simulator::start(11, 900);
+    let cases = planted_set(&sim, "cases");
+    let decoys = planted_set(&sim, "decoys");
+    let rules: BTreeSet<&str> = cases.iter().map(|c| c.0.as_str()).collect();
+    assert_eq!(
+        rules.len(),
+        3,
+        "the simulator plants all three kinds: {cases:?}"
+    );
+    let cfg = config(dir.path(), sim.addr, smtp.port);
+    let log = dir.path().join("daemon.log");
+
+    let d = Daemon::start(&cfg, &log);
+    let mails = wait_for(
+        Duration::from_secs(120),
+        "one e-mail per planted case",
+        || {
+            let m = smtp.messages();
+            (m.len() >= cases.len()).then_some(m)
+        },
+    );
+    // Two more poll rounds of every feed: nothing else may arrive.
+    let before: Vec<f64> = ["roster", "wages", "medical", "water"]
+        .iter()
+        .map(|f| polls_ok(&d, f))
+        .collect();
+    wait_for(
+        Duration::from_secs(60),
+        "two more polls of every feed",
+        || {
+            ["roster", "wages", "medical", "water"]
+                .iter()
+                .zip(&before)
+                .all(|(f, b)| polls_ok(&d, f) >= b + 2.0)
+                .then_some(())
+        },
+    );
+    let mails_after = smtp.messages();
+    assert_eq!(
+        mails_after.len(),
+        mails.len(),
+        "no e-mail beyond the planted cases"
+    );
+
+    let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for m in &mails_after {
+        let subject = m["subject"].as_str().unwrap();
+        assert!(
+            subject.starts_with("【返贫风险预警·"),
+            "Chinese subject decodes: {subject}"
+        );
+        assert!(m["auth"].as_bool().unwrap(), "sent with SMTP AUTH");
+        assert!(
+            m["content_type"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .contains("utf-8"),
+            "{m}"
+        );
+        assert!(m["message_id"].as_str().unwrap().ends_with("@guardline>"));
+        let body = m["body"].as_str().unwrap();
+        assert!(!body.contains("id_number"), "no ID numbers in mail");
+        *seen.entry(announced(m)).or_default() += 1;
+    }
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "every alert mailed once: {seen:?}"
+    );
+    let fired: BTreeSet<(String, String)> = seen.keys().cloned().collect();
+    assert_eq!(fired, cases, "exactly the planted cases fire");
+    assert!(fired.is_disjoint(&decoys), "no decoy fires");
+
+    // Evidence is in the mail: a wage drop names the month, the value and the baseline.
+    let wage = mails_after
+        .iter()
+        .find(|m| announced(m).0 == "wage_income_drop")
+        .unwrap();
+    let body = wage["body"].as_str().unwrap();
+    assert!(
+        body.contains("工资性收入") && body.contains("前6个月均值") && body.contains("下降"),
+        "{body}"
+    );
+
+    // Metrics: alerts by county/rule/severity/state, notifications sent.
+    let text = d.metrics();
+    let firing: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("guardline_alerts{") && l.contains("state=\"firing\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(firing as usize, cases.len(), "{text}");
+    assert_eq!(
+        metric_value(
+            &text,
+            "guardline_notifications_total{outcome=\"sent\",receiver=\"mail\"}"
+        ) as usize,
+        cases.len(),
+        "{text}"
+    );
+    assert!(
+        !text.contains("household="),
+        "no household label in metrics"
+    );
+    let file_log = std::fs::read_to_string(dir.path().join("data/notifications.log")).unwrap();
+    assert_eq!(
+        file_log.matches("\n=== ").count() + 1,
+        cases.len(),
+        "the file receiver got every notification"
+    );
+
+    // Restart on the same data directory: nothing is sent again.
+    assert!(d.stop().success());
+    let d = Daemon::start(&cfg, &log);
+    wait_for(Duration::from_secs(60), "two polls after restart", || {
+        ["roster", "wages", "medical", "water"]
+            .iter()
+            .all(|f| polls_ok(&d, f) >= 2.0)
+            .then_some(())
+    });
+    assert_eq!(
+        smtp.messages().len(),
+        cases.len(),
+        "a second run sends nothing new"
+    );
+    let text = d.metrics();
+    assert_eq!(
+        metric_value(
+            &text,
+            "guardline_feed_records_total{feed=\"wages\",outcome=\"accepted\"}"
+        ),
+        0.0
+    );
+    assert!(d.stop().success());
+}
+
+#[test]
+fn stopped_mid_delivery_the_daemon_delivers_everything_once_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // The mail server refuses the first 3 deliveries, so the outbox still holds
+    // notifications when the daemon is stopped.
+    let smtp = Smtp::start(dir.path(), 3);
+    let sim = Simulator::start(5, 500);
+    let cases = planted_set(&sim, "cases");
+    let cfg = config(dir.path(), sim.addr, smtp.port);
+    let log = dir.path().join("daemon.log");
+
+    let d = Daemon::start(&cfg, &log);
+    wait_for(Duration::from_secs(120), "a refused delivery", || {
+        (d.metric("guardline_notifications_total{outcome=\"failed\",receiver=\"mail\"}") >= 1.0)
+            .then_some(())
+    });
+    assert!(d.stop().success(), "SIGTERM stops cleanly");
+    let delivered_before = smtp.messages().len();
+    assert!(
+        delivered_before < cases.len(),
+        "stopped mid-run ({delivered_before} of {})",
+        cases.len()
+    );
+
+    let d = Daemon::start(&cfg, &log);
+    let mails = wait_for(
+        Duration::from_secs(120),
+        "every notification after restart",
+        || {
+            let m = smtp.messages();
+            (m.len() >= cases.len()).then_some(m)
+        },
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let mails_after = smtp.messages();
+    assert_eq!(mails_after.len(), mails.len());
+    let got: Vec<(String, String)> = mails_after.iter().map(announced).collect();
+    let unique: BTreeSet<(String, String)> = got.iter().cloned().collect();
+    assert_eq!(unique.len(), got.len(), "none sent twice");
+    assert_eq!(unique, cases, "no alert lost");
+    assert!(d.log_text().contains("notification failed; will retry"));
+    assert!(d.stop().success());
+}

@@ -1,0 +1,382 @@
+//! Real processes on loopback for the end-to-end tests: the guardline binary (daemon and
+//! simulator) and an aiosmtpd SMTP server.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_guardline");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Polls `f` every 200 ms until it returns Some or `limit` passes.
+pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The aiosmtpd server of tests/support/smtp_sink.py.
+pub struct Smtp {
+    child: Child,
+    _stdin: ChildStdin,
+    pub port: u16,
+    pub out: PathBuf,
+}
+
+impl Smtp {
+    pub fn start(dir: &Path, fail_first: u32) -> Smtp {
+        let out = dir.join(format!("mail-{}.jsonl", fail_first));
+        let mut child = Command::new("python3")
+            .arg(repo().join("tests/support/smtp_sink.py"))
+            .arg("--out")
+            .arg(&out)
+            .args([
+                "--fail-first",
+                &fail_first.to_string(),
+                "--user",
+                "guardline",
+                "--password",
+                "s3cret",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs (scripts/test installs aiosmtpd)");
+        let stdin = child.stdin.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "SMTP sink did not start (is aiosmtpd installed? run scripts/test): {line:?}"
+                )
+            })
+            .trim()
+            .parse()
+            .unwrap();
+        Smtp {
+            child,
+            _stdin: stdin,
+            port,
+            out,
+        }
+    }
+
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `guardline simulate` as a child process.
+pub struct Simulator {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Simulator {
+    pub fn start(seed: u64, households: u32) -> Simulator {
+        let mut child = Command::new(BIN)
+            .args([
+                "simulate",
+                "--listen",
+                "127.0.0.1:0",
+                "--seed",
+                &seed.to_string(),
+            ])
+            .args(["--households", &households.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut addr = None;
+        for _ in 0..4 {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if let Some(rest) = line.strip_prefix("serving http://") {
+                addr = rest.split('/').next().and_then(|a| a.parse().ok());
+                break;
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = reader.read_to_end(&mut sink);
+        });
+        Simulator {
+            child,
+            addr: addr.expect("simulator prints its address"),
+        }
+    }
+
+    pub fn planted(&self) -> serde_json::Value {
+        get_json(&format!("http://{}/planted", self.addr))
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn get_text(url: &str) -> Option<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        r.text().await.ok()
+    })
+}
+
+pub fn get_json(url: &str) -> serde_json::Value {
+    serde_json::from_str(&get_text(url).unwrap_or_else(|| panic!("GET {url}"))).unwrap()
+}
+
+/// `guardline run` as a child process; stderr goes to `log`.
+pub struct Daemon {
+    child: Child,
+    pub log: PathBuf,
+    pub http: SocketAddr,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, log: &Path) -> Daemon {
+        let offset = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("GUARDLINE_LOG", "info")
+            .env("SMTP_PASSWORD", "s3cret")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let log = log.to_path_buf();
+        let http = wait_for(Duration::from_secs(60), "the daemon's HTTP address", || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let text = &text[offset as usize..];
+            text.lines()
+                .find(|l| l.contains("serving /metrics"))
+                .and_then(|l| l.split("address=").nth(1))
+                .and_then(|a| a.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+        });
+        Daemon { child, log, http }
+    }
+
+    pub fn metrics(&self) -> String {
+        get_text(&format!("http://{}/metrics", self.http)).unwrap_or_default()
+    }
+
+    /// The value of one sample line of /metrics, e.g. `guardline_feed_polls_total{feed="a",outcome="success"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics(), series)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                panic!("daemon did not stop within 60 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// A daemon configuration for tests: the simulator's four feeds polled every 2 s, an SMTP
+/// receiver with AUTH, and the file receiver.
+pub fn config(dir: &Path, sim: SocketAddr, smtp_port: u16) -> PathBuf {
+    let text = format!(
+        r#"
+[daemon]
+data_dir = "{data}"
+listen = "127.0.0.1:0"
+rules_dir = "{rules}"
+evaluation_interval = "1s"
+pseudonym_key_file = "{data}/pseudonym.key"
+create_pseudonym_key = true
+
+[[feeds]]
+name = "roster"
+kind = "roster"
+url = "http://{sim}/feeds/roster"
+schedule = "*/2 * * * * *"
+page_size = 250
+[feeds.map]
+record_id = "record_id"
+household = "hh_id"
+village = "village_code"
+village_name = "village_name"
+category = "category"
+head_name = "head_name"
+members = "members"
+member_id = "id_number"
+income_per_capita = "income_per_capita"
+
+[[feeds]]
+name = "wages"
+kind = "samples"
+url = "http://{sim}/feeds/wages"
+schedule = "*/2 * * * * *"
+page_size = 3000
+[feeds.map]
+record_id = "record_id"
+person = "id_number"
+time = "month"
+values = [{{ indicator = "wage_income", field = "amount" }}]
+
+[[feeds]]
+name = "medical"
+kind = "samples"
+url = "http://{sim}/feeds/medical"
+schedule = "*/2 * * * * *"
+page_size = 500
+[feeds.map]
+record_id = "claim_id"
+person = "id_number"
+time = "settle_date"
+time_format = "%Y-%m-%d"
+values = [{{ indicator = "medical_oop", field = "out_of_pocket" }}, {{ indicator = "medical_total", field = "total_cost" }}]
+
+[[feeds]]
+name = "water"
+kind = "intervals"
+url = "http://{sim}/feeds/water"
+schedule = "*/2 * * * * *"
+[feeds.map]
+record_id = "event_id"
+village = "village_code"
+interval_id = "event_id"
+start = "start_time"
+end = "end_time"
+
+[[receivers]]
+name = "log"
+type = "file"
+path = "notifications.log"
+
+[[receivers]]
+name = "mail"
+type = "smtp"
+host = "127.0.0.1"
+port = {smtp_port}
+tls = "none"
+username = "guardline"
+password_env = "SMTP_PASSWORD"
+from = "guardline <guardline@county.test>"
+to = ["operator@county.test"]
+timeout = "10s"
+
+[notify]
+receivers = ["log", "mail"]
+retry_initial = "1s"
+retry_max = "2s"
+"#,
+        data = dir.join("data").display(),
+        rules = repo().join("alerts").display(),
+    );
+    let path = dir.join("guardline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The (rule, entity) an e-mail announces, read from its decoded body.
+pub fn announced(mail: &serde_json::Value) -> (String, String) {
+    let body = mail["body"].as_str().unwrap();
+    let field = |prefix: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|s| s.trim().to_string())
+    };
+    let rule = field("预警规则：").expect("rule line");
+    let entity = match field("户编号：") {
+        Some(h) => format!("household/{h}"),
+        None => {
+            let v = field("所属村：").expect("village line");
+            let code = v
+                .rsplit('（')
+                .next()
+                .unwrap()
+                .trim_end_matches('）')
+                .to_string();
+            format!("village/{code}")
+        }
+    };
+    (rule, entity)
+}
