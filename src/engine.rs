@@ -173,7 +173,10 @@ impl Engine {
                     counts.rejected += 1;
                     *rejected.entry(reason).or_default() += 1;
                     // The record id is the department's, not personal data; field values are never logged.
-                    let id = r.as_ref().map(|x| x.id.as_str()).unwrap_or("");
+                    let id = match r {
+                        Ok(x) => x.id.as_str(),
+                        Err(e) => e.record.as_deref().unwrap_or(""),
+                    };
                     warn!(feed = %feed.name, record = id, index = i, reason, error = %detail, "record rejected");
                 }
             }

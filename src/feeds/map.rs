@@ -20,6 +20,8 @@ pub struct MapError {
     pub reason: &'static str,
     pub field: String,
     pub detail: String,
+    /// The record's id, when it could be read.
+    pub record: Option<String>,
 }
 
 fn err(reason: &'static str, field: &str, detail: impl Into<String>) -> MapError {
@@ -27,6 +29,7 @@ fn err(reason: &'static str, field: &str, detail: impl Into<String>) -> MapError
         reason,
         field: field.to_string(),
         detail: detail.into(),
+        record: None,
     }
 }
 
@@ -152,6 +155,22 @@ pub fn map_record(m: &Mapping, rec: &Value, pseudo: &Pseudonymizer) -> Result<Re
         ));
     }
     let id = text(rec, &m.record_id)?;
+    map_observation(m, rec, pseudo)
+        .map(|observation| Record {
+            id: id.clone(),
+            observation,
+        })
+        .map_err(|e| MapError {
+            record: Some(id),
+            ..e
+        })
+}
+
+fn map_observation(
+    m: &Mapping,
+    rec: &Value,
+    pseudo: &Pseudonymizer,
+) -> Result<Observation, MapError> {
     let observation = match &m.target {
         MappingTarget::Roster {
             household,
@@ -265,7 +284,7 @@ pub fn map_record(m: &Mapping, rec: &Value, pseudo: &Pseudonymizer) -> Result<Re
             }
         }
     };
-    Ok(Record { id, observation })
+    Ok(observation)
 }
 
 #[cfg(test)]
