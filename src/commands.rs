@@ -25,26 +25,26 @@ pub fn check(config: &Path) -> anyhow::Result<String> {
     let (cfg, rules) = load(config)?;
     let mut problems = Vec::new();
     for r in &cfg.receivers {
-        if let ReceiverConfig::Smtp(s) = r {
-            if let Some(p) = &s.password {
-                if let Err(e) = p.read() {
-                    problems.push(format!(
-                        "{}: receiver {}: password: {e}",
-                        cfg.file.display(),
-                        s.name
-                    ));
-                }
-            }
-        }
-    }
-    if let Some(k) = &cfg.daemon.pseudonym_key_file {
-        if !cfg.daemon.create_pseudonym_key && !k.exists() {
+        if let ReceiverConfig::Smtp(s) = r
+            && let Some(p) = &s.password
+            && let Err(e) = p.read()
+        {
             problems.push(format!(
-                "{}: daemon.pseudonym_key_file: {} does not exist",
+                "{}: receiver {}: password: {e}",
                 cfg.file.display(),
-                k.display()
+                s.name
             ));
         }
+    }
+    if let Some(k) = &cfg.daemon.pseudonym_key_file
+        && !cfg.daemon.create_pseudonym_key
+        && !k.exists()
+    {
+        problems.push(format!(
+            "{}: daemon.pseudonym_key_file: {} does not exist",
+            cfg.file.display(),
+            k.display()
+        ));
     }
     if !problems.is_empty() {
         bail!("{}", problems.join("\n"));

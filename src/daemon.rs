@@ -209,16 +209,16 @@ pub async fn run(
         } else {
             (open_rx.clone(), None)
         };
-        feed_tasks.push(tokio::spawn(feeds::run_feed(
-            f.clone(),
-            client.clone(),
-            pseudo.clone(),
-            sink.clone(),
-            Arc::clone(&metrics),
-            shutdown.clone(),
-            gate,
+        feed_tasks.push(tokio::spawn(feeds::run_feed(feeds::FeedTask {
+            feed: f.clone(),
+            client: client.clone(),
+            pseudo: pseudo.clone(),
+            sink: sink.clone(),
+            metrics: Arc::clone(&metrics),
+            shutdown: shutdown.clone(),
+            start: gate,
             report,
-        )));
+        })));
     }
     drop(first_tx);
     tokio::spawn(async move {

@@ -226,11 +226,11 @@ fn contains(span: Option<Range<usize>>, offset: usize) -> bool {
 fn walk_table(t: &Table, at: &FieldPath, offset: usize, found: &mut Option<FieldPath>) {
     for (k, item) in t.iter() {
         let here = at.key(k);
-        if let Some((key, _)) = t.get_key_value(k) {
-            if contains(key.span(), offset) {
-                *found = Some(here.clone());
-                return;
-            }
+        if let Some((key, _)) = t.get_key_value(k)
+            && contains(key.span(), offset)
+        {
+            *found = Some(here.clone());
+            return;
         }
         match item {
             Item::Table(sub) => walk_table(sub, &here, offset, found),

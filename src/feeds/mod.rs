@@ -116,19 +116,33 @@ pub fn until_next(feed: &FeedConfig, now: chrono::DateTime<chrono::FixedOffset>)
         .unwrap_or(Duration::from_secs(3600))
 }
 
+/// Everything one feed's task needs.
+pub struct FeedTask<S> {
+    pub feed: FeedConfig,
+    pub client: reqwest::Client,
+    pub pseudo: Pseudonymizer,
+    pub sink: S,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The task waits until this is true (feeds keyed by person wait for the roster).
+    pub start: tokio::sync::watch::Receiver<bool>,
+    /// Told the feed's name after each poll (the roster reports its first poll).
+    pub report: Option<tokio::sync::mpsc::Sender<String>>,
+}
+
 /// Runs one feed forever: a poll right away (a start catches up once, not once per missed
 /// slot), then one poll per cron slot. Stops when `shutdown` fires, never mid-poll.
-pub async fn run_feed<S: Sink + Sync>(
-    feed: FeedConfig,
-    client: reqwest::Client,
-    pseudo: Pseudonymizer,
-    sink: S,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-    mut start: tokio::sync::watch::Receiver<bool>,
-    started: Option<tokio::sync::mpsc::Sender<String>>,
-) {
-    // Wait until allowed to start (feeds keyed by person wait for the roster's first poll).
+pub async fn run_feed<S: Sink + Sync>(task: FeedTask<S>) {
+    let FeedTask {
+        feed,
+        client,
+        pseudo,
+        sink,
+        metrics,
+        mut shutdown,
+        mut start,
+        report: started,
+    } = task;
     while !*start.borrow() {
         tokio::select! {
             r = start.changed() => if r.is_err() { break },

@@ -293,10 +293,10 @@ pub async fn deliver_due(
             let Some(receiver) = receivers.get(&n.receiver) else {
                 warn!(receiver = %n.receiver, "notification for a receiver that is no longer configured; dropped");
                 batch.delete(Space::Outbox, n.id.to_be_bytes().to_vec());
-                if store.commit(batch).is_ok() {
-                    if let Ok(mut o) = outbox.lock() {
-                        o.items.remove(&n.id);
-                    }
+                if store.commit(batch).is_ok()
+                    && let Ok(mut o) = outbox.lock()
+                {
+                    o.items.remove(&n.id);
                 }
                 continue;
             };

@@ -278,7 +278,7 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
             }
         }
     }
-    wage_rows.sort_by(|a, b| a.0.cmp(&b.0));
+    wage_rows.sort_by_key(|a| a.0);
     let wages = wage_rows
         .into_iter()
         .enumerate()

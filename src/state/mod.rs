@@ -225,10 +225,10 @@ impl World {
         match &record.observation {
             Observation::Roster(entry) => {
                 let id = entry.household.clone();
-                if let Some(old) = self.households.get(&id) {
-                    if old.same_roster(entry) {
-                        return Ok(Applied::Duplicate);
-                    }
+                if let Some(old) = self.households.get(&id)
+                    && old.same_roster(entry)
+                {
+                    return Ok(Applied::Duplicate);
                 }
                 self.touch_household(&id);
                 let old_category = self.households.get(&id).map(|h| (h.county(), h.category));
@@ -282,10 +282,10 @@ impl World {
                 let Some(h) = self.households.get(&id) else {
                     return Err(Rejection::UnknownHousehold(id));
                 };
-                if let Some(newest) = h.newest_month() {
-                    if newest.since(*month) >= self.retention_months {
-                        return Err(Rejection::TooOld(*month));
-                    }
+                if let Some(newest) = h.newest_month()
+                    && newest.since(*month) >= self.retention_months
+                {
+                    return Err(Rejection::TooOld(*month));
                 }
                 let tag = record_tag(feed, &record.id);
                 if h.has_record(*month, tag) {

@@ -93,10 +93,13 @@ impl Batch {
     }
 }
 
+/// Keys and values of a scan, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// What guardline needs from a storage backend.
 pub trait Store: Send + Sync {
     /// Every key and value of a space, in key order.
-    fn scan(&self, space: Space) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan(&self, space: Space) -> Result<Entries, StoreError>;
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Applies the batch atomically; returns once it is durable.
     fn commit(&self, batch: Batch) -> Result<(), StoreError>;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Batch, SCHEMA_VERSION, Space, Store, StoreError};
+use super::{Batch, Entries, SCHEMA_VERSION, Space, Store, StoreError};
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
@@ -86,7 +86,7 @@ impl SledStore {
 }
 
 impl Store for SledStore {
-    fn scan(&self, space: Space) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, space: Space) -> Result<Entries, StoreError> {
         self.db
             .scan_prefix([space.prefix()])
             .map(|r| {
