@@ -211,3 +211,55 @@ fn stopped_mid_delivery_the_daemon_delivers_everything_once_after_restart() {
     assert!(d.log_text().contains("notification failed; will retry"));
     assert!(d.stop().success());
 }
+
+#[test]
+fn mail_goes_over_starttls_with_a_private_ca_and_fails_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start_with(dir.path(), 0, true);
+    let sim = Simulator::start(2, 300);
+    let cases = planted_set(&sim, "cases");
+    let cfg = config(dir.path(), sim.addr, smtp.port);
+    let log = dir.path().join("daemon.log");
+
+    // Without the CA the server's certificate is unknown: deliveries fail and are retried.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("tls = \"none\"", "tls = \"starttls\"");
+    std::fs::write(&cfg, &text).unwrap();
+    let d = Daemon::start(&cfg, &log);
+    wait_for(Duration::from_secs(120), "a failed TLS delivery", || {
+        (d.metric("guardline_notifications_total{outcome=\"failed\",receiver=\"mail\"}") >= 1.0)
+            .then_some(())
+    });
+    assert!(smtp.messages().is_empty());
+    assert!(d.log_text().contains("notification failed; will retry"));
+    assert!(d.stop().success());
+
+    // With the CA as ca_file, the queued notifications go out over STARTTLS with AUTH.
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "tls = \"starttls\"",
+            &format!("tls = \"starttls\"\nca_file = \"{}\"", ca.display()),
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&cfg, &log);
+    let mails = wait_for(
+        Duration::from_secs(120),
+        "every notification over STARTTLS",
+        || {
+            let m = smtp.messages();
+            (m.len() >= cases.len()).then_some(m)
+        },
+    );
+    assert!(
+        mails
+            .iter()
+            .all(|m| m["tls"].as_bool().unwrap() && m["auth"].as_bool().unwrap())
+    );
+    let got: BTreeSet<(String, String)> = mails.iter().map(announced).collect();
+    assert_eq!(got, cases);
+    assert!(d.stop().success());
+}

@@ -186,6 +186,8 @@ pub struct RawSmtp {
     pub username: Option<String>,
     pub password_env: Option<String>,
     pub password_file: Option<String>,
+    /// Extra CA certificate (PEM) to trust for this server, e.g. a county's private CA.
+    pub ca_file: Option<String>,
     pub from: String,
     pub to: Vec<String>,
     #[serde(default = "default_smtp_timeout")]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio::io::AsyncWriteExt;
 
@@ -127,13 +128,32 @@ fn build_smtp(s: &SmtpConfig) -> Result<Receiver, BuildError> {
         receiver: s.name.clone(),
         detail,
     };
-    let builder = match s.tls {
-        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host),
-        SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&s.host)
-            .map_err(|e| invalid(format!("STARTTLS setup for {}: {e}", s.host)))?,
-        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&s.host)
-            .map_err(|e| invalid(format!("TLS setup for {}: {e}", s.host)))?,
+    let tls = match s.tls {
+        SmtpTls::None => Tls::None,
+        SmtpTls::Starttls | SmtpTls::Tls => {
+            let mut params = TlsParameters::builder(s.host.clone());
+            if let Some(ca) = &s.ca_file {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| invalid(format!("ca_file {}: {e}", ca.display())))?;
+                let cert = Certificate::from_pem(&pem).map_err(|e| {
+                    invalid(format!(
+                        "ca_file {}: not a PEM certificate: {e}",
+                        ca.display()
+                    ))
+                })?;
+                params = params.add_root_certificate(cert);
+            }
+            let params = params
+                .build_rustls()
+                .map_err(|e| invalid(format!("TLS setup for {}: {e}", s.host)))?;
+            if s.tls == SmtpTls::Starttls {
+                Tls::Required(params)
+            } else {
+                Tls::Wrapper(params)
+            }
+        }
     };
+    let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host).tls(tls);
     let mut builder = builder.port(s.port).timeout(Some(s.timeout));
     if let Some(user) = &s.username {
         let password = match &s.password {

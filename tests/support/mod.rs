@@ -38,20 +38,26 @@ pub struct Smtp {
 
 impl Smtp {
     pub fn start(dir: &Path, fail_first: u32) -> Smtp {
-        let out = dir.join(format!("mail-{}.jsonl", fail_first));
-        let mut child = Command::new("python3")
-            .arg(repo().join("tests/support/smtp_sink.py"))
+        Self::start_with(dir, fail_first, false)
+    }
+
+    /// With `starttls`, the server requires STARTTLS with a certificate from a new CA whose
+    /// certificate it writes to `dir/ca.pem`.
+    pub fn start_with(dir: &Path, fail_first: u32, starttls: bool) -> Smtp {
+        let out = dir.join(format!("mail-{fail_first}.jsonl"));
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo().join("tests/support/smtp_sink.py"))
             .arg("--out")
             .arg(&out)
-            .args([
-                "--fail-first",
-                &fail_first.to_string(),
-                "--user",
-                "guardline",
-                "--password",
-                "s3cret",
-            ])
+            .args(["--fail-first", &fail_first.to_string()])
+            .args(["--user", "guardline", "--password", "s3cret"]);
+        if starttls {
+            cmd.arg("--starttls-dir").arg(dir);
+        }
+        let errors = std::fs::File::create(dir.join(format!("smtp-{fail_first}.log"))).unwrap();
+        let mut child = cmd
             .stdin(Stdio::piped())
+            .stderr(errors)
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 runs (scripts/test installs aiosmtpd)");

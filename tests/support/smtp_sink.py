@@ -40,6 +40,7 @@ class Sink:
             "content_type": str(msg["content-type"]),
             "body": msg.get_content(),
             "auth": bool(session.authenticated),
+            "tls": session.ssl is not None,
         }
         with self.lock, open(self.out, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -54,6 +55,8 @@ def main():
     ap.add_argument("--fail-first", type=int, default=0)
     ap.add_argument("--user")
     ap.add_argument("--password")
+    ap.add_argument("--starttls-dir", help="issue a certificate for 127.0.0.1 from a new CA "
+                    "(trustme), write the CA to DIR/ca.pem and require STARTTLS")
     a = ap.parse_args()
 
     s = socket.socket()
@@ -68,6 +71,15 @@ def main():
                   and data.login == a.user.encode() and data.password == a.password.encode())
             return AuthResult(success=ok)
         kwargs = dict(authenticator=auth, auth_required=True, auth_require_tls=False)
+    if a.starttls_dir:
+        import os
+        import ssl
+        import trustme
+        ca = trustme.CA()
+        ca.cert_pem.write_to_path(os.path.join(a.starttls_dir, "ca.pem"))
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(ctx)
+        kwargs.update(tls_context=ctx, require_starttls=True, auth_require_tls=True)
     c = Controller(Sink(a.out, a.fail_first), hostname="127.0.0.1", port=port, **kwargs)
     c.start()
     print(f"READY {port}", flush=True)
