@@ -36,6 +36,23 @@ pub fn check(config: &Path) -> anyhow::Result<String> {
             ));
         }
     }
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    for f in &cfg.feeds {
+        // Building the client reads the feed's secret and CA file, as the daemon will.
+        if let Err(e) = crate::feeds::FeedClient::build(f, std::sync::Arc::clone(&metrics)) {
+            problems.push(format!("{}: {e}", cfg.file.display()));
+        }
+        if let crate::config::FeedSource::Dir(d) = &f.source
+            && !d.is_dir()
+        {
+            problems.push(format!(
+                "{}: feed {}: dir {} is not a folder",
+                cfg.file.display(),
+                f.name,
+                d.display()
+            ));
+        }
+    }
     if let Some(k) = &cfg.daemon.pseudonym_key_file
         && !cfg.daemon.create_pseudonym_key
         && !k.exists()

@@ -16,9 +16,9 @@ use tracing::{error, info, warn};
 use crate::api::{self, ApiState};
 use crate::config::{Config, FeedConfig, MappingTarget};
 use crate::engine::Engine;
-use crate::feeds::{self, Counts, MapError, PollError, Sink};
+use crate::feeds::{self, Counts, FeedClient, Mapped, PollError, Sink, Validators};
 use crate::metrics::Metrics;
-use crate::model::{Record, now};
+use crate::model::now;
 use crate::notify::{self, Outbox, Receiver, Templates};
 use crate::pseudonym::Pseudonymizer;
 use crate::rules::RuleSet;
@@ -65,11 +65,23 @@ impl Sink for EngineSink {
             .map_err(|e| PollError::Store(e.to_string()))
     }
 
-    async fn ingest(
-        &self,
-        feed: &FeedConfig,
-        records: Vec<Result<Record, MapError>>,
-    ) -> Result<Counts, PollError> {
+    async fn validators(&self, feed: &str) -> Result<Option<Validators>, PollError> {
+        self.engine
+            .lock()
+            .await
+            .validators(feed)
+            .map_err(|e| PollError::Store(e.to_string()))
+    }
+
+    async fn save_validators(&self, feed: &str, v: &Validators) -> Result<(), PollError> {
+        self.engine
+            .lock()
+            .await
+            .save_validators(feed, v)
+            .map_err(|e| PollError::Store(e.to_string()))
+    }
+
+    async fn ingest(&self, feed: &FeedConfig, records: Vec<Mapped>) -> Result<Counts, PollError> {
         self.engine
             .lock()
             .await
@@ -92,6 +104,20 @@ impl Sink for EngineSink {
     async fn poll_done(&self, feed: &str, caught_up: bool) {
         let mut engine = self.engine.lock().await;
         engine.poll_finished(feed, caught_up);
+        if engine.is_roster_feed(feed) {
+            match engine.retry_waiting(now()) {
+                Ok(c) if c.accepted + c.rejected > 0 => info!(
+                    feed,
+                    released = c.accepted,
+                    quarantined = c.rejected,
+                    "waiting records re-applied after roster poll"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    error!(feed, error = %e, "re-applying waiting records failed; retried after the next roster poll")
+                }
+            }
+        }
         match engine.evaluate_touched(now()) {
             Ok(r) if r.checks > 0 => info!(
                 feed,
@@ -137,6 +163,7 @@ pub async fn run(
         Arc::clone(&outbox),
         Arc::clone(&wake),
         Arc::clone(&metrics),
+        pseudo.clone(),
     )?;
     engine.set_feeds(&config.feeds);
     let report = engine.evaluate_all(now())?;
@@ -183,11 +210,10 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("guardline/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .context("building the HTTP client")?;
+    let mut clients = BTreeMap::new();
+    for f in &config.feeds {
+        clients.insert(f.name.clone(), FeedClient::build(f, Arc::clone(&metrics))?);
+    }
     // Feeds keyed by person wait for the roster's first poll, so that their records can
     // be joined to households.
     let roster_feeds: Vec<String> = config
@@ -211,7 +237,7 @@ pub async fn run(
         };
         feed_tasks.push(tokio::spawn(feeds::run_feed(feeds::FeedTask {
             feed: f.clone(),
-            client: client.clone(),
+            client: clients[&f.name].clone(),
             pseudo: pseudo.clone(),
             sink: sink.clone(),
             metrics: Arc::clone(&metrics),

@@ -19,12 +19,14 @@ use tracing::{info, warn};
 
 use crate::alerts::{Alerts, Status, Transition};
 use crate::config::{FeedConfig, NotifyConfig};
-use crate::feeds::{Counts, MapError};
+use crate::feeds::{Counts, Mapped, Validators};
 use crate::metrics::Metrics;
-use crate::model::{HouseholdCategory, Month, Record};
+use crate::model::{HouseholdCategory, Month};
 use crate::notify::{Outbox, Templates, notifications_for};
+use crate::pseudonym::Pseudonymizer;
+use crate::quarantine;
 use crate::rules::{EntityKind, EvalContext, Input, Rule, RuleSet, evaluate};
-use crate::state::{Applied, EntityRef, Touched, World};
+use crate::state::{Applied, EntityRef, Rejection, Touched, World};
 use crate::store::{Batch, Space, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +57,17 @@ pub struct Engine {
     busy: BTreeSet<String>,
     /// Entities evaluated without the rules that were waiting for a busy feed.
     deferred: BTreeSet<EntityRef>,
+    pseudo: Pseudonymizer,
+    /// Records of persons not yet on the roster, by quarantine id.
+    waiting: BTreeMap<String, quarantine::Waiting>,
+    /// Quarantined records: id → (feed, reason), for the gauges.
+    quarantined: BTreeMap<String, (String, String)>,
 }
+
+/// At most this many records wait for the roster; more are quarantined at once.
+pub const MAX_WAITING: usize = 200_000;
+/// A record waits this long for its person to appear on the roster.
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
 /// What one evaluation pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -77,9 +89,18 @@ impl Engine {
         outbox: Arc<Mutex<Outbox>>,
         wake: Arc<tokio::sync::Notify>,
         metrics: Arc<Metrics>,
+        pseudo: Pseudonymizer,
     ) -> Result<Self, EngineError> {
         let world = World::load(store.as_ref(), retention_months)?;
         let alerts = Alerts::load(store.as_ref())?;
+        let waiting = quarantine::waiting(store.as_ref())?
+            .into_iter()
+            .map(|w| (w.id.clone(), w))
+            .collect();
+        let quarantined = quarantine::entries(store.as_ref())?
+            .into_iter()
+            .map(|e| (e.id, (e.feed, e.reason)))
+            .collect();
         let e = Self {
             store,
             world,
@@ -94,8 +115,12 @@ impl Engine {
             feed_inputs: BTreeMap::new(),
             busy: BTreeSet::new(),
             deferred: BTreeSet::new(),
+            pseudo,
+            waiting,
+            quarantined,
         };
         e.update_gauges();
+        e.update_quarantine_gauges();
         Ok(e)
     }
 
@@ -148,63 +173,238 @@ impl Engine {
         self.store.commit(b)
     }
 
-    /// Applies records and commits the changed state; logs and counts every rejection.
+    /// Applies records and commits the changed state. Rejected records go to the quarantine
+    /// (logged and counted); records of persons not yet on the roster wait for the next
+    /// roster poll, up to [`MAX_WAITING`] of them.
     pub fn ingest(
         &mut self,
         feed: &FeedConfig,
-        records: Vec<Result<Record, MapError>>,
+        records: Vec<Mapped>,
         now: DateTime<FixedOffset>,
     ) -> Result<Counts, EngineError> {
         let mut counts = Counts::default();
         let mut rejected: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut extra = Batch::default();
+        let mut new_waiting = Vec::new();
+        let mut new_quarantine = Vec::new();
         self.world.begin();
-        for (i, r) in records.iter().enumerate() {
-            let outcome = match r {
+        for (i, m) in records.into_iter().enumerate() {
+            let outcome = match &m.result {
                 Err(e) => Err((e.reason, e.to_string())),
                 Ok(rec) => self
                     .world
                     .apply(&feed.name, rec, now)
                     .map_err(|e| (e.reason(), e.to_string())),
             };
+            let record_id = match &m.result {
+                Ok(x) => Some(x.id.clone()),
+                Err(e) => e.record.clone(),
+            };
+            let raw = m
+                .raw
+                .as_ref()
+                .map(|r| quarantine::redact(r, &feed.mapping, &self.pseudo).to_string());
             match outcome {
                 Ok(Applied::Changed) => counts.accepted += 1,
                 Ok(Applied::Duplicate) => counts.duplicate += 1,
+                Err(("unknown_person", _))
+                    if self.waiting.len() + new_waiting.len() < MAX_WAITING =>
+                {
+                    counts.waiting += 1;
+                    if let Ok(record) = m.result {
+                        let w = quarantine::Waiting {
+                            id: quarantine::entry_id(
+                                &feed.name,
+                                record_id.as_deref(),
+                                &format!("#{i}"),
+                            ),
+                            feed: feed.name.clone(),
+                            record,
+                            raw,
+                            since: now.timestamp(),
+                        };
+                        quarantine::put_waiting(&mut extra, &w);
+                        new_waiting.push(w);
+                    }
+                }
                 Err((reason, detail)) => {
                     counts.rejected += 1;
                     *rejected.entry(reason).or_default() += 1;
                     // The record id is the department's, not personal data; field values are never logged.
-                    let id = match r {
-                        Ok(x) => x.id.as_str(),
-                        Err(e) => e.record.as_deref().unwrap_or(""),
+                    warn!(feed = %feed.name, record = record_id.as_deref().unwrap_or(""), index = i, reason,
+                          error = %detail, "record rejected");
+                    let e = quarantine::Entry {
+                        id: quarantine::entry_id(
+                            &feed.name,
+                            record_id.as_deref(),
+                            &raw.clone().unwrap_or_else(|| detail.clone()),
+                        ),
+                        feed: feed.name.clone(),
+                        record_id,
+                        reason: reason.to_string(),
+                        detail,
+                        raw,
+                        at: now.timestamp(),
                     };
-                    warn!(feed = %feed.name, record = id, index = i, reason, error = %detail, "record rejected");
+                    quarantine::put_entry(&mut extra, &e);
+                    new_quarantine.push(e);
                 }
             }
         }
-        let (batch, touched) = self.world.take_batch();
+        let (mut batch, touched) = self.world.take_batch();
+        batch.ops.extend(extra.ops);
         if let Err(e) = self.store.commit(batch) {
             self.world.rollback();
             return Err(e.into());
         }
+        for w in new_waiting {
+            self.waiting.insert(w.id.clone(), w);
+        }
+        for e in new_quarantine {
+            self.quarantined.insert(e.id.clone(), (e.feed, e.reason));
+        }
         let name = feed.name.as_str();
         let m = &self.metrics;
-        m.feed_records
-            .with_label_values(&[name, "accepted"])
-            .inc_by(counts.accepted);
-        m.feed_records
-            .with_label_values(&[name, "duplicate"])
-            .inc_by(counts.duplicate);
-        m.feed_records
-            .with_label_values(&[name, "rejected"])
-            .inc_by(counts.rejected);
+        for (outcome, n) in [
+            ("accepted", counts.accepted),
+            ("duplicate", counts.duplicate),
+            ("rejected", counts.rejected),
+            ("waiting", counts.waiting),
+        ] {
+            m.feed_records.with_label_values(&[name, outcome]).inc_by(n);
+        }
         for (reason, n) in rejected {
             m.feed_records_rejected
                 .with_label_values(&[name, reason])
                 .inc_by(n);
         }
+        self.update_quarantine_gauges();
         self.pending_eval.households.extend(touched.households);
         self.pending_eval.villages.extend(touched.villages);
         Ok(counts)
+    }
+
+    /// Re-applies records waiting for their person to appear on the roster. Those still
+    /// unknown after [`MAX_WAIT`] go to the quarantine.
+    pub fn retry_waiting(&mut self, now: DateTime<FixedOffset>) -> Result<Counts, EngineError> {
+        let mut counts = Counts::default();
+        if self.waiting.is_empty() {
+            return Ok(counts);
+        }
+        let mut batch = Batch::default();
+        let mut done = Vec::new();
+        let mut to_quarantine = Vec::new();
+        self.world.begin();
+        for (id, w) in &self.waiting {
+            match self.world.apply(&w.feed, &w.record, now) {
+                Ok(Applied::Changed) => {
+                    counts.accepted += 1;
+                    self.metrics
+                        .feed_records
+                        .with_label_values(&[w.feed.as_str(), "accepted"])
+                        .inc();
+                    done.push(id.clone());
+                }
+                Ok(Applied::Duplicate) => done.push(id.clone()),
+                Err(Rejection::UnknownPerson)
+                    if now.timestamp() - w.since < MAX_WAIT.as_secs() as i64 => {}
+                Err(e) => {
+                    counts.rejected += 1;
+                    warn!(feed = %w.feed, record = %w.record.id, reason = e.reason(), error = %e, "waiting record rejected");
+                    to_quarantine.push(quarantine::Entry {
+                        id: id.clone(),
+                        feed: w.feed.clone(),
+                        record_id: Some(w.record.id.clone()),
+                        reason: e.reason().to_string(),
+                        detail: format!(
+                            "{e} (waited since {})",
+                            crate::alerts::format_time(w.since)
+                        ),
+                        raw: w.raw.clone(),
+                        at: now.timestamp(),
+                    });
+                    done.push(id.clone());
+                }
+            }
+        }
+        let (state, touched) = self.world.take_batch();
+        batch.ops.extend(state.ops);
+        for id in &done {
+            batch.delete(Space::Waiting, id.as_bytes().to_vec());
+        }
+        for e in &to_quarantine {
+            quarantine::put_entry(&mut batch, e);
+        }
+        if let Err(e) = self.store.commit(batch) {
+            self.world.rollback();
+            return Err(e.into());
+        }
+        for id in done {
+            self.waiting.remove(&id);
+        }
+        for e in to_quarantine {
+            self.metrics
+                .feed_records_rejected
+                .with_label_values(&[e.feed.as_str(), e.reason.as_str()])
+                .inc();
+            self.quarantined.insert(e.id, (e.feed, e.reason));
+        }
+        self.update_quarantine_gauges();
+        self.pending_eval.households.extend(touched.households);
+        Ok(counts)
+    }
+
+    /// Whether a feed delivers the roster (its polls release waiting records).
+    pub fn is_roster_feed(&self, feed: &str) -> bool {
+        self.feed_inputs
+            .get(feed)
+            .is_some_and(|i| i.contains(&Input::Roster))
+    }
+
+    /// Removes quarantine entries (they were replayed successfully).
+    pub fn forget_quarantined(&mut self, ids: &[String]) -> Result<(), EngineError> {
+        let mut b = Batch::default();
+        for id in ids {
+            b.delete(Space::Quarantine, id.as_bytes().to_vec());
+        }
+        self.store.commit(b)?;
+        for id in ids {
+            self.quarantined.remove(id);
+        }
+        self.update_quarantine_gauges();
+        Ok(())
+    }
+
+    fn update_quarantine_gauges(&self) {
+        let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        for (feed, reason) in self.quarantined.values() {
+            *counts.entry((feed.as_str(), reason.as_str())).or_default() += 1;
+        }
+        self.metrics.quarantine.reset();
+        for ((feed, reason), n) in counts {
+            self.metrics
+                .quarantine
+                .with_label_values(&[feed, reason])
+                .set(n);
+        }
+        self.metrics.waiting.set(self.waiting.len() as i64);
+    }
+
+    pub fn validators(&self, feed: &str) -> Result<Option<Validators>, StoreError> {
+        Ok(self
+            .store
+            .get(Space::Cursor, format!("{feed}\0validators").as_bytes())?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    pub fn save_validators(&self, feed: &str, v: &Validators) -> Result<(), StoreError> {
+        let mut b = Batch::default();
+        b.put(
+            Space::Cursor,
+            format!("{feed}\0validators").into_bytes(),
+            serde_json::to_vec(v).unwrap_or_default(),
+        );
+        self.store.commit(b)
     }
 
     /// Evaluates the entities touched since the last call (and those deferred while a feed

@@ -12,7 +12,10 @@ pub struct Metrics {
     pub registry: Registry,
     pub feed_polls: IntCounterVec,
     pub feed_poll_failures: IntCounterVec,
+    pub feed_retries: IntCounterVec,
     pub feed_records: IntCounterVec,
+    pub quarantine: IntGaugeVec,
+    pub waiting: IntGauge,
     pub feed_records_rejected: IntCounterVec,
     pub feed_last_success: GaugeVec,
     pub feed_poll_duration: HistogramVec,
@@ -65,10 +68,30 @@ impl Metrics {
                 "Failed feed polls by reason.",
                 &["feed", "reason"],
             ),
+            feed_retries: counter(
+                &r,
+                "guardline_feed_retries_total",
+                "Requests retried within a poll, by the reason of the failure.",
+                &["feed", "reason"],
+            ),
+            quarantine: gauge(
+                &r,
+                "guardline_quarantine_records",
+                "Rejected records kept in quarantine, by feed and reason.",
+                &["feed", "reason"],
+            ),
+            waiting: reg(
+                &r,
+                IntGauge::new(
+                    "guardline_waiting_records",
+                    "Records of persons not yet on the roster, waiting for the next roster poll.",
+                )
+                .expect("valid metric"),
+            ),
             feed_records: counter(
                 &r,
                 "guardline_feed_records_total",
-                "Feed records by outcome (accepted, duplicate, rejected).",
+                "Feed records by outcome (accepted, duplicate, rejected, waiting).",
                 &["feed", "outcome"],
             ),
             feed_records_rejected: counter(

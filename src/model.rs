@@ -145,6 +145,27 @@ impl fmt::Display for HouseholdId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PersonKey(pub [u8; 16]);
 
+impl PersonKey {
+    /// The form a person key takes inside quarantined records: `pk:` and 32 hex digits.
+    pub fn token(&self) -> String {
+        let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
+        format!("pk:{hex}")
+    }
+
+    /// Reads a [`PersonKey::token`].
+    pub fn from_token(s: &str) -> Option<Self> {
+        let hex = s.trim().strip_prefix("pk:")?;
+        if hex.len() != 32 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Self(out))
+    }
+}
+
 impl fmt::Display for PersonKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for b in &self.0[..8] {
@@ -427,15 +448,104 @@ pub fn format_yuan(fen: Fen) -> String {
     if yuan < 0 { format!("-{out}") } else { out }
 }
 
-/// Who a numeric sample belongs to, as the feed gives it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who an observation belongs to, as the feed gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Subject {
     Person(PersonKey),
     Household(HouseholdId),
+    Village(VillageCode),
+}
+
+/// Events reported by departments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum EventKind {
+    /// 民政: household admitted to 低保 (minimum living allowance).
+    SubsistenceGranted,
+    /// 民政: 低保 cancelled.
+    SubsistenceCancelled,
+    /// 民政: household admitted to 特困 support.
+    ExtremePovertyGranted,
+    /// 民政: 特困 support cancelled.
+    ExtremePovertyCancelled,
+    /// 民政: 临时救助 temporary assistance paid.
+    TemporaryAssistance,
+    /// 水利: drinking-water quality failing GB 5749-2022 at a village.
+    WaterQualityExceedance,
+    /// 教育: suspected dropout of a pupil (控辍保学).
+    SuspectedDropout,
+    /// 住建: house graded C or D (unsafe).
+    HouseUnsafe,
+    /// 住建: house graded A or B (safe).
+    HouseSafe,
+    /// 残联: new disability certificate.
+    DisabilityCertificate,
+    /// 应急: disaster loss of a household or village.
+    DisasterLoss,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 11] = [
+        Self::SubsistenceGranted,
+        Self::SubsistenceCancelled,
+        Self::ExtremePovertyGranted,
+        Self::ExtremePovertyCancelled,
+        Self::TemporaryAssistance,
+        Self::WaterQualityExceedance,
+        Self::SuspectedDropout,
+        Self::HouseUnsafe,
+        Self::HouseSafe,
+        Self::DisabilityCertificate,
+        Self::DisasterLoss,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SubsistenceGranted => "subsistence_granted",
+            Self::SubsistenceCancelled => "subsistence_cancelled",
+            Self::ExtremePovertyGranted => "extreme_poverty_granted",
+            Self::ExtremePovertyCancelled => "extreme_poverty_cancelled",
+            Self::TemporaryAssistance => "temporary_assistance",
+            Self::WaterQualityExceedance => "water_quality_exceedance",
+            Self::SuspectedDropout => "suspected_dropout",
+            Self::HouseUnsafe => "house_unsafe",
+            Self::HouseSafe => "house_safe",
+            Self::DisabilityCertificate => "disability_certificate",
+            Self::DisasterLoss => "disaster_loss",
+        }
+    }
+    pub fn name_zh(self) -> &'static str {
+        match self {
+            Self::SubsistenceGranted => "纳入低保",
+            Self::SubsistenceCancelled => "取消低保",
+            Self::ExtremePovertyGranted => "纳入特困供养",
+            Self::ExtremePovertyCancelled => "取消特困供养",
+            Self::TemporaryAssistance => "临时救助",
+            Self::WaterQualityExceedance => "饮水水质超标",
+            Self::SuspectedDropout => "疑似辍学",
+            Self::HouseUnsafe => "住房鉴定为C/D级",
+            Self::HouseSafe => "住房鉴定为A/B级",
+            Self::DisabilityCertificate => "新办残疾证",
+            Self::DisasterLoss => "灾害损失",
+        }
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s.trim())
+            .ok_or_else(|| {
+                format!(
+                    "unknown event kind {s:?} (expected one of {})",
+                    Self::ALL.map(|k| k.name()).join(", ")
+                )
+            })
+    }
 }
 
 /// A household as the roster describes it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RosterEntry {
     pub household: HouseholdId,
     pub village: VillageCode,
@@ -476,7 +586,7 @@ impl FromStr for IntervalKind {
 }
 
 /// One observation decoded and mapped from a feed record.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Observation {
     /// A numeric sample for a month (wages, a medical claim's amounts).
     Sample {
@@ -495,10 +605,17 @@ pub enum Observation {
     },
     /// The roster's description of a household (replaces the previous one).
     Roster(RosterEntry),
+    /// An event of a person, household or village on a day, with an optional amount.
+    Event {
+        subject: Subject,
+        kind: EventKind,
+        time: DateTime<FixedOffset>,
+        amount: Option<Fen>,
+    },
 }
 
 /// An observation with the id of the record it came from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub id: String,
     pub observation: Observation,

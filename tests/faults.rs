@@ -66,7 +66,7 @@ fn start_fault_server() -> SocketAddr {
 fn fault_config(dir: &std::path::Path, addr: SocketAddr) -> std::path::PathBuf {
     let feed = |name: &str, path: &str, body: &str| {
         format!(
-            "[[feeds]]\nname = \"{name}\"\nkind = \"samples\"\nurl = \"http://{addr}/{path}\"\nschedule = \"*/1 * * * * *\"\n{body}\n"
+            "[[feeds]]\nname = \"{name}\"\nkind = \"samples\"\nurl = \"http://{addr}/{path}\"\nschedule = \"*/1 * * * * *\"\nretry_initial = \"100ms\"\n{body}\n"
         )
     };
     let samples = "[feeds.map]\nrecord_id = \"record_id\"\nperson = \"id_number\"\ntime = \"month\"\nvalues = [{ indicator = \"wage_income\", field = \"amount\" }]\n";

@@ -16,7 +16,7 @@ use std::time::Duration;
 pub use raw::{AmountUnit, SmtpTls};
 use source::{FieldPath, Problem, Problems, Source};
 
-use crate::model::{Indicator, IntervalKind};
+use crate::model::{EventKind, Indicator, IntervalKind};
 
 /// The validated configuration of one daemon.
 #[derive(Debug, Clone)]
@@ -52,10 +52,29 @@ pub enum Language {
 pub struct FeedConfig {
     pub name: String,
     pub department: String,
-    pub url: reqwest::Url,
+    pub source: FeedSource,
     pub schedule: cron::Schedule,
     pub schedule_text: String,
+    /// Total time for one request, from connect to the last byte of the body.
     pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Longest silence while reading the body.
+    pub read_timeout: Duration,
+    pub format: Format,
+    pub encoding: TextEncoding,
+    pub paging: Paging,
+    pub page_param: String,
+    pub offset_param: String,
+    /// Take the next cursor from this field of a page's last record (newest time or id).
+    pub cursor_field: Option<String>,
+    /// Send If-None-Match / If-Modified-Since with the validators of the last poll.
+    pub conditional: bool,
+    pub auth: Option<FeedAuth>,
+    pub ca_file: Option<PathBuf>,
+    pub retries: u32,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub max_records_per_poll: u64,
     pub page_size: u32,
     pub max_body_bytes: u64,
     pub max_pages_per_poll: u32,
@@ -64,6 +83,68 @@ pub struct FeedConfig {
     pub cursor_param: String,
     pub limit_param: String,
     pub mapping: Mapping,
+}
+
+/// Where a feed's data comes from.
+#[derive(Debug, Clone)]
+pub enum FeedSource {
+    Http(reqwest::Url),
+    /// A folder where a department drops export files: each file is ingested once, then moved
+    /// to `done/` (or `rejected/` with a reason file).
+    Dir(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A JSON document with the records at `records_path`.
+    Json,
+    /// One JSON record per line.
+    Ndjson,
+    /// CSV with a header row; columns are addressed by their header (Chinese headers work).
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextEncoding {
+    /// UTF-8, with or without a byte-order mark.
+    Utf8,
+    /// GBK / GB18030 (GB18030 is a superset of GBK and decodes both).
+    Gb18030,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paging {
+    /// `cursor_param` = saved cursor; the next cursor from `next_cursor_path` or `cursor_field`.
+    Cursor,
+    /// `page_param` = 1, 2, …, with `limit_param` = page_size, until a short page.
+    Page,
+    /// `offset_param` = records read so far (saved between polls), `limit_param` = page_size.
+    Offset,
+    /// Follow the `Link: <…>; rel="next"` response header.
+    Link,
+    /// One request per poll.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub enum FeedAuth {
+    Bearer(SecretSource),
+    Basic {
+        username: String,
+        password: SecretSource,
+    },
+    Header {
+        name: String,
+        value: SecretSource,
+    },
+}
+
+impl FeedAuth {
+    pub fn secret(&self) -> &SecretSource {
+        match self {
+            Self::Bearer(s) | Self::Basic { password: s, .. } | Self::Header { value: s, .. } => s,
+        }
+    }
 }
 
 impl FeedConfig {
@@ -77,6 +158,15 @@ impl FeedConfig {
                 .map(|v| Input::Indicator(v.indicator))
                 .collect(),
             MappingTarget::Intervals { kind, .. } => vec![Input::Intervals(*kind)],
+            MappingTarget::Events { event, .. } => match event {
+                EventSource::Fixed(k) => vec![Input::Event(*k)],
+                EventSource::Field { values, .. } => {
+                    let mut v: Vec<Input> = values.values().map(|k| Input::Event(*k)).collect();
+                    v.sort();
+                    v.dedup();
+                    v
+                }
+            },
         }
     }
 }
@@ -106,6 +196,12 @@ pub enum MappingTarget {
         time: TimeField,
         values: Vec<ValueField>,
     },
+    Events {
+        subject: SubjectField,
+        time: TimeField,
+        event: EventSource,
+        amount: Option<(String, AmountUnit)>,
+    },
     Intervals {
         kind: IntervalKind,
         village: String,
@@ -120,6 +216,18 @@ pub enum MappingTarget {
 pub enum SubjectField {
     Person(String),
     Household(String),
+    Village(String),
+}
+
+/// The kind of an event: the same for every record, or read from a field through a table
+/// (e.g. house grades C and D become `house_unsafe`).
+#[derive(Debug, Clone)]
+pub enum EventSource {
+    Fixed(EventKind),
+    Field {
+        field: String,
+        values: std::collections::BTreeMap<String, EventKind>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -346,18 +454,123 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
                 format!("feed name {:?} is used twice", f.name),
             ));
         }
-        let url = match reqwest::Url::parse(&f.url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
-            Ok(u) => {
+        let source = match (&f.url, &f.dir) {
+            (Some(u), None) => match reqwest::Url::parse(u) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => Some(FeedSource::Http(u)),
+                Ok(u) => {
+                    problems.push(src.problem(
+                        &fp.key("url"),
+                        format!(
+                            "scheme {:?} is not http or https (use `dir` for a folder)",
+                            u.scheme()
+                        ),
+                    ));
+                    None
+                }
+                Err(e) => {
+                    problems.push(src.problem(&fp.key("url"), format!("not a URL: {e}")));
+                    None
+                }
+            },
+            (None, Some(d)) => Some(FeedSource::Dir(resolve(d))),
+            _ => {
                 problems.push(src.problem(
                     &fp.key("url"),
-                    format!("scheme {:?} is not http or https", u.scheme()),
+                    "give exactly one of `url` (HTTP) or `dir` (a drop folder)",
                 ));
                 None
             }
-            Err(e) => {
-                problems.push(src.problem(&fp.key("url"), format!("not a URL: {e}")));
-                None
+        };
+        let format = match f.format.as_str() {
+            "json" => Format::Json,
+            "ndjson" => Format::Ndjson,
+            "csv" => Format::Csv,
+            other => {
+                problems.push(src.problem(
+                    &fp.key("format"),
+                    format!("unknown format {other:?} (json, ndjson or csv)"),
+                ));
+                Format::Json
+            }
+        };
+        let encoding = match f.encoding.to_ascii_lowercase().as_str() {
+            "utf-8" | "utf8" => TextEncoding::Utf8,
+            "gbk" | "gb18030" | "gb2312" => TextEncoding::Gb18030,
+            other => {
+                problems.push(src.problem(
+                    &fp.key("encoding"),
+                    format!("unknown encoding {other:?} (utf-8, gbk or gb18030)"),
+                ));
+                TextEncoding::Utf8
+            }
+        };
+        let paging = match f.paging.as_str() {
+            "cursor" => Paging::Cursor,
+            "page" => Paging::Page,
+            "offset" => Paging::Offset,
+            "link" => Paging::Link,
+            "none" => Paging::None,
+            other => {
+                problems.push(src.problem(
+                    &fp.key("paging"),
+                    format!("unknown paging {other:?} (cursor, page, offset, link or none)"),
+                ));
+                Paging::None
+            }
+        };
+        if paging == Paging::Cursor && format != Format::Json && f.cursor_field.is_none() {
+            problems.push(src.problem(&fp.key("paging"), "cursor paging of an ndjson or csv feed needs `cursor_field` (the body has no place for a next cursor)"));
+        }
+        let secret = |env: &Option<String>,
+                      file: &Option<String>,
+                      what: &str,
+                      problems: &mut Vec<Problem>|
+         -> Option<SecretSource> {
+            match (env, file) {
+                (Some(e), None) => Some(SecretSource::Env(e.clone())),
+                (None, Some(p)) => Some(SecretSource::File(resolve(p))),
+                _ => {
+                    problems.push(src.problem(
+                        &fp.key("auth"),
+                        format!("give exactly one of {what}_env or {what}_file"),
+                    ));
+                    None
+                }
+            }
+        };
+        let auth = match &f.auth {
+            None => None,
+            Some(raw::RawAuth::Bearer {
+                token_env,
+                token_file,
+            }) => secret(token_env, token_file, "token", &mut problems).map(FeedAuth::Bearer),
+            Some(raw::RawAuth::Basic {
+                username,
+                password_env,
+                password_file,
+            }) => secret(password_env, password_file, "password", &mut problems).map(|password| {
+                FeedAuth::Basic {
+                    username: username.clone(),
+                    password,
+                }
+            }),
+            Some(raw::RawAuth::Header {
+                name,
+                value_env,
+                value_file,
+            }) => {
+                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    problems.push(src.problem(
+                        &fp.key("auth").key("name"),
+                        format!("{name:?} is not a valid HTTP header name"),
+                    ));
+                }
+                secret(value_env, value_file, "value", &mut problems).map(|value| {
+                    FeedAuth::Header {
+                        name: name.clone(),
+                        value,
+                    }
+                })
             }
         };
         let schedule = match parse_schedule(&f.schedule) {
@@ -368,18 +581,48 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
             }
         };
         let timeout = duration_field(src, &fp.key("timeout"), &f.timeout, &mut problems);
+        let connect_timeout = duration_field(
+            src,
+            &fp.key("connect_timeout"),
+            &f.connect_timeout,
+            &mut problems,
+        );
+        let read_timeout =
+            duration_field(src, &fp.key("read_timeout"), &f.read_timeout, &mut problems);
+        let retry_initial = duration_field(
+            src,
+            &fp.key("retry_initial"),
+            &f.retry_initial,
+            &mut problems,
+        );
+        let retry_max = duration_field(src, &fp.key("retry_max"), &f.retry_max, &mut problems);
         if f.page_size == 0 || f.page_size > 100_000 {
             problems.push(src.problem(&fp.key("page_size"), "must be between 1 and 100000"));
         }
         let mapping = validate_mapping(src, &fp.key("map"), &f.kind, &f.map, &mut problems, &fp);
-        if let (Some(url), Some(schedule), Some(mapping)) = (url, schedule, mapping) {
+        if let (Some(source), Some(schedule), Some(mapping)) = (source, schedule, mapping) {
             feeds.push(FeedConfig {
                 name: f.name.clone(),
                 department: f.department.clone(),
-                url,
+                source,
                 schedule,
                 schedule_text: f.schedule.clone(),
                 timeout,
+                connect_timeout,
+                read_timeout,
+                format,
+                encoding,
+                paging,
+                page_param: f.page_param.clone(),
+                offset_param: f.offset_param.clone(),
+                cursor_field: f.cursor_field.clone(),
+                conditional: f.conditional,
+                auth,
+                ca_file: f.ca_file.as_deref().map(resolve),
+                retries: f.retries,
+                retry_initial,
+                retry_max,
+                max_records_per_poll: f.max_records_per_poll,
                 page_size: f.page_size,
                 max_body_bytes: f.max_body_bytes,
                 max_pages_per_poll: f.max_pages_per_poll,
@@ -625,6 +868,66 @@ fn validate_mapping(
                 values,
             }
         }
+        "events" => {
+            let subject = match (&m.person, &m.household, &m.village) {
+                (Some(p), None, None) => SubjectField::Person(p.clone()),
+                (None, Some(h), None) => SubjectField::Household(h.clone()),
+                (None, None, Some(v)) => SubjectField::Village(v.clone()),
+                _ => {
+                    problems.push(src.problem(
+                        &mp.key("person"),
+                        "an events feed needs exactly one of map.person, map.household or map.village",
+                    ));
+                    SubjectField::Household(String::new())
+                }
+            };
+            let time = TimeField {
+                field: need!("time", m.time),
+                format: m
+                    .time_format
+                    .clone()
+                    .unwrap_or_else(|| "%Y-%m-%d".to_string()),
+            };
+            let event = match (&m.event, &m.event_field, &m.event_values) {
+                (Some(k), None, None) => match k.parse::<EventKind>() {
+                    Ok(k) => EventSource::Fixed(k),
+                    Err(e) => {
+                        problems.push(src.problem(&mp.key("event"), e));
+                        EventSource::Fixed(EventKind::DisasterLoss)
+                    }
+                },
+                (None, Some(f), Some(table)) if !table.is_empty() => {
+                    let mut values = std::collections::BTreeMap::new();
+                    for (raw, kind) in table {
+                        match kind.parse::<EventKind>() {
+                            Ok(k) => {
+                                values.insert(raw.clone(), k);
+                            }
+                            Err(e) => {
+                                problems.push(src.problem(&mp.key("event_values").key(raw), e))
+                            }
+                        }
+                    }
+                    EventSource::Field {
+                        field: f.clone(),
+                        values,
+                    }
+                }
+                _ => {
+                    problems.push(src.problem(
+                        &mp.key("event"),
+                        "an events feed needs map.event (one kind for every record) or map.event_field with map.event_values (a table from field values to kinds)",
+                    ));
+                    EventSource::Fixed(EventKind::DisasterLoss)
+                }
+            };
+            MappingTarget::Events {
+                subject,
+                time,
+                event,
+                amount: m.amount.clone().map(|a| (a, m.amount_unit)),
+            }
+        }
         "intervals" => {
             let kind = m
                 .interval_kind
@@ -650,7 +953,7 @@ fn validate_mapping(
         other => {
             problems.push(src.problem(
                 &feed_path.key("kind"),
-                format!("unknown feed kind {other:?} (roster, samples or intervals)"),
+                format!("unknown feed kind {other:?} (roster, samples, events or intervals)"),
             ));
             return None;
         }

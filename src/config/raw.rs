@@ -51,10 +51,39 @@ pub struct RawFeed {
     #[serde(default)]
     pub department: String,
     pub kind: String,
-    pub url: String,
+    /// An HTTP(S) URL, or leave it out and give `dir` for a drop folder of export files.
+    pub url: Option<String>,
+    pub dir: Option<String>,
     pub schedule: String,
     #[serde(default = "default_timeout")]
     pub timeout: String,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: String,
+    #[serde(default = "default_format")]
+    pub format: String,
+    #[serde(default = "default_encoding")]
+    pub encoding: String,
+    #[serde(default = "default_paging")]
+    pub paging: String,
+    #[serde(default = "default_page_param")]
+    pub page_param: String,
+    #[serde(default = "default_offset_param")]
+    pub offset_param: String,
+    pub cursor_field: Option<String>,
+    #[serde(default)]
+    pub conditional: bool,
+    pub auth: Option<RawAuth>,
+    pub ca_file: Option<String>,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default = "default_retry_initial")]
+    pub retry_initial: String,
+    #[serde(default = "default_retry_max")]
+    pub retry_max: String,
+    #[serde(default = "default_max_records")]
+    pub max_records_per_poll: u64,
     #[serde(default = "default_page_size")]
     pub page_size: u32,
     #[serde(default = "default_max_body")]
@@ -75,6 +104,60 @@ pub struct RawFeed {
 fn default_timeout() -> String {
     "30s".into()
 }
+fn default_connect_timeout() -> String {
+    "10s".into()
+}
+fn default_read_timeout() -> String {
+    "30s".into()
+}
+fn default_format() -> String {
+    "json".into()
+}
+fn default_encoding() -> String {
+    "utf-8".into()
+}
+fn default_paging() -> String {
+    "cursor".into()
+}
+fn default_page_param() -> String {
+    "page".into()
+}
+fn default_offset_param() -> String {
+    "offset".into()
+}
+fn default_retries() -> u32 {
+    3
+}
+fn default_retry_initial() -> String {
+    "1s".into()
+}
+fn default_retry_max() -> String {
+    "30s".into()
+}
+fn default_max_records() -> u64 {
+    1_000_000
+}
+
+/// Credentials of a feed; secrets come from an environment variable or a file.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RawAuth {
+    Bearer {
+        token_env: Option<String>,
+        token_file: Option<String>,
+    },
+    Basic {
+        username: String,
+        password_env: Option<String>,
+        password_file: Option<String>,
+    },
+    Header {
+        name: String,
+        value_env: Option<String>,
+        value_file: Option<String>,
+    },
+}
+
 fn default_page_size() -> u32 {
     1000
 }
@@ -126,6 +209,13 @@ pub struct RawMap {
     pub time_format: Option<String>,
     #[serde(default)]
     pub values: Vec<RawValue>,
+    // events
+    pub event: Option<String>,
+    pub event_field: Option<String>,
+    pub event_values: Option<std::collections::BTreeMap<String, String>>,
+    pub amount: Option<String>,
+    #[serde(default)]
+    pub amount_unit: AmountUnit,
     // intervals
     pub interval_kind: Option<String>,
     pub interval_id: Option<String>,

@@ -6,7 +6,7 @@
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone};
 use serde_json::Value;
 
-use crate::config::{AmountUnit, Mapping, MappingTarget, SubjectField, TimeField};
+use crate::config::{AmountUnit, EventSource, Mapping, MappingTarget, SubjectField, TimeField};
 use crate::model::{
     Fen, HouseholdCategory, Month, Observation, Record, RosterEntry, Subject, china_offset,
     mask_name,
@@ -145,6 +145,22 @@ fn month(rec: &Value, tf: &TimeField) -> Result<Month, MapError> {
     Ok(Month::of(time(rec, &tf.field, &tf.format)?))
 }
 
+fn subject_of(s: &SubjectField, rec: &Value, pseudo: &Pseudonymizer) -> Result<Subject, MapError> {
+    Ok(match s {
+        SubjectField::Person(f) => Subject::Person(pseudo.person_key(&text(rec, f)?)),
+        SubjectField::Household(f) => Subject::Household(
+            text(rec, f)?
+                .parse()
+                .map_err(|e: crate::model::IdError| err("invalid_id", f, e.to_string()))?,
+        ),
+        SubjectField::Village(f) => Subject::Village(
+            text(rec, f)?
+                .parse()
+                .map_err(|_| err("invalid_code", f, "is not a 12-digit village code"))?,
+        ),
+    })
+}
+
 /// Maps one record. `rec` is one element of the feed's record list.
 pub fn map_record(m: &Mapping, rec: &Value, pseudo: &Pseudonymizer) -> Result<Record, MapError> {
     if !rec.is_object() {
@@ -240,14 +256,7 @@ fn map_observation(
             time: tf,
             values,
         } => {
-            let subject = match subject {
-                SubjectField::Person(f) => Subject::Person(pseudo.person_key(&text(rec, f)?)),
-                SubjectField::Household(f) => Subject::Household(
-                    text(rec, f)?
-                        .parse()
-                        .map_err(|e: crate::model::IdError| err("invalid_id", f, e.to_string()))?,
-                ),
-            };
+            let subject = subject_of(subject, rec, pseudo)?;
             let month = month(rec, tf)?;
             let values = values
                 .iter()
@@ -257,6 +266,37 @@ fn map_observation(
                 subject,
                 month,
                 values,
+            }
+        }
+        MappingTarget::Events {
+            subject,
+            time: tf,
+            event,
+            amount: amount_field,
+        } => {
+            let subject = subject_of(subject, rec, pseudo)?;
+            let kind = match event {
+                EventSource::Fixed(k) => *k,
+                EventSource::Field { field, values } => {
+                    let v = text(rec, field)?;
+                    *values.get(&v).ok_or_else(|| {
+                        err(
+                            "unknown_event_value",
+                            field,
+                            "has a value missing from map.event_values",
+                        )
+                    })?
+                }
+            };
+            let amount = match amount_field {
+                Some((f, unit)) => Some(amount(rec, f, *unit)?),
+                None => None,
+            };
+            Observation::Event {
+                subject,
+                kind,
+                time: time(rec, &tf.field, &tf.format)?,
+                amount,
             }
         }
         MappingTarget::Intervals {

@@ -6,6 +6,8 @@
 //! - A page's records are handed to the sink and committed before the cursor that follows
 //!   them is saved; a poll that fails half-way keeps the cursor of the last committed page.
 
+pub mod decode;
+mod dir;
 pub mod fetch;
 pub mod map;
 
@@ -14,10 +16,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
-pub use fetch::{Page, PollError, fetch_page};
+pub use fetch::{FeedClient, Fetched, PollError, Validators};
 pub use map::{MapError, map_record};
 
-use crate::config::FeedConfig;
+use crate::config::{FeedConfig, FeedSource, Paging};
 use crate::model::Record;
 use crate::pseudonym::Pseudonymizer;
 
@@ -27,6 +29,8 @@ pub struct Counts {
     pub accepted: u64,
     pub duplicate: u64,
     pub rejected: u64,
+    /// Records of persons not yet on the roster, kept until the next roster poll.
+    pub waiting: u64,
 }
 
 impl Counts {
@@ -34,26 +38,43 @@ impl Counts {
         self.accepted += o.accepted;
         self.duplicate += o.duplicate;
         self.rejected += o.rejected;
+        self.waiting += o.waiting;
     }
+}
+
+/// A decoded record with what mapping made of it. `raw` is kept for the quarantine.
+#[derive(Debug)]
+pub struct Mapped {
+    pub raw: Option<Value>,
+    pub result: Result<Record, MapError>,
 }
 
 /// Where a poll delivers its records: the engine, in the daemon.
 pub trait Sink {
     /// The saved cursor of a feed.
     fn cursor(&self, feed: &str) -> impl Future<Output = Result<Option<String>, PollError>> + Send;
-    /// Applies mapped records (and mapping failures, to count and log them) and commits
-    /// the resulting state durably.
-    fn ingest(
-        &self,
-        feed: &FeedConfig,
-        records: Vec<Result<Record, MapError>>,
-    ) -> impl Future<Output = Result<Counts, PollError>> + Send;
     /// Saves the cursor after the state it covers is durable.
     fn save_cursor(
         &self,
         feed: &str,
         cursor: &str,
     ) -> impl Future<Output = Result<(), PollError>> + Send;
+    /// The HTTP validators saved after the feed's last complete poll.
+    fn validators(
+        &self,
+        feed: &str,
+    ) -> impl Future<Output = Result<Option<Validators>, PollError>> + Send;
+    fn save_validators(
+        &self,
+        feed: &str,
+        v: &Validators,
+    ) -> impl Future<Output = Result<(), PollError>> + Send;
+    /// Applies mapped records, quarantines the rejected ones, commits durably.
+    fn ingest(
+        &self,
+        feed: &FeedConfig,
+        records: Vec<Mapped>,
+    ) -> impl Future<Output = Result<Counts, PollError>> + Send;
     /// Called before a poll starts: until it completes, the feed's data may be partial.
     fn poll_started(&self, feed: &str) -> impl Future<Output = ()> + Send;
     /// Called after every poll. `caught_up` is true when the poll reached the end of the
@@ -61,46 +82,195 @@ pub trait Sink {
     fn poll_done(&self, feed: &str, caught_up: bool) -> impl Future<Output = ()> + Send;
 }
 
-/// Maps a page's records, keeping failures to report.
+/// Maps decoded records, keeping failures to report.
 pub fn map_page(
     feed: &FeedConfig,
-    records: &[Value],
+    records: Vec<Result<Value, MapError>>,
     pseudo: &Pseudonymizer,
-) -> Vec<Result<Record, MapError>> {
+) -> Vec<Mapped> {
     records
-        .iter()
-        .map(|r| map_record(&feed.mapping, r, pseudo))
+        .into_iter()
+        .map(|r| match r {
+            Ok(v) => {
+                let result = map_record(&feed.mapping, &v, pseudo);
+                Mapped {
+                    raw: Some(v),
+                    result,
+                }
+            }
+            Err(e) => Mapped {
+                raw: None,
+                result: Err(e),
+            },
+        })
         .collect()
 }
 
-/// Polls a feed from its saved cursor until a page comes back short (or empty).
-/// Returns the counts and whether the end of the feed was reached (not the page limit).
+fn with_params(base: &reqwest::Url, params: &[(&str, String)]) -> reqwest::Url {
+    let mut url = base.clone();
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in params {
+            q.append_pair(k, v);
+        }
+    }
+    url
+}
+
+/// A fingerprint of a page's records, to notice a feed that serves the same page again.
+fn page_fingerprint(records: &[Result<Value, MapError>]) -> Option<String> {
+    let first = records.first()?.as_ref().ok()?;
+    let last = records.last()?.as_ref().ok()?;
+    Some(format!("{}|{}|{}", records.len(), first, last))
+}
+
+/// Polls a feed: from its saved cursor (or from the start) until the end of the feed.
+/// Returns the counts and whether the end was reached (not a page limit).
 pub async fn poll<S: Sink + Sync>(
     feed: &FeedConfig,
-    client: &reqwest::Client,
+    client: &FeedClient,
     pseudo: &Pseudonymizer,
     sink: &S,
 ) -> Result<(Counts, bool), PollError> {
+    let base = match &feed.source {
+        FeedSource::Dir(path) => return dir::poll_dir(feed, path, pseudo, sink).await,
+        FeedSource::Http(url) => url,
+    };
     let mut cursor = sink.cursor(&feed.name).await?;
+    let validators = if feed.conditional {
+        sink.validators(&feed.name).await?
+    } else {
+        None
+    };
+    let size = feed.page_size.to_string();
     let mut total = Counts::default();
-    for page_no in 0..feed.max_pages_per_poll {
-        let page = fetch_page(client, feed, cursor.as_deref()).await?;
+    let mut seen: u64 = 0;
+    let mut link: Option<reqwest::Url> = None;
+    let mut last_page: Option<String> = None;
+    let mut fresh_validators = None;
+    for i in 0..feed.max_pages_per_poll {
+        let page_no = u64::from(i) + 1;
+        let url = match feed.paging {
+            Paging::Cursor => {
+                let mut p = vec![(feed.limit_param.as_str(), size.clone())];
+                if let Some(c) = &cursor {
+                    p.insert(0, (feed.cursor_param.as_str(), c.clone()));
+                }
+                with_params(base, &p)
+            }
+            Paging::Page => with_params(
+                base,
+                &[
+                    (feed.page_param.as_str(), page_no.to_string()),
+                    (feed.limit_param.as_str(), size.clone()),
+                ],
+            ),
+            Paging::Offset => with_params(
+                base,
+                &[
+                    (
+                        feed.offset_param.as_str(),
+                        cursor.clone().unwrap_or_else(|| "0".into()),
+                    ),
+                    (feed.limit_param.as_str(), size.clone()),
+                ],
+            ),
+            Paging::Link => link
+                .take()
+                .unwrap_or_else(|| with_params(base, &[(feed.limit_param.as_str(), size.clone())])),
+            Paging::None => base.clone(),
+        };
+        let (body, headers) = match client
+            .get(feed, &url, if i == 0 { validators.as_ref() } else { None })
+            .await?
+        {
+            Fetched::NotModified => {
+                debug!(feed = %feed.name, "not modified since the last poll");
+                return Ok((total, true));
+            }
+            Fetched::Body { body, headers } => (body, headers),
+        };
+        if i == 0 && feed.conditional {
+            fresh_validators = Some(Validators::of(&headers));
+        }
+        let mut shown = url.clone();
+        shown.set_query(None);
+        let page = decode::decode(&body, feed, shown.as_str())?;
+        drop(body);
         let n = page.records.len();
-        if n > 0 && page.next.is_some() && page.next == cursor {
+        if seen + n as u64 > feed.max_records_per_poll {
+            return Err(PollError::TooManyRecords {
+                records: n as u64,
+                limit: feed.max_records_per_poll,
+            });
+        }
+        seen += n as u64;
+        let fingerprint = page_fingerprint(&page.records);
+        if fingerprint.is_some() && fingerprint == last_page {
             return Err(PollError::CursorStuck {
                 cursor: cursor.unwrap_or_default(),
             });
         }
-        let mapped = map_page(feed, &page.records, pseudo);
-        drop(page.records);
-        let counts = sink.ingest(feed, mapped).await?;
-        total.add(counts);
-        if let Some(next) = &page.next {
+        let next_cursor = match feed.paging {
+            Paging::Cursor => match &feed.cursor_field {
+                Some(f) => page.records.iter().rev().find_map(|r| {
+                    r.as_ref()
+                        .ok()
+                        .and_then(|v| map::lookup(v, f))
+                        .map(|v| match v {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        })
+                }),
+                None => page.next.clone(),
+            },
+            Paging::Offset => Some(
+                (cursor
+                    .as_deref()
+                    .and_then(|c| c.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    + n as u64)
+                    .to_string(),
+            ),
+            _ => None,
+        };
+        if feed.paging == Paging::Cursor && n > 0 && next_cursor.is_some() && next_cursor == cursor
+        {
+            return Err(PollError::CursorStuck {
+                cursor: cursor.unwrap_or_default(),
+            });
+        }
+        let next_link = fetch::link_next(&headers, &url);
+        let mapped = map_page(feed, page.records, pseudo);
+        total.add(sink.ingest(feed, mapped).await?);
+        if let Some(next) = &next_cursor
+            && n > 0
+        {
             sink.save_cursor(&feed.name, next).await?;
             cursor = Some(next.clone());
         }
-        debug!(feed = %feed.name, page = page_no, records = n, "page applied");
-        if n < feed.page_size as usize || page.next.is_none() {
+        debug!(feed = %feed.name, page = i, records = n, "page applied");
+        last_page = fingerprint;
+        let done = match feed.paging {
+            Paging::Cursor => n < feed.page_size as usize || next_cursor.is_none(),
+            Paging::Page | Paging::Offset => n < feed.page_size as usize,
+            Paging::Link => {
+                if let Some(next) = &next_link
+                    && *next == url
+                {
+                    return Err(PollError::CursorStuck {
+                        cursor: next.to_string(),
+                    });
+                }
+                link = next_link;
+                link.is_none()
+            }
+            Paging::None => true,
+        };
+        if done {
+            if let Some(v) = fresh_validators.filter(|v| !v.is_empty()) {
+                sink.save_validators(&feed.name, &v).await?;
+            }
             return Ok((total, true));
         }
     }
@@ -119,7 +289,7 @@ pub fn until_next(feed: &FeedConfig, now: chrono::DateTime<chrono::FixedOffset>)
 /// Everything one feed's task needs.
 pub struct FeedTask<S> {
     pub feed: FeedConfig,
-    pub client: reqwest::Client,
+    pub client: FeedClient,
     pub pseudo: Pseudonymizer,
     pub sink: S,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
@@ -168,7 +338,7 @@ pub async fn run_feed<S: Sink + Sync>(task: FeedTask<S>) {
                     .feed_last_success
                     .with_label_values(&[feed.name.as_str()])
                     .set(crate::model::now().timestamp() as f64);
-                info!(feed = %feed.name, accepted = c.accepted, duplicate = c.duplicate,
+                info!(feed = %feed.name, accepted = c.accepted, duplicate = c.duplicate, waiting = c.waiting,
                       rejected = c.rejected, caught_up, seconds = secs, "poll done");
                 sink.poll_done(&feed.name, *caught_up).await;
             }

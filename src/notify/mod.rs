@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{info, warn};
@@ -223,13 +222,7 @@ pub enum NotifyError {
     Store(#[from] StoreError),
 }
 
-/// Exponential backoff with ±20 % jitter, from `initial` doubling up to `max`.
-pub fn backoff(attempts: u32, initial: Duration, max: Duration) -> Duration {
-    let exp = initial.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
-    let base = exp.min(max).as_secs_f64();
-    let jitter = rand::thread_rng().gen_range(0.8..1.2);
-    Duration::from_secs_f64((base * jitter).max(0.001))
-}
+pub use crate::retry::backoff;
 
 /// Delivers due notifications until `shutdown` fires. Order is kept per receiver: when a
 /// receiver fails, its later notifications wait for the earlier one.
@@ -398,14 +391,5 @@ mod tests {
             .unwrap();
         assert!(subject.starts_with("[resolved]"), "{subject}");
         assert!(body.contains("Household: 632522100201001"), "{body}");
-    }
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        let i = Duration::from_secs(5);
-        let m = Duration::from_secs(600);
-        assert!(backoff(1, i, m) <= Duration::from_secs(6));
-        assert!(backoff(4, i, m) >= Duration::from_secs(32));
-        assert!(backoff(30, i, m) <= Duration::from_secs(720));
     }
 }

@@ -78,6 +78,7 @@ pub enum Input {
     Roster,
     Indicator(Indicator),
     Intervals(IntervalKind),
+    Event(crate::model::EventKind),
 }
 
 impl RuleKind {

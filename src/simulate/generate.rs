@@ -35,8 +35,23 @@ pub struct SimWorld {
     pub wages: Vec<Value>,
     pub medical: Vec<Value>,
     pub water: Vec<Value>,
+    /// 民政: 低保, 特困 and 临时救助 changes per household.
+    pub civil: Vec<Value>,
+    /// 水利: water-quality exceedances per village.
+    pub water_quality: Vec<Value>,
+    /// 教育: suspected dropouts per pupil.
+    pub education: Vec<Value>,
+    /// 住建: house safety grades per household (served as GBK CSV too).
+    pub housing: Vec<Value>,
+    /// 残联: new disability certificates per person (served as NDJSON too).
+    pub disability: Vec<Value>,
+    /// 应急: disaster losses per household.
+    pub disaster: Vec<Value>,
     pub cases: Vec<Planted>,
     pub decoys: Vec<Planted>,
+    /// The as-of date, and the matching HTTP `Last-Modified` value.
+    pub as_of: NaiveDate,
+    pub last_modified: String,
 }
 
 impl SimWorld {
@@ -46,6 +61,12 @@ impl SimWorld {
             "wages" => Some(&self.wages),
             "medical" => Some(&self.medical),
             "water" => Some(&self.water),
+            "civil" => Some(&self.civil),
+            "water_quality" => Some(&self.water_quality),
+            "education" => Some(&self.education),
+            "housing" => Some(&self.housing),
+            "disability" => Some(&self.disability),
+            "disaster" => Some(&self.disaster),
             _ => None,
         }
     }
@@ -96,12 +117,14 @@ fn name(rng: &mut ChaCha8Rng) -> String {
 
 struct Person {
     id: String,
+    age: i32,
     wage: Option<f64>,
 }
 
 struct Hh {
     id: String,
     county: String,
+    category: HouseholdCategory,
     persons: Vec<Person>,
     /// Annual household income, yuan.
     income: f64,
@@ -183,7 +206,7 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
                 round10((3_200.0 * (0.3 * normal(&mut rng)).exp()).clamp(1_200.0, 9_000.0))
             });
             members.push(json!({"id_number": pid, "name": pname, "relation": if k == 0 { "户主" } else { "家庭成员" }}));
-            persons.push(Person { id: pid, wage });
+            persons.push(Person { id: pid, age, wage });
         }
         let head_name = members[0]["name"].clone();
         roster.push(json!({
@@ -201,6 +224,7 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
         households.push(Hh {
             id: hh_id,
             county: county.clone(),
+            category,
             persons,
             income: per_capita * size as f64,
         });
@@ -435,6 +459,8 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
         })
         .collect();
 
+    let depts = departments(&mut rng, opts, &households, &villages);
+
     let number = |v: Vec<Value>| -> Vec<Value> {
         v.into_iter()
             .enumerate()
@@ -451,8 +477,129 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
         wages: number(wages),
         medical: number(medical),
         water: number(water),
+        civil: number(depts.civil),
+        water_quality: number(depts.water_quality),
+        education: number(depts.education),
+        housing: number(depts.housing),
+        disability: number(depts.disability),
+        disaster: number(depts.disaster),
         cases,
         decoys,
+        as_of: opts.as_of,
+        last_modified: opts
+            .as_of
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+            .unwrap_or_default(),
+    }
+}
+
+struct Departments {
+    civil: Vec<Value>,
+    water_quality: Vec<Value>,
+    education: Vec<Value>,
+    housing: Vec<Value>,
+    disability: Vec<Value>,
+    disaster: Vec<Value>,
+}
+
+/// The event feeds of the other departments, with realistic rates over the 24 months.
+fn departments(
+    rng: &mut ChaCha8Rng,
+    opts: &SimOptions,
+    households: &[Hh],
+    villages: &[(String, String, String)],
+) -> Departments {
+    let span_days = 730;
+    let day = |rng: &mut ChaCha8Rng| opts.as_of - Duration::days(rng.gen_range(1..span_days));
+    let mut civil = Vec::new();
+    let mut education = Vec::new();
+    let mut housing = Vec::new();
+    let mut disability = Vec::new();
+    let mut disaster = Vec::new();
+    for h in households {
+        let monitored = !matches!(h.category, HouseholdCategory::Ordinary);
+        if monitored && rng.gen_bool(0.06) {
+            civil.push((
+                day(rng),
+                json!({"hh_id": h.id, "event": "纳入低保", "amount": 0}),
+            ));
+        }
+        if monitored && rng.gen_bool(0.01) {
+            civil.push((
+                day(rng),
+                json!({"hh_id": h.id, "event": "取消低保", "amount": 0}),
+            ));
+        }
+        if rng.gen_bool(0.004) {
+            civil.push((
+                day(rng),
+                json!({"hh_id": h.id, "event": "纳入特困", "amount": 0}),
+            ));
+        }
+        if rng.gen_bool(0.03) {
+            civil.push((day(rng), json!({"hh_id": h.id, "event": "临时救助", "amount": round10(rng.gen_range(500.0..3000.0))})));
+        }
+        for p in &h.persons {
+            if (6..16).contains(&p.age) && rng.gen_bool(0.004) {
+                education.push((
+                    day(rng),
+                    json!({"student_id_number": p.id, "status": "疑似辍学", "school": "中心学校"}),
+                ));
+            }
+            if rng.gen_bool(0.003) {
+                let level = ["一级", "二级", "三级", "四级"][rng.gen_range(0..4)];
+                let kind = ["肢体", "视力", "听力", "智力"][rng.gen_range(0..4)];
+                disability.push((
+                    day(rng),
+                    json!({"id_number": p.id, "level": level, "type": kind}),
+                ));
+            }
+        }
+        if rng.gen_bool(0.08) {
+            let grade = match rng.gen_range(0..100) {
+                0..60 => "A",
+                60..90 => "B",
+                90..98 => "C",
+                _ => "D",
+            };
+            housing.push((day(rng), json!({"hh_id": h.id, "grade": grade})));
+        }
+        if rng.gen_bool(0.01) {
+            let kind = ["冰雹", "洪涝", "雪灾", "地震", "干旱"][rng.gen_range(0..5)];
+            disaster.push((day(rng), json!({"hh_id": h.id, "disaster": kind, "loss": round10(rng.gen_range(1000.0..40000.0))})));
+        }
+    }
+    let mut water_quality = Vec::new();
+    for (code, _, _) in villages {
+        if rng.gen_bool(0.05) {
+            let item = ["菌落总数", "浑浊度", "氟化物", "砷"][rng.gen_range(0..4)];
+            water_quality.push((
+                day(rng),
+                json!({"village_code": code, "item": item, "standard": "GB 5749-2022"}),
+            ));
+        }
+    }
+    let finish = |mut v: Vec<(NaiveDate, Value)>, prefix: &str, date_field: &str| -> Vec<Value> {
+        v.sort_by_key(|a| a.0);
+        v.into_iter()
+            .enumerate()
+            .map(|(i, (d, mut r))| {
+                if let Some(o) = r.as_object_mut() {
+                    o.insert("record_id".into(), json!(format!("{prefix}{:08}", i + 1)));
+                    o.insert(date_field.into(), json!(d.to_string()));
+                }
+                r
+            })
+            .collect()
+    };
+    Departments {
+        civil: finish(civil, "MZ", "date"),
+        water_quality: finish(water_quality, "SZ", "sample_date"),
+        education: finish(education, "JY", "date"),
+        housing: finish(housing, "ZJ", "assessed_on"),
+        disability: finish(disability, "CL", "issued_on"),
+        disaster: finish(disaster, "YJ", "date"),
     }
 }
 

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, FixedOffset};
 
-pub use values::{CountyValue, Household, Interval, MonthBucket, Village};
+pub use values::{CountyValue, EventCount, Household, Interval, MonthBucket, Village, events_in};
 
 use crate::model::{
     CountyCode, HouseholdCategory, HouseholdId, Indicator, Month, Observation, PersonKey, Record,
@@ -36,6 +36,8 @@ pub enum Rejection {
     TooOld(Month),
     #[error("interval ends before it starts")]
     IntervalReversed,
+    #[error("numeric samples are kept per household, not per village")]
+    VillageSample,
 }
 
 impl Rejection {
@@ -47,6 +49,7 @@ impl Rejection {
             Self::FutureMonth(_) => "future_month",
             Self::TooOld(_) => "too_old",
             Self::IntervalReversed => "interval_reversed",
+            Self::VillageSample => "village_sample",
         }
     }
 }
@@ -268,41 +271,50 @@ impl World {
                 month,
                 values,
             } => {
-                if *month > Month::of(now) {
-                    return Err(Rejection::FutureMonth(*month));
-                }
-                let id = match subject {
-                    Subject::Person(p) => self
-                        .persons
-                        .get(p)
-                        .cloned()
-                        .ok_or(Rejection::UnknownPerson)?,
-                    Subject::Household(h) => h.clone(),
-                };
-                let Some(h) = self.households.get(&id) else {
-                    return Err(Rejection::UnknownHousehold(id));
-                };
-                if let Some(newest) = h.newest_month()
-                    && newest.since(*month) >= self.retention_months
-                {
-                    return Err(Rejection::TooOld(*month));
-                }
                 let tag = record_tag(feed, &record.id);
-                if h.has_record(*month, tag) {
-                    return Ok(Applied::Duplicate);
-                }
-                self.touch_household(&id);
                 let retention = self.retention_months;
-                let h = self
-                    .households
-                    .get_mut(&id)
-                    .ok_or(Rejection::UnknownHousehold(id))?;
-                h.add_sample(*month, tag, values, retention);
-                for (ind, _) in values {
-                    let l = &mut self.latest[ind.index()];
-                    *l = Some(l.map_or(*month, |x| x.max(*month)));
+                let applied = self.apply_to_household(subject, *month, tag, now, |h| {
+                    h.add_sample(*month, tag, values, retention)
+                })?;
+                if applied == Applied::Changed {
+                    for (ind, _) in values {
+                        let l = &mut self.latest[ind.index()];
+                        *l = Some(l.map_or(*month, |x| x.max(*month)));
+                    }
                 }
-                Ok(Applied::Changed)
+                Ok(applied)
+            }
+            Observation::Event {
+                subject,
+                kind,
+                time,
+                amount,
+            } => {
+                let month = Month::of(*time);
+                let tag = record_tag(feed, &record.id);
+                let retention = self.retention_months;
+                if let Subject::Village(code) = subject {
+                    if month > Month::of(now) {
+                        return Err(Rejection::FutureMonth(month));
+                    }
+                    if self
+                        .villages
+                        .get(code)
+                        .is_some_and(|v| v.has_record(month, tag))
+                    {
+                        return Ok(Applied::Duplicate);
+                    }
+                    self.touch_village(*code);
+                    let v = self
+                        .villages
+                        .entry(*code)
+                        .or_insert_with(|| Village::new(*code, ""));
+                    values::add_event(&mut v.months, month, tag, *kind, *amount, retention);
+                    return Ok(Applied::Changed);
+                }
+                self.apply_to_household(subject, month, tag, now, |h| {
+                    values::add_event(&mut h.months, month, tag, *kind, *amount, retention)
+                })
             }
             Observation::Interval {
                 village,
@@ -337,6 +349,48 @@ impl World {
                 Ok(Applied::Changed)
             }
         }
+    }
+
+    /// Resolves a person or household subject, checks the month, skips a record already
+    /// applied, and applies `f` to the household.
+    fn apply_to_household(
+        &mut self,
+        subject: &Subject,
+        month: Month,
+        tag: u64,
+        now: DateTime<FixedOffset>,
+        f: impl FnOnce(&mut Household),
+    ) -> Result<Applied, Rejection> {
+        if month > Month::of(now) {
+            return Err(Rejection::FutureMonth(month));
+        }
+        let id = match subject {
+            Subject::Person(p) => self
+                .persons
+                .get(p)
+                .cloned()
+                .ok_or(Rejection::UnknownPerson)?,
+            Subject::Household(h) => h.clone(),
+            Subject::Village(_) => return Err(Rejection::VillageSample),
+        };
+        let Some(h) = self.households.get(&id) else {
+            return Err(Rejection::UnknownHousehold(id));
+        };
+        if let Some(newest) = h.newest_month()
+            && newest.since(month) >= self.retention_months
+        {
+            return Err(Rejection::TooOld(month));
+        }
+        if h.has_record(month, tag) {
+            return Ok(Applied::Duplicate);
+        }
+        self.touch_household(&id);
+        let h = self
+            .households
+            .get_mut(&id)
+            .ok_or(Rejection::UnknownHousehold(id))?;
+        f(h);
+        Ok(Applied::Changed)
     }
 
     fn county_mut(&mut self, code: CountyCode) -> &mut CountyValue {

@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    CountyCode, Fen, HouseholdCategory, HouseholdId, Indicator, IntervalKind, Month, PersonKey,
-    RosterEntry, VillageCode,
+    CountyCode, EventKind, Fen, HouseholdCategory, HouseholdId, Indicator, IntervalKind, Month,
+    PersonKey, RosterEntry, VillageCode,
 };
 
 /// One calendar month of a household's indicators.
@@ -16,6 +16,77 @@ pub struct MonthBucket {
     pub values: [Fen; Indicator::COUNT],
     /// Tags of the records applied to this month (see `record_tag`), for idempotent ingest.
     pub records: Vec<u64>,
+    /// Events of the month by kind.
+    pub events: Vec<EventCount>,
+}
+
+/// How many events of a kind a month had, and the sum of their amounts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventCount {
+    pub kind: EventKind,
+    pub count: u32,
+    pub amount: Fen,
+}
+
+/// Finds or inserts the bucket of `month` in a month-ordered list.
+fn bucket_mut(months: &mut Vec<MonthBucket>, month: Month) -> &mut MonthBucket {
+    let i = match months.binary_search_by_key(&month, |b| b.month) {
+        Ok(i) => i,
+        Err(i) => {
+            months.insert(i, MonthBucket::new(month));
+            i
+        }
+    };
+    &mut months[i]
+}
+
+/// Drops buckets `retention` or more months older than the newest.
+fn prune(months: &mut Vec<MonthBucket>, retention: u32) {
+    if let Some(newest) = months.last().map(|b| b.month) {
+        months.retain(|b| newest.since(b.month) < retention);
+    }
+}
+
+fn find(months: &[MonthBucket], month: Month) -> Option<&MonthBucket> {
+    months
+        .binary_search_by_key(&month, |b| b.month)
+        .ok()
+        .map(|i| &months[i])
+}
+
+/// Adds an event to its month's bucket.
+pub(crate) fn add_event(
+    months: &mut Vec<MonthBucket>,
+    month: Month,
+    tag: u64,
+    kind: EventKind,
+    amount: Option<Fen>,
+    retention: u32,
+) {
+    let b = bucket_mut(months, month);
+    match b.events.iter_mut().find(|e| e.kind == kind) {
+        Some(e) => {
+            e.count += 1;
+            e.amount += amount.unwrap_or(0);
+        }
+        None => b.events.push(EventCount {
+            kind,
+            count: 1,
+            amount: amount.unwrap_or(0),
+        }),
+    }
+    b.records.push(tag);
+    prune(months, retention);
+}
+
+/// Events of a kind over the `n` months ending with `last`: (count, amount sum).
+pub fn events_in(months: &[MonthBucket], kind: EventKind, last: Month, n: u32) -> (u32, Fen) {
+    let first = last.minus(n.saturating_sub(1));
+    months
+        .iter()
+        .filter(|b| b.month >= first && b.month <= last)
+        .flat_map(|b| b.events.iter().filter(|e| e.kind == kind))
+        .fold((0, 0), |(c, a), e| (c + e.count, a + e.amount))
 }
 
 impl MonthBucket {
@@ -25,6 +96,7 @@ impl MonthBucket {
             present: 0,
             values: [0; Indicator::COUNT],
             records: Vec::new(),
+            events: Vec::new(),
         }
     }
     pub fn has(&self, ind: Indicator) -> bool {
@@ -97,10 +169,7 @@ impl Household {
     }
 
     pub fn bucket(&self, month: Month) -> Option<&MonthBucket> {
-        self.months
-            .binary_search_by_key(&month, |b| b.month)
-            .ok()
-            .map(|i| &self.months[i])
+        find(&self.months, month)
     }
 
     pub fn has_record(&self, month: Month, tag: u64) -> bool {
@@ -115,22 +184,18 @@ impl Household {
         values: &[(Indicator, Fen)],
         retention: u32,
     ) {
-        let i = match self.months.binary_search_by_key(&month, |b| b.month) {
-            Ok(i) => i,
-            Err(i) => {
-                self.months.insert(i, MonthBucket::new(month));
-                i
-            }
-        };
-        let b = &mut self.months[i];
+        let b = bucket_mut(&mut self.months, month);
         for (ind, v) in values {
             b.values[ind.index()] += v;
             b.present |= 1 << ind.index();
         }
         b.records.push(tag);
-        if let Some(newest) = self.newest_month() {
-            self.months.retain(|b| newest.since(b.month) < retention);
-        }
+        prune(&mut self.months, retention);
+    }
+
+    /// Events of a kind over `n` months ending with `last`: (count, amount sum).
+    pub fn events(&self, kind: EventKind, last: Month, n: u32) -> (u32, Fen) {
+        events_in(&self.months, kind, last, n)
     }
 
     /// The indicator's value for a month, if any record gave one.
@@ -171,6 +236,8 @@ pub struct Village {
     pub code: VillageCode,
     pub name: String,
     pub intervals: Vec<Interval>,
+    /// Monthly buckets of village events (water quality, disasters).
+    pub months: Vec<MonthBucket>,
 }
 
 impl Village {
@@ -179,7 +246,17 @@ impl Village {
             code,
             name: name.to_string(),
             intervals: Vec::new(),
+            months: Vec::new(),
         }
+    }
+
+    pub fn has_record(&self, month: Month, tag: u64) -> bool {
+        find(&self.months, month).is_some_and(|b| b.records.contains(&tag))
+    }
+
+    /// Events of a kind over `n` months ending with `last`: (count, amount sum).
+    pub fn events(&self, kind: EventKind, last: Month, n: u32) -> (u32, Fen) {
+        events_in(&self.months, kind, last, n)
     }
 
     /// Inserts or replaces the interval with the same id; drops intervals that ended before

@@ -56,6 +56,8 @@ pub enum Space {
     Cursor,
     Alert,
     Outbox,
+    Quarantine,
+    Waiting,
 }
 
 impl Space {
@@ -68,6 +70,8 @@ impl Space {
             Self::Cursor => b'f',
             Self::Alert => b'a',
             Self::Outbox => b'o',
+            Self::Quarantine => b'q',
+            Self::Waiting => b'w',
         }
     }
 }
