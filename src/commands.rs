@@ -195,3 +195,276 @@ pub async fn demo(config: &Path, fresh: bool, exit_after: Option<Duration>) -> a
     println!("  stop       Ctrl-C\n");
     daemon::run(cfg, rules, stop_rx, None).await
 }
+
+/// One line describing an observation, without personal data.
+fn describe(o: &crate::model::Observation) -> String {
+    use crate::model::{Observation, Subject, format_yuan};
+    let subject = |s: &Subject| match s {
+        Subject::Person(p) => format!("person {p}"),
+        Subject::Household(h) => format!("household {h}"),
+        Subject::Village(v) => format!("village {v}"),
+    };
+    match o {
+        Observation::Roster(r) => format!(
+            "roster: household {} village {} ({}) {} head {} members {} income per capita {} yuan",
+            r.household,
+            r.village,
+            r.village_name,
+            r.category.name_zh(),
+            r.head_masked,
+            r.members.len(),
+            format_yuan(r.income_per_capita)
+        ),
+        Observation::Sample {
+            subject: s,
+            month,
+            values,
+        } => format!(
+            "sample: {} {month} {}",
+            subject(s),
+            values
+                .iter()
+                .map(|(i, v)| format!("{}={} yuan", i.name(), format_yuan(*v)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        Observation::Event {
+            subject: s,
+            kind,
+            time,
+            amount,
+        } => format!(
+            "event: {} {} {}{}",
+            subject(s),
+            kind.name(),
+            time.format("%Y-%m-%d"),
+            amount
+                .map(|a| format!(" amount={} yuan", format_yuan(a)))
+                .unwrap_or_default()
+        ),
+        Observation::Interval {
+            village,
+            id,
+            kind,
+            start,
+            end,
+        } => format!(
+            "interval: village {village} {} {id} from {} to {}",
+            kind.name(),
+            start.format("%Y-%m-%d %H:%M"),
+            end.map(|e| e.format("%Y-%m-%d %H:%M").to_string())
+                .unwrap_or_else(|| "(open)".into())
+        ),
+    }
+}
+
+/// `guardline feeds test NAME`: fetches the first page (or file) and shows how its first
+/// records map. Writes nothing.
+pub async fn feeds_test(config: &Path, name: &str, n: usize) -> anyhow::Result<String> {
+    use crate::config::{FeedSource, Paging};
+    use crate::feeds::{FeedClient, Fetched, decode, map_page};
+    let cfg = Config::load(config).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let Some(feed) = cfg.feeds.iter().find(|f| f.name == name) else {
+        bail!(
+            "{}: no feed named {name:?} (feeds: {})",
+            config.display(),
+            cfg.feeds
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let (pseudo, note) = match daemon::pseudonymizer(&cfg) {
+        Ok(p) => (p, ""),
+        Err(_) => (
+            crate::pseudonym::Pseudonymizer::from_key(
+                format!("feeds-test-{}", std::process::id()).as_bytes(),
+            ),
+            " (no pseudonymisation key found: person keys below are from a throwaway key)",
+        ),
+    };
+    let (origin, body) = match &feed.source {
+        FeedSource::Http(url) => {
+            let client = FeedClient::build(feed, Arc::new(crate::metrics::Metrics::new()))?;
+            let mut u = url.clone();
+            match feed.paging {
+                Paging::Page => {
+                    u.query_pairs_mut()
+                        .append_pair(&feed.page_param, "1")
+                        .append_pair(&feed.limit_param, &feed.page_size.to_string());
+                }
+                Paging::None => {}
+                _ => {
+                    u.query_pairs_mut()
+                        .append_pair(&feed.limit_param, &feed.page_size.to_string());
+                }
+            }
+            match client.get(feed, &u, None).await? {
+                Fetched::NotModified => {
+                    bail!("{u} answered 304 Not Modified to an unconditional request")
+                }
+                Fetched::Body { body, .. } => (u.to_string(), body),
+            }
+        }
+        FeedSource::Dir(d) => {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(d)
+                .with_context(|| format!("reading {}", d.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            let Some(first) = files.into_iter().next() else {
+                return Ok(format!(
+                    "feed {name}: {} holds no file to test",
+                    d.display()
+                ));
+            };
+            let body =
+                std::fs::read(&first).with_context(|| format!("reading {}", first.display()))?;
+            (first.display().to_string(), body)
+        }
+    };
+    let decoded = decode::decode(&body, feed, &origin)?;
+    let total = decoded.records.len();
+    let mapped = map_page(feed, decoded.records.into_iter().take(n).collect(), &pseudo);
+    let mut out = format!(
+        "feed {name} ({}): {origin}: {total} records, next cursor {:?}; the first {} map as{note}:\n",
+        feed.department,
+        decoded.next,
+        mapped.len()
+    );
+    for (i, m) in mapped.iter().enumerate() {
+        match &m.result {
+            Ok(r) => out.push_str(&format!(
+                "  {i}: record {} → {}\n",
+                r.id,
+                describe(&r.observation)
+            )),
+            Err(e) => out.push_str(&format!(
+                "  {i}: record {} → rejected ({}): {e}\n",
+                e.record.as_deref().unwrap_or("?"),
+                e.reason
+            )),
+        }
+    }
+    Ok(out)
+}
+
+/// Opens the store and the engine of a configuration without running the daemon.
+fn offline_engine(cfg: &Config, rules: RuleSet) -> anyhow::Result<crate::engine::Engine> {
+    let pseudo = daemon::pseudonymizer(cfg)?;
+    let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::open(&cfg.daemon.data_dir)?);
+    Ok(crate::engine::Engine::open(
+        store,
+        cfg.daemon.retention_months,
+        Arc::new(rules),
+        cfg.notify.clone(),
+        crate::notify::Templates::new(cfg.daemon.language),
+        Arc::new(std::sync::Mutex::new(crate::notify::Outbox::default())),
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(crate::metrics::Metrics::new()),
+        pseudo,
+    )?)
+}
+
+/// `guardline quarantine list|show|replay` (the daemon must be stopped: the store is locked).
+pub fn quarantine(config: &Path, action: QuarantineAction) -> anyhow::Result<String> {
+    let (cfg, rules) = load(config)?;
+    let store = crate::store::open(&cfg.daemon.data_dir)?;
+    let entries = crate::quarantine::entries(&store)?;
+    match action {
+        QuarantineAction::List { feed } => {
+            let mut out = String::new();
+            let mut n = 0;
+            for e in entries
+                .iter()
+                .filter(|e| feed.as_deref().is_none_or(|f| f == e.feed))
+            {
+                n += 1;
+                out.push_str(&format!(
+                    "{}  {}  {:<20} record {}  {}\n",
+                    e.id,
+                    crate::alerts::format_time(e.at),
+                    e.reason,
+                    e.record_id.as_deref().unwrap_or("-"),
+                    e.detail
+                ));
+            }
+            out.push_str(&format!("{n} quarantined records\n"));
+            Ok(out)
+        }
+        QuarantineAction::Show { id } => {
+            let e = entries.iter().find(|e| e.id == id).ok_or_else(|| {
+                anyhow::anyhow!("no quarantined record {id:?} (see `guardline quarantine list`)")
+            })?;
+            let raw = e
+                .raw
+                .as_deref()
+                .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+                .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+                .unwrap_or_else(|| "(the record could not be decoded)".into());
+            Ok(format!(
+                "id:      {}\nfeed:    {}\nrecord:  {}\nwhen:    {}\nreason:  {}\ndetail:  {}\nrecord (ID numbers pseudonymised, names masked):\n{raw}\n",
+                e.id,
+                e.feed,
+                e.record_id.as_deref().unwrap_or("-"),
+                crate::alerts::format_time(e.at),
+                e.reason,
+                e.detail
+            ))
+        }
+        QuarantineAction::Replay { feed, ids } => {
+            drop(store);
+            let pseudo = daemon::pseudonymizer(&cfg)?;
+            let mut engine = offline_engine(&cfg, rules)?;
+            let mut replayed = Vec::new();
+            let (mut ok, mut again, mut skipped) = (0, 0, 0);
+            for e in entries.iter().filter(|e| {
+                feed.as_deref().is_none_or(|f| f == e.feed)
+                    && (ids.is_empty() || ids.contains(&e.id))
+            }) {
+                let (Some(fc), Some(raw)) = (
+                    cfg.feeds.iter().find(|f| f.name == e.feed),
+                    e.raw.as_deref(),
+                ) else {
+                    skipped += 1;
+                    continue;
+                };
+                let Ok(value) = serde_json::from_str::<serde_json::Value>(raw) else {
+                    skipped += 1;
+                    continue;
+                };
+                // Person fields hold pk: tokens, which map to themselves.
+                let mapped = crate::feeds::map_page(fc, vec![Ok(value)], &pseudo);
+                let counts = engine.ingest(fc, mapped, crate::model::now())?;
+                if counts.rejected == 0 {
+                    ok += 1;
+                    if counts.waiting == 0 {
+                        replayed.push(e.id.clone());
+                    }
+                } else {
+                    again += 1;
+                }
+            }
+            engine.forget_quarantined(&replayed)?;
+            Ok(format!(
+                "replayed {ok} records ({} applied or already present); {again} rejected again (see `quarantine list`); {skipped} could not be replayed (no raw record or feed no longer configured)\nthe daemon evaluates the rules on them at its next start\n",
+                replayed.len()
+            ))
+        }
+    }
+}
+
+pub enum QuarantineAction {
+    List {
+        feed: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    Replay {
+        feed: Option<String>,
+        ids: Vec<String>,
+    },
+}

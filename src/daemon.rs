@@ -31,7 +31,7 @@ pub struct Started {
 }
 
 /// The key file: from the config, or the systemd credential `pseudonym-key`.
-fn pseudonymizer(config: &Config) -> anyhow::Result<Pseudonymizer> {
+pub fn pseudonymizer(config: &Config) -> anyhow::Result<Pseudonymizer> {
     let path = match &config.daemon.pseudonym_key_file {
         Some(p) => p.clone(),
         None => match std::env::var_os("CREDENTIALS_DIRECTORY") {

@@ -56,6 +56,20 @@ enum Command {
         #[arg(long)]
         list_planted: bool,
     },
+    /// Inspect and replay quarantined records (stop the daemon first: the store is locked).
+    Quarantine {
+        #[arg(long, default_value = "/etc/guardline/guardline.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: QuarantineCmd,
+    },
+    /// Work with feed definitions.
+    Feeds {
+        #[arg(long, default_value = "/etc/guardline/guardline.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: FeedsCmd,
+    },
     /// Run the simulator and the daemon together on config/demo.toml.
     Demo {
         #[arg(long, default_value = "config/demo.toml")]
@@ -66,6 +80,34 @@ enum Command {
         /// Stop after this long (e.g. 30s) instead of waiting for Ctrl-C.
         #[arg(long, value_parser = guardline::config::parse_duration)]
         exit_after: Option<std::time::Duration>,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCmd {
+    /// List quarantined records: id, time, reason, record id, detail.
+    List {
+        #[arg(long)]
+        feed: Option<String>,
+    },
+    /// Show one record with its reason and its (pseudonymised) content.
+    Show { id: String },
+    /// Map and apply quarantined records again with the current configuration.
+    Replay {
+        #[arg(long)]
+        feed: Option<String>,
+        /// Only these ids (default: all, or all of --feed).
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FeedsCmd {
+    /// Fetch one page of a feed and show how its first records map; writes nothing.
+    Test {
+        name: String,
+        #[arg(long, default_value_t = 5)]
+        records: usize,
     },
 }
 
@@ -116,6 +158,22 @@ fn main() -> ExitCode {
                 fresh,
                 exit_after,
             } => commands::demo(&config, fresh, exit_after).await,
+            Command::Quarantine { config, action } => {
+                let action = match action {
+                    QuarantineCmd::List { feed } => commands::QuarantineAction::List { feed },
+                    QuarantineCmd::Show { id } => commands::QuarantineAction::Show { id },
+                    QuarantineCmd::Replay { feed, ids } => {
+                        commands::QuarantineAction::Replay { feed, ids }
+                    }
+                };
+                commands::quarantine(&config, action).map(|s| print!("{s}"))
+            }
+            Command::Feeds {
+                config,
+                action: FeedsCmd::Test { name, records },
+            } => commands::feeds_test(&config, &name, records)
+                .await
+                .map(|s| print!("{s}")),
         }
     });
     match result {

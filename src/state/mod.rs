@@ -7,7 +7,8 @@
 //! - Between [`World::begin`] and [`World::take_batch`] every changed entity is remembered with
 //!   its value before the change, so a batch the store failed to commit can be rolled back
 //!   and memory never runs ahead of disk.
-//! - Monthly buckets older than `retention_months` before a household's newest month are dropped.
+//! - Monthly buckets more than `retention_months` before the current month are refused, and
+//!   those more than `retention_months` before a household's newest month are dropped.
 
 mod values;
 
@@ -376,9 +377,7 @@ impl World {
         let Some(h) = self.households.get(&id) else {
             return Err(Rejection::UnknownHousehold(id));
         };
-        if let Some(newest) = h.newest_month()
-            && newest.since(month) >= self.retention_months
-        {
+        if Month::of(now).since(month) > self.retention_months {
             return Err(Rejection::TooOld(month));
         }
         if h.has_record(month, tag) {

@@ -83,16 +83,39 @@ fn samples_join_through_the_roster_and_are_idempotent() {
 fn buckets_roll_beyond_retention() {
     let mut w = World::new(24);
     w.apply("roster", &roster("H1", &[1]), now()).unwrap();
-    w.apply("wages", &wage("a", 1, "2024-01", 1), now())
+    for (id, month) in [("a", "2024-11"), ("b", "2025-01"), ("c", "2026-11")] {
+        w.apply("wages", &wage(id, 1, month, 1), now()).unwrap();
+    }
+    let h = w.household(&"H1".parse().unwrap()).unwrap();
+    assert_eq!(
+        h.months.len(),
+        3,
+        "24 months before the current month are kept"
+    );
+    assert!(matches!(
+        w.apply("wages", &wage("d", 1, "2024-10", 1), now()),
+        Err(Rejection::TooOld(_))
+    ));
+    let mut w = World::new(12);
+    w.apply("roster", &roster("H1", &[1]), now()).unwrap();
+    w.apply("wages", &wage("a", 1, "2025-11", 1), now())
         .unwrap();
     w.apply("wages", &wage("b", 1, "2026-01", 1), now())
         .unwrap();
+    w.apply("wages", &wage("c", 1, "2026-11", 1), now())
+        .unwrap();
     let h = w.household(&"H1".parse().unwrap()).unwrap();
-    assert_eq!(h.months.len(), 1, "2024-01 is 24 months before 2026-01");
-    assert!(matches!(
-        w.apply("wages", &wage("c", 1, "2023-12", 1), now()),
-        Err(Rejection::TooOld(_))
-    ));
+    assert_eq!(h.months.len(), 3);
+    // A household whose newest month moves on drops what falls out of its window.
+    let mut w = World::new(12);
+    w.apply("roster", &roster("H1", &[1]), now()).unwrap();
+    w.apply("wages", &wage("a", 1, "2025-11", 1), now())
+        .unwrap();
+    let later = now() + chrono::Duration::days(62);
+    w.apply("wages", &wage("b", 1, "2027-01", 1), later)
+        .unwrap();
+    let h = w.household(&"H1".parse().unwrap()).unwrap();
+    assert_eq!(h.months.len(), 1, "2025-11 is 14 months before 2027-01");
 }
 
 #[test]

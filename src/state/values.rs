@@ -40,10 +40,10 @@ fn bucket_mut(months: &mut Vec<MonthBucket>, month: Month) -> &mut MonthBucket {
     &mut months[i]
 }
 
-/// Drops buckets `retention` or more months older than the newest.
+/// Drops buckets more than `retention` months older than the newest.
 fn prune(months: &mut Vec<MonthBucket>, retention: u32) {
     if let Some(newest) = months.last().map(|b| b.month) {
-        months.retain(|b| newest.since(b.month) < retention);
+        months.retain(|b| newest.since(b.month) <= retention);
     }
 }
 
