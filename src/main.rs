@@ -58,14 +58,14 @@ enum Command {
     },
     /// Inspect and replay quarantined records (stop the daemon first: the store is locked).
     Quarantine {
-        #[arg(long, default_value = "/etc/guardline/guardline.toml")]
+        #[arg(long, global = true, default_value = "/etc/guardline/guardline.toml")]
         config: PathBuf,
         #[command(subcommand)]
         action: QuarantineCmd,
     },
     /// Work with feed definitions.
     Feeds {
-        #[arg(long, default_value = "/etc/guardline/guardline.toml")]
+        #[arg(long, global = true, default_value = "/etc/guardline/guardline.toml")]
         config: PathBuf,
         #[command(subcommand)]
         action: FeedsCmd,

@@ -518,7 +518,11 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
                 Paging::None
             }
         };
-        if paging == Paging::Cursor && format != Format::Json && f.cursor_field.is_none() {
+        if paging == Paging::Cursor
+            && format != Format::Json
+            && f.cursor_field.is_none()
+            && matches!(source, Some(FeedSource::Http(_)))
+        {
             problems.push(src.problem(&fp.key("paging"), "cursor paging of an ndjson or csv feed needs `cursor_field` (the body has no place for a next cursor)"));
         }
         let secret = |env: &Option<String>,

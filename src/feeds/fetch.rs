@@ -40,7 +40,7 @@ pub enum PollError {
         "a page of {records} records would exceed max_records_per_poll = {limit}; nothing of it was applied"
     )]
     TooManyRecords { records: u64, limit: u64 },
-    #[error("reading the body from {url}: {detail}")]
+    #[error("the answer from {url} broke off: {detail}")]
     Body { url: String, detail: String },
     #[error("reading {path}: {detail}")]
     File { path: String, detail: String },
@@ -254,8 +254,14 @@ impl FeedClient {
                         url: shown.clone(),
                         timeout: feed.timeout,
                     }
-                } else {
+                } else if e.is_connect() {
                     PollError::Connect {
+                        url: shown.clone(),
+                        detail: root_cause(&e),
+                    }
+                } else {
+                    // Connected, but the answer broke off (truncated, reset, malformed).
+                    PollError::Body {
                         url: shown.clone(),
                         detail: root_cause(&e),
                     }

@@ -189,7 +189,7 @@ impl Daemon {
             .append(true)
             .open(log)
             .unwrap();
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(config)
             .env("GUARDLINE_LOG", "info")
@@ -202,6 +202,9 @@ impl Daemon {
         let http = wait_for(Duration::from_secs(60), "the daemon's HTTP address", || {
             let text = std::fs::read_to_string(&log).ok()?;
             let text = &text[offset as usize..];
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the daemon exited ({status}) at start:\n{text}");
+            }
             text.lines()
                 .find(|l| l.contains("serving /metrics"))
                 .and_then(|l| l.split("address=").nth(1))
