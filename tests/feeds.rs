@@ -351,6 +351,16 @@ fn start_fault_server() -> (SocketAddr, Arc<Faults>) {
                     s
                 }))
                 .route("/repeat", get(|| async { WAGES }))
+                .route("/secure", get(move |headers: axum::http::HeaderMap, Query(q): Query<HashMap<String, String>>| async move {
+                    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or("");
+                    // Bearer t0ken-abc, Basic of hrss:pa55, or the X-Api-Key header.
+                    if auth == "Bearer t0ken-abc" || auth == "Basic aHJzczpwYTU1" || key == "k3y-xyz" {
+                        once(&q, WAGES).into_response()
+                    } else {
+                        (StatusCode::UNAUTHORIZED, "who are you").into_response()
+                    }
+                }))
                 .with_state(st);
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(l.local_addr().unwrap()).unwrap();
@@ -578,4 +588,173 @@ fn quarantined_records_are_listed_shown_and_replayed_after_a_mapping_fix() {
     let replay = run(&["replay"]);
     assert!(replay.contains("replayed 3 records (3 applied"), "{replay}");
     assert!(run(&["list"]).contains("0 quarantined records"));
+}
+
+#[test]
+fn feed_credentials_come_from_the_environment_or_a_file_and_never_reach_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _state) = start_fault_server();
+    get_text(&format!("http://{addr}/switch")).unwrap();
+    let secret_file = dir.path().join("hrss-password");
+    std::fs::write(&secret_file, "pa55\n").unwrap();
+    let feeds = [
+        (
+            "bearer",
+            "secure",
+            "[feeds.auth]\ntype = \"bearer\"\ntoken_env = \"FEED_TOKEN\"",
+        ),
+        (
+            "basic",
+            "secure",
+            &format!(
+                "[feeds.auth]\ntype = \"basic\"\nusername = \"hrss\"\npassword_file = \"{}\"",
+                secret_file.display()
+            ),
+        ),
+        (
+            "header",
+            "secure",
+            "[feeds.auth]\ntype = \"header\"\nname = \"X-Api-Key\"\nvalue_env = \"FEED_KEY\"",
+        ),
+        (
+            "wrong",
+            "secure",
+            "[feeds.auth]\ntype = \"bearer\"\ntoken_env = \"WRONG_TOKEN\"",
+        ),
+    ];
+    let feeds: Vec<(&str, &str, &str)> = feeds.iter().map(|(a, b, c)| (*a, *b, *c)).collect();
+    let cfg = fault_config(dir.path(), addr, &feeds, "amount");
+    // `check` refuses the configuration while a secret is missing.
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .env_remove("FEED_TOKEN")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && text.contains("feed bearer: auth: environment variable FEED_TOKEN is not set"),
+        "{text}"
+    );
+
+    let log = dir.path().join("daemon.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("FEED_TOKEN", "t0ken-abc")
+        .env("FEED_KEY", "k3y-xyz")
+        .env("WRONG_TOKEN", "guess")
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let metrics_of = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let addr = text
+            .lines()
+            .find(|l| l.contains("serving /metrics"))?
+            .split("address=")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .to_string();
+        get_text(&format!("http://{addr}/metrics"))
+    };
+    let t = wait_for(Duration::from_secs(60), "authenticated polls", || {
+        let t = metrics_of()?;
+        (["bearer", "basic", "header"].iter().all(|f| {
+            metric_value(
+                &t,
+                &format!("guardline_feed_records_total{{feed=\"{f}\",outcome=\"accepted\"}}"),
+            ) == 3.0
+        }) && metric_value(
+            &t,
+            "guardline_feed_poll_failures_total{feed=\"wrong\",reason=\"http_status\"}",
+        ) >= 1.0)
+            .then_some(t)
+    });
+    assert_eq!(
+        metric_value(
+            &t,
+            "guardline_feed_retries_total{feed=\"wrong\",reason=\"http_status\"}"
+        ),
+        0.0,
+        "a 401 is not retried"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    for secret in ["t0ken-abc", "k3y-xyz", "pa55", "aHJzczpwYTU1", "guess"] {
+        assert!(!text.contains(secret), "a secret reached the log: {secret}");
+    }
+    assert!(text.contains("answered HTTP 401"));
+}
+
+#[test]
+fn https_feeds_trust_an_extra_ca_only_when_configured() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("roster.json");
+    std::fs::write(&body, r#"{"records": [{"record_id": "r1", "hh_id": "632522100201001", "village_code": "632522100201", "category": "脱贫户", "head_name": "张三", "members": [{"id_number": "632522198001010011"}], "income_per_capita": 9000}], "next": null}"#).unwrap();
+    let mut server = Command::new("python3")
+        .arg(repo().join("tests/support/https_feed.py"))
+        .arg("--dir")
+        .arg(dir.path())
+        .arg("--body")
+        .arg(&body)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line
+        .trim()
+        .strip_prefix("READY ")
+        .expect("https feed server starts")
+        .parse()
+        .unwrap();
+    let feed = |name: &str, ca: &str| {
+        format!(
+            "[[feeds]]\nname = \"{name}\"\nkind = \"roster\"\nurl = \"https://127.0.0.1:{port}/roster\"\nschedule = \"*/1 * * * * *\"\npaging = \"none\"\nretries = 0\n{ca}\n[feeds.map]\nrecord_id = \"record_id\"\nhousehold = \"hh_id\"\nvillage = \"village_code\"\ncategory = \"category\"\nhead_name = \"head_name\"\nmembers = \"members\"\nmember_id = \"id_number\"\nincome_per_capita = \"income_per_capita\"\n"
+        )
+    };
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("guardline.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[daemon]\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nrules_dir = \"{}\"\npseudonym_key_file = \"{}/key\"\ncreate_pseudonym_key = true\n\n{}\n{}",
+            data.display(),
+            repo().join("alerts").display(),
+            data.display(),
+            feed("trusted", &format!("ca_file = \"{}\"", dir.path().join("ca.pem").display())),
+            feed("untrusted", "")
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&cfg, &dir.path().join("daemon.log"));
+    wait_for(
+        Duration::from_secs(60),
+        "the trusted feed polled, the untrusted refused",
+        || {
+            let t = d.metrics();
+            (metric_value(
+                &t,
+                "guardline_feed_records_total{feed=\"trusted\",outcome=\"accepted\"}",
+            ) == 1.0
+                && metric_value(
+                    &t,
+                    "guardline_feed_poll_failures_total{feed=\"untrusted\",reason=\"connect\"}",
+                ) >= 1.0)
+                .then_some(())
+        },
+    );
+    assert!(d.log_text().contains("feed=untrusted"));
+    assert!(d.stop().success());
+    let _ = server.kill();
+    let _ = server.wait();
 }

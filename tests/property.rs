@@ -1,0 +1,199 @@
+//! Property: any sequence of polls, crashes (memory lost, uncommitted work gone) and
+//! re-polls ends in the same stored state as one clean pass.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use guardline::config::{Config, FeedConfig};
+use guardline::engine::Engine;
+use guardline::feeds::Mapped;
+use guardline::model::{
+    HouseholdCategory, Indicator, Month, Observation, PersonKey, Record, RosterEntry, Subject,
+    china_offset,
+};
+use guardline::notify::{Outbox, Templates};
+use guardline::pseudonym::Pseudonymizer;
+use guardline::rules::RuleSet;
+use guardline::store::{self, Space, Store};
+use proptest::prelude::*;
+
+const CONFIG: &str = r#"
+[[feeds]]
+name = "roster"
+kind = "roster"
+url = "http://127.0.0.1:1/roster"
+schedule = "0 * * * * *"
+[feeds.map]
+record_id = "id"
+household = "h"
+village = "v"
+category = "c"
+head_name = "n"
+members = "m"
+member_id = "i"
+income_per_capita = "p"
+
+[[feeds]]
+name = "wages"
+kind = "samples"
+url = "http://127.0.0.1:1/wages"
+schedule = "0 * * * * *"
+[feeds.map]
+record_id = "id"
+person = "i"
+time = "m"
+values = [{ indicator = "wage_income", field = "a" }]
+"#;
+
+fn feeds(dir: &Path) -> (Config, FeedConfig, FeedConfig) {
+    let p = dir.join("g.toml");
+    std::fs::write(&p, CONFIG).unwrap();
+    let cfg = Config::load(&p).unwrap();
+    let roster = cfg.feeds[0].clone();
+    let wages = cfg.feeds[1].clone();
+    (cfg, roster, wages)
+}
+
+fn open(dir: &Path, cfg: &Config) -> Engine {
+    let store: Arc<dyn Store> = Arc::new(store::open(dir).unwrap());
+    let rules = RuleSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("alerts")).unwrap();
+    Engine::open(
+        store,
+        24,
+        Arc::new(rules),
+        cfg.notify.clone(),
+        Templates::new(cfg.daemon.language),
+        Arc::new(Mutex::new(Outbox::default())),
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(guardline::metrics::Metrics::new()),
+        Pseudonymizer::from_key(b"property test key 0123"),
+    )
+    .unwrap()
+}
+
+fn now() -> chrono::DateTime<chrono::FixedOffset> {
+    use chrono::TimeZone;
+    china_offset()
+        .with_ymd_and_hms(2026, 11, 28, 12, 0, 0)
+        .unwrap()
+}
+
+fn roster_records(households: usize) -> Vec<Record> {
+    (0..households)
+        .map(|h| Record {
+            id: format!("r{h}"),
+            observation: Observation::Roster(RosterEntry {
+                household: format!("6325221002010{h:02}").parse().unwrap(),
+                village: "632522100201".parse().unwrap(),
+                village_name: "村".into(),
+                category: HouseholdCategory::Lifted,
+                head_masked: "张*".into(),
+                members: vec![
+                    PersonKey([2 * h as u8; 16]),
+                    PersonKey([2 * h as u8 + 1; 16]),
+                ],
+                income_per_capita: 1_000_000,
+            }),
+        })
+        .collect()
+}
+
+fn wage_records(wages: &[(usize, u32, i64, usize)], persons: usize) -> Vec<Record> {
+    let last: Month = "2026-10".parse().unwrap();
+    wages
+        .iter()
+        .map(|(p, back, yuan, id)| Record {
+            // Ids repeat on purpose: a feed may send a record again.
+            id: format!("w{id}"),
+            observation: Observation::Sample {
+                subject: Subject::Person(PersonKey([(*p % persons) as u8; 16])),
+                month: last.minus(*back),
+                values: vec![(Indicator::WageIncome, yuan * 100)],
+            },
+        })
+        .collect()
+}
+
+fn mapped(records: &[Record]) -> Vec<Mapped> {
+    records
+        .iter()
+        .map(|r| Mapped {
+            raw: None,
+            result: Ok(r.clone()),
+        })
+        .collect()
+}
+
+/// Every stored household and the wages cursor, as bytes.
+fn snapshot(dir: &Path) -> (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>) {
+    let s = store::open(dir).unwrap();
+    (
+        s.scan(Space::Household).unwrap(),
+        s.get(Space::Cursor, b"wages").unwrap(),
+    )
+}
+
+/// Polls the wage feed in pages from the stored cursor. `crashes` lists (step, stage):
+/// stage 0 loses the page before its commit, stage 1 after the commit but before the cursor.
+fn run(
+    dir: &Path,
+    cfg: &Config,
+    roster: &FeedConfig,
+    wagefeed: &FeedConfig,
+    households: usize,
+    records: &[Record],
+    page: usize,
+    crashes: &[(usize, u8)],
+) {
+    let mut engine = open(dir, cfg);
+    engine
+        .ingest(roster, mapped(&roster_records(households)), now())
+        .unwrap();
+    let mut step = 0;
+    loop {
+        let cursor: usize = engine
+            .cursor("wages")
+            .unwrap()
+            .map_or(0, |c| c.parse().unwrap());
+        if cursor >= records.len() {
+            break;
+        }
+        let end = (cursor + page).min(records.len());
+        let crash = crashes.iter().find(|(s, _)| *s == step).map(|c| c.1);
+        step += 1;
+        if crash == Some(0) {
+            drop(engine);
+            engine = open(dir, cfg);
+            continue;
+        }
+        engine
+            .ingest(wagefeed, mapped(&records[cursor..end]), now())
+            .unwrap();
+        if crash == Some(1) {
+            drop(engine);
+            engine = open(dir, cfg);
+            continue;
+        }
+        engine.save_cursor("wages", &end.to_string()).unwrap();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn polls_with_crashes_end_like_one_clean_pass(
+        households in 1usize..5,
+        wages in proptest::collection::vec((0usize..10, 0u32..8, 1i64..6000, 0usize..40), 1..50),
+        page in 1usize..7,
+        crashes in proptest::collection::vec((0usize..30, 0u8..2), 0..8),
+    ) {
+        let records = wage_records(&wages, 2 * households);
+        let clean = tempfile::tempdir().unwrap();
+        let (cfg, roster, wagefeed) = feeds(clean.path());
+        run(clean.path(), &cfg, &roster, &wagefeed, households, &records, page, &[]);
+        let crashed = tempfile::tempdir().unwrap();
+        run(crashed.path(), &cfg, &roster, &wagefeed, households, &records, page, &crashes);
+        prop_assert_eq!(snapshot(clean.path()), snapshot(crashed.path()));
+    }
+}
