@@ -45,13 +45,19 @@ time = "m"
 values = [{ indicator = "wage_income", field = "a" }]
 "#;
 
-fn feeds(dir: &Path) -> (Config, FeedConfig, FeedConfig) {
+struct Feeds {
+    cfg: Config,
+    roster: FeedConfig,
+    wages: FeedConfig,
+}
+
+fn feeds(dir: &Path) -> Feeds {
     let p = dir.join("g.toml");
     std::fs::write(&p, CONFIG).unwrap();
     let cfg = Config::load(&p).unwrap();
     let roster = cfg.feeds[0].clone();
     let wages = cfg.feeds[1].clone();
-    (cfg, roster, wages)
+    Feeds { cfg, roster, wages }
 }
 
 fn open(dir: &Path, cfg: &Config) -> Engine {
@@ -125,7 +131,7 @@ fn mapped(records: &[Record]) -> Vec<Mapped> {
 }
 
 /// Every stored household and the wages cursor, as bytes.
-fn snapshot(dir: &Path) -> (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>) {
+fn snapshot(dir: &Path) -> (store::Entries, Option<Vec<u8>>) {
     let s = store::open(dir).unwrap();
     (
         s.scan(Space::Household).unwrap(),
@@ -137,15 +143,13 @@ fn snapshot(dir: &Path) -> (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>) {
 /// stage 0 loses the page before its commit, stage 1 after the commit but before the cursor.
 fn run(
     dir: &Path,
-    cfg: &Config,
-    roster: &FeedConfig,
-    wagefeed: &FeedConfig,
+    f: &Feeds,
     households: usize,
     records: &[Record],
     page: usize,
     crashes: &[(usize, u8)],
 ) {
-    let mut engine = open(dir, cfg);
+    let mut engine = open(dir, &f.cfg);
     engine
         .ingest(roster, mapped(&roster_records(households)), now())
         .unwrap();
@@ -163,7 +167,7 @@ fn run(
         step += 1;
         if crash == Some(0) {
             drop(engine);
-            engine = open(dir, cfg);
+            engine = open(dir, &f.cfg);
             continue;
         }
         engine
@@ -171,7 +175,7 @@ fn run(
             .unwrap();
         if crash == Some(1) {
             drop(engine);
-            engine = open(dir, cfg);
+            engine = open(dir, &f.cfg);
             continue;
         }
         engine.save_cursor("wages", &end.to_string()).unwrap();
@@ -190,10 +194,10 @@ proptest! {
     ) {
         let records = wage_records(&wages, 2 * households);
         let clean = tempfile::tempdir().unwrap();
-        let (cfg, roster, wagefeed) = feeds(clean.path());
-        run(clean.path(), &cfg, &roster, &wagefeed, households, &records, page, &[]);
+        let f = feeds(clean.path());
+        run(clean.path(), &f, households, &records, page, &[]);
         let crashed = tempfile::tempdir().unwrap();
-        run(crashed.path(), &cfg, &roster, &wagefeed, households, &records, page, &crashes);
+        run(crashed.path(), &f, households, &records, page, &crashes);
         prop_assert_eq!(snapshot(clean.path()), snapshot(crashed.path()));
     }
 }
