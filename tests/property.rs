@@ -151,7 +151,7 @@ fn run(
 ) {
     let mut engine = open(dir, &f.cfg);
     engine
-        .ingest(roster, mapped(&roster_records(households)), now())
+        .ingest(&f.roster, mapped(&roster_records(households)), now())
         .unwrap();
     let mut step = 0;
     loop {
@@ -171,7 +171,7 @@ fn run(
             continue;
         }
         engine
-            .ingest(wagefeed, mapped(&records[cursor..end]), now())
+            .ingest(&f.wages, mapped(&records[cursor..end]), now())
             .unwrap();
         if crash == Some(1) {
             drop(engine);
