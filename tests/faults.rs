@@ -84,17 +84,7 @@ name = "roster"
 kind = "roster"
 url = "http://{addr}/roster"
 schedule = "*/1 * * * * *"
-[feeds.map]
-record_id = "record_id"
-household = "hh_id"
-village = "village_code"
-village_name = "village_name"
-category = "category"
-head_name = "head_name"
-members = "members"
-member_id = "id_number"
-income_per_capita = "income_per_capita"
-
+{roster_map}
 {wages}
 {broken}
 {garbage}
@@ -108,6 +98,7 @@ receivers = ["log"]
 "#,
         data = dir.join("data").display(),
         rules = repo().join("alerts").display(),
+        roster_map = ROSTER_MAP,
         wages = feed("wages", "wages", samples),
         broken = feed("broken", "broken", samples),
         garbage = feed("garbage", "garbage", samples),

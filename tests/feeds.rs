@@ -195,16 +195,7 @@ name = "roster"
 kind = "roster"
 dir = "{roster}"
 schedule = "*/1 * * * * *"
-[feeds.map]
-record_id = "record_id"
-household = "hh_id"
-village = "village_code"
-category = "category"
-head_name = "head_name"
-members = "members"
-member_id = "id_number"
-income_per_capita = "income_per_capita"
-
+{roster_map}
 [[feeds]]
 name = "housing"
 kind = "events"
@@ -220,6 +211,7 @@ event_values = {{ A = "house_safe", B = "house_safe", C = "house_unsafe", D = "h
 "#,
             data = data.display(),
             rules = repo().join("alerts").display(),
+            roster_map = ROSTER_MAP,
             roster = roster_drop.display(),
             drop = drop.display()
         ),
@@ -393,18 +385,10 @@ kind = "roster"
 url = "http://{addr}/roster"
 schedule = "*/1 * * * * *"
 paging = "none"
-[feeds.map]
-record_id = "record_id"
-household = "hh_id"
-village = "village_code"
-category = "category"
-head_name = "head_name"
-members = "members"
-member_id = "id_number"
-income_per_capita = "income_per_capita"
-"#,
+{roster_map}"#,
         data = dir.join("data").display(),
         rules = repo().join("alerts").display(),
+        roster_map = ROSTER_MAP,
     );
     for (name, path, extra) in feeds {
         text.push_str(&format!(

@@ -231,12 +231,5 @@ pub async fn serve(
     addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    let handle = tokio::spawn(async move {
-        axum::serve(listener, router(world))
-            .with_graceful_shutdown(shutdown)
-            .await
-    });
-    Ok((local, handle))
+    crate::api::serve_router(router(world), addr, shutdown).await
 }

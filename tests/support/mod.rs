@@ -10,6 +10,19 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_guardline");
 
+/// The mapping of a roster feed in the simulator's (and the test servers') field names.
+pub const ROSTER_MAP: &str = r#"[feeds.map]
+record_id = "record_id"
+household = "hh_id"
+village = "village_code"
+village_name = "village_name"
+category = "category"
+head_name = "head_name"
+members = "members"
+member_id = "id_number"
+income_per_capita = "income_per_capita"
+"#;
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -287,17 +300,7 @@ kind = "roster"
 url = "http://{sim}/feeds/roster"
 schedule = "*/2 * * * * *"
 page_size = 250
-[feeds.map]
-record_id = "record_id"
-household = "hh_id"
-village = "village_code"
-village_name = "village_name"
-category = "category"
-head_name = "head_name"
-members = "members"
-member_id = "id_number"
-income_per_capita = "income_per_capita"
-
+{roster_map}
 [[feeds]]
 name = "wages"
 kind = "samples"
@@ -359,6 +362,7 @@ retry_max = "2s"
 "#,
         data = dir.join("data").display(),
         rules = repo().join("alerts").display(),
+        roster_map = ROSTER_MAP,
     );
     let path = dir.join("guardline.toml");
     std::fs::write(&path, text).unwrap();
