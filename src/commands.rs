@@ -16,7 +16,12 @@ use crate::simulate::{self, SimOptions};
 /// Loads and validates the configuration and its rules; every problem is in the error.
 pub fn load(config: &Path) -> anyhow::Result<(Config, RuleSet)> {
     let cfg = Config::load(config).map_err(|p| anyhow::anyhow!("{p}"))?;
-    let rules = RuleSet::load_dir(&cfg.daemon.rules_dir).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let mut rules = RuleSet::load_dir(&cfg.daemon.rules_dir).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let missing = rules.check_lines(&cfg.lines);
+    if !missing.is_empty() {
+        bail!("{}", missing.join("\n"));
+    }
+    rules.set_language(cfg.daemon.language);
     Ok((cfg, rules))
 }
 
@@ -365,6 +370,7 @@ fn offline_engine(cfg: &Config, rules: RuleSet) -> anyhow::Result<crate::engine:
         Arc::new(tokio::sync::Notify::new()),
         Arc::new(crate::metrics::Metrics::new()),
         pseudo,
+        cfg.lines.clone(),
     )?)
 }
 

@@ -164,6 +164,7 @@ pub async fn run(
         Arc::clone(&wake),
         Arc::clone(&metrics),
         pseudo.clone(),
+        config.lines.clone(),
     )?;
     engine.set_feeds(&config.feeds);
     let report = engine.evaluate_all(now())?;

@@ -17,15 +17,15 @@ use std::time::Instant;
 use chrono::{DateTime, FixedOffset};
 use tracing::{info, warn};
 
-use crate::alerts::{Alerts, Status, Transition};
-use crate::config::{FeedConfig, NotifyConfig};
+use crate::alerts::{Alerts, Transition};
+use crate::config::{FeedConfig, Lines, NotifyConfig};
 use crate::feeds::{Counts, Mapped, Validators};
 use crate::metrics::Metrics;
 use crate::model::{HouseholdCategory, Month};
 use crate::notify::{Outbox, Templates, notifications_for};
 use crate::pseudonym::Pseudonymizer;
 use crate::quarantine;
-use crate::rules::{EntityKind, EvalContext, Input, Rule, RuleSet, evaluate};
+use crate::rules::{EvalContext, Input, Rule, RuleSet};
 use crate::state::{Applied, EntityRef, Rejection, Touched, World};
 use crate::store::{Batch, Space, Store, StoreError};
 
@@ -57,12 +57,20 @@ pub struct Engine {
     busy: BTreeSet<String>,
     /// Entities evaluated without the rules that were waiting for a busy feed.
     deferred: BTreeSet<EntityRef>,
+    lines: Lines,
+    /// Unix time of the last accepted record per feed (persisted), for absent rules.
+    feed_last_data: BTreeMap<String, i64>,
+    started_at: i64,
+    /// The month of the last full evaluation: a new month moves every window.
+    last_full_month: Option<Month>,
     pseudo: Pseudonymizer,
     /// Records of persons not yet on the roster, by quarantine id.
     waiting: BTreeMap<String, quarantine::Waiting>,
     /// Quarantined records: id → (feed, reason), for the gauges.
     quarantined: BTreeMap<String, (String, String)>,
 }
+
+const LAST_DATA_SUFFIX: &str = "\0last_data";
 
 /// At most this many records wait for the roster; more are quarantined at once.
 pub const MAX_WAITING: usize = 200_000;
@@ -90,12 +98,22 @@ impl Engine {
         wake: Arc<tokio::sync::Notify>,
         metrics: Arc<Metrics>,
         pseudo: Pseudonymizer,
+        lines: Lines,
     ) -> Result<Self, EngineError> {
         let world = World::load(store.as_ref(), retention_months)?;
         let alerts = Alerts::load(store.as_ref())?;
         let waiting = quarantine::waiting(store.as_ref())?
             .into_iter()
             .map(|w| (w.id.clone(), w))
+            .collect();
+        let feed_last_data = store
+            .scan(Space::Cursor)?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let key = String::from_utf8(k).ok()?;
+                let feed = key.strip_suffix(LAST_DATA_SUFFIX)?.to_string();
+                Some((feed, i64::from_be_bytes(v.try_into().ok()?)))
+            })
             .collect();
         let quarantined = quarantine::entries(store.as_ref())?
             .into_iter()
@@ -118,6 +136,10 @@ impl Engine {
             pseudo,
             waiting,
             quarantined,
+            lines,
+            feed_last_data,
+            started_at: crate::model::now().timestamp(),
+            last_full_month: None,
         };
         e.update_gauges();
         e.update_quarantine_gauges();
@@ -253,9 +275,20 @@ impl Engine {
         }
         let (mut batch, touched) = self.world.take_batch();
         batch.ops.extend(extra.ops);
+        if counts.accepted > 0 {
+            batch.put(
+                Space::Cursor,
+                format!("{}{LAST_DATA_SUFFIX}", feed.name).into_bytes(),
+                now.timestamp().to_be_bytes().to_vec(),
+            );
+        }
         if let Err(e) = self.store.commit(batch) {
             self.world.rollback();
             return Err(e.into());
+        }
+        if counts.accepted > 0 {
+            self.feed_last_data
+                .insert(feed.name.clone(), now.timestamp());
         }
         for w in new_waiting {
             self.waiting.insert(w.id.clone(), w);
@@ -430,45 +463,69 @@ impl Engine {
         result
     }
 
-    /// Evaluates every entity with every rule (at start and after a rules change).
-    pub fn evaluate_all(&mut self, now: DateTime<FixedOffset>) -> Result<EvalReport, EngineError> {
+    /// Every entity any rule may apply to, and those of existing alerts.
+    fn all_entities(&self) -> BTreeSet<EntityRef> {
         let mut entities: BTreeSet<EntityRef> = self
             .world
             .households()
             .map(|h| EntityRef::Household(h.id.clone()))
             .collect();
-        entities.extend(self.world.villages().map(|v| EntityRef::Village(v.code)));
-        // Alerts whose entity is gone must resolve too.
-        for a in self.alerts.iter() {
-            if let Some(e) = parse_entity(&a.entity) {
-                entities.insert(e);
+        for v in self.world.villages() {
+            entities.insert(EntityRef::Village(v.code));
+            entities.insert(EntityRef::Township(v.code.get() / 1000));
+            entities.insert(EntityRef::County(v.code.county()));
+        }
+        entities.extend(self.world.counties().map(|c| EntityRef::County(c.code)));
+        for r in &self.rules.rules {
+            if let crate::rules::RuleKind::Absent { feed, .. } = &r.kind {
+                entities.insert(EntityRef::Feed(feed.clone()));
             }
         }
+        // Alerts whose entity is gone must resolve too.
+        entities.extend(
+            self.alerts
+                .iter()
+                .filter_map(|a| EntityRef::parse(&a.entity)),
+        );
+        entities
+    }
+
+    /// Evaluates every entity with every rule (at start, after a rules change, and when a
+    /// new month starts, as windows move).
+    pub fn evaluate_all(&mut self, now: DateTime<FixedOffset>) -> Result<EvalReport, EngineError> {
+        let entities = self.all_entities();
         self.deferred.extend(entities);
+        self.last_full_month = Some(Month::of(now));
         self.evaluate_touched(now)
     }
 
-    /// The periodic pass: time-driven rules on all villages, and entities with pending alerts.
+    /// The periodic pass: a full evaluation when a month begins; time-driven rules on their
+    /// entities; entities with pending alerts (for `for`).
     pub fn tick(&mut self, now: DateTime<FixedOffset>) -> Result<EvalReport, EngineError> {
-        let mut report = self.evaluate_touched(now)?;
-        let villages: BTreeSet<EntityRef> = self
-            .world
-            .villages()
-            .map(|v| EntityRef::Village(v.code))
-            .collect();
+        let mut report = if self.last_full_month != Some(Month::of(now)) {
+            self.evaluate_all(now)?
+        } else {
+            self.evaluate_touched(now)?
+        };
         let blocked = self.blocked_inputs();
         let ready = |r: &Rule| !r.kind.inputs().iter().any(|i| blocked.contains(i));
-        let r = self.evaluate_set(
-            &villages,
-            |rule| rule.kind.time_driven() && ready(rule),
-            now,
-            "tick",
-        )?;
-        add(&mut report, r);
-        let pending: Vec<(String, String)> = self.alerts.pending_entities();
+        if self.rules.rules.iter().any(|r| r.kind.time_driven()) {
+            let entities: BTreeSet<EntityRef> = self
+                .all_entities()
+                .into_iter()
+                .filter(|e| !matches!(e, EntityRef::Household(_)))
+                .collect();
+            let r = self.evaluate_set(
+                &entities,
+                |rule| rule.kind.time_driven() && ready(rule),
+                now,
+                "tick",
+            )?;
+            add(&mut report, r);
+        }
         let mut by_rule: BTreeMap<String, BTreeSet<EntityRef>> = BTreeMap::new();
-        for (rule, entity) in pending {
-            if let Some(e) = parse_entity(&entity) {
+        for (rule, entity) in self.alerts.pending_entities() {
+            if let Some(e) = EntityRef::parse(&entity) {
                 by_rule.entry(rule).or_default().insert(e);
             }
         }
@@ -488,6 +545,22 @@ impl Engine {
         Ok(report)
     }
 
+    /// Replaces the rules and policy lines (a reload) and evaluates everything with them.
+    pub fn replace_rules(
+        &mut self,
+        rules: Arc<RuleSet>,
+        lines: Lines,
+        now: DateTime<FixedOffset>,
+    ) -> Result<EvalReport, EngineError> {
+        self.rules = rules;
+        self.lines = lines;
+        self.evaluate_all(now)
+    }
+
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
     fn evaluate_set(
         &mut self,
         entities: &BTreeSet<EntityRef>,
@@ -497,39 +570,21 @@ impl Engine {
     ) -> Result<EvalReport, EngineError> {
         let began = Instant::now();
         let mut report = EvalReport::default();
-        let mut transitions = Vec::new();
         let rules = Arc::clone(&self.rules);
-        {
+        let firing = self.alerts.firing_households();
+        let (checks, transitions) = {
             let ctx = EvalContext {
                 world: &self.world,
                 now,
+                lines: &self.lines,
+                data_until: None,
+                firing: &firing,
+                feed_last_data: &self.feed_last_data,
+                started_at: self.started_at,
             };
-            for rule in rules.rules.iter().filter(|r| rule_filter(r)) {
-                let kind = rule.kind.entity();
-                for entity in entities {
-                    let matches = matches!(
-                        (kind, entity),
-                        (EntityKind::Household, EntityRef::Household(_))
-                            | (EntityKind::Village, EntityRef::Village(_))
-                    );
-                    if !matches {
-                        continue;
-                    }
-                    report.checks += 1;
-                    let finding = evaluate(rule, &ctx, entity);
-                    match self
-                        .alerts
-                        .observe(&rules, rule, entity, finding.as_ref(), now)
-                    {
-                        Ok(Some(t)) => transitions.push(t),
-                        Ok(None) => {}
-                        Err(e) => {
-                            warn!(rule = %rule.name, error = %e, "rule evaluation failed");
-                        }
-                    }
-                }
-            }
-        }
+            self.alerts.pass(&rules, &ctx, entities, rule_filter)
+        };
+        report.checks = checks;
         let mut batch = Batch::default();
         let mut queued = Vec::new();
         for t in &transitions {
@@ -541,7 +596,8 @@ impl Engine {
                 Transition::Fired(_) => report.fired += 1,
                 Transition::Resolved(_) => report.resolved += 1,
             }
-            info!(rule = %alert.rule, county = %alert.county, fingerprint = %alert.fingerprint, state, "alert transition");
+            let county = alert.county.map(|c| c.to_string()).unwrap_or_default();
+            info!(rule = %alert.rule, county = %county, fingerprint = %alert.fingerprint, state, "alert transition");
             self.metrics
                 .alert_transitions
                 .with_label_values(&[alert.rule.as_str(), state])
@@ -583,22 +639,13 @@ impl Engine {
 
     /// Households with a firing alert per county, for the county value of this month.
     fn record_at_risk(&mut self, now: DateTime<FixedOffset>) {
-        let mut per_county: BTreeMap<crate::model::CountyCode, BTreeSet<&str>> = BTreeMap::new();
-        for a in self.alerts.iter() {
-            if a.status == Status::Firing && a.entity.starts_with("household/") {
-                per_county
-                    .entry(a.county)
-                    .or_default()
-                    .insert(a.entity.as_str());
-            }
+        let mut per_county: BTreeMap<crate::model::CountyCode, BTreeSet<String>> = BTreeMap::new();
+        for f in self.alerts.firing_households() {
+            per_county.entry(f.county).or_default().insert(f.household);
         }
-        let counts: Vec<(crate::model::CountyCode, u32)> = per_county
-            .into_iter()
-            .map(|(c, s)| (c, s.len() as u32))
-            .collect();
         self.world.begin();
-        for (c, n) in counts {
-            self.world.set_at_risk(c, Month::of(now), n);
+        for (c, s) in per_county {
+            self.world.set_at_risk(c, Month::of(now), s.len() as u32);
         }
     }
 
@@ -608,7 +655,7 @@ impl Engine {
         for ((county, rule, severity, status), n) in self.alerts.counts() {
             m.alerts
                 .with_label_values(&[
-                    county.to_string().as_str(),
+                    county.map(|c| c.to_string()).unwrap_or_default().as_str(),
                     rule.as_str(),
                     severity.as_str(),
                     status.name(),
@@ -634,13 +681,4 @@ fn add(a: &mut EvalReport, b: EvalReport) {
     a.fired += b.fired;
     a.resolved += b.resolved;
     a.notifications += b.notifications;
-}
-
-fn parse_entity(key: &str) -> Option<EntityRef> {
-    let (kind, id) = key.split_once('/')?;
-    match kind {
-        "household" => id.parse().ok().map(EntityRef::Household),
-        "village" => id.parse().ok().map(EntityRef::Village),
-        _ => None,
-    }
 }

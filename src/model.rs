@@ -298,7 +298,7 @@ impl FromStr for HouseholdCategory {
 }
 
 /// The national list of risk categories (风险类型).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum RiskCategory {
     Illness,
     Disability,

@@ -73,6 +73,7 @@ fn open(dir: &Path, cfg: &Config) -> Engine {
         Arc::new(tokio::sync::Notify::new()),
         Arc::new(guardline::metrics::Metrics::new()),
         Pseudonymizer::from_key(b"property test key 0123"),
+        Default::default(),
     )
     .unwrap()
 }

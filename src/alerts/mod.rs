@@ -13,7 +13,9 @@ use chrono::{DateTime, FixedOffset, TimeZone};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{CountyCode, china_offset};
-use crate::rules::{Finding, Rule, RuleSet, full_context};
+use crate::rules::{
+    EntityKind, EvalContext, Finding, FiringHousehold, Rule, RuleSet, evaluate, full_context,
+};
 use crate::state::EntityRef;
 use crate::store::{Batch, Space, Store, StoreError, codec};
 
@@ -45,7 +47,8 @@ pub struct Alert {
     pub rule: String,
     /// `household/<id>` or `village/<code>`.
     pub entity: String,
-    pub county: CountyCode,
+    /// `None` for alerts about something outside any county (a feed).
+    pub county: Option<CountyCode>,
     pub severity: String,
     pub risk_category: String,
     pub status: Status,
@@ -75,6 +78,17 @@ pub fn fingerprint(rule: &str, entity: &EntityRef) -> String {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     format!("{h:016x}")
+}
+
+/// The kind of an entity, to match rules to the entities they apply to.
+pub fn entity_kind(e: &EntityRef) -> EntityKind {
+    match e {
+        EntityRef::Household(_) => EntityKind::Household,
+        EntityRef::Village(_) => EntityKind::Village,
+        EntityRef::Township(_) => EntityKind::Township,
+        EntityRef::County(_) => EntityKind::County,
+        EntityRef::Feed(_) => EntityKind::Feed,
+    }
 }
 
 pub fn format_time(t: i64) -> String {
@@ -177,20 +191,12 @@ impl Alerts {
                 let evidence = ctx.to_string();
                 let mut labels = rule.labels.clone();
                 labels.insert("rule".into(), rule.name.clone());
-                labels.insert("county".into(), f.county.to_string());
+                if let Some(c) = f.county {
+                    labels.insert("county".into(), c.to_string());
+                }
                 labels.insert("severity".into(), rule.severity.name().into());
                 labels.insert("risk_category".into(), rule.risk.name_zh().into());
-                match entity {
-                    EntityRef::Household(h) => {
-                        labels.insert("household".into(), h.to_string());
-                        if let Some(v) = ctx.get("village").and_then(|v| v.as_str()) {
-                            labels.insert("village".into(), v.to_string());
-                        }
-                    }
-                    EntityRef::Village(v) => {
-                        labels.insert("village".into(), v.to_string());
-                    }
-                }
+                labels.extend(f.labels.clone());
                 let a = match self.alerts.get_mut(&fp) {
                     Some(a) if a.status != Status::Resolved => a,
                     previous => {
@@ -283,8 +289,59 @@ impl Alerts {
         Ok(())
     }
 
+    /// Whether the alert of `rule` on `entity` is pending or firing (hysteresis applies).
+    pub fn is_active(&self, rule: &str, entity: &EntityRef) -> bool {
+        self.alerts
+            .get(&fingerprint(rule, entity))
+            .is_some_and(|a| a.status != Status::Resolved)
+    }
+
+    /// Households with a firing alert, for county rules.
+    pub fn firing_households(&self) -> Vec<FiringHousehold> {
+        self.alerts
+            .values()
+            .filter(|a| a.status == Status::Firing && a.entity.starts_with("household/"))
+            .filter_map(|a| {
+                Some(FiringHousehold {
+                    county: a.county?,
+                    household: a.entity.clone(),
+                    risk: a.risk_category.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Evaluates the rules that pass `filter` on the entities of their kind and moves the
+    /// alerts; returns the number of checks and the transitions to announce.
+    pub fn pass(
+        &mut self,
+        rules: &RuleSet,
+        ctx: &EvalContext<'_>,
+        entities: &std::collections::BTreeSet<EntityRef>,
+        filter: impl Fn(&Rule) -> bool,
+    ) -> (u64, Vec<Transition>) {
+        let mut checks = 0;
+        let mut transitions = Vec::new();
+        for rule in rules.rules.iter().filter(|r| filter(r)) {
+            let kind = rule.kind.entity();
+            for entity in entities.iter().filter(|e| entity_kind(e) == kind) {
+                checks += 1;
+                let active = self.is_active(&rule.name, entity);
+                let finding = evaluate(rule, ctx, entity, active);
+                match self.observe(rules, rule, entity, finding.as_ref(), ctx.now) {
+                    Ok(Some(t)) => transitions.push(t),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(rule = %rule.name, error = %e, "rule evaluation failed")
+                    }
+                }
+            }
+        }
+        (checks, transitions)
+    }
+
     /// Counts per (county, rule, severity, status), for metrics.
-    pub fn counts(&self) -> BTreeMap<(CountyCode, String, String, Status), u64> {
+    pub fn counts(&self) -> BTreeMap<(Option<CountyCode>, String, String, Status), u64> {
         let mut m = BTreeMap::new();
         for a in self.alerts.values() {
             *m.entry((a.county, a.rule.clone(), a.severity.clone(), a.status))

@@ -27,7 +27,8 @@ description = "d"
 fn finding(days: i64) -> Finding {
     Finding {
         entity: EntityRef::Village("632522100201".parse().unwrap()),
-        county: "632522".parse().unwrap(),
+        county: Some("632522".parse().unwrap()),
+        labels: Default::default(),
         context: json!({"county": "632522", "county_name": "同德县", "village": "632522100201",
             "village_name": "甲村", "interval_id": "x", "started": "s", "days": days, "hours": 1,
             "threshold_days": 1, "open_intervals": 1}),

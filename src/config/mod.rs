@@ -27,6 +27,47 @@ pub struct Config {
     pub receivers: Vec<ReceiverConfig>,
     pub notify: NotifyConfig,
     pub simulator: Option<SimulatorConfig>,
+    pub lines: Lines,
+}
+
+/// Policy lines per year and region (monitoring income lines, reference incomes), in fen.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Lines {
+    entries: Vec<LineEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineEntry {
+    pub name: String,
+    pub year: i32,
+    /// Region code prefix: 2, 4 or 6 digits.
+    pub region: String,
+    pub value: crate::model::Fen,
+}
+
+impl Lines {
+    pub fn new(entries: Vec<LineEntry>) -> Self {
+        Self { entries }
+    }
+
+    pub fn names(&self) -> std::collections::BTreeSet<&str> {
+        self.entries.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    /// The line for a county in a year: the most specific region that covers the county,
+    /// from the latest year not after `year`.
+    pub fn lookup(
+        &self,
+        name: &str,
+        year: i32,
+        county: crate::model::CountyCode,
+    ) -> Option<&LineEntry> {
+        let code = county.to_string();
+        self.entries
+            .iter()
+            .filter(|e| e.name == name && e.year <= year && code.starts_with(&e.region))
+            .max_by_key(|e| (e.year, e.region.len()))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -765,6 +806,35 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
         households: s.households,
     });
 
+    let mut lines = Vec::new();
+    for (i, l) in raw.lines.iter().enumerate() {
+        let lp = root.key("lines").index(i);
+        if !valid_name(&l.name) {
+            problems.push(src.problem(
+                &lp.key("name"),
+                format!("line name {:?} must be a-z, 0-9, _ or -", l.name),
+            ));
+        }
+        if !matches!(l.region.len(), 2 | 4 | 6) || !l.region.bytes().all(|b| b.is_ascii_digit()) {
+            problems.push(src.problem(
+                &lp.key("region"),
+                format!(
+                    "region {:?} must be a province (2 digits), prefecture (4) or county (6) code",
+                    l.region
+                ),
+            ));
+        }
+        if !(l.value.is_finite() && l.value >= 0.0) {
+            problems.push(src.problem(&lp.key("value"), "must be an amount in yuan"));
+        }
+        lines.push(LineEntry {
+            name: l.name.clone(),
+            year: l.year,
+            region: l.region.clone(),
+            value: (l.value * 100.0).round() as crate::model::Fen,
+        });
+    }
+
     if problems.is_empty() {
         Ok(Config {
             file: src.path.clone(),
@@ -773,6 +843,7 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
             receivers,
             notify,
             simulator,
+            lines: Lines::new(lines),
         })
     } else {
         Err(Problems(problems))

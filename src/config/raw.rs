@@ -14,6 +14,20 @@ pub struct RawConfig {
     #[serde(default)]
     pub notify: RawNotify,
     pub simulator: Option<RawSimulator>,
+    #[serde(default)]
+    pub lines: Vec<RawLine>,
+}
+
+/// One value of a policy line (a monitoring income line, a reference income) for a year and
+/// a region: a province (2 digits), a prefecture (4) or a county (6).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLine {
+    pub name: String,
+    pub year: i32,
+    pub region: String,
+    /// Yuan.
+    pub value: f64,
 }
 
 #[derive(Debug, Deserialize)]

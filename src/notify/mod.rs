@@ -39,7 +39,7 @@ pub struct Notification {
     pub fingerprint: String,
     pub status: Status,
     pub rule: String,
-    pub county: CountyCode,
+    pub county: Option<CountyCode>,
     /// Stable across retries and restarts; receivers may deduplicate on it.
     pub key: String,
     pub subject: String,
@@ -105,8 +105,8 @@ impl Templates {
             "description": alert.description,
             "risk_category": alert.risk_category,
             "severity": severity,
-            "county": alert.county.to_string(),
-            "county_name": county_name(alert.county),
+            "county": alert.county.map(|c| c.to_string()).unwrap_or_default(),
+            "county_name": alert.county.map(county_name).unwrap_or_default(),
             "village": alert.labels.get("village").cloned().unwrap_or_default(),
             "village_name": village_name,
             "household": alert.labels.get("household").cloned().unwrap_or_default(),
@@ -296,7 +296,7 @@ pub async fn deliver_due(
             match receiver.send(&n).await {
                 Ok(()) => {
                     info!(receiver = %n.receiver, fingerprint = %n.fingerprint, rule = %n.rule,
-                          county = %n.county, status = n.status.name(), attempts = n.attempts + 1,
+                          county = %n.county.map(|c| c.to_string()).unwrap_or_default(), status = n.status.name(), attempts = n.attempts + 1,
                           "notification delivered");
                     outcome = "sent";
                     batch.delete(Space::Outbox, n.id.to_be_bytes().to_vec());
@@ -360,7 +360,7 @@ mod tests {
             fingerprint: "00ff".into(),
             rule: "medical_burden".into(),
             entity: "household/632522100201001".into(),
-            county: "632522".parse().unwrap(),
+            county: Some("632522".parse().unwrap()),
             severity: "critical".into(),
             risk_category: "因病".into(),
             status: Status::Firing,

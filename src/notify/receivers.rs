@@ -69,7 +69,9 @@ impl Receiver {
                     format_time(n.created_at),
                     n.status.name(),
                     n.rule,
-                    n.county,
+                    n.county
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     n.key,
                     n.subject,
                     n.body.trim_end()

@@ -1,9 +1,10 @@
 //! Alerting rules: loaded from `alerts/*.toml`, validated, evaluated against state.
 //!
 //! Invariants: rules read state, never feeds; evaluating a rule has no side effect (it returns
-//! a [`Finding`] or nothing); every threshold comes from a rule file, none is built in.
-//! Templates are compiled at load with strict undefined variables and test-rendered, so a
-//! typo in a template is a load error, not a broken notification.
+//! a [`Finding`] or nothing); every threshold comes from a rule file or a policy line of the
+//! configuration, none is built in. Templates (Chinese, and English where given) are compiled
+//! at load with strict undefined variables and test-rendered, so a typo in a template is a
+//! load error, not a broken notification.
 
 mod eval;
 mod raw;
@@ -12,11 +13,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use eval::{EvalContext, Finding, evaluate, full_context};
+pub use eval::{EvalContext, Finding, FiringHousehold, evaluate, full_context};
 
-use crate::config::parse_duration;
 use crate::config::source::{FieldPath, Problem, Problems, Source};
-use crate::model::{CountyCode, Fen, HouseholdCategory, Indicator, IntervalKind, RiskCategory};
+use crate::config::{Language, Lines};
+use crate::model::{
+    CountyCode, EventKind, Fen, HouseholdCategory, Indicator, IntervalKind, RiskCategory,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
@@ -42,33 +45,193 @@ impl Severity {
     }
 }
 
+/// What a rule is evaluated on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntityKind {
     Household,
     Village,
+    Township,
+    County,
+    Feed,
+}
+
+/// The value a threshold rule compares.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValueSpec {
+    /// A monthly indicator aggregated over the `window_months` ending with the newest
+    /// published month.
+    Indicator {
+        indicator: Indicator,
+        aggregate: Aggregate,
+        window_months: u32,
+    },
+    /// The roster's annual per-capita net income (人均纯收入).
+    IncomePerCapita,
+    /// Per-capita income times members.
+    AnnualIncome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    Latest,
+    Sum,
+    Mean,
+    Min,
+    Max,
+    /// Months with a value.
+    Count,
+}
+
+/// One way a threshold is crossed; a threshold rule fires when any of its limits is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Limit {
+    Above(Fen),
+    Below(Fen),
+    /// Above a share of the household's annual income.
+    AboveIncomeShare(f64),
+    /// Above or below `factor` × a policy line of the configuration for the year of the
+    /// evaluation plus `year_offset` (e.g. -1: the previous year's reference income).
+    Line {
+        name: String,
+        above: bool,
+        factor: f64,
+        year_offset: i32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Baseline {
+    Mean,
+    Median,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    Township,
+    County,
 }
 
 #[derive(Debug, Clone)]
 pub enum RuleKind {
-    /// The latest month's value against the mean of the previous `baseline_months`.
+    Threshold {
+        value: ValueSpec,
+        limits: Vec<Limit>,
+        /// Hysteresis: while the alert is active, limits are relaxed by this share.
+        resolve_margin: f64,
+    },
+    /// The newest month(s) against a baseline of the `baseline_months` before them.
     Drop {
         indicator: Indicator,
         baseline_months: u32,
-        drop_percent: f64,
+        baseline: Baseline,
+        drop_percent: Option<f64>,
+        drop_amount: Option<Fen>,
+        /// With both a percent and an amount: both must hold (true) or either (false).
+        both: bool,
+        /// The drop must hold for this many consecutive months.
+        consecutive: u32,
         min_baseline: Fen,
+        /// Hysteresis: while the alert is active, a drop of this percent keeps it.
+        resolve_drop_percent: Option<f64>,
     },
-    /// A sum over `window_months` above a fixed amount or a share of annual household income.
-    Threshold {
-        indicator: Indicator,
+    /// Events of some kinds within a window, not cleared by a later event.
+    Event {
+        entity: EntityKind,
+        events: Vec<EventKind>,
         window_months: u32,
-        above: Option<Fen>,
-        above_income_share: Option<f64>,
+        min_count: u32,
+        min_amount: Option<Fen>,
+        cleared_by: Vec<EventKind>,
     },
     /// An open interval (e.g. a water outage) lasting longer than `longer_than`.
     Duration {
         interval: IntervalKind,
         longer_than: Duration,
     },
+    /// At least `min_villages` villages of a township or county with an open interval
+    /// older than `open_longer_than` (整村连片停水断水).
+    Spread {
+        interval: IntervalKind,
+        open_longer_than: Duration,
+        group: Group,
+        min_villages: u32,
+        resolve_villages: Option<u32>,
+    },
+    /// Households of a county with a firing alert of some risk categories: their share or
+    /// number, and their increase over a window (规模性返贫). All given conditions must hold.
+    County {
+        risk_categories: Option<BTreeSet<RiskCategory>>,
+        min_share: Option<f64>,
+        min_households: Option<u32>,
+        increase_months: u32,
+        min_increase_percent: Option<f64>,
+        resolve_share: Option<f64>,
+    },
+    /// A feed that delivered no record for longer than `longer_than`.
+    Absent { feed: String, longer_than: Duration },
+}
+
+impl RuleKind {
+    pub fn entity(&self) -> EntityKind {
+        match self {
+            Self::Threshold { .. } | Self::Drop { .. } => EntityKind::Household,
+            Self::Event { entity, .. } => *entity,
+            Self::Duration { .. } => EntityKind::Village,
+            Self::Spread {
+                group: Group::Township,
+                ..
+            } => EntityKind::Township,
+            Self::Spread {
+                group: Group::County,
+                ..
+            }
+            | Self::County { .. } => EntityKind::County,
+            Self::Absent { .. } => EntityKind::Feed,
+        }
+    }
+
+    /// Rules whose outcome changes with the clock or with other alerts, re-evaluated on
+    /// every tick.
+    pub fn time_driven(&self) -> bool {
+        matches!(
+            self,
+            Self::Duration { .. } | Self::Spread { .. } | Self::County { .. } | Self::Absent { .. }
+        )
+    }
+
+    /// The kinds of data the rule reads.
+    pub fn inputs(&self) -> Vec<Input> {
+        match self {
+            Self::Threshold { value, .. } => match value {
+                ValueSpec::Indicator { indicator, .. } => {
+                    vec![Input::Roster, Input::Indicator(*indicator)]
+                }
+                _ => vec![Input::Roster],
+            },
+            Self::Drop { indicator, .. } => vec![Input::Roster, Input::Indicator(*indicator)],
+            Self::Event {
+                events,
+                cleared_by,
+                entity,
+                ..
+            } => {
+                let mut v: Vec<Input> = events
+                    .iter()
+                    .chain(cleared_by)
+                    .map(|e| Input::Event(*e))
+                    .collect();
+                if *entity == EntityKind::Household {
+                    v.push(Input::Roster);
+                }
+                v
+            }
+            Self::Duration { interval, .. } | Self::Spread { interval, .. } => {
+                vec![Input::Intervals(*interval)]
+            }
+            Self::County { .. } => vec![Input::Roster],
+            Self::Absent { .. } => vec![],
+        }
+    }
 }
 
 /// A kind of data a rule reads; a rule is evaluated only when every feed that delivers one
@@ -78,28 +241,7 @@ pub enum Input {
     Roster,
     Indicator(Indicator),
     Intervals(IntervalKind),
-    Event(crate::model::EventKind),
-}
-
-impl RuleKind {
-    pub fn inputs(&self) -> Vec<Input> {
-        match self {
-            Self::Drop { indicator, .. } | Self::Threshold { indicator, .. } => {
-                vec![Input::Roster, Input::Indicator(*indicator)]
-            }
-            Self::Duration { interval, .. } => vec![Input::Intervals(*interval)],
-        }
-    }
-    pub fn entity(&self) -> EntityKind {
-        match self {
-            Self::Drop { .. } | Self::Threshold { .. } => EntityKind::Household,
-            Self::Duration { .. } => EntityKind::Village,
-        }
-    }
-    /// Rules whose outcome changes with the clock alone are re-evaluated on every tick.
-    pub fn time_driven(&self) -> bool {
-        matches!(self, Self::Duration { .. })
-    }
+    Event(EventKind),
 }
 
 #[derive(Debug, Clone)]
@@ -115,10 +257,22 @@ pub struct Rule {
     pub labels: BTreeMap<String, String>,
 }
 
+impl Rule {
+    /// Whether the county filter lets `county` through.
+    pub fn covers_county(&self, county: Option<CountyCode>) -> bool {
+        match (&self.counties, county) {
+            (None, _) => true,
+            (Some(set), Some(c)) => set.contains(&c),
+            (Some(_), None) => false,
+        }
+    }
+}
+
 /// All rules of a rules directory with their compiled templates.
 pub struct RuleSet {
     pub rules: Vec<Rule>,
     env: minijinja::Environment<'static>,
+    language: Language,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -143,7 +297,7 @@ impl RuleSet {
                 }])
             })?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
             .collect();
         files.sort();
         let sources = files
@@ -183,17 +337,29 @@ impl RuleSet {
                 names.insert(r.name.clone(), src.path.clone());
                 let before = problems.len();
                 let rule = raw::validate(src, &path, r, &mut problems);
-                for (field, text) in [("summary", &r.summary), ("description", &r.description)] {
-                    let name = format!("{}.{field}", r.name);
-                    if let Err(e) = env.add_template_owned(name.clone(), text.clone()) {
-                        problems
-                            .push(src.problem(&path.key(field), format!("template error: {e}")));
+                let templates = [
+                    ("summary", Some(&r.summary)),
+                    ("description", Some(&r.description)),
+                    ("summary_en", r.summary_en.as_ref()),
+                    ("description_en", r.description_en.as_ref()),
+                ];
+                for (field, text) in templates {
+                    if let Some(text) = text {
+                        let name = format!("{}.{field}", r.name);
+                        if let Err(e) = env.add_template_owned(name, text.clone()) {
+                            problems.push(
+                                src.problem(&path.key(field), format!("template error: {e}")),
+                            );
+                        }
                     }
                 }
                 if let (Some(rule), true) = (rule, problems.len() == before) {
                     // Render once with a sample context so undefined variables fail now.
                     let sample = eval::sample_context(&rule);
-                    for field in ["summary", "description"] {
+                    for (field, text) in templates {
+                        if text.is_none() {
+                            continue;
+                        }
                         let name = format!("{}.{field}", r.name);
                         if let Err(e) = env.get_template(&name).and_then(|t| t.render(&sample)) {
                             problems.push(src.problem(
@@ -211,10 +377,43 @@ impl RuleSet {
             }
         }
         if problems.is_empty() {
-            Ok(RuleSet { rules, env })
+            Ok(RuleSet {
+                rules,
+                env,
+                language: Language::Zh,
+            })
         } else {
             Err(Problems(problems))
         }
+    }
+
+    /// The language templates are rendered in (English falls back to Chinese for a rule
+    /// without English templates).
+    pub fn set_language(&mut self, language: Language) {
+        self.language = language;
+    }
+
+    /// Problems of rules that name a policy line the configuration does not define.
+    pub fn check_lines(&self, lines: &Lines) -> Vec<String> {
+        let known = lines.names();
+        let mut out = Vec::new();
+        for r in &self.rules {
+            if let RuleKind::Threshold { limits, .. } = &r.kind {
+                for l in limits {
+                    if let Limit::Line { name, .. } = l
+                        && !known.contains(name.as_str())
+                    {
+                        out.push(format!(
+                            "{}: rule {}: line {name:?} is not defined in the configuration's [[lines]] (defined: {})",
+                            r.file.display(),
+                            r.name,
+                            known.iter().copied().collect::<Vec<_>>().join(", ")
+                        ));
+                    }
+                }
+            }
+        }
+        out
     }
 
     pub fn rule(&self, name: &str) -> Option<&Rule> {
@@ -228,19 +427,15 @@ impl RuleSet {
         field: &str,
         ctx: &serde_json::Value,
     ) -> Result<String, minijinja::Error> {
+        if self.language == Language::En
+            && let Ok(t) = self.env.get_template(&format!("{rule}.{field}_en"))
+        {
+            return t.render(ctx);
+        }
         self.env
             .get_template(&format!("{rule}.{field}"))
             .and_then(|t| t.render(ctx))
     }
-
-    /// Whether any rule needs evaluation on every tick (durations).
-    pub fn any_time_driven(&self) -> bool {
-        self.rules.iter().any(|r| r.kind.time_driven())
-    }
-}
-
-pub(crate) fn parse_rule_duration(s: &str) -> Result<Duration, String> {
-    parse_duration(s)
 }
 
 #[cfg(test)]

@@ -72,11 +72,18 @@ fn world_with(wages: &[i64], oop: &[(&str, i64)], members: usize, income: i64) -
 }
 
 fn eval(rules: &RuleSet, name: &str, w: &World, e: EntityRef) -> Option<Finding> {
+    let lines = crate::config::Lines::default();
+    let last = std::collections::BTreeMap::new();
     let ctx = EvalContext {
         world: w,
         now: now(),
+        lines: &lines,
+        data_until: None,
+        firing: &[],
+        feed_last_data: &last,
+        started_at: now().timestamp(),
     };
-    evaluate(rules.rule(name).unwrap(), &ctx, &e)
+    evaluate(rules.rule(name).unwrap(), &ctx, &e, false)
 }
 
 fn hh() -> EntityRef {

@@ -67,6 +67,11 @@ pub enum Applied {
 pub enum EntityRef {
     Household(HouseholdId),
     Village(VillageCode),
+    /// A township (乡镇): the first 9 digits of its villages' codes.
+    Township(u64),
+    County(CountyCode),
+    /// A departmental feed (for rules about missing data).
+    Feed(String),
 }
 
 impl EntityRef {
@@ -74,6 +79,33 @@ impl EntityRef {
         match self {
             Self::Household(h) => format!("household/{h}"),
             Self::Village(v) => format!("village/{v}"),
+            Self::Township(t) => format!("township/{t:09}"),
+            Self::County(c) => format!("county/{c}"),
+            Self::Feed(f) => format!("feed/{f}"),
+        }
+    }
+
+    /// Parses [`EntityRef::key`].
+    pub fn parse(key: &str) -> Option<Self> {
+        let (kind, id) = key.split_once('/')?;
+        match kind {
+            "household" => id.parse().ok().map(Self::Household),
+            "village" => id.parse().ok().map(Self::Village),
+            "township" if id.len() == 9 => id.parse().ok().map(Self::Township),
+            "county" => id.parse().ok().map(Self::County),
+            "feed" if !id.is_empty() => Some(Self::Feed(id.to_string())),
+            _ => None,
+        }
+    }
+
+    /// The county the entity lies in, if it lies in one.
+    pub fn county(&self, world: &World) -> Option<CountyCode> {
+        match self {
+            Self::Household(h) => world.household(h).map(|h| h.county()),
+            Self::Village(v) => Some(v.county()),
+            Self::Township(t) => CountyCode::new((*t / 1000) as u32).ok(),
+            Self::County(c) => Some(*c),
+            Self::Feed(_) => None,
         }
     }
 }
