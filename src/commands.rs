@@ -71,8 +71,20 @@ pub fn check(config: &Path) -> anyhow::Result<String> {
     if !problems.is_empty() {
         bail!("{}", problems.join("\n"));
     }
+    let mut warnings = String::new();
+    for r in &rules.rules {
+        if let crate::rules::RuleKind::Absent { feed, .. } = &r.kind
+            && !cfg.feeds.iter().any(|f| &f.name == feed)
+        {
+            warnings.push_str(&format!(
+                "warning: {}: rule {} watches feed {feed:?}, which this configuration does not poll; the rule does not apply\n",
+                r.file.display(),
+                r.name
+            ));
+        }
+    }
     Ok(format!(
-        "{}: ok: {} feeds, {} receivers, {} rules from {}",
+        "{warnings}{}: ok: {} feeds, {} receivers, {} rules from {}",
         cfg.file.display(),
         cfg.feeds.len(),
         cfg.receivers.len(),
@@ -359,6 +371,7 @@ pub async fn feeds_test(config: &Path, name: &str, n: usize) -> anyhow::Result<S
 /// Opens the store and the engine of a configuration without running the daemon.
 fn offline_engine(cfg: &Config, rules: RuleSet) -> anyhow::Result<crate::engine::Engine> {
     let pseudo = daemon::pseudonymizer(cfg)?;
+    let lines = rules.effective_lines(&cfg.lines);
     let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::open(&cfg.daemon.data_dir)?);
     Ok(crate::engine::Engine::open(
         store,
@@ -370,7 +383,7 @@ fn offline_engine(cfg: &Config, rules: RuleSet) -> anyhow::Result<crate::engine:
         Arc::new(tokio::sync::Notify::new()),
         Arc::new(crate::metrics::Metrics::new()),
         pseudo,
-        cfg.lines.clone(),
+        lines,
     )?)
 }
 

@@ -164,7 +164,7 @@ pub async fn run(
         Arc::clone(&wake),
         Arc::clone(&metrics),
         pseudo.clone(),
-        config.lines.clone(),
+        rules.effective_lines(&config.lines),
     )?;
     engine.set_feeds(&config.feeds);
     let report = engine.evaluate_all(now())?;

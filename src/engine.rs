@@ -477,7 +477,10 @@ impl Engine {
         }
         entities.extend(self.world.counties().map(|c| EntityRef::County(c.code)));
         for r in &self.rules.rules {
-            if let crate::rules::RuleKind::Absent { feed, .. } = &r.kind {
+            // Only feeds of this configuration: a rule about another feed does not apply.
+            if let crate::rules::RuleKind::Absent { feed, .. } = &r.kind
+                && self.feed_inputs.contains_key(feed)
+            {
                 entities.insert(EntityRef::Feed(feed.clone()));
             }
         }

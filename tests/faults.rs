@@ -245,7 +245,11 @@ end = "e"
 fn check_accepts_the_shipped_configs_and_reports_file_line_and_field() {
     let (ok, out) = check(GOOD);
     assert!(ok, "{out}");
-    assert!(out.contains("ok: 1 feeds, 0 receivers, 3 rules"), "{out}");
+    assert!(out.contains("ok: 1 feeds, 0 receivers, 18 rules"), "{out}");
+    assert!(
+        out.contains("warning:") && out.contains("rule stale_wages watches feed \"wages\""),
+        "{out}"
+    );
 
     let (ok, out) = check(&GOOD.replace("schedule =", "shedule ="));
     assert!(!ok);

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::{AmountUnit, SmtpTls};
+pub use raw::{AmountUnit, RawLine as RawLineEntry, SmtpTls};
 use source::{FieldPath, Problem, Problems, Source};
 
 use crate::model::{EventKind, Indicator, IntervalKind};
@@ -48,6 +48,24 @@ pub struct LineEntry {
 impl Lines {
     pub fn new(entries: Vec<LineEntry>) -> Self {
         Self { entries }
+    }
+
+    /// These lines with `overrides` on top: an entry of `overrides` replaces one with the same
+    /// name, year and region.
+    pub fn merged(&self, overrides: &Lines) -> Lines {
+        let mut entries: Vec<LineEntry> = self
+            .entries
+            .iter()
+            .filter(|e| {
+                !overrides
+                    .entries
+                    .iter()
+                    .any(|o| o.name == e.name && o.year == e.year && o.region == e.region)
+            })
+            .cloned()
+            .collect();
+        entries.extend(overrides.entries.iter().cloned());
+        Lines { entries }
     }
 
     pub fn names(&self) -> std::collections::BTreeSet<&str> {
@@ -848,6 +866,43 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
     } else {
         Err(Problems(problems))
     }
+}
+
+/// Validates `[[lines]]` entries (of guardline.toml or of a rule file).
+pub fn validate_lines(
+    src: &Source,
+    raw: &[raw::RawLine],
+    problems: &mut Vec<Problem>,
+) -> Vec<LineEntry> {
+    let mut lines = Vec::new();
+    for (i, l) in raw.iter().enumerate() {
+        let lp = FieldPath::root().key("lines").index(i);
+        if !valid_name(&l.name) {
+            problems.push(src.problem(
+                &lp.key("name"),
+                format!("line name {:?} must be a-z, 0-9, _ or -", l.name),
+            ));
+        }
+        if !matches!(l.region.len(), 2 | 4 | 6) || !l.region.bytes().all(|b| b.is_ascii_digit()) {
+            problems.push(src.problem(
+                &lp.key("region"),
+                format!(
+                    "region {:?} must be a province (2 digits), prefecture (4) or county (6) code",
+                    l.region
+                ),
+            ));
+        }
+        if !(l.value.is_finite() && l.value >= 0.0) {
+            problems.push(src.problem(&lp.key("value"), "must be an amount in yuan"));
+        }
+        lines.push(LineEntry {
+            name: l.name.clone(),
+            year: l.year,
+            region: l.region.clone(),
+            value: (l.value * 100.0).round() as crate::model::Fen,
+        });
+    }
+    lines
 }
 
 fn valid_name(s: &str) -> bool {

@@ -110,6 +110,8 @@ impl Templates {
             "village": alert.labels.get("village").cloned().unwrap_or_default(),
             "village_name": village_name,
             "household": alert.labels.get("household").cloned().unwrap_or_default(),
+            "township": alert.labels.get("township").cloned().unwrap_or_default(),
+            "feed": alert.labels.get("feed").cloned().unwrap_or_default(),
             "rule": alert.rule,
             "fired_at": format_time(fired),
             "resolved_at": alert.resolved_at.map(format_time).unwrap_or_default(),

@@ -271,6 +271,8 @@ impl Rule {
 /// All rules of a rules directory with their compiled templates.
 pub struct RuleSet {
     pub rules: Vec<Rule>,
+    /// Policy lines shipped in rule files.
+    pub lines: Lines,
     env: minijinja::Environment<'static>,
     language: Language,
 }
@@ -313,6 +315,7 @@ impl RuleSet {
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let mut lines = Vec::new();
         for src in sources {
             let file: raw::RawRuleFile = match src.parse() {
                 Ok(f) => f,
@@ -321,6 +324,11 @@ impl RuleSet {
                     continue;
                 }
             };
+            lines.extend(crate::config::validate_lines(
+                src,
+                &file.lines,
+                &mut problems,
+            ));
             for (i, r) in file.rules.iter().enumerate() {
                 let path = FieldPath::root().key("rules").index(i);
                 if let Some(other) = names.get(&r.name) {
@@ -379,6 +387,7 @@ impl RuleSet {
         if problems.is_empty() {
             Ok(RuleSet {
                 rules,
+                lines: Lines::new(lines),
                 env,
                 language: Language::Zh,
             })
@@ -393,8 +402,15 @@ impl RuleSet {
         self.language = language;
     }
 
-    /// Problems of rules that name a policy line the configuration does not define.
-    pub fn check_lines(&self, lines: &Lines) -> Vec<String> {
+    /// The lines rules see: those of the rule files, with the configuration's on top.
+    pub fn effective_lines(&self, config: &Lines) -> Lines {
+        self.lines.merged(config)
+    }
+
+    /// Problems of rules that name a policy line neither the rule files nor the
+    /// configuration define.
+    pub fn check_lines(&self, config: &Lines) -> Vec<String> {
+        let lines = self.effective_lines(config);
         let known = lines.names();
         let mut out = Vec::new();
         for r in &self.rules {

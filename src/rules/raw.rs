@@ -16,6 +16,9 @@ use crate::model::{
 pub struct RawRuleFile {
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    /// Policy lines shipped with the rules; `[[lines]]` of guardline.toml add to and override them.
+    #[serde(default)]
+    pub lines: Vec<crate::config::RawLineEntry>,
 }
 
 #[derive(Debug, Deserialize)]

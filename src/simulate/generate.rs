@@ -78,7 +78,32 @@ const DROP_PERCENT: f64 = 50.0;
 const MEDICAL_FIXED: f64 = 20_000.0;
 const MEDICAL_SHARE: f64 = 0.5;
 const OUTAGE_DAYS: i64 = 30;
+const SPREAD_VILLAGES: usize = 3;
 const MONTHS: u32 = 24;
+
+/// The example lines of alerts/lines.toml for Qinghai, by year (yuan).
+fn monitoring_line(year: i32) -> f64 {
+    match year {
+        ..=2024 => 7_300.0,
+        2025 => 7_500.0,
+        _ => 7_800.0,
+    }
+}
+fn rural_income(year: i32) -> f64 {
+    match year {
+        ..=2024 => 16_600.0,
+        _ => 17_600.0,
+    }
+}
+
+/// Event windows of the default rules, in months ending with the current month.
+const WINDOW_WATER_QUALITY: u32 = 2;
+const WINDOW_DROPOUT: u32 = 3;
+const WINDOW_HOUSING: u32 = 24;
+const WINDOW_DISABILITY: u32 = 3;
+const WINDOW_DISASTER: u32 = 3;
+const DISASTER_MIN: f64 = 10_000.0;
+const WINDOW_CIVIL: u32 = 3;
 
 fn normal(rng: &mut ChaCha8Rng) -> f64 {
     // Box-Muller.
@@ -126,7 +151,8 @@ struct Hh {
     county: String,
     category: HouseholdCategory,
     persons: Vec<Person>,
-    /// Annual household income, yuan.
+    /// Annual per-capita net income and household income, yuan.
+    per_capita: f64,
     income: f64,
 }
 
@@ -183,7 +209,14 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
             HouseholdCategory::Lifted => 11_000.0,
             _ => 7_500.0,
         };
-        let per_capita = round10((base * (0.35 * normal(&mut rng)).exp()).max(4_000.0));
+        let line = monitoring_line(opts.as_of.year());
+        // Background incomes stay 15 % above the monitoring line; some are planted below it.
+        let mut per_capita = round10((base * (0.35 * normal(&mut rng)).exp()).max(line * 1.15));
+        match i % 150 {
+            41 => per_capita = round10(line * rng.gen_range(0.6..0.9)),
+            71 => per_capita = round10(line * rng.gen_range(1.02..1.08)),
+            _ => {}
+        }
         let county_num: u32 = county.parse().unwrap_or(630000);
         let mut members = Vec::new();
         let mut persons = Vec::new();
@@ -226,6 +259,7 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
             county: county.clone(),
             category,
             persons,
+            per_capita,
             income: per_capita * size as f64,
         });
     }
@@ -238,6 +272,24 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
         county: h.county.clone(),
         note,
     };
+
+    // Income below the monitoring line: exactly the households planted there.
+    let line = monitoring_line(opts.as_of.year());
+    for (i, h) in households.iter().enumerate() {
+        if h.per_capita < line {
+            cases.push(planted(
+                "income_below_line",
+                h,
+                format!("人均纯收入{:.0}元，低于监测标准{line:.0}元", h.per_capita),
+            ));
+        } else if i % 150 == 71 {
+            decoys.push(planted(
+                "income_below_line",
+                h,
+                format!("人均纯收入{:.0}元，略高于监测标准", h.per_capita),
+            ));
+        }
+    }
 
     // Wages: stable ±10 % around each earner's base; plant drops and near misses.
     let mut wage_rows: Vec<(Month, String, f64)> = Vec::new();
@@ -314,8 +366,12 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
     // Medical claims: rare, modest claims; background households stay well below the lines.
     let mut claims: Vec<(NaiveDate, String, f64, f64)> = Vec::new(); // (date, person, total, oop)
     let window_first = last.minus(11);
+    let rural = rural_income(opts.as_of.year() - 1);
     for (hi, h) in households.iter().enumerate() {
-        let limit = MEDICAL_FIXED.min(MEDICAL_SHARE * h.income);
+        let ordinary = h.category == HouseholdCategory::Ordinary;
+        // The default medical rules: fixed, share of income, and the policy line by category.
+        let policy = if ordinary { rural } else { 0.5 * rural };
+        let limit = MEDICAL_FIXED.min(MEDICAL_SHARE * h.income).min(policy);
         let role = hi % 150;
         let mut mine: Vec<(NaiveDate, String, f64, f64)> = Vec::new();
         for p in &h.persons {
@@ -355,20 +411,10 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
             11 => {
                 let oop = rng.gen_range(25_000.0..60_000.0);
                 heavy(&mut rng, &mut mine, 0..11, oop);
-                cases.push(planted(
-                    "medical_burden",
-                    h,
-                    format!("12个月自付约{oop:.0}元（固定标准）"),
-                ));
             }
             61 if h.income < 2.0 * MEDICAL_FIXED => {
                 let oop = h.income * rng.gen_range(0.6..0.9);
                 heavy(&mut rng, &mut mine, 0..11, oop);
-                cases.push(planted(
-                    "medical_burden",
-                    h,
-                    format!("12个月自付约{oop:.0}元，超过年收入{:.0}元的一半", h.income),
-                ));
             }
             91 => {
                 // Near miss: high costs, but under the line in the window.
@@ -395,6 +441,28 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
                 ));
             }
             _ => {}
+        }
+        // Which medical rules the household's 12 months of costs cross, in fen as guardline
+        // counts them.
+        let window_fen: i64 = mine
+            .iter()
+            .filter(|c| Month::of(c.0) >= window_first && Month::of(c.0) <= last)
+            .map(|c| (c.3 * 100.0).round() as i64)
+            .sum();
+        let income_fen = (h.per_capita * 100.0).round() as i64 * h.persons.len() as i64;
+        let note = format!("12个月自付{:.0}元", window_fen as f64 / 100.0);
+        if window_fen > (MEDICAL_FIXED * 100.0) as i64
+            || window_fen > (income_fen as f64 * MEDICAL_SHARE).round() as i64
+        {
+            cases.push(planted("medical_burden", h, note.clone()));
+        }
+        if window_fen > (policy * 100.0).round() as i64 {
+            let rule = if ordinary {
+                "medical_burden_policy_ordinary"
+            } else {
+                "medical_burden_policy_lifted"
+            };
+            cases.push(planted(rule, h, note));
         }
         claims.extend(mine);
     }
@@ -448,6 +516,38 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
             }
             _ => {}
         }
+        // Contiguous outages: the first villages of one township out of water for days
+        // (one county in 15), and a near miss with one village fewer (another county in 15).
+        let (ci, v) = (vi / per_county as usize, vi % per_county as usize);
+        if per_county as usize >= SPREAD_VILLAGES
+            && ((ci % 15 == 7 && v < SPREAD_VILLAGES) || (ci % 15 == 11 && v + 1 < SPREAD_VILLAGES))
+        {
+            events.push((rng.gen_range(2..6), vcode.clone(), None, "供水管网冻裂"));
+        }
+    }
+    // Which townships have 3 or more villages with an open outage (all are 2 days or older).
+    let mut open_by_township: std::collections::BTreeMap<String, std::collections::BTreeSet<&str>> =
+        Default::default();
+    for (_, vcode, end, _) in &events {
+        if end.is_none() {
+            open_by_township
+                .entry(vcode[..9].to_string())
+                .or_default()
+                .insert(vcode.as_str());
+        }
+    }
+    for (township, open) in &open_by_township {
+        let spread = |note: String| Planted {
+            rule: "water_outage_spread".into(),
+            entity: format!("township/{township}"),
+            county: township[..6].to_string(),
+            note,
+        };
+        if open.len() >= SPREAD_VILLAGES {
+            cases.push(spread(format!("{}个村同时停水", open.len())));
+        } else if open.len() + 1 == SPREAD_VILLAGES {
+            decoys.push(spread(format!("{}个村同时停水，未到阈值", open.len())));
+        }
     }
     events.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     let water = events
@@ -460,6 +560,7 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
         .collect();
 
     let depts = departments(&mut rng, opts, &households, &villages);
+    cases.extend(depts.cases.iter().cloned());
 
     let number = |v: Vec<Value>| -> Vec<Value> {
         v.into_iter()
@@ -495,6 +596,8 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
 }
 
 struct Departments {
+    /// The households and villages the default event rules must warn about.
+    cases: Vec<Planted>,
     civil: Vec<Value>,
     water_quality: Vec<Value>,
     education: Vec<Value>,
@@ -580,6 +683,94 @@ fn departments(
             ));
         }
     }
+    // The cases of the default event rules, from the events generated above.
+    let now = Month::of(opts.as_of);
+    let within = |d: &NaiveDate, months: u32| Month::of(*d) >= now.minus(months - 1);
+    let person_household: std::collections::HashMap<&str, &Hh> = households
+        .iter()
+        .flat_map(|h| h.persons.iter().map(move |p| (p.id.as_str(), h)))
+        .collect();
+    let by_id: std::collections::HashMap<&str, &Hh> =
+        households.iter().map(|h| (h.id.as_str(), h)).collect();
+    let mut found: std::collections::BTreeMap<(&str, String), (String, String)> =
+        Default::default();
+    let mut add = |rule: &'static str, h: &Hh, note: &str| {
+        found
+            .entry((rule, format!("household/{}", h.id)))
+            .or_insert((h.county.clone(), note.to_string()));
+    };
+    for (d, r) in &civil {
+        if r["event"] == "取消低保"
+            && within(d, WINDOW_CIVIL)
+            && let Some(h) = r["hh_id"].as_str().and_then(|id| by_id.get(id))
+        {
+            add("subsistence_cancelled", h, "近期取消低保");
+        }
+    }
+    for (d, r) in &education {
+        if within(d, WINDOW_DROPOUT)
+            && let Some(h) = r["student_id_number"]
+                .as_str()
+                .and_then(|id| person_household.get(id))
+        {
+            add("dropout", h, "子女疑似辍学");
+        }
+    }
+    for (d, r) in &disability {
+        if within(d, WINDOW_DISABILITY)
+            && let Some(h) = r["id_number"]
+                .as_str()
+                .and_then(|id| person_household.get(id))
+        {
+            add("new_disability", h, "新办残疾证");
+        }
+    }
+    for (d, r) in &housing {
+        if within(d, WINDOW_HOUSING)
+            && matches!(r["grade"].as_str(), Some("C" | "D"))
+            && let Some(h) = r["hh_id"].as_str().and_then(|id| by_id.get(id))
+        {
+            add("unsafe_housing", h, "住房鉴定为C/D级");
+        }
+    }
+    let mut losses: std::collections::BTreeMap<&str, f64> = Default::default();
+    for (d, r) in &disaster {
+        if within(d, WINDOW_DISASTER) {
+            *losses
+                .entry(r["hh_id"].as_str().unwrap_or_default())
+                .or_default() += r["loss"].as_f64().unwrap_or(0.0);
+        }
+    }
+    for (id, loss) in losses {
+        if loss >= DISASTER_MIN
+            && let Some(h) = by_id.get(id)
+        {
+            add("disaster_loss", h, "近期灾害损失超过1万元");
+        }
+    }
+    let mut cases: Vec<Planted> = found
+        .into_iter()
+        .map(|((rule, entity), (county, note))| Planted {
+            rule: rule.into(),
+            entity,
+            county,
+            note,
+        })
+        .collect();
+    let mut exceeding: std::collections::BTreeSet<&str> = Default::default();
+    for (d, r) in &water_quality {
+        if within(d, WINDOW_WATER_QUALITY) {
+            exceeding.extend(r["village_code"].as_str());
+        }
+    }
+    for v in exceeding {
+        cases.push(Planted {
+            rule: "water_quality".into(),
+            entity: format!("village/{v}"),
+            county: v[..6].to_string(),
+            note: "近期水质超标".into(),
+        });
+    }
     let finish = |mut v: Vec<(NaiveDate, Value)>, prefix: &str, date_field: &str| -> Vec<Value> {
         v.sort_by_key(|a| a.0);
         v.into_iter()
@@ -594,6 +785,7 @@ fn departments(
             .collect()
     };
     Departments {
+        cases,
         civil: finish(civil, "MZ", "date"),
         water_quality: finish(water_quality, "SZ", "sample_date"),
         education: finish(education, "JY", "date"),

@@ -378,9 +378,11 @@ pub fn announced(mail: &serde_json::Value) -> (String, String) {
             .map(|s| s.trim().to_string())
     };
     let rule = field("预警规则：").expect("rule line");
-    let entity = match field("户编号：") {
-        Some(h) => format!("household/{h}"),
-        None => {
+    let entity = match (field("户编号："), field("所属乡镇："), field("数据源：")) {
+        (Some(h), _, _) => format!("household/{h}"),
+        (None, Some(t), _) => format!("township/{t}"),
+        (None, None, Some(f)) => format!("feed/{f}"),
+        (None, None, None) => {
             let v = field("所属村：").expect("village line");
             let code = v
                 .rsplit('（')
