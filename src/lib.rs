@@ -18,6 +18,7 @@ pub mod quarantine;
 pub mod regions;
 pub mod retry;
 pub mod rules;
+pub mod ruletest;
 pub mod simulate;
 pub mod state;
 pub mod store;

@@ -70,6 +70,11 @@ enum Command {
         #[command(subcommand)]
         action: FeedsCmd,
     },
+    /// Run rule unit tests: a rules folder (with its tests/ subfolder) or test files.
+    TestRules {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Run the simulator and the daemon together on config/demo.toml.
     Demo {
         #[arg(long, default_value = "config/demo.toml")]
@@ -158,6 +163,17 @@ fn main() -> ExitCode {
                 fresh,
                 exit_after,
             } => commands::demo(&config, fresh, exit_after).await,
+            Command::TestRules { paths } => match guardline::ruletest::run_paths(&paths) {
+                Ok(r) => {
+                    print!("{}", r.text);
+                    if r.failed > 0 {
+                        Err(anyhow::anyhow!("{} rule tests failed", r.failed))
+                    } else {
+                        Ok(())
+                    }
+                }
+                Err(p) => Err(anyhow::anyhow!("{p}")),
+            },
             Command::Quarantine { config, action } => {
                 let action = match action {
                     QuarantineCmd::List { feed } => commands::QuarantineAction::List { feed },

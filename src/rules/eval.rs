@@ -500,7 +500,7 @@ pub fn evaluate(
                 })
                 .map(|v| (v.name.as_str(), v.code.to_string()))
                 .collect();
-            hit.sort();
+            hit.sort_by(|a, b| a.1.cmp(&b.1));
             let need = if active {
                 resolve_villages.unwrap_or(*min_villages)
             } else {

@@ -431,6 +431,15 @@ impl World {
             .or_insert_with(|| CountyValue::new(code))
     }
 
+    /// Names a village (villages known only from interval or event feeds have no name).
+    pub fn set_village_name(&mut self, code: VillageCode, name: &str) {
+        self.touch_village(code);
+        self.villages
+            .entry(code)
+            .or_insert_with(|| Village::new(code, ""))
+            .name = name.to_string();
+    }
+
     /// Records how many households of a county have a firing alert this month.
     pub fn set_at_risk(&mut self, code: CountyCode, month: Month, n: u32) {
         let c = self.county_mut(code);
