@@ -487,3 +487,147 @@ pub enum QuarantineAction {
         ids: Vec<String>,
     },
 }
+
+/// What `guardline backtest` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BacktestFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+pub struct BacktestArgs {
+    pub config: PathBuf,
+    pub rules: Option<PathBuf>,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub step: Duration,
+    pub against: Option<PathBuf>,
+    pub format: BacktestFormat,
+}
+
+/// `guardline backtest`: replays the stored history (the daemon must be stopped, or point
+/// the configuration at a copy of the data directory). Writes nothing, sends nothing.
+pub fn backtest(a: &BacktestArgs) -> anyhow::Result<String> {
+    use crate::backtest::{csv, diff, replay, summarize, table};
+    use chrono::TimeZone;
+    let cfg = Config::load(&a.config).map_err(|p| anyhow::anyhow!("{p}"))?;
+    if a.to < a.from {
+        bail!("--to {} is before --from {}", a.to, a.from);
+    }
+    let load_rules = |dir: &Path| -> anyhow::Result<RuleSet> {
+        let r = RuleSet::load_dir(dir).map_err(|p| anyhow::anyhow!("{p}"))?;
+        let missing = r.check_lines(&cfg.lines);
+        if !missing.is_empty() {
+            bail!("{}", missing.join("\n"));
+        }
+        Ok(r)
+    };
+    let rules = load_rules(a.rules.as_deref().unwrap_or(&cfg.daemon.rules_dir))?;
+    let store = crate::store::open(&cfg.daemon.data_dir)?;
+    let at_noon = |d: NaiveDate| {
+        crate::model::china_offset()
+            .from_local_datetime(&d.and_hms_opt(12, 0, 0).unwrap_or_default())
+            .single()
+            .ok_or_else(|| anyhow::anyhow!("{d} is not a valid date"))
+    };
+    let (from, to) = (at_noon(a.from)?, at_noon(a.to)?);
+    let step = chrono::Duration::from_std(a.step).map_err(|e| anyhow::anyhow!("--step: {e}"))?;
+    if step <= chrono::Duration::zero() {
+        bail!("--step must be positive");
+    }
+    let mut world = crate::state::World::load(&store, cfg.daemon.retention_months)?;
+    let base = replay(
+        &mut world,
+        &rules,
+        &rules.effective_lines(&cfg.lines),
+        from,
+        to,
+        step,
+    );
+    let other = match &a.against {
+        None => None,
+        Some(dir) => {
+            let b = load_rules(dir)?;
+            let mut world = crate::state::World::load(&store, cfg.daemon.retention_months)?;
+            Some(replay(
+                &mut world,
+                &b,
+                &b.effective_lines(&cfg.lines),
+                from,
+                to,
+                step,
+            ))
+        }
+    };
+    let end = to.timestamp();
+    Ok(match (a.format, other) {
+        (BacktestFormat::Json, None) => serde_json::to_string_pretty(&serde_json::json!({
+            "from": a.from, "to": a.to, "summary": summarize(&base, end), "alerts": base,
+        }))?,
+        (BacktestFormat::Json, Some(b)) => serde_json::to_string_pretty(&serde_json::json!({
+            "from": a.from, "to": a.to, "summary": summarize(&base, end), "against": summarize(&b, end), "diff": diff(&base, &b),
+        }))?,
+        (BacktestFormat::Csv, None) => csv(&base),
+        (BacktestFormat::Csv, Some(b)) => {
+            let d = diff(&base, &b);
+            let mut out = String::from("change,rule,entity,county,fired_at,resolved_at\n");
+            for (kind, list) in [("added", &d.added), ("removed", &d.removed)] {
+                for line in csv(list).lines().skip(1) {
+                    out.push_str(&format!("{kind},{line}\n"));
+                }
+            }
+            for (_, e) in &d.changed {
+                for line in csv(std::slice::from_ref(e)).lines().skip(1) {
+                    out.push_str(&format!("changed,{line}\n"));
+                }
+            }
+            out
+        }
+        (BacktestFormat::Table, None) => format!(
+            "backtest {} to {}:\n{}",
+            a.from,
+            a.to,
+            table(&summarize(&base, end))
+        ),
+        (BacktestFormat::Table, Some(b)) => {
+            let d = diff(&base, &b);
+            let mut by_rule: std::collections::BTreeMap<&str, (usize, usize, usize)> =
+                Default::default();
+            for e in &d.added {
+                by_rule.entry(e.rule.as_str()).or_default().0 += 1;
+            }
+            for e in &d.removed {
+                by_rule.entry(e.rule.as_str()).or_default().1 += 1;
+            }
+            for (e, _) in &d.changed {
+                by_rule.entry(e.rule.as_str()).or_default().2 += 1;
+            }
+            let mut out = format!(
+                "backtest {} to {}:\n{}\nagainst {}:\n{}\ndifference (against minus base):\n{:<32} {:>6} {:>8} {:>8}\n",
+                a.from,
+                a.to,
+                table(&summarize(&base, end)),
+                a.against
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                table(&summarize(&b, end)),
+                "rule",
+                "added",
+                "removed",
+                "changed"
+            );
+            for (rule, (ad, rm, ch)) in by_rule {
+                out.push_str(&format!("{rule:<32} {ad:>6} {rm:>8} {ch:>8}\n"));
+            }
+            out.push_str(&format!(
+                "{} added, {} removed, {} changed\n",
+                d.added.len(),
+                d.removed.len(),
+                d.changed.len()
+            ));
+            out
+        }
+    })
+}

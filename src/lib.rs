@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod backtest;
 pub mod commands;
 pub mod config;
 pub mod daemon;

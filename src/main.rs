@@ -24,6 +24,13 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -69,6 +76,25 @@ enum Command {
         config: PathBuf,
         #[command(subcommand)]
         action: FeedsCmd,
+    },
+    /// Replay the stored history through the rules (stop the daemon first, or use a copy).
+    Backtest {
+        #[arg(long, default_value = "/etc/guardline/guardline.toml")]
+        config: PathBuf,
+        /// The rule folder to replay (default: the configuration's rules_dir).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        #[arg(long)]
+        to: chrono::NaiveDate,
+        #[arg(long, default_value = "1d", value_parser = guardline::config::parse_duration)]
+        step: std::time::Duration,
+        /// A second rule folder: report the difference.
+        #[arg(long)]
+        against: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// Run rule unit tests: a rules folder (with its tests/ subfolder) or test files.
     TestRules {
@@ -163,6 +189,31 @@ fn main() -> ExitCode {
                 fresh,
                 exit_after,
             } => commands::demo(&config, fresh, exit_after).await,
+            Command::Backtest {
+                config,
+                rules,
+                from,
+                to,
+                step,
+                against,
+                format,
+            } => {
+                let format = match format {
+                    Format::Table => commands::BacktestFormat::Table,
+                    Format::Json => commands::BacktestFormat::Json,
+                    Format::Csv => commands::BacktestFormat::Csv,
+                };
+                commands::backtest(&commands::BacktestArgs {
+                    config,
+                    rules,
+                    from,
+                    to,
+                    step,
+                    against,
+                    format,
+                })
+                .map(|s| print!("{s}"))
+            }
             Command::TestRules { paths } => match guardline::ruletest::run_paths(&paths) {
                 Ok(r) => {
                     print!("{}", r.text);

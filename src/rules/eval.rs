@@ -42,10 +42,9 @@ impl EvalContext<'_> {
         let m = self.world.latest_month(ind)?;
         Some(self.data_until.map_or(m, |u| m.min(u)))
     }
-    /// The month event windows end with.
+    /// The month event windows end with: events are dated, so the month of the evaluation.
     fn event_month(&self) -> Month {
-        let m = Month::of(self.now);
-        self.data_until.map_or(m, |u| m.min(u))
+        Month::of(self.now)
     }
 }
 
