@@ -20,6 +20,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Set once the store is open, the configuration loaded and the first evaluation done.
     pub ready: Arc<AtomicBool>,
+    /// Where `POST /-/reload` asks the daemon to reload.
+    pub reload: Option<tokio::sync::mpsc::Sender<crate::daemon::ReloadRequest>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -27,6 +29,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/-/reload", axum::routing::post(reload))
         .with_state(state)
 }
 
@@ -38,6 +41,35 @@ async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
         )],
         s.metrics.render(),
     )
+}
+
+/// Reloads the configuration and rules; 200 with what changed, or 400 with the problems
+/// (the running set stays). Listen on loopback, or put the endpoint behind a proxy.
+async fn reload(State(s): State<ApiState>) -> impl IntoResponse {
+    let Some(tx) = s.reload else {
+        return (
+            StatusCode::NOT_FOUND,
+            "reload is not available\n".to_string(),
+        );
+    };
+    let (answer, result) = tokio::sync::oneshot::channel();
+    if tx.send(answer).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n".to_string(),
+        );
+    }
+    match result.await {
+        Ok(Ok(msg)) => (StatusCode::OK, format!("{msg}\n")),
+        Ok(Err(problems)) => (
+            StatusCode::BAD_REQUEST,
+            format!("reload refused; the running configuration stays:\n{problems}\n"),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n".to_string(),
+        ),
+    }
 }
 
 async fn readyz(State(s): State<ApiState>) -> impl IntoResponse {

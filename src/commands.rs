@@ -96,7 +96,14 @@ pub fn check(config: &Path) -> anyhow::Result<String> {
 /// `guardline run`.
 pub async fn run(config: &Path) -> anyhow::Result<()> {
     let (cfg, rules) = load(config)?;
-    daemon::run(cfg, rules, daemon::shutdown_on_signals(), None).await
+    daemon::run(
+        config.to_path_buf(),
+        cfg,
+        rules,
+        daemon::shutdown_on_signals(),
+        None,
+    )
+    .await
 }
 
 pub fn sim_options(seed: u64, households: u32, as_of: Option<NaiveDate>) -> SimOptions {
@@ -210,7 +217,7 @@ pub async fn demo(config: &Path, fresh: bool, exit_after: Option<Duration>) -> a
         cfg.daemon.data_dir.display()
     );
     println!("  stop       Ctrl-C\n");
-    daemon::run(cfg, rules, stop_rx, None).await
+    daemon::run(config.to_path_buf(), cfg, rules, stop_rx, None).await
 }
 
 /// One line describing an observation, without personal data.

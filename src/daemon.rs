@@ -135,8 +135,13 @@ impl Sink for EngineSink {
     }
 }
 
+/// A reload request; the answer says what happened.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<String, String>>;
+
 /// Runs the daemon until `shutdown` becomes true. `started` receives the bound address.
+/// `config_path` is read again on SIGHUP and `POST /-/reload`.
 pub async fn run(
+    config_path: PathBuf,
     config: Config,
     rules: RuleSet,
     mut shutdown: watch::Receiver<bool>,
@@ -179,12 +184,30 @@ pub async fn run(
     let engine = Arc::new(tokio::sync::Mutex::new(engine));
 
     let ready = Arc::new(AtomicBool::new(false));
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
+    #[cfg(unix)]
+    {
+        let tx = reload_tx.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("listening for SIGHUP")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                info!("SIGHUP received: reloading");
+                let (answer, _) = tokio::sync::oneshot::channel();
+                if tx.send(answer).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let running_feeds = feed_fingerprint(&config);
     let (http, http_task) = {
         let mut sd = shutdown.clone();
         api::serve(
             ApiState {
                 metrics: Arc::clone(&metrics),
                 ready: Arc::clone(&ready),
+                reload: Some(reload_tx.clone()),
             },
             config.daemon.listen,
             async move {
@@ -280,6 +303,10 @@ pub async fn run(
                     Err(err) => error!(error = %err, "tick evaluation failed; retrying at the next tick"),
                 }
             }
+            Some(answer) = reload_rx.recv() => {
+                let outcome = reload(&config_path, &running_feeds, &engine, &metrics).await;
+                let _ = answer.send(outcome);
+            }
             _ = shutdown.wait_for(|v| *v) => break,
         }
     }
@@ -306,6 +333,62 @@ pub async fn run(
     let _ = http_task.await;
     info!("stopped");
     Ok(())
+}
+
+/// What must restart to change: feeds and receivers (their tasks and connections).
+fn feed_fingerprint(c: &Config) -> String {
+    let feeds: Vec<String> = c.feeds.iter().map(|f| format!("{f:?}")).collect();
+    let receivers: Vec<String> = c.receivers.iter().map(|r| format!("{r:?}")).collect();
+    format!("{feeds:?}{receivers:?}{:?}", c.daemon.listen)
+}
+
+/// Reads the configuration and rules again. A set that does not validate is refused with
+/// its problems logged and counted, and the running set stays; a valid one replaces the
+/// rules, policy lines and notification settings and is evaluated on everything.
+async fn reload(
+    path: &std::path::Path,
+    running_feeds: &str,
+    engine: &tokio::sync::Mutex<Engine>,
+    metrics: &Metrics,
+) -> Result<String, String> {
+    let loaded = crate::commands::load(path);
+    let (config, rules) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            metrics.reloads.with_label_values(&["failure"]).inc();
+            metrics.reload_success.set(0);
+            let text = format!("{e:#}");
+            for line in text.lines() {
+                error!(problem = %line, "reload refused; the running configuration and rules stay");
+            }
+            return Err(text);
+        }
+    };
+    let lines = rules.effective_lines(&config.lines);
+    let n = rules.rules.len();
+    let mut e = engine.lock().await;
+    e.set_notify(config.notify.clone());
+    let report = e
+        .replace_rules(Arc::new(rules), lines, now())
+        .map_err(|err| err.to_string())?;
+    metrics.reloads.with_label_values(&["success"]).inc();
+    metrics.reload_success.set(1);
+    metrics.reload_timestamp.set(now().timestamp() as f64);
+    let mut msg = format!(
+        "reloaded {n} rules; evaluated {} checks, {} fired, {} resolved",
+        report.checks, report.fired, report.resolved
+    );
+    if feed_fingerprint(&config) != running_feeds {
+        warn!("feeds, receivers or the listen address changed: restart guardline to apply them");
+        msg.push_str("; feeds, receivers or the listen address changed: restart to apply them");
+    }
+    info!(
+        rules = n,
+        fired = report.fired,
+        resolved = report.resolved,
+        "configuration reloaded"
+    );
+    Ok(msg)
 }
 
 /// A watch channel that turns true on SIGTERM or Ctrl-C.

@@ -560,6 +560,10 @@ impl Engine {
         self.evaluate_all(now)
     }
 
+    pub fn set_notify(&mut self, notify: NotifyConfig) {
+        self.notify = notify;
+    }
+
     pub fn rules(&self) -> &Arc<RuleSet> {
         &self.rules
     }

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub households: IntGaugeVec,
     pub evaluation_duration: HistogramVec,
     pub store_size: IntGauge,
+    pub reloads: IntCounterVec,
+    pub reload_success: IntGauge,
+    pub reload_timestamp: Gauge,
     pub build_info: IntGaugeVec,
 }
 
@@ -185,6 +188,28 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            reloads: counter(
+                &r,
+                "guardline_config_reloads_total",
+                "Reloads of the configuration and rules by outcome (success, failure).",
+                &["outcome"],
+            ),
+            reload_success: reg(
+                &r,
+                IntGauge::new(
+                    "guardline_config_last_reload_successful",
+                    "Whether the last reload succeeded (1) or was refused (0).",
+                )
+                .expect("valid metric"),
+            ),
+            reload_timestamp: reg(
+                &r,
+                Gauge::new(
+                    "guardline_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the last successful reload (or of the start).",
+                )
+                .expect("valid metric"),
+            ),
             build_info: gauge(
                 &r,
                 "guardline_build_info",
@@ -196,6 +221,9 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        m.reload_success.set(1);
+        m.reload_timestamp
+            .set(crate::model::now().timestamp() as f64);
         m
     }
 

@@ -237,6 +237,10 @@ fn walk_table(t: &Table, at: &FieldPath, offset: usize, found: &mut Option<Field
             Item::ArrayOfTables(arr) => {
                 for (i, sub) in arr.iter().enumerate() {
                     walk_table(sub, &here.index(i), offset, found);
+                    if found.is_none() && contains(sub.span(), offset) {
+                        // The table itself (e.g. a missing field): name the element.
+                        *found = Some(here.index(i));
+                    }
                     if found.is_some() {
                         return;
                     }
@@ -293,6 +297,17 @@ mod tests {
         assert!(
             err.to_string()
                 .starts_with("g.toml:8:1: feeds[1].shedule: ")
+        );
+    }
+
+    #[test]
+    fn a_missing_field_names_its_table() {
+        let src = Source::from_text(Path::new("g.toml"), TEXT.replace("shedule = \"x\"\n", ""));
+        let err = src.parse::<Doc>().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("feeds[1]: missing field `schedule`"),
+            "{err}"
         );
     }
 
