@@ -44,6 +44,7 @@ pub fn replay(
     world: &mut World,
     rules: &RuleSet,
     lines: &Lines,
+    sources: &BTreeMap<crate::rules::Input, Vec<crate::rules::EvidenceSource>>,
     from: DateTime<FixedOffset>,
     to: DateTime<FixedOffset>,
     step: Duration,
@@ -73,6 +74,7 @@ pub fn replay(
                 firing: &firing,
                 feed_last_data: &no_feeds,
                 started_at: from.timestamp(),
+                sources,
             };
             alerts.pass(rules, &ctx, &entities, |r| {
                 !matches!(r.kind, RuleKind::Absent { .. })

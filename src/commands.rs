@@ -544,10 +544,12 @@ pub fn backtest(a: &BacktestArgs) -> anyhow::Result<String> {
         bail!("--step must be positive");
     }
     let mut world = crate::state::World::load(&store, cfg.daemon.retention_months)?;
+    let sources = crate::rules::sources_of(&cfg.feeds);
     let base = replay(
         &mut world,
         &rules,
         &rules.effective_lines(&cfg.lines),
+        &sources,
         from,
         to,
         step,
@@ -561,6 +563,7 @@ pub fn backtest(a: &BacktestArgs) -> anyhow::Result<String> {
                 &mut world,
                 &b,
                 &b.effective_lines(&cfg.lines),
+                &sources,
                 from,
                 to,
                 step,

@@ -61,6 +61,7 @@ pub struct Engine {
     /// Unix time of the last accepted record per feed (persisted), for absent rules.
     feed_last_data: BTreeMap<String, i64>,
     started_at: i64,
+    sources: BTreeMap<Input, Vec<crate::rules::EvidenceSource>>,
     /// The month of the last full evaluation: a new month moves every window.
     last_full_month: Option<Month>,
     pseudo: Pseudonymizer,
@@ -139,6 +140,7 @@ impl Engine {
             lines,
             feed_last_data,
             started_at: crate::model::now().timestamp(),
+            sources: BTreeMap::new(),
             last_full_month: None,
         };
         e.update_gauges();
@@ -149,6 +151,7 @@ impl Engine {
     /// Declares the feeds; until each has caught up once, rules reading its data wait.
     pub fn set_feeds(&mut self, feeds: &[FeedConfig]) {
         self.feed_inputs = feeds.iter().map(|f| (f.name.clone(), f.inputs())).collect();
+        self.sources = crate::rules::sources_of(feeds);
         self.busy = self.feed_inputs.keys().cloned().collect();
     }
 
@@ -588,6 +591,7 @@ impl Engine {
                 firing: &firing,
                 feed_last_data: &self.feed_last_data,
                 started_at: self.started_at,
+                sources: &self.sources,
             };
             self.alerts.pass(&rules, &ctx, entities, rule_filter)
         };

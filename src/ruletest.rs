@@ -365,6 +365,33 @@ fn run_test(t: &Test, rules: &RuleSet, lines: &Lines) -> Result<(), String> {
         .iter()
         .map(|(f, at)| time(at).map(|t| (f.clone(), t.timestamp())))
         .collect::<Result<_, _>>()?;
+    // The synthetic feeds the builder applies records through, named like departments.
+    let mut sources: BTreeMap<crate::rules::Input, Vec<crate::rules::EvidenceSource>> =
+        BTreeMap::new();
+    for (ind, dept) in [
+        (Indicator::WageIncome, "人社"),
+        (Indicator::MedicalOutOfPocket, "医保"),
+        (Indicator::MedicalTotal, "医保"),
+    ] {
+        sources
+            .entry(crate::rules::Input::Indicator(ind))
+            .or_default()
+            .push(crate::rules::EvidenceSource {
+                feed: ind.name().into(),
+                department: dept.into(),
+                tag_byte: crate::state::feed_byte(ind.name()),
+            });
+    }
+    for k in EventKind::ALL {
+        sources
+            .entry(crate::rules::Input::Event(k))
+            .or_default()
+            .push(crate::rules::EvidenceSource {
+                feed: "events".into(),
+                department: String::new(),
+                tag_byte: crate::state::feed_byte("events"),
+            });
+    }
     let mut alerts = Alerts::default();
     let under_test = |r: &crate::rules::Rule| t.rules.as_ref().is_none_or(|n| n.contains(&r.name));
     for (si, step) in t.steps.iter().enumerate() {
@@ -403,6 +430,7 @@ fn run_test(t: &Test, rules: &RuleSet, lines: &Lines) -> Result<(), String> {
             firing: &firing,
             feed_last_data: &feed_last_data,
             started_at: first.timestamp(),
+            sources: &sources,
         };
         alerts.pass(rules, &ctx, &entities, under_test);
         // County rules see this step's firing households at the next evaluation, as live.

@@ -126,6 +126,8 @@ fn planted_cases_fire_once_by_mail_decoys_stay_silent_and_a_restart_sends_nothin
         body.contains("工资性收入") && body.contains("前6个月均值") && body.contains("下降"),
         "{body}"
     );
+    // … and cites the department's records behind it, pseudonymised.
+    assert!(body.contains("数据来源：人社（wages）记录 "), "{body}");
 
     // Metrics: alerts by county/rule/severity/state, notifications sent.
     let text = d.metrics();

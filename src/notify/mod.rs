@@ -89,16 +89,15 @@ impl Templates {
             ("zh", _) => "提示",
             (_, s) => s,
         };
-        let village_name = alert
-            .evidence
-            .parse::<serde_json::Value>()
-            .ok()
-            .and_then(|v| {
-                v.get("village_name")
-                    .and_then(|n| n.as_str())
-                    .map(str::to_string)
-            })
-            .unwrap_or_default();
+        let evidence = alert.evidence.parse::<serde_json::Value>().ok();
+        let text_of = |k: &str| {
+            evidence
+                .as_ref()
+                .and_then(|v| v.get(k).and_then(|n| n.as_str()).map(str::to_string))
+                .unwrap_or_default()
+        };
+        let village_name = text_of("village_name");
+        let sources = text_of("sources");
         let ctx = json!({
             "status": status.name(),
             "summary": alert.summary,
@@ -117,6 +116,7 @@ impl Templates {
             "resolved_at": alert.resolved_at.map(format_time).unwrap_or_default(),
             "deadline": format_time(fired + IDENTIFICATION_DAYS * 86_400).get(..10).unwrap_or_default().to_string(),
             "fingerprint": alert.fingerprint,
+            "sources": sources,
         });
         let subject = self
             .env

@@ -34,6 +34,54 @@ pub struct EvalContext<'a> {
     /// Unix time of the last record accepted per feed, and of the daemon's start.
     pub feed_last_data: &'a BTreeMap<String, i64>,
     pub started_at: i64,
+    /// Which feeds (their tag byte and department) deliver each input, to cite the records
+    /// behind a finding.
+    pub sources: &'a BTreeMap<super::Input, Vec<EvidenceSource>>,
+}
+
+/// A feed as the evidence names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceSource {
+    pub feed: String,
+    pub department: String,
+    pub tag_byte: u8,
+}
+
+/// The records behind a finding: per department, the (pseudonymised) tags of the records of
+/// the months involved, at most 8 each. A tag is a keyed digest, not the department's id.
+fn cite(
+    ctx: &EvalContext<'_>,
+    input: super::Input,
+    buckets: &[&crate::state::MonthBucket],
+) -> Value {
+    let mut out = Vec::new();
+    for src in ctx.sources.get(&input).into_iter().flatten() {
+        let tags: Vec<String> = buckets
+            .iter()
+            .flat_map(|b| b.records.iter())
+            .filter(|t| (**t >> 56) as u8 == src.tag_byte)
+            .map(|t| format!("{:014x}", t & 0x00ff_ffff_ffff_ffff))
+            .collect();
+        if tags.is_empty() {
+            continue;
+        }
+        let shown: Vec<String> = tags.iter().take(8).map(|t| t[..8].to_string()).collect();
+        let who = if src.department.is_empty() {
+            src.feed.clone()
+        } else {
+            format!("{}（{}）", src.department, src.feed)
+        };
+        out.push(format!(
+            "{who}记录 {}{}",
+            shown.join("、"),
+            if tags.len() > shown.len() {
+                format!(" 等 {} 条", tags.len())
+            } else {
+                format!("，共 {} 条", tags.len())
+            }
+        ));
+    }
+    Value::String(out.join("；"))
 }
 
 impl EvalContext<'_> {
@@ -330,10 +378,19 @@ pub fn evaluate(
                     json!({"month": mm.to_string(), "value": format_yuan(h.value(*indicator, mm).unwrap_or(0))})
                 })
                 .collect();
+            let involved: Vec<&crate::state::MonthBucket> = h
+                .months
+                .iter()
+                .filter(|b| {
+                    b.month >= base_months.last().copied().unwrap_or(month) && b.month <= month
+                })
+                .collect();
+            let sources = cite(ctx, super::Input::Indicator(*indicator), &involved);
             Some(household_finding(
                 entity,
                 h,
                 json!({
+                    "sources": sources,
                     "indicator": indicator.name_zh(),
                     "month": m.to_string(),
                     "value": format_yuan(value),
@@ -408,6 +465,22 @@ pub fn evaluate(
             if cleared {
                 return None;
             }
+            let involved: Vec<&crate::state::MonthBucket> = months
+                .iter()
+                .filter(in_window)
+                .filter(|b| b.events.iter().any(|ev| events.contains(&ev.kind)))
+                .collect();
+            let sources: Vec<String> = events
+                .iter()
+                .filter_map(|k| {
+                    cite(ctx, super::Input::Event(*k), &involved)
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .filter(|s| !s.is_empty())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
             Some(Finding {
                 entity: e.clone(),
                 county,
@@ -415,6 +488,7 @@ pub fn evaluate(
                 context: merge(
                     base,
                     json!({
+                        "sources": sources.join("；"),
                         "event": kinds.into_iter().collect::<Vec<_>>().join("、"),
                         "count": count,
                         "amount": format_yuan(amount),
@@ -457,6 +531,7 @@ pub fn evaluate(
                 context: merge(
                     village_context(v),
                     json!({
+                        "sources": format!("水利 停水事件 {}", longest.id),
                         "interval_id": longest.id,
                         "started": time_text(longest.start),
                         "days": (now - longest.start) / 86_400,
@@ -666,7 +741,7 @@ pub fn sample_context(rule: &Rule) -> Value {
         ),
         RuleKind::Duration { .. } => merge(
             village,
-            json!({"interval_id": "SL-1", "started": "2026-10-01 08:00", "days": 40, "hours": 960, "threshold_days": 30, "open_intervals": 1}),
+            json!({"sources": "水利 停水事件 SL-1", "interval_id": "SL-1", "started": "2026-10-01 08:00", "days": 40, "hours": 960, "threshold_days": 30, "open_intervals": 1}),
         ),
         RuleKind::Spread { .. } => {
             json!({"group": "乡镇", "area": "632522100", "villages": 3, "village_names": "甲村、乙村、丙村",

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use eval::{EvalContext, Finding, FiringHousehold, evaluate, full_context};
+pub use eval::{EvalContext, EvidenceSource, Finding, FiringHousehold, evaluate, full_context};
 
 use crate::config::source::{FieldPath, Problem, Problems, Source};
 use crate::config::{Language, Lines};
@@ -232,6 +232,21 @@ impl RuleKind {
             Self::Absent { .. } => vec![],
         }
     }
+}
+
+/// Which feeds deliver each input, for the evidence of findings.
+pub fn sources_of(feeds: &[crate::config::FeedConfig]) -> BTreeMap<Input, Vec<EvidenceSource>> {
+    let mut m: BTreeMap<Input, Vec<EvidenceSource>> = BTreeMap::new();
+    for f in feeds {
+        for i in f.inputs() {
+            m.entry(i).or_default().push(EvidenceSource {
+                feed: f.name.clone(),
+                department: f.department.clone(),
+                tag_byte: crate::state::feed_byte(&f.name),
+            });
+        }
+    }
+    m
 }
 
 /// A kind of data a rule reads; a rule is evaluated only when every feed that delivers one

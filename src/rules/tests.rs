@@ -82,6 +82,7 @@ fn eval(rules: &RuleSet, name: &str, w: &World, e: EntityRef) -> Option<Finding>
         firing: &[],
         feed_last_data: &last,
         started_at: now().timestamp(),
+        sources: &Default::default(),
     };
     evaluate(rules.rule(name).unwrap(), &ctx, &e, false)
 }
@@ -195,4 +196,32 @@ description = "ok"
         err.contains("b.toml:6:1: rules[0].drop_pct: unknown field"),
         "{err}"
     );
+}
+
+#[test]
+fn english_templates_are_used_when_configured_and_chinese_otherwise() {
+    let mut rules = default_rules();
+    let w = world_with(&[3000, 3100, 2900, 3050, 3000, 3010, 900], &[], 3, 9000);
+    let f = eval(&rules, "wage_income_drop", &w, hh()).unwrap();
+    let ctx = full_context(rules.rule("wage_income_drop").unwrap(), &f);
+    assert!(
+        rules
+            .render("wage_income_drop", "summary", &ctx)
+            .unwrap()
+            .contains("工资性收入骤降 70%")
+    );
+    rules.set_language(crate::config::Language::En);
+    let en = rules.render("wage_income_drop", "summary", &ctx).unwrap();
+    assert!(en.contains("wage income down 70%"), "{en}");
+    // A rule without English templates falls back to Chinese.
+    assert!(
+        rules
+            .render("dropout", "summary", &sample(&rules, "dropout"))
+            .unwrap()
+            .contains("疑似辍学")
+    );
+}
+
+fn sample(rules: &RuleSet, name: &str) -> serde_json::Value {
+    super::eval::sample_context(rules.rule(name).unwrap())
 }

@@ -141,13 +141,26 @@ const VILLAGE_VERSION: u8 = 1;
 const COUNTY_VERSION: u8 = 1;
 
 /// A stable 64-bit tag of a record id within a feed (FNV-1a), kept for idempotent ingest.
+///
+/// The top byte identifies the feed ([`feed_byte`]), so that evidence can name the records
+/// of one department; the other 56 bits hash the feed and the record id.
 pub fn record_tag(feed: &str, record_id: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in feed.bytes().chain([0u8]).chain(record_id.bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    h
+    (u64::from(feed_byte(feed)) << 56) | (h & 0x00ff_ffff_ffff_ffff)
+}
+
+/// One byte standing for a feed in record tags.
+pub fn feed_byte(feed: &str) -> u8 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in feed.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h ^ (h >> 8) ^ (h >> 16) ^ (h >> 24)) as u8
 }
 
 impl World {

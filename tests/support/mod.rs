@@ -307,6 +307,7 @@ page_size = 250
 {roster_map}
 [[feeds]]
 name = "wages"
+department = "人社"
 kind = "samples"
 url = "http://{sim}/feeds/wages"
 schedule = "*/2 * * * * *"
@@ -319,6 +320,7 @@ values = [{{ indicator = "wage_income", field = "amount" }}]
 
 [[feeds]]
 name = "medical"
+department = "医保"
 kind = "samples"
 url = "http://{sim}/feeds/medical"
 schedule = "*/2 * * * * *"
