@@ -641,3 +641,44 @@ pub fn backtest(a: &BacktestArgs) -> anyhow::Result<String> {
         }
     })
 }
+
+/// `guardline routes test LABELS…`: the routes and receivers an alert with these labels reaches.
+pub fn routes_test(config: &Path, labels: &[String]) -> anyhow::Result<String> {
+    let cfg = Config::load(config).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let mut map = std::collections::BTreeMap::new();
+    for l in labels {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("{l:?} is not label=value"))?;
+        map.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
+    }
+    let route = &cfg.notify.route;
+    let mut out = String::new();
+    for r in route.resolve(&map) {
+        let matchers: Vec<String> = r.matchers.iter().map(|m| m.to_string()).collect();
+        out.push_str(&format!(
+            "route {} [{}] -> {}\n",
+            r.path,
+            if matchers.is_empty() {
+                "everything".to_string()
+            } else {
+                matchers.join(", ")
+            },
+            if r.receivers.is_empty() {
+                "(no receiver)".to_string()
+            } else {
+                r.receivers.join(", ")
+            }
+        ));
+    }
+    let receivers = route.receivers_for(&map);
+    out.push_str(&format!(
+        "receivers: {}\n",
+        if receivers.is_empty() {
+            "none: the alert would not be sent".to_string()
+        } else {
+            receivers.join(", ")
+        }
+    ));
+    Ok(out)
+}

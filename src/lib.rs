@@ -9,6 +9,7 @@ pub mod backtest;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod dispatch;
 pub mod engine;
 pub mod feeds;
 pub mod metrics;

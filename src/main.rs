@@ -70,6 +70,13 @@ enum Command {
         #[command(subcommand)]
         action: QuarantineCmd,
     },
+    /// Work with the routing tree.
+    Routes {
+        #[arg(long, global = true, default_value = "/etc/guardline/guardline.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: RoutesCmd,
+    },
     /// Work with feed definitions.
     Feeds {
         #[arg(long, global = true, default_value = "/etc/guardline/guardline.toml")]
@@ -129,6 +136,16 @@ enum QuarantineCmd {
         feed: Option<String>,
         /// Only these ids (default: all, or all of --feed).
         ids: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoutesCmd {
+    /// Show which routes and receivers an alert with these labels would reach.
+    Test {
+        /// Labels as label=value, e.g. county=632522 severity=critical rule=medical_burden
+        #[arg(required = true)]
+        labels: Vec<String>,
     },
 }
 
@@ -235,6 +252,10 @@ fn main() -> ExitCode {
                 };
                 commands::quarantine(&config, action).map(|s| print!("{s}"))
             }
+            Command::Routes {
+                config,
+                action: RoutesCmd::Test { labels },
+            } => commands::routes_test(&config, &labels).map(|s| print!("{s}")),
             Command::Feeds {
                 config,
                 action: FeedsCmd::Test { name, records },

@@ -311,6 +311,27 @@ pub enum ReceiverConfig {
         stdout: bool,
     },
     Smtp(SmtpConfig),
+    Http(HttpReceiverConfig),
+}
+
+/// A receiver that POSTs to a URL: an Alertmanager-style webhook or a chat robot.
+#[derive(Debug, Clone)]
+pub struct HttpReceiverConfig {
+    pub name: String,
+    pub kind: HttpReceiverKind,
+    pub url: reqwest::Url,
+    /// Bearer token (webhook), robot key (WeCom) or access token (DingTalk).
+    pub secret: Option<SecretSource>,
+    /// DingTalk's signing secret.
+    pub signing: Option<SecretSource>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpReceiverKind {
+    Webhook,
+    Wecom,
+    Dingtalk,
 }
 
 impl ReceiverConfig {
@@ -318,6 +339,7 @@ impl ReceiverConfig {
         match self {
             Self::File { name, .. } => name,
             Self::Smtp(s) => &s.name,
+            Self::Http(h) => &h.name,
         }
     }
 }
@@ -358,6 +380,8 @@ impl SecretSource {
 
 #[derive(Debug, Clone)]
 pub struct NotifyConfig {
+    /// The routing tree; without `[route]`, a root route to `receivers`.
+    pub route: crate::dispatch::Route,
     pub receivers: Vec<String>,
     pub send_resolved: bool,
     pub retry_initial: Duration,
@@ -726,6 +750,67 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
                 },
                 stdout: *stdout,
             }),
+            raw::RawReceiver::Webhook {
+                name,
+                url,
+                bearer_env,
+                bearer_file,
+                timeout,
+            }
+            | raw::RawReceiver::Wecom {
+                name,
+                url,
+                key_env: bearer_env,
+                key_file: bearer_file,
+                timeout,
+            }
+            | raw::RawReceiver::Dingtalk {
+                name,
+                url,
+                token_env: bearer_env,
+                token_file: bearer_file,
+                timeout,
+                ..
+            } => {
+                let kind = match r {
+                    raw::RawReceiver::Wecom { .. } => HttpReceiverKind::Wecom,
+                    raw::RawReceiver::Dingtalk { .. } => HttpReceiverKind::Dingtalk,
+                    _ => HttpReceiverKind::Webhook,
+                };
+                let secret_of = |env: &Option<String>, file: &Option<String>| match (env, file) {
+                    (Some(e), _) => Some(SecretSource::Env(e.clone())),
+                    (None, Some(f)) => Some(SecretSource::File(resolve(f))),
+                    (None, None) => None,
+                };
+                let secret = secret_of(bearer_env, bearer_file);
+                if kind != HttpReceiverKind::Webhook && secret.is_none() {
+                    problems.push(src.problem(&rp.key("name"), "a chat robot needs its key or token from an environment variable or a file (key_env / key_file, token_env / token_file)"));
+                }
+                let signing = match r {
+                    raw::RawReceiver::Dingtalk {
+                        secret_env,
+                        secret_file,
+                        ..
+                    } => secret_of(secret_env, secret_file),
+                    _ => None,
+                };
+                let timeout = duration_field(src, &rp.key("timeout"), timeout, &mut problems);
+                match reqwest::Url::parse(url) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") => {
+                        receivers.push(ReceiverConfig::Http(HttpReceiverConfig {
+                            name: name.clone(),
+                            kind,
+                            url: u,
+                            secret,
+                            signing,
+                            timeout,
+                        }))
+                    }
+                    _ => problems.push(
+                        src.problem(&rp.key("url"), format!("{url:?} is not an http(s) URL")),
+                    ),
+                }
+            }
             raw::RawReceiver::Smtp(s) => {
                 if s.to.is_empty() {
                     problems.push(src.problem(
@@ -789,7 +874,24 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
             ));
         }
     }
+    let route = match &raw.route {
+        Some(r) => validate_route(src, &root.key("route"), "root", r, &rnames, &mut problems),
+        None => crate::dispatch::Route {
+            path: "root".into(),
+            matchers: Vec::new(),
+            receivers: raw.notify.receivers.clone(),
+            cont: false,
+            routes: Vec::new(),
+        },
+    };
+    if raw.route.is_some() && !raw.notify.receivers.is_empty() {
+        problems.push(src.problem(
+            &np.key("receivers"),
+            "give receivers either in [notify] or in [route], not both",
+        ));
+    }
     let notify = NotifyConfig {
+        route,
         receivers: raw.notify.receivers.clone(),
         send_resolved: raw.notify.send_resolved,
         retry_initial: duration_field(
@@ -865,6 +967,53 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
         })
     } else {
         Err(Problems(problems))
+    }
+}
+
+fn validate_route(
+    src: &Source,
+    at: &FieldPath,
+    path: &str,
+    r: &raw::RawRoute,
+    receivers: &BTreeSet<String>,
+    problems: &mut Vec<Problem>,
+) -> crate::dispatch::Route {
+    let mut matchers = Vec::new();
+    for (i, m) in r.matchers.iter().enumerate() {
+        match m.parse::<crate::dispatch::Matcher>() {
+            Ok(m) => matchers.push(m),
+            Err(e) => problems.push(src.problem(&at.key("matchers").index(i), e.to_string())),
+        }
+    }
+    for (i, name) in r.receivers.iter().enumerate() {
+        if !receivers.contains(name) {
+            problems.push(src.problem(
+                &at.key("receivers").index(i),
+                format!("no receiver named {name:?} is defined in [[receivers]]"),
+            ));
+        }
+    }
+    let routes = r
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, child)| {
+            validate_route(
+                src,
+                &at.key("routes").index(i),
+                &format!("{path}/{i}"),
+                child,
+                receivers,
+                problems,
+            )
+        })
+        .collect();
+    crate::dispatch::Route {
+        path: path.to_string(),
+        matchers,
+        receivers: r.receivers.clone(),
+        cont: r.cont,
+        routes,
     }
 }
 

@@ -16,6 +16,21 @@ pub struct RawConfig {
     pub simulator: Option<RawSimulator>,
     #[serde(default)]
     pub lines: Vec<RawLine>,
+    pub route: Option<RawRoute>,
+}
+
+/// A route of the routing tree.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    #[serde(default)]
+    pub matchers: Vec<String>,
+    #[serde(default)]
+    pub receivers: Vec<String>,
+    #[serde(rename = "continue", default)]
+    pub cont: bool,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
 }
 
 /// One value of a policy line (a monitoring income line, a reference income) for a year and
@@ -256,6 +271,45 @@ pub enum RawReceiver {
         stdout: bool,
     },
     Smtp(RawSmtp),
+    /// Alertmanager's webhook JSON (version 4), POSTed to `url`.
+    Webhook {
+        name: String,
+        url: String,
+        bearer_env: Option<String>,
+        bearer_file: Option<String>,
+        #[serde(default = "default_smtp_timeout")]
+        timeout: String,
+    },
+    /// A WeCom (企业微信) group robot; the key comes from the environment or a file.
+    Wecom {
+        name: String,
+        #[serde(default = "default_wecom_url")]
+        url: String,
+        key_env: Option<String>,
+        key_file: Option<String>,
+        #[serde(default = "default_smtp_timeout")]
+        timeout: String,
+    },
+    /// A DingTalk (钉钉) group robot; the access token and the optional signing secret come
+    /// from the environment or a file.
+    Dingtalk {
+        name: String,
+        #[serde(default = "default_dingtalk_url")]
+        url: String,
+        token_env: Option<String>,
+        token_file: Option<String>,
+        secret_env: Option<String>,
+        secret_file: Option<String>,
+        #[serde(default = "default_smtp_timeout")]
+        timeout: String,
+    },
+}
+
+fn default_wecom_url() -> String {
+    "https://qyapi.weixin.qq.com/cgi-bin/webhook/send".into()
+}
+fn default_dingtalk_url() -> String {
+    "https://oapi.dingtalk.com/robot/send".into()
 }
 
 impl RawReceiver {
@@ -263,6 +317,9 @@ impl RawReceiver {
         match self {
             Self::File { name, .. } => name,
             Self::Smtp(s) => &s.name,
+            Self::Webhook { name, .. } | Self::Wecom { name, .. } | Self::Dingtalk { name, .. } => {
+                name
+            }
         }
     }
 }

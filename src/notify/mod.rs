@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use receivers::{Receiver, SendError};
 
@@ -44,6 +44,14 @@ pub struct Notification {
     pub key: String,
     pub subject: String,
     pub body: String,
+    /// The alert as webhook receivers describe it.
+    pub labels: BTreeMap<String, String>,
+    pub summary: String,
+    pub description: String,
+    pub starts_at: i64,
+    pub ends_at: Option<i64>,
+    /// The route that sent it, e.g. `root/0` (webhooks' groupKey).
+    pub route: String,
     pub created_at: i64,
     pub attempts: u32,
     pub next_attempt: i64,
@@ -194,7 +202,13 @@ pub fn notifications_for(
         status.name()
     );
     let mut out = Vec::new();
-    for receiver in &cfg.receivers {
+    let routes = cfg.route.resolve(&alert.labels);
+    for receiver in &cfg.route.receivers_for(&alert.labels) {
+        let route = routes
+            .iter()
+            .find(|r| r.receivers.contains(receiver))
+            .map(|r| r.path.clone())
+            .unwrap_or_else(|| "root".into());
         let n = Notification {
             id: store.next_id()?,
             receiver: receiver.clone(),
@@ -205,6 +219,12 @@ pub fn notifications_for(
             key: key.clone(),
             subject: subject.clone(),
             body: body.clone(),
+            labels: alert.labels.clone(),
+            summary: alert.summary.clone(),
+            description: alert.description.clone(),
+            starts_at: alert.fired_at.unwrap_or(alert.active_since),
+            ends_at: alert.resolved_at,
+            route,
             created_at: now,
             attempts: 0,
             next_attempt: now,
@@ -301,6 +321,12 @@ pub async fn deliver_due(
                           county = %n.county.map(|c| c.to_string()).unwrap_or_default(), status = n.status.name(), attempts = n.attempts + 1,
                           "notification delivered");
                     outcome = "sent";
+                    batch.delete(Space::Outbox, n.id.to_be_bytes().to_vec());
+                }
+                Err(SendError::Permanent(e)) => {
+                    error!(receiver = %n.receiver, fingerprint = %n.fingerprint, error = %e,
+                           "notification refused by the receiver; not retried (check the receiver's configuration)");
+                    outcome = "rejected";
                     batch.delete(Space::Outbox, n.id.to_be_bytes().to_vec());
                 }
                 Err(e) => {

@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::Notification;
 use crate::alerts::format_time;
-use crate::config::{ReceiverConfig, SmtpConfig, SmtpTls};
+use crate::config::{HttpReceiverConfig, HttpReceiverKind, ReceiverConfig, SmtpConfig, SmtpTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -27,6 +27,11 @@ pub enum SendError {
     Timeout(Duration),
     #[error("receiver asked to retry after {0:?}: {1}")]
     RetryAfter(Duration, String),
+    #[error("{0}")]
+    Retryable(String),
+    /// Refused for good (a 4xx other than 429, a robot's configuration error): not retried.
+    #[error("refused: {0}")]
+    Permanent(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +41,12 @@ pub enum BuildError {
 }
 
 pub enum Receiver {
+    Http {
+        cfg: HttpReceiverConfig,
+        client: reqwest::Client,
+        secret: Option<String>,
+        signing: Option<String>,
+    },
     File {
         path: PathBuf,
         stdout: bool,
@@ -58,11 +69,39 @@ impl Receiver {
                 stdout: *stdout,
             }),
             ReceiverConfig::Smtp(s) => build_smtp(s),
+            ReceiverConfig::Http(h) => {
+                let invalid = |detail: String| BuildError::Invalid {
+                    receiver: h.name.clone(),
+                    detail,
+                };
+                let read = |s: &Option<crate::config::SecretSource>| {
+                    s.as_ref().map(|s| s.read()).transpose().map_err(invalid)
+                };
+                Ok(Self::Http {
+                    client: reqwest::Client::builder()
+                        .timeout(h.timeout)
+                        .user_agent(concat!("guardline/", env!("CARGO_PKG_VERSION")))
+                        .build()
+                        .map_err(|e| BuildError::Invalid {
+                            receiver: h.name.clone(),
+                            detail: e.to_string(),
+                        })?,
+                    secret: read(&h.secret)?,
+                    signing: read(&h.signing)?,
+                    cfg: h.clone(),
+                })
+            }
         }
     }
 
     pub async fn send(&self, n: &Notification) -> Result<(), SendError> {
         match self {
+            Self::Http {
+                cfg,
+                client,
+                secret,
+                signing,
+            } => send_http(cfg, client, secret.as_deref(), signing.as_deref(), n).await,
             Self::File { path, stdout } => {
                 let text = format!(
                     "=== {} [{}] rule={} county={} key={}\n主题: {}\n\n{}\n",
@@ -182,4 +221,161 @@ fn build_smtp(s: &SmtpConfig) -> Result<Receiver, BuildError> {
         server: format!("{}:{}", s.host, s.port),
         timeout: s.timeout,
     })
+}
+
+fn rfc3339(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+/// Alertmanager's webhook payload (version 4) for one notification.
+pub fn webhook_payload(receiver: &str, n: &Notification) -> serde_json::Value {
+    let status = n.status.name();
+    let mut annotations = serde_json::Map::new();
+    annotations.insert("summary".into(), n.summary.clone().into());
+    annotations.insert("description".into(), n.description.clone().into());
+    let group_labels: serde_json::Map<String, serde_json::Value> = n
+        .labels
+        .iter()
+        .filter(|(k, _)| *k == "rule" || *k == "county")
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    serde_json::json!({
+        "version": "4",
+        "groupKey": format!("{}:{}", n.route, n.fingerprint),
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": receiver,
+        "groupLabels": group_labels,
+        "commonLabels": n.labels,
+        "commonAnnotations": annotations,
+        "externalURL": "",
+        "alerts": [{
+            "status": status,
+            "labels": n.labels,
+            "annotations": annotations,
+            "startsAt": rfc3339(n.starts_at),
+            "endsAt": n.ends_at.map(rfc3339).unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
+            "generatorURL": "",
+            "fingerprint": n.fingerprint,
+        }],
+    })
+}
+
+/// The notification as robot markdown: the subject as a heading, the body line by line.
+fn markdown(n: &Notification) -> String {
+    let lines: Vec<&str> = n.body.lines().filter(|l| !l.trim().is_empty()).collect();
+    format!("#### {}\n\n{}", n.subject, lines.join("\n\n"))
+}
+
+async fn send_http(
+    cfg: &HttpReceiverConfig,
+    client: &reqwest::Client,
+    secret: Option<&str>,
+    signing: Option<&str>,
+    n: &Notification,
+) -> Result<(), SendError> {
+    let mut url = cfg.url.clone();
+    let mut req_body = match cfg.kind {
+        HttpReceiverKind::Webhook => webhook_payload(&cfg.name, n),
+        HttpReceiverKind::Wecom => {
+            serde_json::json!({"msgtype": "markdown", "markdown": {"content": markdown(n)}})
+        }
+        HttpReceiverKind::Dingtalk => {
+            serde_json::json!({"msgtype": "markdown", "markdown": {"title": n.subject, "text": markdown(n)}})
+        }
+    };
+    match cfg.kind {
+        HttpReceiverKind::Wecom => {
+            url.query_pairs_mut()
+                .append_pair("key", secret.unwrap_or_default());
+        }
+        HttpReceiverKind::Dingtalk => {
+            url.query_pairs_mut()
+                .append_pair("access_token", secret.unwrap_or_default());
+            if let Some(sig) = signing {
+                use base64::Engine;
+                use hmac::{Hmac, Mac};
+                let ts = chrono::Utc::now().timestamp_millis();
+                // Invariant: HMAC accepts keys of any length.
+                let mut mac = Hmac::<sha2::Sha256>::new_from_slice(sig.as_bytes())
+                    .expect("HMAC takes any key length");
+                mac.update(format!("{ts}\n{sig}").as_bytes());
+                let sign =
+                    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+                url.query_pairs_mut()
+                    .append_pair("timestamp", &ts.to_string())
+                    .append_pair("sign", &sign);
+            }
+        }
+        HttpReceiverKind::Webhook => {}
+    }
+    if cfg.kind == HttpReceiverKind::Webhook {
+        // Receivers drop duplicates by this key (the same notification after a crash).
+        if let Some(o) = req_body.as_object_mut() {
+            o.insert("notificationKey".into(), n.key.clone().into());
+        }
+    }
+    let mut req = client.post(url).json(&req_body);
+    if cfg.kind == HttpReceiverKind::Webhook
+        && let Some(token) = secret
+    {
+        req = req.bearer_auth(token);
+    }
+    // Say where, never the key or token in the query.
+    let mut shown = cfg.url.clone();
+    shown.set_query(None);
+    let resp = req.send().await.map_err(|e| {
+        if e.is_timeout() {
+            SendError::Timeout(cfg.timeout)
+        } else {
+            SendError::Retryable(format!("{shown}: {}", e.without_url()))
+        }
+    })?;
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| crate::retry::parse_retry_after(v, chrono::Utc::now()));
+    let text = resp.text().await.unwrap_or_default();
+    let short: String = text.chars().take(200).collect();
+    if status.as_u16() == 429 {
+        return Err(match retry_after {
+            Some(d) => SendError::RetryAfter(d, format!("{shown} answered 429")),
+            None => SendError::Retryable(format!("{shown} answered 429")),
+        });
+    }
+    if status.is_server_error() {
+        return Err(SendError::Retryable(format!(
+            "{shown} answered HTTP {status}: {short}"
+        )));
+    }
+    if !status.is_success() {
+        return Err(SendError::Permanent(format!(
+            "{shown} answered HTTP {status}: {short}"
+        )));
+    }
+    if cfg.kind != HttpReceiverKind::Webhook {
+        // Robots answer 200 with an error code in the body.
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let code = v.get("errcode").and_then(|c| c.as_i64()).unwrap_or(-1);
+        let msg = v.get("errmsg").and_then(|m| m.as_str()).unwrap_or("");
+        match code {
+            0 => {}
+            // Too many messages: WeCom 45009, DingTalk 130101; -1: busy.
+            45009 | 130101 | -1 => {
+                return Err(SendError::Retryable(format!(
+                    "{shown}: errcode {code} {msg}"
+                )));
+            }
+            _ => {
+                return Err(SendError::Permanent(format!(
+                    "{shown}: errcode {code} {msg}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
