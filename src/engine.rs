@@ -27,7 +27,8 @@ use crate::pseudonym::Pseudonymizer;
 use crate::quarantine;
 use crate::rules::{EvalContext, Input, Rule, RuleSet};
 use crate::state::{Applied, EntityRef, Rejection, Touched, World};
-use crate::store::{Batch, Space, Store, StoreError};
+use crate::silence::Silence;
+use crate::store::{Batch, Space, Store, StoreError, codec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -62,6 +63,7 @@ pub struct Engine {
     feed_last_data: BTreeMap<String, i64>,
     started_at: i64,
     sources: BTreeMap<Input, Vec<crate::rules::EvidenceSource>>,
+    silences: Vec<Silence>,
     /// The month of the last full evaluation: a new month moves every window.
     last_full_month: Option<Month>,
     pseudo: Pseudonymizer,
@@ -72,6 +74,19 @@ pub struct Engine {
 }
 
 const LAST_DATA_SUFFIX: &str = "\0last_data";
+const SILENCE_VERSION: u8 = 1;
+const AUDIT_VERSION: u8 = 1;
+
+/// One write through the API, kept in the audit log.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    pub at: i64,
+    pub token: String,
+    pub role: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
 
 /// At most this many records wait for the roster; more are quarantined at once.
 pub const MAX_WAITING: usize = 200_000;
@@ -116,6 +131,11 @@ impl Engine {
                 Some((feed, i64::from_be_bytes(v.try_into().ok()?)))
             })
             .collect();
+        let silences = store
+            .scan(Space::Silence)?
+            .into_iter()
+            .map(|(k, v)| codec::decode(SILENCE_VERSION, Space::Silence, &k, &v))
+            .collect::<Result<Vec<Silence>, _>>()?;
         let quarantined = quarantine::entries(store.as_ref())?
             .into_iter()
             .map(|e| (e.id, (e.feed, e.reason)))
@@ -141,6 +161,7 @@ impl Engine {
             feed_last_data,
             started_at: crate::model::now().timestamp(),
             sources: BTreeMap::new(),
+            silences,
             last_full_month: None,
         };
         e.update_gauges();
@@ -541,10 +562,24 @@ impl Engine {
         }
         self.alerts.expire_resolved(now.timestamp());
         let mut b = Batch::default();
+        let mut queued = Vec::new();
+        if !self.notify.escalate_to.is_empty() {
+            let before = now.timestamp() - self.notify.escalate_after.as_secs() as i64;
+            for a in self.alerts.take_escalations(before, now.timestamp()) {
+                if let Some(reason) = self.muted(&a, now.timestamp()) {
+                    self.metrics.notifications_suppressed.with_label_values(&[reason]).inc();
+                    continue;
+                }
+                warn!(rule = %a.rule, fingerprint = %a.fingerprint, "warning without disposition past the time limit: escalated");
+                self.metrics.escalations.with_label_values(&[a.rule.as_str()]).inc();
+                queued.extend(crate::notify::escalation_for(&a, &self.notify, &self.templates, self.store.as_ref(), now.timestamp(), &mut b)?);
+            }
+        }
         self.alerts.write_changes(&mut b);
         if !b.is_empty() {
             self.store.commit(b)?;
         }
+        self.enqueue(queued);
         self.metrics
             .store_size
             .set(self.store.size_on_disk() as i64);
@@ -631,21 +666,105 @@ impl Engine {
             return Err(e.into());
         }
         report.notifications = queued.len() as u64;
-        if !queued.is_empty() {
-            if let Ok(mut o) = self.outbox.lock() {
-                for n in queued {
-                    o.insert(n);
-                }
-                self.metrics.outbox_depth.set(o.len() as i64);
-            }
-            self.wake.notify_one();
-        }
+        self.enqueue(queued);
         self.metrics
             .evaluation_duration
             .with_label_values(&[trigger])
             .observe(began.elapsed().as_secs_f64());
         self.update_gauges();
         Ok(report)
+    }
+
+    fn enqueue(&self, queued: Vec<crate::notify::Notification>) {
+        if queued.is_empty() {
+            return;
+        }
+        if let Ok(mut o) = self.outbox.lock() {
+            for n in queued {
+                o.insert(n);
+            }
+            self.metrics.outbox_depth.set(o.len() as i64);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Why an alert's notifications are withheld: an active silence, or an inhibition.
+    fn muted(&self, alert: &crate::alerts::Alert, now: i64) -> Option<&'static str> {
+        if self.silences.iter().any(|s| s.active(now) && s.matches(&alert.labels)) {
+            return Some("silenced");
+        }
+        let firing: Vec<&BTreeMap<String, String>> = self
+            .alerts
+            .iter()
+            .filter(|a| a.status == crate::alerts::Status::Firing)
+            .map(|a| &a.labels)
+            .collect();
+        self.notify
+            .inhibit
+            .iter()
+            .any(|i| i.mutes(&alert.labels, firing.iter().copied()))
+            .then_some("inhibited")
+    }
+
+    pub fn silences(&self) -> &[Silence] {
+        &self.silences
+    }
+
+    pub fn add_silence(&mut self, s: Silence) -> Result<(), EngineError> {
+        let mut b = Batch::default();
+        b.put(Space::Silence, s.id.as_bytes().to_vec(), codec::encode(SILENCE_VERSION, &s));
+        self.store.commit(b)?;
+        self.silences.retain(|x| x.id != s.id);
+        self.silences.push(s);
+        Ok(())
+    }
+
+    /// Ends a silence now; `false` if there is no such silence.
+    pub fn expire_silence(&mut self, id: &str, now: i64) -> Result<bool, EngineError> {
+        let Some(mut s) = self.silences.iter().find(|s| s.id == id).cloned() else {
+            return Ok(false);
+        };
+        s.ends_at = s.ends_at.min(now);
+        self.add_silence(s)?;
+        Ok(true)
+    }
+
+    /// Records a disposition; the alert stops being escalated.
+    pub fn acknowledge(&mut self, fingerprint: &str, ack: crate::alerts::Ack) -> Result<Option<crate::alerts::Alert>, EngineError> {
+        let Some(a) = self.alerts.acknowledge(fingerprint, ack) else {
+            return Ok(None);
+        };
+        let mut b = Batch::default();
+        self.alerts.write_changes(&mut b);
+        self.store.commit(b)?;
+        self.update_gauges();
+        Ok(Some(a))
+    }
+
+    pub fn audit(&self, e: &AuditEntry) -> Result<(), EngineError> {
+        let mut b = Batch::default();
+        let mut k = e.at.to_be_bytes().to_vec();
+        k.extend_from_slice(&self.store.next_id()?.to_be_bytes());
+        b.put(Space::Audit, k, codec::encode(AUDIT_VERSION, e));
+        self.store.commit(b)?;
+        info!(token = %e.token, action = %e.action, target = %e.target, "audit");
+        Ok(())
+    }
+
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, EngineError> {
+        let mut v: Vec<AuditEntry> = self
+            .store
+            .scan(Space::Audit)?
+            .into_iter()
+            .map(|(k, v)| codec::decode(AUDIT_VERSION, Space::Audit, &k, &v))
+            .collect::<Result<_, _>>()?;
+        v.reverse();
+        v.truncate(limit);
+        Ok(v)
+    }
+
+    pub fn notification_log(&self, limit: usize) -> Result<Vec<crate::notify::Delivered>, EngineError> {
+        Ok(crate::notify::delivered(self.store.as_ref(), limit)?)
     }
 
     /// Households with a firing alert per county, for the county value of this month.
@@ -672,6 +791,20 @@ impl Engine {
                     status.name(),
                 ])
                 .set(n as i64);
+        }
+        m.dispositions.reset();
+        m.precision.reset();
+        let mut per_rule: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for ((rule, d), n) in self.alerts.dispositions() {
+            m.dispositions.with_label_values(&[rule.as_str(), d.name()]).set(n as i64);
+            let e = per_rule.entry(rule).or_default();
+            e.1 += n;
+            if d == crate::alerts::Disposition::Enrolled {
+                e.0 += n;
+            }
+        }
+        for (rule, (enrolled, total)) in per_rule {
+            m.precision.with_label_values(&[rule.as_str()]).set(enrolled as f64 / total as f64);
         }
         m.households.reset();
         for c in self.world.counties() {

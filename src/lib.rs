@@ -24,3 +24,4 @@ pub mod ruletest;
 pub mod simulate;
 pub mod state;
 pub mod store;
+pub mod silence;

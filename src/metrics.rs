@@ -27,6 +27,10 @@ pub struct Metrics {
     pub households: IntGaugeVec,
     pub evaluation_duration: HistogramVec,
     pub store_size: IntGauge,
+    pub notifications_suppressed: IntCounterVec,
+    pub escalations: IntCounterVec,
+    pub dispositions: IntGaugeVec,
+    pub precision: GaugeVec,
     pub reloads: IntCounterVec,
     pub reload_success: IntGauge,
     pub reload_timestamp: Gauge,
@@ -185,6 +189,32 @@ impl Metrics {
                 IntGauge::new(
                     "guardline_store_size_bytes",
                     "Bytes the store occupies on disk.",
+                )
+                .expect("valid metric"),
+            ),
+            notifications_suppressed: counter(
+                &r,
+                "guardline_notifications_suppressed_total",
+                "Notifications withheld, by reason (silenced, inhibited).",
+                &["reason"],
+            ),
+            escalations: counter(
+                &r,
+                "guardline_escalations_total",
+                "Warnings escalated for lack of a disposition within the time limit, by rule.",
+                &["rule"],
+            ),
+            dispositions: gauge(
+                &r,
+                "guardline_dispositions",
+                "Alerts with a recorded disposition, by rule and disposition (enrolled, dismissed, eliminated).",
+                &["rule", "disposition"],
+            ),
+            precision: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new("guardline_rule_precision_ratio", "Share of a rule's dispositions that enrolled the household (纳入监测)."),
+                    &["rule"],
                 )
                 .expect("valid metric"),
             ),

@@ -62,6 +62,58 @@ pub struct Alert {
     pub labels: BTreeMap<String, String>,
     /// Transitions of this alert: (time, status).
     pub history: Vec<(i64, Status)>,
+    /// The operator's disposition, once recorded.
+    pub ack: Option<Ack>,
+    /// When the warning was escalated for lack of a disposition.
+    pub escalated_at: Option<i64>,
+}
+
+/// What an operator found (处置结果).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Disposition {
+    /// 纳入监测: enrolled as a monitored object.
+    Enrolled,
+    /// 核实排除: dismissed after verification.
+    Dismissed,
+    /// 风险消除: the risk was eliminated.
+    Eliminated,
+}
+
+impl Disposition {
+    pub const ALL: [Disposition; 3] = [Self::Enrolled, Self::Dismissed, Self::Eliminated];
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Enrolled => "enrolled",
+            Self::Dismissed => "dismissed",
+            Self::Eliminated => "eliminated",
+        }
+    }
+    pub fn name_zh(self) -> &'static str {
+        match self {
+            Self::Enrolled => "纳入监测",
+            Self::Dismissed => "核实排除",
+            Self::Eliminated => "风险消除",
+        }
+    }
+}
+
+impl std::str::FromStr for Disposition {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.name() == s || d.name_zh() == s)
+            .ok_or_else(|| format!("unknown disposition {s:?} (enrolled/纳入监测, dismissed/核实排除, eliminated/风险消除)"))
+    }
+}
+
+/// An acknowledgement with its disposition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub by: String,
+    pub at: i64,
+    pub disposition: Disposition,
+    pub note: String,
 }
 
 /// A change that must be announced.
@@ -221,6 +273,8 @@ impl Alerts {
                                 evidence: String::new(),
                                 labels: BTreeMap::new(),
                                 history,
+                                ack: None,
+                                escalated_at: None,
                             },
                         );
                         self.removed.remove(&fp);
@@ -246,6 +300,43 @@ impl Alerts {
                 Ok(transition)
             }
         }
+    }
+
+    /// Records an operator's disposition on an alert; the change is written with the next batch.
+    pub fn acknowledge(&mut self, fingerprint: &str, ack: Ack) -> Option<Alert> {
+        let a = self.alerts.get_mut(fingerprint)?;
+        a.ack = Some(ack);
+        self.changed.insert(fingerprint.to_string());
+        Some(a.clone())
+    }
+
+    /// Firing alerts without a disposition that fired before `before` and were not escalated;
+    /// they are marked escalated at `now`.
+    pub fn take_escalations(&mut self, before: i64, now: i64) -> Vec<Alert> {
+        let mut out = Vec::new();
+        for a in self.alerts.values_mut() {
+            if a.status == Status::Firing
+                && a.ack.is_none()
+                && a.escalated_at.is_none()
+                && a.fired_at.is_some_and(|f| f <= before)
+            {
+                a.escalated_at = Some(now);
+                out.push(a.clone());
+                self.changed.insert(a.fingerprint.clone());
+            }
+        }
+        out
+    }
+
+    /// Dispositions per (rule, disposition), for precision.
+    pub fn dispositions(&self) -> BTreeMap<(String, Disposition), u64> {
+        let mut m = BTreeMap::new();
+        for a in self.alerts.values() {
+            if let Some(ack) = &a.ack {
+                *m.entry((a.rule.clone(), ack.disposition)).or_default() += 1;
+            }
+        }
+        m
     }
 
     /// Forgets resolved alerts older than the retention.

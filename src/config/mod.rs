@@ -99,6 +99,7 @@ pub struct DaemonConfig {
     pub create_pseudonym_key: bool,
     pub retention_months: u32,
     pub language: Language,
+    pub tokens_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -387,6 +388,11 @@ pub struct NotifyConfig {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub expire_after: Duration,
+    /// The identification time limit (15 days by default): a firing warning with no
+    /// disposition by then goes to `escalate_to`.
+    pub escalate_after: Duration,
+    pub escalate_to: Vec<String>,
+    pub inhibit: Vec<crate::silence::Inhibit>,
 }
 
 /// Used by `guardline demo` only: where and how to run the built-in simulator.
@@ -515,6 +521,7 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
         create_pseudonym_key: d.create_pseudonym_key,
         retention_months: d.retention_months,
         language,
+        tokens_file: d.tokens_file.as_deref().map(resolve),
     };
 
     // [[feeds]]
@@ -866,6 +873,11 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
 
     // [notify]
     let np = root.key("notify");
+    for (i, name) in raw.notify.escalate_to.iter().enumerate() {
+        if !rnames.contains(name) {
+            problems.push(src.problem(&np.key("escalate_to").index(i), format!("no receiver named {name:?} is defined in [[receivers]]")));
+        }
+    }
     for (i, name) in raw.notify.receivers.iter().enumerate() {
         if !rnames.contains(name) {
             problems.push(src.problem(
@@ -912,6 +924,25 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
             &raw.notify.expire_after,
             &mut problems,
         ),
+        escalate_after: duration_field(src, &np.key("escalate_after"), &raw.notify.escalate_after, &mut problems),
+        escalate_to: raw.notify.escalate_to.clone(),
+        inhibit: raw
+            .inhibit
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let ip = root.key("inhibit").index(i);
+                let mut parse = |field: &str, list: &[String]| -> Vec<crate::dispatch::Matcher> {
+                    list.iter()
+                        .enumerate()
+                        .filter_map(|(j, m)| m.parse().map_err(|e: crate::dispatch::MatcherError| problems.push(src.problem(&ip.key(field).index(j), e.to_string()))).ok())
+                        .collect()
+                };
+                let source = parse("source_matchers", &r.source_matchers);
+                let target = parse("target_matchers", &r.target_matchers);
+                crate::silence::Inhibit { source, target, equal: r.equal.clone() }
+            })
+            .collect(),
     };
 
     let simulator = raw.simulator.as_ref().map(|s| SimulatorConfig {

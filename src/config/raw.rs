@@ -17,6 +17,19 @@ pub struct RawConfig {
     #[serde(default)]
     pub lines: Vec<RawLine>,
     pub route: Option<RawRoute>,
+    #[serde(default)]
+    pub inhibit: Vec<RawInhibit>,
+}
+
+/// An inhibition rule: while a firing alert matches `source_matchers`, alerts matching
+/// `target_matchers` with the same values of the `equal` labels are not notified.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInhibit {
+    pub source_matchers: Vec<String>,
+    pub target_matchers: Vec<String>,
+    #[serde(default)]
+    pub equal: Vec<String>,
 }
 
 /// A route of the routing tree.
@@ -56,6 +69,8 @@ pub struct RawDaemon {
     pub create_pseudonym_key: bool,
     pub retention_months: u32,
     pub language: String,
+    /// API tokens (hashes only), roles and county scopes; no file, no API.
+    pub tokens_file: Option<String>,
 }
 
 impl Default for RawDaemon {
@@ -69,6 +84,7 @@ impl Default for RawDaemon {
             create_pseudonym_key: false,
             retention_months: 24,
             language: "zh".into(),
+            tokens_file: None,
         }
     }
 }
@@ -373,6 +389,10 @@ pub struct RawNotify {
     pub retry_initial: String,
     pub retry_max: String,
     pub expire_after: String,
+    /// A warning with no disposition this long after firing is escalated.
+    pub escalate_after: String,
+    /// Receivers of escalations (e.g. the prefecture).
+    pub escalate_to: Vec<String>,
 }
 
 impl Default for RawNotify {
@@ -383,6 +403,8 @@ impl Default for RawNotify {
             retry_initial: "5s".into(),
             retry_max: "10m".into(),
             expire_after: "3d".into(),
+            escalate_after: "15d".into(),
+            escalate_to: Vec::new(),
         }
     }
 }

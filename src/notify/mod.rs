@@ -52,6 +52,8 @@ pub struct Notification {
     pub ends_at: Option<i64>,
     /// The route that sent it, e.g. `root/0` (webhooks' groupKey).
     pub route: String,
+    /// Sent because the warning had no disposition within the identification time limit.
+    pub escalation: bool,
     pub created_at: i64,
     pub attempts: u32,
     pub next_attempt: i64,
@@ -85,10 +87,15 @@ impl Templates {
         Self { env, lang }
     }
 
-    pub fn render(
+    pub fn render(&self, alert: &Alert, status: Status) -> Result<(String, String), minijinja::Error> {
+        self.render_with(alert, status, false)
+    }
+
+    pub fn render_with(
         &self,
         alert: &Alert,
         status: Status,
+        escalation: bool,
     ) -> Result<(String, String), minijinja::Error> {
         let fired = alert.fired_at.unwrap_or(alert.active_since);
         let severity = match (self.lang, alert.severity.as_str()) {
@@ -125,6 +132,8 @@ impl Templates {
             "deadline": format_time(fired + IDENTIFICATION_DAYS * 86_400).get(..10).unwrap_or_default().to_string(),
             "fingerprint": alert.fingerprint,
             "sources": sources,
+            "escalation": escalation,
+            "ack": alert.ack.as_ref().map(|a| a.disposition.name_zh()).unwrap_or_default(),
         });
         let subject = self
             .env
@@ -192,23 +201,59 @@ pub fn notifications_for(
         Transition::Resolved(a) if cfg.send_resolved => (a, Status::Resolved),
         Transition::Resolved(_) => return Ok(Vec::new()),
     };
+    let routes = cfg.route.resolve(&alert.labels);
+    let targets: Vec<(String, String)> = cfg
+        .route
+        .receivers_for(&alert.labels)
+        .into_iter()
+        .map(|receiver| {
+            let route = routes
+                .iter()
+                .find(|r| r.receivers.contains(&receiver))
+                .map(|r| r.path.clone())
+                .unwrap_or_else(|| "root".into());
+            (receiver, route)
+        })
+        .collect();
+    build(alert, status, false, &targets, templates, store, now, batch)
+}
+
+/// The escalation of a warning left without a disposition, to `escalate_to`.
+pub fn escalation_for(
+    alert: &Alert,
+    cfg: &NotifyConfig,
+    templates: &Templates,
+    store: &dyn Store,
+    now: i64,
+    batch: &mut Batch,
+) -> Result<Vec<Notification>, NotifyError> {
+    let targets: Vec<(String, String)> = cfg.escalate_to.iter().map(|r| (r.clone(), "escalation".to_string())).collect();
+    build(alert, Status::Firing, true, &targets, templates, store, now, batch)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(
+    alert: &Alert,
+    status: Status,
+    escalation: bool,
+    targets: &[(String, String)],
+    templates: &Templates,
+    store: &dyn Store,
+    now: i64,
+    batch: &mut Batch,
+) -> Result<Vec<Notification>, NotifyError> {
     let (subject, body) = templates
-        .render(alert, status)
+        .render_with(alert, status, escalation)
         .map_err(|e| NotifyError::Template(e.to_string()))?;
     let key = format!(
         "{}.{}.{}",
         alert.fingerprint,
         alert.fired_at.unwrap_or(alert.active_since),
-        status.name()
+        if escalation { "escalated" } else { status.name() }
     );
     let mut out = Vec::new();
-    let routes = cfg.route.resolve(&alert.labels);
-    for receiver in &cfg.route.receivers_for(&alert.labels) {
-        let route = routes
-            .iter()
-            .find(|r| r.receivers.contains(receiver))
-            .map(|r| r.path.clone())
-            .unwrap_or_else(|| "root".into());
+    for (receiver, route) in targets {
+        let (receiver, route) = (receiver.clone(), route.clone());
         let n = Notification {
             id: store.next_id()?,
             receiver: receiver.clone(),
@@ -225,6 +270,7 @@ pub fn notifications_for(
             starts_at: alert.fired_at.unwrap_or(alert.active_since),
             ends_at: alert.resolved_at,
             route,
+            escalation,
             created_at: now,
             attempts: 0,
             next_attempt: now,
@@ -234,6 +280,35 @@ pub fn notifications_for(
         out.push(n);
     }
     Ok(out)
+}
+
+/// A delivered notification, kept in the notification log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivered {
+    pub id: u64,
+    pub key: String,
+    pub receiver: String,
+    pub fingerprint: String,
+    pub rule: String,
+    pub county: Option<CountyCode>,
+    pub status: Status,
+    pub escalation: bool,
+    pub attempts: u32,
+    pub delivered_at: i64,
+}
+
+const DELIVERED_VERSION: u8 = 1;
+
+/// The notification log, newest first, at most `limit` entries.
+pub fn delivered(store: &dyn Store, limit: usize) -> Result<Vec<Delivered>, StoreError> {
+    let mut v: Vec<Delivered> = store
+        .scan(Space::NotifyLog)?
+        .into_iter()
+        .map(|(k, v)| codec::decode(DELIVERED_VERSION, Space::NotifyLog, &k, &v))
+        .collect::<Result<_, _>>()?;
+    v.reverse();
+    v.truncate(limit);
+    Ok(v)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -322,6 +397,21 @@ pub async fn deliver_due(
                           "notification delivered");
                     outcome = "sent";
                     batch.delete(Space::Outbox, n.id.to_be_bytes().to_vec());
+                    let entry = Delivered {
+                        id: n.id,
+                        key: n.key.clone(),
+                        receiver: n.receiver.clone(),
+                        fingerprint: n.fingerprint.clone(),
+                        rule: n.rule.clone(),
+                        county: n.county,
+                        status: n.status,
+                        escalation: n.escalation,
+                        attempts: n.attempts + 1,
+                        delivered_at: now,
+                    };
+                    let mut k = now.to_be_bytes().to_vec();
+                    k.extend_from_slice(&n.id.to_be_bytes());
+                    batch.put(Space::NotifyLog, k, codec::encode(DELIVERED_VERSION, &entry));
                 }
                 Err(SendError::Permanent(e)) => {
                     error!(receiver = %n.receiver, fingerprint = %n.fingerprint, error = %e,

@@ -58,6 +58,9 @@ pub enum Space {
     Outbox,
     Quarantine,
     Waiting,
+    Silence,
+    Audit,
+    NotifyLog,
 }
 
 impl Space {
@@ -72,6 +75,9 @@ impl Space {
             Self::Outbox => b'o',
             Self::Quarantine => b'q',
             Self::Waiting => b'w',
+            Self::Silence => b's',
+            Self::Audit => b'u',
+            Self::NotifyLog => b'n',
         }
     }
 }
