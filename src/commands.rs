@@ -41,6 +41,11 @@ pub fn check(config: &Path) -> anyhow::Result<String> {
             ));
         }
     }
+    if let Some(t) = &cfg.daemon.tokens_file
+        && let Err(e) = crate::api::auth::Tokens::load(t)
+    {
+        problems.push(e.to_string());
+    }
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     for f in &cfg.feeds {
         // Building the client reads the feed's secret and CA file, as the daemon will.

@@ -208,6 +208,11 @@ pub async fn run(
                 metrics: Arc::clone(&metrics),
                 ready: Arc::clone(&ready),
                 reload: Some(reload_tx.clone()),
+                engine: Some(Arc::clone(&engine)),
+                tokens: match &config.daemon.tokens_file {
+                    Some(p) => Some(Arc::new(crate::api::auth::Tokens::load(p)?)),
+                    None => None,
+                },
             },
             config.daemon.listen,
             async move {

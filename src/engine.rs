@@ -26,8 +26,8 @@ use crate::notify::{Outbox, Templates, notifications_for};
 use crate::pseudonym::Pseudonymizer;
 use crate::quarantine;
 use crate::rules::{EvalContext, Input, Rule, RuleSet};
-use crate::state::{Applied, EntityRef, Rejection, Touched, World};
 use crate::silence::Silence;
+use crate::state::{Applied, EntityRef, Rejection, Touched, World};
 use crate::store::{Batch, Space, Store, StoreError, codec};
 
 #[derive(Debug, thiserror::Error)]
@@ -567,12 +567,25 @@ impl Engine {
             let before = now.timestamp() - self.notify.escalate_after.as_secs() as i64;
             for a in self.alerts.take_escalations(before, now.timestamp()) {
                 if let Some(reason) = self.muted(&a, now.timestamp()) {
-                    self.metrics.notifications_suppressed.with_label_values(&[reason]).inc();
+                    self.metrics
+                        .notifications_suppressed
+                        .with_label_values(&[reason])
+                        .inc();
                     continue;
                 }
                 warn!(rule = %a.rule, fingerprint = %a.fingerprint, "warning without disposition past the time limit: escalated");
-                self.metrics.escalations.with_label_values(&[a.rule.as_str()]).inc();
-                queued.extend(crate::notify::escalation_for(&a, &self.notify, &self.templates, self.store.as_ref(), now.timestamp(), &mut b)?);
+                self.metrics
+                    .escalations
+                    .with_label_values(&[a.rule.as_str()])
+                    .inc();
+                queued.extend(crate::notify::escalation_for(
+                    &a,
+                    &self.notify,
+                    &self.templates,
+                    self.store.as_ref(),
+                    now.timestamp(),
+                    &mut b,
+                )?);
             }
         }
         self.alerts.write_changes(&mut b);
@@ -690,7 +703,11 @@ impl Engine {
 
     /// Why an alert's notifications are withheld: an active silence, or an inhibition.
     fn muted(&self, alert: &crate::alerts::Alert, now: i64) -> Option<&'static str> {
-        if self.silences.iter().any(|s| s.active(now) && s.matches(&alert.labels)) {
+        if self
+            .silences
+            .iter()
+            .any(|s| s.active(now) && s.matches(&alert.labels))
+        {
             return Some("silenced");
         }
         let firing: Vec<&BTreeMap<String, String>> = self
@@ -712,7 +729,11 @@ impl Engine {
 
     pub fn add_silence(&mut self, s: Silence) -> Result<(), EngineError> {
         let mut b = Batch::default();
-        b.put(Space::Silence, s.id.as_bytes().to_vec(), codec::encode(SILENCE_VERSION, &s));
+        b.put(
+            Space::Silence,
+            s.id.as_bytes().to_vec(),
+            codec::encode(SILENCE_VERSION, &s),
+        );
         self.store.commit(b)?;
         self.silences.retain(|x| x.id != s.id);
         self.silences.push(s);
@@ -730,7 +751,11 @@ impl Engine {
     }
 
     /// Records a disposition; the alert stops being escalated.
-    pub fn acknowledge(&mut self, fingerprint: &str, ack: crate::alerts::Ack) -> Result<Option<crate::alerts::Alert>, EngineError> {
+    pub fn acknowledge(
+        &mut self,
+        fingerprint: &str,
+        ack: crate::alerts::Ack,
+    ) -> Result<Option<crate::alerts::Alert>, EngineError> {
         let Some(a) = self.alerts.acknowledge(fingerprint, ack) else {
             return Ok(None);
         };
@@ -763,7 +788,10 @@ impl Engine {
         Ok(v)
     }
 
-    pub fn notification_log(&self, limit: usize) -> Result<Vec<crate::notify::Delivered>, EngineError> {
+    pub fn notification_log(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::notify::Delivered>, EngineError> {
         Ok(crate::notify::delivered(self.store.as_ref(), limit)?)
     }
 
@@ -796,7 +824,9 @@ impl Engine {
         m.precision.reset();
         let mut per_rule: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for ((rule, d), n) in self.alerts.dispositions() {
-            m.dispositions.with_label_values(&[rule.as_str(), d.name()]).set(n as i64);
+            m.dispositions
+                .with_label_values(&[rule.as_str(), d.name()])
+                .set(n as i64);
             let e = per_rule.entry(rule).or_default();
             e.1 += n;
             if d == crate::alerts::Disposition::Enrolled {
@@ -804,7 +834,9 @@ impl Engine {
             }
         }
         for (rule, (enrolled, total)) in per_rule {
-            m.precision.with_label_values(&[rule.as_str()]).set(enrolled as f64 / total as f64);
+            m.precision
+                .with_label_values(&[rule.as_str()])
+                .set(enrolled as f64 / total as f64);
         }
         m.households.reset();
         for c in self.world.counties() {

@@ -21,7 +21,7 @@ pub mod regions;
 pub mod retry;
 pub mod rules;
 pub mod ruletest;
+pub mod silence;
 pub mod simulate;
 pub mod state;
 pub mod store;
-pub mod silence;

@@ -213,7 +213,10 @@ impl Metrics {
             precision: reg(
                 &r,
                 GaugeVec::new(
-                    Opts::new("guardline_rule_precision_ratio", "Share of a rule's dispositions that enrolled the household (纳入监测)."),
+                    Opts::new(
+                        "guardline_rule_precision_ratio",
+                        "Share of a rule's dispositions that enrolled the household (纳入监测).",
+                    ),
                     &["rule"],
                 )
                 .expect("valid metric"),

@@ -31,7 +31,8 @@ impl Silence {
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.parsed().is_ok_and(|ms| !ms.is_empty() && ms.iter().all(|m| m.matches(labels)))
+        self.parsed()
+            .is_ok_and(|ms| !ms.is_empty() && ms.iter().all(|m| m.matches(labels)))
     }
 
     /// The county codes (or prefixes) the silence is limited to, from `county=` or
@@ -41,7 +42,10 @@ impl Silence {
             Matcher::Eq(k, v) if k == "county" => Some(v.clone()),
             Matcher::Re(k, _, s) if k == "county" => {
                 let prefix = s.strip_suffix(".*")?;
-                prefix.bytes().all(|b| b.is_ascii_digit()).then(|| prefix.to_string())
+                prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| prefix.to_string())
             }
             _ => None,
         })
@@ -58,7 +62,11 @@ pub struct Inhibit {
 
 impl Inhibit {
     /// Whether `target` is muted by one of the `firing` alerts' labels.
-    pub fn mutes<'a>(&self, target: &BTreeMap<String, String>, firing: impl Iterator<Item = &'a BTreeMap<String, String>>) -> bool {
+    pub fn mutes<'a>(
+        &self,
+        target: &BTreeMap<String, String>,
+        firing: impl Iterator<Item = &'a BTreeMap<String, String>>,
+    ) -> bool {
         if !self.target.iter().all(|m| m.matches(target)) {
             return false;
         }
@@ -75,7 +83,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -89,8 +100,14 @@ mod tests {
             comment: "repairs under way".into(),
         };
         assert!(s.active(150) && !s.active(200));
-        assert!(s.matches(&labels(&[("county", "632522"), ("rule", "water_outage_long")])));
-        assert!(!s.matches(&labels(&[("county", "632521"), ("rule", "water_outage_long")])));
+        assert!(s.matches(&labels(&[
+            ("county", "632522"),
+            ("rule", "water_outage_long")
+        ])));
+        assert!(!s.matches(&labels(&[
+            ("county", "632521"),
+            ("rule", "water_outage_long")
+        ])));
         assert_eq!(s.county_scope().as_deref(), Some("632522"));
     }
 

@@ -624,15 +624,17 @@ fn feed_credentials_come_from_the_environment_or_a_file_and_never_reach_the_log(
 
     let log = dir.path().join("daemon.log");
     let file = std::fs::File::create(&log).unwrap();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["run", "--config"])
         .arg(&cfg)
         .env("FEED_TOKEN", "t0ken-abc")
         .env("FEED_KEY", "k3y-xyz")
         .env("WRONG_TOKEN", "guess")
+        .stdout(std::process::Stdio::null())
         .stderr(file)
         .spawn()
         .unwrap();
+    let mut child = KillOnDrop(child);
     let metrics_of = || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let addr = text
@@ -666,8 +668,8 @@ fn feed_credentials_come_from_the_environment_or_a_file_and_never_reach_the_log(
         0.0,
         "a 401 is not retried"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    let _ = child.0.kill();
+    let _ = child.0.wait();
     let text = std::fs::read_to_string(&log).unwrap();
     for secret in ["t0ken-abc", "k3y-xyz", "pa55", "aHJzczpwYTU1", "guess"] {
         assert!(!text.contains(secret), "a secret reached the log: {secret}");
@@ -681,7 +683,7 @@ fn https_feeds_trust_an_extra_ca_only_when_configured() {
     let dir = tempfile::tempdir().unwrap();
     let body = dir.path().join("roster.json");
     std::fs::write(&body, r#"{"records": [{"record_id": "r1", "hh_id": "632522100201001", "village_code": "632522100201", "category": "脱贫户", "head_name": "张三", "members": [{"id_number": "632522198001010011"}], "income_per_capita": 9000}], "next": null}"#).unwrap();
-    let mut server = Command::new("python3")
+    let server = Command::new("python3")
         .arg(repo().join("tests/support/https_feed.py"))
         .arg("--dir")
         .arg(dir.path())
@@ -689,10 +691,12 @@ fn https_feeds_trust_an_extra_ca_only_when_configured() {
         .arg(&body)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let mut server = KillOnDrop(server);
     let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
+    BufReader::new(server.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let port: u16 = line
@@ -739,6 +743,6 @@ fn https_feeds_trust_an_extra_ca_only_when_configured() {
     );
     assert!(d.log_text().contains("feed=untrusted"));
     assert!(d.stop().success());
-    let _ = server.kill();
-    let _ = server.wait();
+    let _ = server.0.kill();
+    let _ = server.0.wait();
 }

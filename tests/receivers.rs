@@ -167,7 +167,7 @@ receivers = ["ding", "mail"]
 
     let log = dir.path().join("daemon.log");
     let file = std::fs::File::create(&log).unwrap();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["run", "--config"])
         .arg(&cfg)
         .env("SMTP_PASSWORD", "s3cret")
@@ -175,9 +175,11 @@ receivers = ["ding", "mail"]
         .env("WECOM_KEY", "wecom-key")
         .env("DING_TOKEN", "ding-token")
         .env("DING_SECRET", DING_SECRET)
+        .stdout(std::process::Stdio::null())
         .stderr(file)
         .spawn()
         .unwrap();
+    let mut child = KillOnDrop(child);
     // The file receiver gets the alerts no child route took; all others went elsewhere.
     let planted: Vec<serde_json::Value> = sim.planted()["cases"].as_array().unwrap().clone();
     let four = [
@@ -323,6 +325,6 @@ receivers = ["ding", "mail"]
     for secret in ["hook-token", "wecom-key", "ding-token", DING_SECRET] {
         assert!(!text.contains(secret), "{secret} reached the log");
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    let _ = child.0.kill();
+    let _ = child.0.wait();
 }

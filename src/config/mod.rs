@@ -875,7 +875,10 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
     let np = root.key("notify");
     for (i, name) in raw.notify.escalate_to.iter().enumerate() {
         if !rnames.contains(name) {
-            problems.push(src.problem(&np.key("escalate_to").index(i), format!("no receiver named {name:?} is defined in [[receivers]]")));
+            problems.push(src.problem(
+                &np.key("escalate_to").index(i),
+                format!("no receiver named {name:?} is defined in [[receivers]]"),
+            ));
         }
     }
     for (i, name) in raw.notify.receivers.iter().enumerate() {
@@ -924,7 +927,12 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
             &raw.notify.expire_after,
             &mut problems,
         ),
-        escalate_after: duration_field(src, &np.key("escalate_after"), &raw.notify.escalate_after, &mut problems),
+        escalate_after: duration_field(
+            src,
+            &np.key("escalate_after"),
+            &raw.notify.escalate_after,
+            &mut problems,
+        ),
         escalate_to: raw.notify.escalate_to.clone(),
         inhibit: raw
             .inhibit
@@ -935,12 +943,23 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
                 let mut parse = |field: &str, list: &[String]| -> Vec<crate::dispatch::Matcher> {
                     list.iter()
                         .enumerate()
-                        .filter_map(|(j, m)| m.parse().map_err(|e: crate::dispatch::MatcherError| problems.push(src.problem(&ip.key(field).index(j), e.to_string()))).ok())
+                        .filter_map(|(j, m)| {
+                            m.parse()
+                                .map_err(|e: crate::dispatch::MatcherError| {
+                                    problems
+                                        .push(src.problem(&ip.key(field).index(j), e.to_string()))
+                                })
+                                .ok()
+                        })
                         .collect()
                 };
                 let source = parse("source_matchers", &r.source_matchers);
                 let target = parse("target_matchers", &r.target_matchers);
-                crate::silence::Inhibit { source, target, equal: r.equal.clone() }
+                crate::silence::Inhibit {
+                    source,
+                    target,
+                    equal: r.equal.clone(),
+                }
             })
             .collect(),
     };

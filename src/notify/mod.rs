@@ -87,7 +87,11 @@ impl Templates {
         Self { env, lang }
     }
 
-    pub fn render(&self, alert: &Alert, status: Status) -> Result<(String, String), minijinja::Error> {
+    pub fn render(
+        &self,
+        alert: &Alert,
+        status: Status,
+    ) -> Result<(String, String), minijinja::Error> {
         self.render_with(alert, status, false)
     }
 
@@ -227,8 +231,21 @@ pub fn escalation_for(
     now: i64,
     batch: &mut Batch,
 ) -> Result<Vec<Notification>, NotifyError> {
-    let targets: Vec<(String, String)> = cfg.escalate_to.iter().map(|r| (r.clone(), "escalation".to_string())).collect();
-    build(alert, Status::Firing, true, &targets, templates, store, now, batch)
+    let targets: Vec<(String, String)> = cfg
+        .escalate_to
+        .iter()
+        .map(|r| (r.clone(), "escalation".to_string()))
+        .collect();
+    build(
+        alert,
+        Status::Firing,
+        true,
+        &targets,
+        templates,
+        store,
+        now,
+        batch,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -249,7 +266,11 @@ fn build(
         "{}.{}.{}",
         alert.fingerprint,
         alert.fired_at.unwrap_or(alert.active_since),
-        if escalation { "escalated" } else { status.name() }
+        if escalation {
+            "escalated"
+        } else {
+            status.name()
+        }
     );
     let mut out = Vec::new();
     for (receiver, route) in targets {
@@ -411,7 +432,11 @@ pub async fn deliver_due(
                     };
                     let mut k = now.to_be_bytes().to_vec();
                     k.extend_from_slice(&n.id.to_be_bytes());
-                    batch.put(Space::NotifyLog, k, codec::encode(DELIVERED_VERSION, &entry));
+                    batch.put(
+                        Space::NotifyLog,
+                        k,
+                        codec::encode(DELIVERED_VERSION, &entry),
+                    );
                 }
                 Err(SendError::Permanent(e)) => {
                     error!(receiver = %n.receiver, fingerprint = %n.fingerprint, error = %e,
@@ -490,6 +515,8 @@ mod tests {
             evidence: r#"{"village_name":"甲村"}"#.into(),
             labels,
             history: vec![],
+            ack: None,
+            escalated_at: None,
         }
     }
 

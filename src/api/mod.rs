@@ -1,7 +1,8 @@
-//! The HTTP server: `/metrics`, `/healthz` and `/readyz`.
-//!
-//! Invariant: nothing served here identifies a household or a person; these endpoints need
-//! no token.
+//! The HTTP server: `/metrics`, `/healthz`, `/readyz` (no token; nothing in them
+//! identifies a household or a person), `/-/reload`, and the token-protected `/api/v1`.
+
+pub mod auth;
+mod v1;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,10 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
     /// Where `POST /-/reload` asks the daemon to reload.
     pub reload: Option<tokio::sync::mpsc::Sender<crate::daemon::ReloadRequest>>,
+    /// The engine the API reads and acknowledges through; `None` in tests of the bare server.
+    pub engine: Option<v1::Engine>,
+    /// API tokens; `None`: the API is off.
+    pub tokens: Option<Arc<auth::Tokens>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -30,6 +35,22 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/-/reload", axum::routing::post(reload))
+        .route("/api/v1/alerts", get(v1::list_alerts))
+        .route("/api/v1/alerts/{fingerprint}", get(v1::get_alert))
+        .route(
+            "/api/v1/alerts/{fingerprint}/ack",
+            axum::routing::post(v1::ack_alert),
+        )
+        .route(
+            "/api/v1/silences",
+            get(v1::list_silences).post(v1::create_silence),
+        )
+        .route(
+            "/api/v1/silences/{id}",
+            axum::routing::delete(v1::expire_silence),
+        )
+        .route("/api/v1/notifications", get(v1::notifications))
+        .route("/api/v1/audit", get(v1::audit))
         .with_state(state)
 }
 
