@@ -687,3 +687,83 @@ pub fn routes_test(config: &Path, labels: &[String]) -> anyhow::Result<String> {
     ));
     Ok(out)
 }
+
+/// `guardline report`: per rule, the alerts, their dispositions and the precision (the share
+/// of dispositions that enrolled the household). Reads the store (stop the daemon first).
+pub fn report(config: &Path, json: bool) -> anyhow::Result<String> {
+    use crate::alerts::{Alerts, Disposition, Status};
+    let cfg = Config::load(config).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let store = crate::store::open(&cfg.daemon.data_dir)?;
+    let alerts = Alerts::load(&store)?;
+    #[derive(Default, serde::Serialize)]
+    struct Row {
+        rule: String,
+        firing: u64,
+        resolved: u64,
+        enrolled: u64,
+        dismissed: u64,
+        eliminated: u64,
+        without_disposition: u64,
+        escalated: u64,
+        precision: Option<f64>,
+    }
+    let mut rows: std::collections::BTreeMap<String, Row> = Default::default();
+    for a in alerts.iter() {
+        let r = rows.entry(a.rule.clone()).or_insert_with(|| Row {
+            rule: a.rule.clone(),
+            ..Row::default()
+        });
+        match a.status {
+            Status::Firing => r.firing += 1,
+            Status::Resolved => r.resolved += 1,
+            Status::Pending => {}
+        }
+        match a.ack.as_ref().map(|k| k.disposition) {
+            Some(Disposition::Enrolled) => r.enrolled += 1,
+            Some(Disposition::Dismissed) => r.dismissed += 1,
+            Some(Disposition::Eliminated) => r.eliminated += 1,
+            None if a.status == Status::Firing => r.without_disposition += 1,
+            None => {}
+        }
+        if a.escalated_at.is_some() {
+            r.escalated += 1;
+        }
+    }
+    for r in rows.values_mut() {
+        let n = r.enrolled + r.dismissed + r.eliminated;
+        r.precision = (n > 0).then(|| (r.enrolled as f64 / n as f64 * 1000.0).round() / 1000.0);
+    }
+    let rows: Vec<Row> = rows.into_values().collect();
+    if json {
+        return Ok(serde_json::to_string_pretty(&rows)? + "\n");
+    }
+    let mut out = format!(
+        "{:<32} {:>6} {:>8} {:>8} {:>9} {:>10} {:>8} {:>9} {:>9}\n",
+        "rule",
+        "firing",
+        "resolved",
+        "enrolled",
+        "dismissed",
+        "eliminated",
+        "open",
+        "escalated",
+        "precision"
+    );
+    for r in &rows {
+        out.push_str(&format!(
+            "{:<32} {:>6} {:>8} {:>8} {:>9} {:>10} {:>8} {:>9} {:>9}\n",
+            r.rule,
+            r.firing,
+            r.resolved,
+            r.enrolled,
+            r.dismissed,
+            r.eliminated,
+            r.without_disposition,
+            r.escalated,
+            r.precision
+                .map(|p| format!("{:.0}%", p * 100.0))
+                .unwrap_or_else(|| "-".into())
+        ));
+    }
+    Ok(out)
+}

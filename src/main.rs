@@ -70,6 +70,13 @@ enum Command {
         #[command(subcommand)]
         action: QuarantineCmd,
     },
+    /// Per rule: alerts, dispositions and precision (stop the daemon first: the store is locked).
+    Report {
+        #[arg(long, default_value = "/etc/guardline/guardline.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with the routing tree.
     Routes {
         #[arg(long, global = true, default_value = "/etc/guardline/guardline.toml")]
@@ -251,6 +258,9 @@ fn main() -> ExitCode {
                     }
                 };
                 commands::quarantine(&config, action).map(|s| print!("{s}"))
+            }
+            Command::Report { config, json } => {
+                commands::report(&config, json).map(|s| print!("{s}"))
             }
             Command::Routes {
                 config,

@@ -110,7 +110,7 @@ fn tokens_see_and_change_only_their_counties() {
         )
         .replace(
             "retry_max = \"2s\"",
-            "retry_max = \"2s\"\nescalate_after = \"8s\"\nescalate_to = [\"prefecture\"]",
+            "retry_max = \"2s\"\nescalate_after = \"8s\"\nescalate_to = [\"prefecture\"]\nrepeat_interval = \"5s\"",
         )
         + "\n[[receivers]]\nname = \"prefecture\"\ntype = \"file\"\npath = \"prefecture.log\"\n";
     std::fs::write(&cfg, text).unwrap();
@@ -289,6 +289,27 @@ fn tokens_see_and_change_only_their_counties() {
         204
     );
 
+    // Reminders: a warning without a disposition is mailed again; the acknowledged one is not.
+    let mails = smtp.messages();
+    let count = |fp: &str| {
+        mails
+            .iter()
+            .filter(|m| {
+                m["body"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("预警编号：{fp}"))
+            })
+            .count()
+    };
+    assert_eq!(count(&fp_a), 1, "a disposition stops the reminders");
+    assert!(count(&fp_b) >= 2, "no reminder for an open warning");
+    let ids: Vec<&str> = mails
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap())
+        .collect();
+    assert!(ids.iter().any(|i| i.contains(".repeat1@")), "{ids:?}");
+
     // The notification log and the audit log.
     let (s, v) = c.get("/api/v1/notifications?per_page=500", op_a);
     assert_eq!(s, 200);
@@ -311,4 +332,21 @@ fn tokens_see_and_change_only_their_counties() {
         .collect();
     assert_eq!(actions, vec!["silence.expire", "silence.create", "ack"]);
     assert!(d.stop().success());
+
+    // `guardline report`: precision per rule from the dispositions.
+    let out = std::process::Command::new(BIN)
+        .args(["report", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == rule_a)
+        .unwrap();
+    assert_eq!(row["enrolled"], 1);
+    assert_eq!(row["precision"], 1.0);
 }

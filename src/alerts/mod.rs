@@ -66,6 +66,9 @@ pub struct Alert {
     pub ack: Option<Ack>,
     /// When the warning was escalated for lack of a disposition.
     pub escalated_at: Option<i64>,
+    /// When it was last notified as firing, and how many repeats were sent.
+    pub notified_at: Option<i64>,
+    pub repeats: u32,
 }
 
 /// What an operator found (处置结果).
@@ -275,6 +278,8 @@ impl Alerts {
                                 history,
                                 ack: None,
                                 escalated_at: None,
+                                notified_at: None,
+                                repeats: 0,
                             },
                         );
                         self.removed.remove(&fp);
@@ -291,6 +296,10 @@ impl Alerts {
                 if a.status == Status::Pending && t - a.active_since >= rule.hold.as_secs() as i64 {
                     a.status = Status::Firing;
                     a.fired_at = Some(t);
+                    a.notified_at = Some(t);
+                    a.repeats = 0;
+                    a.ack = None;
+                    a.escalated_at = None;
                     a.history.push((t, Status::Firing));
                     transition = Some(Transition::Fired(a.clone()));
                 }
@@ -321,6 +330,24 @@ impl Alerts {
                 && a.fired_at.is_some_and(|f| f <= before)
             {
                 a.escalated_at = Some(now);
+                out.push(a.clone());
+                self.changed.insert(a.fingerprint.clone());
+            }
+        }
+        out
+    }
+
+    /// Firing alerts without a disposition last notified `interval` or longer ago; they are
+    /// marked notified at `now`. A disposition stops the repeats.
+    pub fn take_repeats(&mut self, interval: i64, now: i64) -> Vec<Alert> {
+        let mut out = Vec::new();
+        for a in self.alerts.values_mut() {
+            if a.status == Status::Firing
+                && a.ack.is_none()
+                && a.notified_at.is_some_and(|n| now - n >= interval)
+            {
+                a.notified_at = Some(now);
+                a.repeats += 1;
                 out.push(a.clone());
                 self.changed.insert(a.fingerprint.clone());
             }

@@ -393,6 +393,8 @@ pub struct NotifyConfig {
     pub escalate_after: Duration,
     pub escalate_to: Vec<String>,
     pub inhibit: Vec<crate::silence::Inhibit>,
+    /// Reminders of firing warnings without a disposition; zero: none.
+    pub repeat_interval: Duration,
 }
 
 /// Used by `guardline demo` only: where and how to run the built-in simulator.
@@ -934,6 +936,12 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
             &mut problems,
         ),
         escalate_to: raw.notify.escalate_to.clone(),
+        repeat_interval: duration_field(
+            src,
+            &np.key("repeat_interval"),
+            &raw.notify.repeat_interval,
+            &mut problems,
+        ),
         inhibit: raw
             .inhibit
             .iter()

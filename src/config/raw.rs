@@ -393,6 +393,8 @@ pub struct RawNotify {
     pub escalate_after: String,
     /// Receivers of escalations (e.g. the prefecture).
     pub escalate_to: Vec<String>,
+    /// A firing warning without a disposition is sent again this often ("0s": never).
+    pub repeat_interval: String,
 }
 
 impl Default for RawNotify {
@@ -405,6 +407,7 @@ impl Default for RawNotify {
             expire_after: "3d".into(),
             escalate_after: "15d".into(),
             escalate_to: Vec::new(),
+            repeat_interval: "3d".into(),
         }
     }
 }

@@ -222,6 +222,25 @@ pub fn notifications_for(
     build(alert, status, false, &targets, templates, store, now, batch)
 }
 
+/// A reminder of a firing warning still without a disposition, to its receivers.
+pub fn repeat_for(
+    alert: &Alert,
+    cfg: &NotifyConfig,
+    templates: &Templates,
+    store: &dyn Store,
+    now: i64,
+    batch: &mut Batch,
+) -> Result<Vec<Notification>, NotifyError> {
+    notifications_for(
+        &Transition::Fired(alert.clone()),
+        cfg,
+        templates,
+        store,
+        now,
+        batch,
+    )
+}
+
 /// The escalation of a warning left without a disposition, to `escalate_to`.
 pub fn escalation_for(
     alert: &Alert,
@@ -262,7 +281,7 @@ fn build(
     let (subject, body) = templates
         .render_with(alert, status, escalation)
         .map_err(|e| NotifyError::Template(e.to_string()))?;
-    let key = format!(
+    let mut key = format!(
         "{}.{}.{}",
         alert.fingerprint,
         alert.fired_at.unwrap_or(alert.active_since),
@@ -272,6 +291,10 @@ fn build(
             status.name()
         }
     );
+    // A reminder is a new message: receivers must not drop it as a duplicate.
+    if alert.repeats > 0 && status == Status::Firing && !escalation {
+        key.push_str(&format!(".repeat{}", alert.repeats));
+    }
     let mut out = Vec::new();
     for (receiver, route) in targets {
         let (receiver, route) = (receiver.clone(), route.clone());
@@ -517,6 +540,8 @@ mod tests {
             history: vec![],
             ack: None,
             escalated_at: None,
+            notified_at: None,
+            repeats: 0,
         }
     }
 
