@@ -278,9 +278,15 @@ receivers = ["ding", "mail"]
                 .starts_with("【返贫风险预警")
         );
     }
-    // E-mail goes with DingTalk, as the route says.
-    let mails: BTreeSet<(String, String)> = smtp.messages().iter().map(announced).collect();
-    assert_eq!(mails, ding_want);
+    // E-mail goes with DingTalk, as the route says (it may arrive a moment later).
+    wait_for(
+        Duration::from_secs(60),
+        "the e-mails of the DingTalk route",
+        || {
+            let mails: BTreeSet<(String, String)> = smtp.messages().iter().map(announced).collect();
+            (mails == ding_want).then_some(())
+        },
+    );
 
     let addr = std::fs::read_to_string(&log)
         .unwrap()
@@ -302,6 +308,16 @@ receivers = ["ding", "mail"]
         "{t}"
     );
     let long = want(&|r| r == "water_outage_long").len();
+    let t = wait_for(Duration::from_secs(30), "the refusals counted", || {
+        let t = get_text(&format!("http://{addr}/metrics"))?;
+        (metric_value(
+            &t,
+            "guardline_notifications_total{outcome=\"rejected\",receiver=\"bad\"}",
+        ) as usize
+            == long)
+            .then_some(t)
+    });
+    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         metric_value(
             &t,
