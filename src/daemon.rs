@@ -291,6 +291,43 @@ pub async fn run(
         while first_rx.recv().await.is_some() {}
     });
 
+    // Alertmanager forgets an alert it is not told about again: re-send the firing ones.
+    for am in config.receivers.iter().filter_map(|r| match r {
+        crate::config::ReceiverConfig::Alertmanager(a) => Some(a.clone()),
+        _ => None,
+    }) {
+        let engine = Arc::clone(&engine);
+        let mut sd = shutdown.clone();
+        let client = reqwest::Client::builder()
+            .timeout(am.timeout)
+            .build()
+            .context("building the Alertmanager client")?;
+        tokio::spawn(async move {
+            let hold = 4 * am.resend_interval.as_secs() as i64;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(am.resend_interval) => {}
+                    _ = sd.wait_for(|v| *v) => return,
+                }
+                let alerts = engine
+                    .lock()
+                    .await
+                    .firing_for(&am.name, now().timestamp(), hold);
+                if alerts.is_empty() {
+                    continue;
+                }
+                match crate::notify::push_alertmanager(&am, &client, &alerts).await {
+                    Ok(()) => {
+                        info!(receiver = %am.name, alerts = alerts.len(), "firing alerts re-sent to Alertmanager")
+                    }
+                    Err(e) => {
+                        warn!(receiver = %am.name, error = %e, "re-sending to Alertmanager failed; retrying at the next interval")
+                    }
+                }
+            }
+        });
+    }
+
     ready.store(true, Ordering::SeqCst);
     if let Some(tx) = started {
         let _ = tx.send(Started { http });

@@ -744,6 +744,32 @@ impl Engine {
             .then_some("inhibited")
     }
 
+    /// The firing alerts routed to `receiver` and not muted, as Alertmanager takes them, ending
+    /// `hold` seconds from now unless re-sent.
+    pub fn firing_for(&self, receiver: &str, now: i64, hold: i64) -> Vec<serde_json::Value> {
+        self.alerts
+            .iter()
+            .filter(|a| a.status == crate::alerts::Status::Firing)
+            .filter(|a| {
+                self.notify
+                    .route
+                    .receivers_for(&a.labels)
+                    .iter()
+                    .any(|r| r == receiver)
+            })
+            .filter(|a| self.muted(a, now).is_none())
+            .map(|a| {
+                crate::notify::am_alert(
+                    &a.labels,
+                    &a.summary,
+                    &a.description,
+                    a.fired_at.unwrap_or(a.active_since),
+                    now + hold,
+                )
+            })
+            .collect()
+    }
+
     pub fn silences(&self) -> &[Silence] {
         &self.silences
     }

@@ -313,6 +313,16 @@ pub enum ReceiverConfig {
     },
     Smtp(SmtpConfig),
     Http(HttpReceiverConfig),
+    Alertmanager(AlertmanagerConfig),
+}
+
+/// Alertmanager instances to push alerts to.
+#[derive(Debug, Clone)]
+pub struct AlertmanagerConfig {
+    pub name: String,
+    pub urls: Vec<reqwest::Url>,
+    pub resend_interval: Duration,
+    pub timeout: Duration,
 }
 
 /// A receiver that POSTs to a URL: an Alertmanager-style webhook or a chat robot.
@@ -341,6 +351,7 @@ impl ReceiverConfig {
             Self::File { name, .. } => name,
             Self::Smtp(s) => &s.name,
             Self::Http(h) => &h.name,
+            Self::Alertmanager(a) => &a.name,
         }
     }
 }
@@ -819,6 +830,38 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
                         src.problem(&rp.key("url"), format!("{url:?} is not an http(s) URL")),
                     ),
                 }
+            }
+            raw::RawReceiver::Alertmanager {
+                name,
+                urls,
+                resend_interval,
+                timeout,
+            } => {
+                let mut parsed = Vec::new();
+                for (j, u) in urls.iter().enumerate() {
+                    match reqwest::Url::parse(u) {
+                        Ok(u) if matches!(u.scheme(), "http" | "https") => parsed.push(u),
+                        _ => problems.push(src.problem(
+                            &rp.key("urls").index(j),
+                            format!("{u:?} is not an http(s) URL"),
+                        )),
+                    }
+                }
+                if urls.is_empty() {
+                    problems
+                        .push(src.problem(&rp.key("urls"), "give at least one Alertmanager URL"));
+                }
+                receivers.push(ReceiverConfig::Alertmanager(AlertmanagerConfig {
+                    name: name.clone(),
+                    urls: parsed,
+                    resend_interval: duration_field(
+                        src,
+                        &rp.key("resend_interval"),
+                        resend_interval,
+                        &mut problems,
+                    ),
+                    timeout: duration_field(src, &rp.key("timeout"), timeout, &mut problems),
+                }));
             }
             raw::RawReceiver::Smtp(s) => {
                 if s.to.is_empty() {

@@ -306,6 +306,16 @@ pub enum RawReceiver {
         #[serde(default = "default_smtp_timeout")]
         timeout: String,
     },
+    /// One or more Alertmanager instances (a cluster): alerts are pushed to `/api/v2/alerts`
+    /// and firing ones re-sent every `resend_interval`, as Alertmanager expects.
+    Alertmanager {
+        name: String,
+        urls: Vec<String>,
+        #[serde(default = "default_resend")]
+        resend_interval: String,
+        #[serde(default = "default_smtp_timeout")]
+        timeout: String,
+    },
     /// A DingTalk (钉钉) group robot; the access token and the optional signing secret come
     /// from the environment or a file.
     Dingtalk {
@@ -321,6 +331,9 @@ pub enum RawReceiver {
     },
 }
 
+fn default_resend() -> String {
+    "1m".into()
+}
 fn default_wecom_url() -> String {
     "https://qyapi.weixin.qq.com/cgi-bin/webhook/send".into()
 }
@@ -333,9 +346,10 @@ impl RawReceiver {
         match self {
             Self::File { name, .. } => name,
             Self::Smtp(s) => &s.name,
-            Self::Webhook { name, .. } | Self::Wecom { name, .. } | Self::Dingtalk { name, .. } => {
-                name
-            }
+            Self::Webhook { name, .. }
+            | Self::Wecom { name, .. }
+            | Self::Dingtalk { name, .. }
+            | Self::Alertmanager { name, .. } => name,
         }
     }
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{error, info, warn};
 
-pub use receivers::{Receiver, SendError};
+pub use receivers::{Receiver, SendError, am_alert, push_alertmanager};
 
 use crate::alerts::{Alert, Status, Transition, format_time};
 use crate::config::{Language, NotifyConfig};

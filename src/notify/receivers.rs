@@ -12,7 +12,9 @@ use tokio::io::AsyncWriteExt;
 
 use super::Notification;
 use crate::alerts::format_time;
-use crate::config::{HttpReceiverConfig, HttpReceiverKind, ReceiverConfig, SmtpConfig, SmtpTls};
+use crate::config::{
+    AlertmanagerConfig, HttpReceiverConfig, HttpReceiverKind, ReceiverConfig, SmtpConfig, SmtpTls,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -41,6 +43,10 @@ pub enum BuildError {
 }
 
 pub enum Receiver {
+    Alertmanager {
+        cfg: AlertmanagerConfig,
+        client: reqwest::Client,
+    },
     Http {
         cfg: HttpReceiverConfig,
         client: reqwest::Client,
@@ -69,6 +75,17 @@ impl Receiver {
                 stdout: *stdout,
             }),
             ReceiverConfig::Smtp(s) => build_smtp(s),
+            ReceiverConfig::Alertmanager(a) => Ok(Self::Alertmanager {
+                client: reqwest::Client::builder()
+                    .timeout(a.timeout)
+                    .user_agent(concat!("guardline/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| BuildError::Invalid {
+                        receiver: a.name.clone(),
+                        detail: e.to_string(),
+                    })?,
+                cfg: a.clone(),
+            }),
             ReceiverConfig::Http(h) => {
                 let invalid = |detail: String| BuildError::Invalid {
                     receiver: h.name.clone(),
@@ -102,6 +119,13 @@ impl Receiver {
                 secret,
                 signing,
             } => send_http(cfg, client, secret.as_deref(), signing.as_deref(), n).await,
+            Self::Alertmanager { cfg, client } => {
+                let ends = n.ends_at.unwrap_or_else(|| {
+                    crate::model::now().timestamp() + 4 * cfg.resend_interval.as_secs() as i64
+                });
+                let alert = am_alert(&n.labels, &n.summary, &n.description, n.starts_at, ends);
+                push_alertmanager(cfg, client, &[alert]).await
+            }
             Self::File { path, stdout } => {
                 let text = format!(
                     "=== {} [{}] rule={} county={} key={}\n主题: {}\n\n{}\n",
@@ -378,4 +402,58 @@ async fn send_http(
         }
     }
     Ok(())
+}
+
+/// One alert as Alertmanager's `/api/v2/alerts` takes it; `alertname` is the rule.
+pub fn am_alert(
+    labels: &std::collections::BTreeMap<String, String>,
+    summary: &str,
+    description: &str,
+    starts: i64,
+    ends: i64,
+) -> serde_json::Value {
+    let mut l = labels.clone();
+    if let Some(rule) = labels.get("rule") {
+        l.insert("alertname".into(), rule.clone());
+    }
+    serde_json::json!({
+        "labels": l,
+        "annotations": {"summary": summary, "description": description},
+        "startsAt": rfc3339(starts),
+        "endsAt": rfc3339(ends),
+        "generatorURL": "",
+    })
+}
+
+/// Posts alerts to every Alertmanager of the receiver (each deduplicates them).
+pub async fn push_alertmanager(
+    cfg: &AlertmanagerConfig,
+    client: &reqwest::Client,
+    alerts: &[serde_json::Value],
+) -> Result<(), SendError> {
+    let mut failures = Vec::new();
+    for base in &cfg.urls {
+        let url = match base.join("api/v2/alerts") {
+            Ok(u) => u,
+            Err(e) => return Err(SendError::Permanent(format!("{base}: {e}"))),
+        };
+        match client.post(url.clone()).json(alerts).send().await {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                return Err(SendError::Permanent(format!(
+                    "{url} answered HTTP {status}: {}",
+                    text.chars().take(200).collect::<String>()
+                )));
+            }
+            Ok(r) => failures.push(format!("{url} answered HTTP {}", r.status())),
+            Err(e) => failures.push(format!("{url}: {}", e.without_url())),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(SendError::Retryable(failures.join("; ")))
+    }
 }
