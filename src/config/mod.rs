@@ -1027,34 +1027,7 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
         households: s.households,
     });
 
-    let mut lines = Vec::new();
-    for (i, l) in raw.lines.iter().enumerate() {
-        let lp = root.key("lines").index(i);
-        if !valid_name(&l.name) {
-            problems.push(src.problem(
-                &lp.key("name"),
-                format!("line name {:?} must be a-z, 0-9, _ or -", l.name),
-            ));
-        }
-        if !matches!(l.region.len(), 2 | 4 | 6) || !l.region.bytes().all(|b| b.is_ascii_digit()) {
-            problems.push(src.problem(
-                &lp.key("region"),
-                format!(
-                    "region {:?} must be a province (2 digits), prefecture (4) or county (6) code",
-                    l.region
-                ),
-            ));
-        }
-        if !(l.value.is_finite() && l.value >= 0.0) {
-            problems.push(src.problem(&lp.key("value"), "must be an amount in yuan"));
-        }
-        lines.push(LineEntry {
-            name: l.name.clone(),
-            year: l.year,
-            region: l.region.clone(),
-            value: (l.value * 100.0).round() as crate::model::Fen,
-        });
-    }
+    let lines = validate_lines(src, &raw.lines, &mut problems);
 
     if problems.is_empty() {
         Ok(Config {
