@@ -310,6 +310,11 @@ fn tokens_see_and_change_only_their_counties() {
         .collect();
     assert!(ids.iter().any(|i| i.contains(".repeat1@")), "{ids:?}");
 
+    // Reloading needs an admin token once tokens are configured.
+    assert_eq!(c.call("POST", "/-/reload", None, None).0, 401);
+    assert_eq!(c.call("POST", "/-/reload", op_a, None).0, 403);
+    assert_eq!(c.call("POST", "/-/reload", admin, None).0, 200);
+
     // The notification log and the audit log.
     let (s, v) = c.get("/api/v1/notifications?per_page=500", op_a);
     assert_eq!(s, 200);
@@ -330,7 +335,10 @@ fn tokens_see_and_change_only_their_counties() {
         .iter()
         .map(|x| x["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, vec!["silence.expire", "silence.create", "ack"]);
+    assert_eq!(
+        actions,
+        vec!["reload", "silence.expire", "silence.create", "ack"]
+    );
     assert!(d.stop().success());
 
     // `guardline report`: precision per rule from the dispositions.

@@ -66,7 +66,47 @@ async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
 
 /// Reloads the configuration and rules; 200 with what changed, or 400 with the problems
 /// (the running set stays). Listen on loopback, or put the endpoint behind a proxy.
-async fn reload(State(s): State<ApiState>) -> impl IntoResponse {
+async fn reload(State(s): State<ApiState>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    // With API tokens configured, a reload needs an admin token; without, the listener's
+    // address (loopback by default) is the protection.
+    if let Some(tokens) = &s.tokens {
+        let secret = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match secret.and_then(|t| tokens.find(t.trim())) {
+            Some(t) if t.role == auth::Role::Admin => {
+                if let Some(engine) = &s.engine {
+                    let entry = crate::engine::AuditEntry {
+                        at: crate::model::now().timestamp(),
+                        token: t.name.clone(),
+                        role: t.role.name().into(),
+                        action: "reload".into(),
+                        target: "configuration".into(),
+                        detail: String::new(),
+                    };
+                    if let Err(e) = engine.lock().await.audit(&entry) {
+                        return (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("audit log: {e}\n"),
+                        );
+                    }
+                }
+            }
+            Some(_) => {
+                return (
+                    StatusCode::FORBIDDEN,
+                    "reloading needs an admin token\n".to_string(),
+                );
+            }
+            None => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    "reloading needs an admin token\n".to_string(),
+                );
+            }
+        }
+    }
     let Some(tx) = s.reload else {
         return (
             StatusCode::NOT_FOUND,

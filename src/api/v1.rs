@@ -52,6 +52,18 @@ fn authenticate(s: &ApiState, headers: &HeaderMap, need: Role) -> Result<Token, 
     Ok(t.clone())
 }
 
+/// The token and the engine of a request, or the response refusing it.
+#[allow(clippy::result_large_err)]
+fn begin<'a>(
+    s: &'a ApiState,
+    headers: &HeaderMap,
+    need: Role,
+) -> Result<(Token, &'a Engine), Response> {
+    let t = authenticate(s, headers, need)?;
+    let engine = s.engine.as_ref().ok_or_else(not_found)?;
+    Ok((t, engine))
+}
+
 fn alert_json(a: &Alert, full: bool) -> Value {
     let mut v = json!({
         "fingerprint": a.fingerprint,
@@ -113,12 +125,9 @@ pub async fn list_alerts(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let t = match authenticate(&s, &headers, Role::Viewer) {
-        Ok(t) => t,
+    let (t, engine) = match begin(&s, &headers, Role::Viewer) {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let Some(engine) = &s.engine else {
-        return not_found();
     };
     let e = engine.lock().await;
     let mut alerts: Vec<&Alert> = e
@@ -151,12 +160,9 @@ pub async fn get_alert(
     headers: HeaderMap,
     Path(fp): Path<String>,
 ) -> Response {
-    let t = match authenticate(&s, &headers, Role::Viewer) {
-        Ok(t) => t,
+    let (t, engine) = match begin(&s, &headers, Role::Viewer) {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let Some(engine) = &s.engine else {
-        return not_found();
     };
     let e = engine.lock().await;
     match e.alerts().get(&fp) {
@@ -179,12 +185,9 @@ pub async fn ack_alert(
     Path(fp): Path<String>,
     body: Option<Json<AckBody>>,
 ) -> Response {
-    let t = match authenticate(&s, &headers, Role::Operator) {
-        Ok(t) => t,
+    let (t, engine) = match begin(&s, &headers, Role::Operator) {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let Some(engine) = &s.engine else {
-        return not_found();
     };
     let Some(Json(body)) = body else {
         return error(
@@ -251,12 +254,9 @@ pub async fn list_silences(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let t = match authenticate(&s, &headers, Role::Viewer) {
-        Ok(t) => t,
+    let (t, engine) = match begin(&s, &headers, Role::Viewer) {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let Some(engine) = &s.engine else {
-        return not_found();
     };
     let e = engine.lock().await;
     let at = now().timestamp();
@@ -284,12 +284,9 @@ pub async fn create_silence(
     headers: HeaderMap,
     body: Option<Json<SilenceBody>>,
 ) -> Response {
-    let t = match authenticate(&s, &headers, Role::Operator) {
-        Ok(t) => t,
+    let (t, engine) = match begin(&s, &headers, Role::Operator) {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let Some(engine) = &s.engine else {
-        return not_found();
     };
     let Some(Json(body)) = body else {
         return error(
@@ -371,12 +368,9 @@ pub async fn expire_silence(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let t = match authenticate(&s, &headers, Role::Operator) {
-        Ok(t) => t,
+    let (t, engine) = match begin(&s, &headers, Role::Operator) {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let Some(engine) = &s.engine else {
-        return not_found();
     };
     let mut e = engine.lock().await;
     if !e
@@ -406,12 +400,9 @@ pub async fn notifications(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let t = match authenticate(&s, &headers, Role::Viewer) {
-        Ok(t) => t,
+    let (t, engine) = match begin(&s, &headers, Role::Viewer) {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let Some(engine) = &s.engine else {
-        return not_found();
     };
     let e = engine.lock().await;
     match e.notification_log(10_000) {
@@ -436,11 +427,9 @@ pub async fn audit(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = authenticate(&s, &headers, Role::Admin) {
-        return r;
-    }
-    let Some(engine) = &s.engine else {
-        return not_found();
+    let (_, engine) = match begin(&s, &headers, Role::Admin) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let e = engine.lock().await;
     match e.audit_log(10_000) {
