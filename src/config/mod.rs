@@ -935,13 +935,22 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
         }
     }
     let route = match &raw.route {
-        Some(r) => validate_route(src, &root.key("route"), "root", r, &rnames, &mut problems),
+        Some(r) => validate_route(
+            src,
+            &root.key("route"),
+            "root",
+            r,
+            &rnames,
+            &crate::dispatch::Grouping::default(),
+            &mut problems,
+        ),
         None => crate::dispatch::Route {
             path: "root".into(),
             matchers: Vec::new(),
             receivers: raw.notify.receivers.clone(),
             cont: false,
             routes: Vec::new(),
+            grouping: crate::dispatch::Grouping::default(),
         },
     };
     if raw.route.is_some() && !raw.notify.receivers.is_empty() {
@@ -1050,8 +1059,19 @@ fn validate_route(
     path: &str,
     r: &raw::RawRoute,
     receivers: &BTreeSet<String>,
+    parent: &crate::dispatch::Grouping,
     problems: &mut Vec<Problem>,
 ) -> crate::dispatch::Route {
+    let mut grouping = parent.clone();
+    if let Some(by) = &r.group_by {
+        grouping.by = Some(by.clone());
+    }
+    if let Some(w) = &r.group_wait {
+        grouping.wait = duration_field(src, &at.key("group_wait"), w, problems);
+    }
+    if let Some(i) = &r.group_interval {
+        grouping.interval = duration_field(src, &at.key("group_interval"), i, problems);
+    }
     let mut matchers = Vec::new();
     for (i, m) in r.matchers.iter().enumerate() {
         match m.parse::<crate::dispatch::Matcher>() {
@@ -1078,6 +1098,7 @@ fn validate_route(
                 &format!("{path}/{i}"),
                 child,
                 receivers,
+                &grouping,
                 problems,
             )
         })
@@ -1088,6 +1109,7 @@ fn validate_route(
         receivers: r.receivers.clone(),
         cont: r.cont,
         routes,
+        grouping,
     }
 }
 

@@ -44,6 +44,10 @@ pub struct RawRoute {
     pub cont: bool,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Labels that make a group (one message for the group's alerts).
+    pub group_by: Option<Vec<String>>,
+    pub group_wait: Option<String>,
+    pub group_interval: Option<String>,
 }
 
 /// One value of a policy line (a monitoring income line, a reference income) for a year and

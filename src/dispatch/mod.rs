@@ -23,6 +23,18 @@ pub struct Route {
     pub receivers: Vec<String>,
     pub cont: bool,
     pub routes: Vec<Route>,
+    pub grouping: Grouping,
+}
+
+/// How a route batches notifications (inherited by child routes that do not set it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grouping {
+    /// Labels whose values make a group; `None`: every alert is its own group.
+    pub by: Option<Vec<String>>,
+    /// How long a new group's first notification waits for others of the group.
+    pub wait: std::time::Duration,
+    /// The least time between two notifications of a group.
+    pub interval: std::time::Duration,
 }
 
 impl Route {
@@ -50,6 +62,21 @@ impl Route {
         }
         if !matched {
             out.push(self);
+        }
+    }
+
+    /// The group an alert falls in at this route: the route and the values of its
+    /// `group_by` labels, or the alert alone.
+    pub fn group_key(&self, labels: &BTreeMap<String, String>, fingerprint: &str) -> String {
+        match &self.grouping.by {
+            None => format!("{}:{fingerprint}", self.path),
+            Some(by) => {
+                let parts: Vec<String> = by
+                    .iter()
+                    .map(|l| format!("{l}={}", labels.get(l).map(String::as_str).unwrap_or("")))
+                    .collect();
+                format!("{}:{{{}}}", self.path, parts.join(","))
+            }
         }
     }
 
@@ -91,6 +118,7 @@ mod tests {
             receivers: receivers.iter().map(|r| r.to_string()).collect(),
             cont,
             routes,
+            grouping: Grouping::default(),
         }
     }
 

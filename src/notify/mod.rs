@@ -54,6 +54,13 @@ pub struct Notification {
     pub route: String,
     /// Sent because the warning had no disposition within the identification time limit.
     pub escalation: bool,
+    /// Notifications of one receiver and group go out together, at most once per
+    /// `group_interval` seconds.
+    pub group: String,
+    pub group_interval: u64,
+    /// The other notifications of a group sent as one message (only while sending).
+    #[serde(skip)]
+    pub grouped: Vec<Box<Notification>>,
     pub created_at: i64,
     pub attempts: u32,
     pub next_attempt: i64,
@@ -206,18 +213,28 @@ pub fn notifications_for(
         Transition::Resolved(_) => return Ok(Vec::new()),
     };
     let routes = cfg.route.resolve(&alert.labels);
-    let targets: Vec<(String, String)> = cfg
+    let targets: Vec<Target> = cfg
         .route
         .receivers_for(&alert.labels)
         .into_iter()
-        .map(|receiver| {
-            let route = routes
-                .iter()
-                .find(|r| r.receivers.contains(&receiver))
-                .map(|r| r.path.clone())
-                .unwrap_or_else(|| "root".into());
-            (receiver, route)
-        })
+        .map(
+            |receiver| match routes.iter().find(|r| r.receivers.contains(&receiver)) {
+                Some(r) => Target {
+                    receiver,
+                    route: r.path.clone(),
+                    group: r.group_key(&alert.labels, &alert.fingerprint),
+                    wait: r.grouping.wait.as_secs() as i64,
+                    interval: r.grouping.interval.as_secs(),
+                },
+                None => Target {
+                    receiver,
+                    route: "root".into(),
+                    group: format!("root:{}", alert.fingerprint),
+                    wait: 0,
+                    interval: 0,
+                },
+            },
+        )
         .collect();
     build(alert, status, false, &targets, templates, store, now, batch)
 }
@@ -250,10 +267,16 @@ pub fn escalation_for(
     now: i64,
     batch: &mut Batch,
 ) -> Result<Vec<Notification>, NotifyError> {
-    let targets: Vec<(String, String)> = cfg
+    let targets: Vec<Target> = cfg
         .escalate_to
         .iter()
-        .map(|r| (r.clone(), "escalation".to_string()))
+        .map(|r| Target {
+            receiver: r.clone(),
+            route: "escalation".into(),
+            group: format!("escalation:{}", alert.fingerprint),
+            wait: 0,
+            interval: 0,
+        })
         .collect();
     build(
         alert,
@@ -267,12 +290,21 @@ pub fn escalation_for(
     )
 }
 
+/// Where one notification goes: its receiver, route, group and the group's timing.
+struct Target {
+    receiver: String,
+    route: String,
+    group: String,
+    wait: i64,
+    interval: u64,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn build(
     alert: &Alert,
     status: Status,
     escalation: bool,
-    targets: &[(String, String)],
+    targets: &[Target],
     templates: &Templates,
     store: &dyn Store,
     now: i64,
@@ -296,8 +328,8 @@ fn build(
         key.push_str(&format!(".repeat{}", alert.repeats));
     }
     let mut out = Vec::new();
-    for (receiver, route) in targets {
-        let (receiver, route) = (receiver.clone(), route.clone());
+    for t in targets {
+        let (receiver, route) = (t.receiver.clone(), t.route.clone());
         let n = Notification {
             id: store.next_id()?,
             receiver: receiver.clone(),
@@ -314,10 +346,14 @@ fn build(
             starts_at: alert.fired_at.unwrap_or(alert.active_since),
             ends_at: alert.resolved_at,
             route,
+            group: t.group.clone(),
+            group_interval: t.interval,
+            grouped: Vec::new(),
             escalation,
             created_at: now,
             attempts: 0,
-            next_attempt: now,
+            // A new group waits for the others of its group.
+            next_attempt: now + t.wait,
             last_error: None,
         };
         put(batch, &n);
@@ -365,8 +401,8 @@ pub enum NotifyError {
 
 pub use crate::retry::backoff;
 
-/// Delivers due notifications until `shutdown` fires. Order is kept per receiver: when a
-/// receiver fails, its later notifications wait for the earlier one.
+/// Delivers due notifications until `shutdown` fires. Notifications of one receiver and
+/// group go out together; a receiver that fails keeps its later notifications waiting.
 pub async fn run_outbox(
     outbox: Arc<Mutex<Outbox>>,
     wake: Arc<tokio::sync::Notify>,
@@ -376,8 +412,17 @@ pub async fn run_outbox(
     metrics: Arc<Metrics>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut last_sent = std::collections::HashMap::new();
     loop {
-        let next_due = deliver_due(&outbox, &receivers, store.as_ref(), &cfg, &metrics).await;
+        let next_due = deliver_due(
+            &outbox,
+            &receivers,
+            store.as_ref(),
+            &cfg,
+            &metrics,
+            &mut last_sent,
+        )
+        .await;
         let sleep = next_due
             .map(|t| {
                 Duration::from_secs(t.saturating_sub(crate::model::now().timestamp()).max(0) as u64)
@@ -392,6 +437,9 @@ pub async fn run_outbox(
     }
 }
 
+/// When each (receiver, group) last went out, for `group_interval`.
+pub type LastSent = std::collections::HashMap<(String, String), i64>;
+
 /// One pass over the outbox; returns when the next waiting notification is due.
 pub async fn deliver_due(
     outbox: &Mutex<Outbox>,
@@ -399,6 +447,7 @@ pub async fn deliver_due(
     store: &dyn Store,
     cfg: &NotifyConfig,
     metrics: &Metrics,
+    last_sent: &mut LastSent,
 ) -> Option<i64> {
     let now = crate::model::now().timestamp();
     let pending: Vec<Notification> = match outbox.lock() {
@@ -406,103 +455,131 @@ pub async fn deliver_due(
         Err(_) => return None,
     };
     let mut blocked: std::collections::BTreeSet<String> = Default::default();
+    let mut handled: std::collections::HashSet<u64> = Default::default();
     let mut next_due: Option<i64> = None;
-    for mut n in pending {
-        if blocked.contains(&n.receiver) {
+    let due_at =
+        |t: i64, next_due: &mut Option<i64>| *next_due = Some(next_due.map_or(t, |d| d.min(t)));
+    for first in &pending {
+        if handled.contains(&first.id) || blocked.contains(&first.receiver) {
             continue;
         }
-        if n.next_attempt > now {
-            blocked.insert(n.receiver.clone());
-            next_due = Some(next_due.map_or(n.next_attempt, |t| t.min(n.next_attempt)));
+        let group: Vec<Notification> = pending
+            .iter()
+            .filter(|m| {
+                m.receiver == first.receiver && m.group == first.group && !handled.contains(&m.id)
+            })
+            .cloned()
+            .collect();
+        handled.extend(group.iter().map(|m| m.id));
+        let key = (first.receiver.clone(), first.group.clone());
+        let ready_at = group.iter().map(|m| m.next_attempt).min().unwrap_or(now);
+        let interval_at = last_sent
+            .get(&key)
+            .map_or(now, |t| t + first.group_interval as i64);
+        let when = ready_at.max(interval_at);
+        if when > now {
+            due_at(when, &mut next_due);
+            // A waiting group keeps later groups of the same receiver in order behind it
+            // only when it failed before.
+            if group.iter().any(|m| m.attempts > 0) {
+                blocked.insert(first.receiver.clone());
+            }
             continue;
         }
         let mut batch = Batch::default();
-        let outcome;
-        if now - n.created_at > cfg.expire_after.as_secs() as i64 {
-            warn!(receiver = %n.receiver, fingerprint = %n.fingerprint, attempts = n.attempts,
-                  last_error = n.last_error.as_deref().unwrap_or(""), "notification expired undelivered");
-            outcome = "expired";
-            batch.delete(Space::Outbox, n.id.to_be_bytes().to_vec());
-        } else {
-            let Some(receiver) = receivers.get(&n.receiver) else {
-                warn!(receiver = %n.receiver, "notification for a receiver that is no longer configured; dropped");
-                batch.delete(Space::Outbox, n.id.to_be_bytes().to_vec());
-                if store.commit(batch).is_ok()
-                    && let Ok(mut o) = outbox.lock()
-                {
-                    o.items.remove(&n.id);
+        let (expired, live): (Vec<Notification>, Vec<Notification>) = group
+            .into_iter()
+            .partition(|m| now - m.created_at > cfg.expire_after.as_secs() as i64);
+        for m in &expired {
+            warn!(receiver = %m.receiver, fingerprint = %m.fingerprint, attempts = m.attempts,
+                  last_error = m.last_error.as_deref().unwrap_or(""), "notification expired undelivered");
+            metrics
+                .notifications
+                .with_label_values(&[m.receiver.as_str(), "expired"])
+                .inc();
+            batch.delete(Space::Outbox, m.id.to_be_bytes().to_vec());
+        }
+        let mut keep: Vec<Notification> = Vec::new();
+        let mut gone: Vec<u64> = expired.iter().map(|m| m.id).collect();
+        if !live.is_empty() {
+            let Some(receiver) = receivers.get(&first.receiver) else {
+                warn!(receiver = %first.receiver, "notification for a receiver that is no longer configured; dropped");
+                for m in &live {
+                    batch.delete(Space::Outbox, m.id.to_be_bytes().to_vec());
+                    gone.push(m.id);
                 }
+                commit_outcome(store, outbox, batch, &gone, &keep);
                 continue;
             };
-            match receiver.send(&n).await {
+            let outcome = match receiver.send_group(&live).await {
                 Ok(()) => {
-                    info!(receiver = %n.receiver, fingerprint = %n.fingerprint, rule = %n.rule,
-                          county = %n.county.map(|c| c.to_string()).unwrap_or_default(), status = n.status.name(), attempts = n.attempts + 1,
-                          "notification delivered");
-                    outcome = "sent";
-                    batch.delete(Space::Outbox, n.id.to_be_bytes().to_vec());
-                    let entry = Delivered {
-                        id: n.id,
-                        key: n.key.clone(),
-                        receiver: n.receiver.clone(),
-                        fingerprint: n.fingerprint.clone(),
-                        rule: n.rule.clone(),
-                        county: n.county,
-                        status: n.status,
-                        escalation: n.escalation,
-                        attempts: n.attempts + 1,
-                        delivered_at: now,
-                    };
-                    let mut k = now.to_be_bytes().to_vec();
-                    k.extend_from_slice(&n.id.to_be_bytes());
-                    batch.put(
-                        Space::NotifyLog,
-                        k,
-                        codec::encode(DELIVERED_VERSION, &entry),
-                    );
+                    for m in &live {
+                        info!(receiver = %m.receiver, fingerprint = %m.fingerprint, rule = %m.rule,
+                              county = %m.county.map(|c| c.to_string()).unwrap_or_default(), status = m.status.name(),
+                              attempts = m.attempts + 1, group_size = live.len(), "notification delivered");
+                        batch.delete(Space::Outbox, m.id.to_be_bytes().to_vec());
+                        let entry = Delivered {
+                            id: m.id,
+                            key: m.key.clone(),
+                            receiver: m.receiver.clone(),
+                            fingerprint: m.fingerprint.clone(),
+                            rule: m.rule.clone(),
+                            county: m.county,
+                            status: m.status,
+                            escalation: m.escalation,
+                            attempts: m.attempts + 1,
+                            delivered_at: now,
+                        };
+                        let mut k = now.to_be_bytes().to_vec();
+                        k.extend_from_slice(&m.id.to_be_bytes());
+                        batch.put(
+                            Space::NotifyLog,
+                            k,
+                            codec::encode(DELIVERED_VERSION, &entry),
+                        );
+                        gone.push(m.id);
+                    }
+                    last_sent.insert(key, now);
+                    "sent"
                 }
                 Err(SendError::Permanent(e)) => {
-                    error!(receiver = %n.receiver, fingerprint = %n.fingerprint, error = %e,
+                    error!(receiver = %first.receiver, group = %first.group, error = %e,
                            "notification refused by the receiver; not retried (check the receiver's configuration)");
-                    outcome = "rejected";
-                    batch.delete(Space::Outbox, n.id.to_be_bytes().to_vec());
+                    for m in &live {
+                        batch.delete(Space::Outbox, m.id.to_be_bytes().to_vec());
+                        gone.push(m.id);
+                    }
+                    "rejected"
                 }
                 Err(e) => {
-                    n.attempts += 1;
+                    let attempts = live.iter().map(|m| m.attempts).max().unwrap_or(0) + 1;
                     let wait = if let SendError::RetryAfter(d, _) = &e {
                         *d
                     } else {
-                        backoff(n.attempts, cfg.retry_initial, cfg.retry_max)
+                        backoff(attempts, cfg.retry_initial, cfg.retry_max)
                     };
-                    n.next_attempt = now + wait.as_secs().max(1) as i64;
-                    n.last_error = Some(e.to_string());
-                    warn!(receiver = %n.receiver, fingerprint = %n.fingerprint, attempts = n.attempts,
-                          retry_in_seconds = wait.as_secs(), error = %e, "notification failed; will retry");
-                    outcome = "failed";
-                    put(&mut batch, &n);
-                    blocked.insert(n.receiver.clone());
-                    next_due = Some(next_due.map_or(n.next_attempt, |t| t.min(n.next_attempt)));
-                }
-            }
-        }
-        metrics
-            .notifications
-            .with_label_values(&[n.receiver.as_str(), outcome])
-            .inc();
-        match store.commit(batch) {
-            Ok(()) => {
-                if let Ok(mut o) = outbox.lock() {
-                    if outcome == "failed" {
-                        o.items.insert(n.id, n);
-                    } else {
-                        o.items.remove(&n.id);
+                    warn!(receiver = %first.receiver, group = %first.group, attempts, retry_in_seconds = wait.as_secs(),
+                          error = %e, "notification failed; will retry");
+                    for m in &live {
+                        let mut m = m.clone();
+                        m.attempts = attempts;
+                        m.next_attempt = now + wait.as_secs().max(1) as i64;
+                        m.last_error = Some(e.to_string());
+                        put(&mut batch, &m);
+                        keep.push(m);
                     }
+                    blocked.insert(first.receiver.clone());
+                    due_at(now + wait.as_secs().max(1) as i64, &mut next_due);
+                    "failed"
                 }
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot record a delivery in the store; it will be retried");
-                return Some(now + 5);
-            }
+            };
+            metrics
+                .notifications
+                .with_label_values(&[first.receiver.as_str(), outcome])
+                .inc_by(live.len() as u64);
+        }
+        if !commit_outcome(store, outbox, batch, &gone, &keep) {
+            return Some(now + 5);
         }
     }
     if let Ok(o) = outbox.lock() {
@@ -512,6 +589,29 @@ pub async fn deliver_due(
             .set(o.oldest_created().map_or(0.0, |t| (now - t).max(0) as f64));
     }
     next_due
+}
+
+/// Records a delivery outcome in the store, then in memory; false if the store refused.
+fn commit_outcome(
+    store: &dyn Store,
+    outbox: &Mutex<Outbox>,
+    batch: Batch,
+    gone: &[u64],
+    keep: &[Notification],
+) -> bool {
+    if let Err(e) = store.commit(batch) {
+        warn!(error = %e, "cannot record a delivery in the store; it will be retried");
+        return false;
+    }
+    if let Ok(mut o) = outbox.lock() {
+        for id in gone {
+            o.items.remove(id);
+        }
+        for m in keep {
+            o.items.insert(m.id, m.clone());
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -543,6 +643,101 @@ mod tests {
             notified_at: None,
             repeats: 0,
         }
+    }
+
+    fn note(id: u64, group: &str, created: i64) -> Notification {
+        Notification {
+            id,
+            receiver: "file".into(),
+            fingerprint: format!("{id:016x}"),
+            status: Status::Firing,
+            rule: "r".into(),
+            county: None,
+            key: format!("k{id}"),
+            subject: format!("s{id}"),
+            body: "b".into(),
+            labels: BTreeMap::new(),
+            summary: String::new(),
+            description: String::new(),
+            starts_at: created,
+            ends_at: None,
+            route: "root".into(),
+            escalation: false,
+            group: group.into(),
+            group_interval: 60,
+            grouped: Vec::new(),
+            created_at: created,
+            attempts: 0,
+            next_attempt: created,
+            last_error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_waits_for_its_interval_then_goes_out_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
+        let path = dir.path().join("out.log");
+        let receivers: BTreeMap<String, Receiver> = [(
+            "file".to_string(),
+            Receiver::File {
+                path: path.clone(),
+                stdout: false,
+            },
+        )]
+        .into();
+        let now = crate::model::now().timestamp();
+        let outbox = Mutex::new(Outbox::default());
+        for n in [note(1, "g", now), note(2, "g", now), note(3, "other", now)] {
+            let mut b = Batch::default();
+            put(&mut b, &n);
+            store.commit(b).unwrap();
+            outbox.lock().unwrap().insert(n);
+        }
+        let cfg = NotifyConfig {
+            route: crate::dispatch::Route {
+                path: "root".into(),
+                matchers: vec![],
+                receivers: vec![],
+                cont: false,
+                routes: vec![],
+                grouping: Default::default(),
+            },
+            receivers: vec![],
+            send_resolved: true,
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(2),
+            expire_after: Duration::from_secs(3600),
+            escalate_after: Duration::from_secs(3600),
+            escalate_to: vec![],
+            inhibit: vec![],
+            repeat_interval: Duration::ZERO,
+        };
+        let metrics = Metrics::new();
+        // Group "g" went out 10 s ago: it waits until 60 s have passed; "other" goes now.
+        let mut last: LastSent = [(("file".to_string(), "g".to_string()), now - 10)].into();
+        let next = deliver_due(&outbox, &receivers, &store, &cfg, &metrics, &mut last).await;
+        assert_eq!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .matches("=== ")
+                .count(),
+            1
+        );
+        assert!(next.is_some_and(|t| t >= now + 49), "{next:?}");
+        assert_eq!(outbox.lock().unwrap().len(), 2);
+        // Once the interval has passed, both of "g" go out in one pass.
+        last.insert(("file".to_string(), "g".to_string()), now - 61);
+        deliver_due(&outbox, &receivers, &store, &cfg, &metrics, &mut last).await;
+        assert_eq!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .matches("=== ")
+                .count(),
+            3
+        );
+        assert!(outbox.lock().unwrap().is_empty());
+        assert_eq!(delivered(&store, 10).unwrap().len(), 3);
     }
 
     #[test]

@@ -111,6 +111,39 @@ impl Receiver {
         }
     }
 
+    /// Sends the notifications of one group as one message (a file gets each).
+    pub async fn send_group(&self, ns: &[Notification]) -> Result<(), SendError> {
+        match ns {
+            [] => Ok(()),
+            [n] => self.send(n).await,
+            _ => match self {
+                Self::File { .. } => {
+                    for n in ns {
+                        self.send(n).await?;
+                    }
+                    Ok(())
+                }
+                Self::Alertmanager { cfg, client } => {
+                    let now = crate::model::now().timestamp();
+                    let alerts: Vec<serde_json::Value> = ns
+                        .iter()
+                        .map(|n| {
+                            let ends = n
+                                .ends_at
+                                .unwrap_or(now + 4 * cfg.resend_interval.as_secs() as i64);
+                            am_alert(&n.labels, &n.summary, &n.description, n.starts_at, ends)
+                        })
+                        .collect();
+                    push_alertmanager(cfg, client, &alerts).await
+                }
+                Self::Http { cfg, .. } if cfg.kind == HttpReceiverKind::Webhook => {
+                    self.send(&combined(ns)).await
+                }
+                _ => self.send(&combined(ns)).await,
+            },
+        }
+    }
+
     pub async fn send(&self, n: &Notification) -> Result<(), SendError> {
         match self {
             Self::Http {
@@ -255,7 +288,6 @@ fn rfc3339(t: i64) -> String {
 
 /// Alertmanager's webhook payload (version 4) for one notification.
 pub fn webhook_payload(receiver: &str, n: &Notification) -> serde_json::Value {
-    let status = n.status.name();
     let mut annotations = serde_json::Map::new();
     annotations.insert("summary".into(), n.summary.clone().into());
     annotations.insert("description".into(), n.description.clone().into());
@@ -265,25 +297,50 @@ pub fn webhook_payload(receiver: &str, n: &Notification) -> serde_json::Value {
         .filter(|(k, _)| *k == "rule" || *k == "county")
         .map(|(k, v)| (k.clone(), v.clone().into()))
         .collect();
+    let all: Vec<&Notification> = std::iter::once(n)
+        .chain(n.grouped.iter().map(|b| b.as_ref()))
+        .collect();
+    let alerts: Vec<serde_json::Value> = all
+        .iter()
+        .map(|m| {
+            let mut ann = serde_json::Map::new();
+            ann.insert("summary".into(), m.summary.clone().into());
+            ann.insert("description".into(), m.description.clone().into());
+            serde_json::json!({
+                "status": m.status.name(),
+                "labels": m.labels,
+                "annotations": ann,
+                "startsAt": rfc3339(m.starts_at),
+                "endsAt": m.ends_at.map(rfc3339).unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
+                "generatorURL": "",
+                "fingerprint": m.fingerprint,
+            })
+        })
+        .collect();
+    let status = if all
+        .iter()
+        .any(|m| m.status == crate::alerts::Status::Firing)
+    {
+        "firing"
+    } else {
+        "resolved"
+    };
+    let common: std::collections::BTreeMap<&String, &String> = n
+        .labels
+        .iter()
+        .filter(|(k, v)| all.iter().all(|m| m.labels.get(*k) == Some(*v)))
+        .collect();
     serde_json::json!({
         "version": "4",
-        "groupKey": format!("{}:{}", n.route, n.fingerprint),
+        "groupKey": n.group.clone(),
         "truncatedAlerts": 0,
         "status": status,
         "receiver": receiver,
         "groupLabels": group_labels,
-        "commonLabels": n.labels,
-        "commonAnnotations": annotations,
+        "commonLabels": common,
+        "commonAnnotations": if all.len() == 1 { serde_json::Value::Object(annotations) } else { serde_json::json!({}) },
         "externalURL": "",
-        "alerts": [{
-            "status": status,
-            "labels": n.labels,
-            "annotations": annotations,
-            "startsAt": rfc3339(n.starts_at),
-            "endsAt": n.ends_at.map(rfc3339).unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
-            "generatorURL": "",
-            "fingerprint": n.fingerprint,
-        }],
+        "alerts": alerts,
     })
 }
 
@@ -456,4 +513,20 @@ pub async fn push_alertmanager(
     } else {
         Err(SendError::Retryable(failures.join("; ")))
     }
+}
+
+/// One message for a group: a subject naming the count, the bodies one after the other.
+/// A webhook payload lists every alert of the group.
+fn combined(ns: &[Notification]) -> Notification {
+    let first = &ns[0];
+    let mut n = first.clone();
+    n.subject = format!("{}（同组共 {} 条）", first.subject, ns.len());
+    n.body = ns
+        .iter()
+        .map(|m| m.body.trim_end())
+        .collect::<Vec<_>>()
+        .join("\n\n――――――――――――\n\n");
+    n.key = format!("{}+{}", first.key, ns.len());
+    n.grouped = ns.iter().skip(1).cloned().map(Box::new).collect();
+    n
 }
