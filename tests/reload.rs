@@ -123,6 +123,23 @@ fn a_broken_rule_file_is_refused_and_a_fixed_one_applies_without_a_restart() {
     let fired: BTreeSet<(String, String)> = mails.iter().map(announced).collect();
     assert!(wage_decoys.is_subset(&fired));
     assert_eq!(d.metric("guardline_config_last_reload_successful"), 1.0);
+
+    // Back to the stricter threshold: the near misses resolve (their drop is below the
+    // resolve threshold of 40 %) and a resolved notice goes out for each.
+    std::fs::write(&income, &good).unwrap();
+    let (status, body) = post(&format!("http://{}/-/reload", d.http));
+    assert_eq!(status, 200, "{body}");
+    let resolved = wait_for(Duration::from_secs(60), "the resolved notices", || {
+        let m: Vec<serde_json::Value> = smtp
+            .messages()
+            .into_iter()
+            .filter(|m| m["subject"].as_str().unwrap().starts_with("【预警解除】"))
+            .collect();
+        (m.len() == wage_decoys.len()).then_some(m)
+    });
+    let notices: BTreeSet<(String, String)> = resolved.iter().map(announced).collect();
+    assert_eq!(notices, wage_decoys);
+    assert!(resolved.iter().all(|m| m["message_id"].as_str().unwrap().ends_with(".resolved@guardline>")));
     assert!(d.stop().success());
 }
 
