@@ -139,7 +139,12 @@ fn a_broken_rule_file_is_refused_and_a_fixed_one_applies_without_a_restart() {
     });
     let notices: BTreeSet<(String, String)> = resolved.iter().map(announced).collect();
     assert_eq!(notices, wage_decoys);
-    assert!(resolved.iter().all(|m| m["message_id"].as_str().unwrap().ends_with(".resolved@guardline>")));
+    assert!(resolved.iter().all(|m| {
+        m["message_id"]
+            .as_str()
+            .unwrap()
+            .ends_with(".resolved@guardline>")
+    }));
     assert!(d.stop().success());
 }
 
