@@ -352,8 +352,9 @@ fn build(
             escalation,
             created_at: now,
             attempts: 0,
-            // A new group waits for the others of its group.
-            next_attempt: now + t.wait,
+            // A new group waits for the others of its group: at least `wait` seconds (times
+            // are whole seconds, so one more when there is a wait at all).
+            next_attempt: now + t.wait + i64::from(t.wait > 0),
             last_error: None,
         };
         put(batch, &n);
