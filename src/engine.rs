@@ -588,26 +588,40 @@ impl Engine {
                 )?);
             }
         }
-        let repeat = self.notify.repeat_interval.as_secs() as i64;
-        if repeat > 0 {
-            for a in self.alerts.take_repeats(repeat, now.timestamp()) {
-                if let Some(reason) = self.muted(&a, now.timestamp()) {
-                    self.metrics
-                        .notifications_suppressed
-                        .with_label_values(&[reason])
-                        .inc();
-                    continue;
-                }
-                info!(rule = %a.rule, fingerprint = %a.fingerprint, repeat = a.repeats, "reminder: warning still without a disposition");
-                queued.extend(crate::notify::repeat_for(
-                    &a,
-                    &self.notify,
-                    &self.templates,
-                    self.store.as_ref(),
-                    now.timestamp(),
-                    &mut b,
-                )?);
+        let global = self.notify.repeat_interval.as_secs() as i64;
+        let route = self.notify.route.clone();
+        let due = self.alerts.take_repeats(now.timestamp(), |a| {
+            route
+                .resolve(&a.labels)
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.path.clone(),
+                        r.grouping
+                            .repeat_interval
+                            .map_or(global, |d| d.as_secs() as i64),
+                    )
+                })
+                .collect()
+        });
+        for (a, routes) in due {
+            if let Some(reason) = self.muted(&a, now.timestamp()) {
+                self.metrics
+                    .notifications_suppressed
+                    .with_label_values(&[reason])
+                    .inc();
+                continue;
             }
+            info!(rule = %a.rule, fingerprint = %a.fingerprint, repeat = a.repeats, "reminder: warning still without a disposition");
+            queued.extend(crate::notify::repeat_for(
+                &a,
+                &routes,
+                &self.notify,
+                &self.templates,
+                self.store.as_ref(),
+                now.timestamp(),
+                &mut b,
+            )?);
         }
         self.alerts.write_changes(&mut b);
         if !b.is_empty() {

@@ -69,6 +69,8 @@ pub struct Alert {
     /// When it was last notified as firing, and how many repeats were sent.
     pub notified_at: Option<i64>,
     pub repeats: u32,
+    /// When each route last reminded of it (route path → time).
+    pub reminded: BTreeMap<String, i64>,
 }
 
 /// What an operator found (处置结果).
@@ -280,6 +282,7 @@ impl Alerts {
                                 escalated_at: None,
                                 notified_at: None,
                                 repeats: 0,
+                                reminded: BTreeMap::new(),
                             },
                         );
                         self.removed.remove(&fp);
@@ -298,6 +301,7 @@ impl Alerts {
                     a.fired_at = Some(t);
                     a.notified_at = Some(t);
                     a.repeats = 0;
+                    a.reminded.clear();
                     a.ack = None;
                     a.escalated_at = None;
                     a.history.push((t, Status::Firing));
@@ -337,20 +341,39 @@ impl Alerts {
         out
     }
 
-    /// Firing alerts without a disposition last notified `interval` or longer ago; they are
-    /// marked notified at `now`. A disposition stops the repeats.
-    pub fn take_repeats(&mut self, interval: i64, now: i64) -> Vec<Alert> {
+    /// Firing alerts without a disposition with the routes due to remind of them:
+    /// `intervals` gives each route of an alert and its reminder interval (0: none); a
+    /// route is due when that long has passed since it last reminded (or since the alert
+    /// fired). A disposition stops the reminders.
+    pub fn take_repeats(
+        &mut self,
+        now: i64,
+        intervals: impl Fn(&Alert) -> Vec<(String, i64)>,
+    ) -> Vec<(Alert, Vec<String>)> {
         let mut out = Vec::new();
         for a in self.alerts.values_mut() {
-            if a.status == Status::Firing
-                && a.ack.is_none()
-                && a.notified_at.is_some_and(|n| now - n >= interval)
-            {
-                a.notified_at = Some(now);
-                a.repeats += 1;
-                out.push(a.clone());
-                self.changed.insert(a.fingerprint.clone());
+            if a.status != Status::Firing || a.ack.is_some() {
+                continue;
             }
+            let Some(notified) = a.notified_at else {
+                continue;
+            };
+            let due: Vec<String> = intervals(a)
+                .into_iter()
+                .filter(|(route, every)| {
+                    *every > 0 && now - a.reminded.get(route).copied().unwrap_or(notified) >= *every
+                })
+                .map(|(route, _)| route)
+                .collect();
+            if due.is_empty() {
+                continue;
+            }
+            for r in &due {
+                a.reminded.insert(r.clone(), now);
+            }
+            a.repeats += 1;
+            out.push((a.clone(), due));
+            self.changed.insert(a.fingerprint.clone());
         }
         out
     }

@@ -98,3 +98,40 @@ fn pending_that_clears_is_forgotten_silently() {
     assert_eq!(a.observe(&rs, rule, &e, None, at(2)).unwrap(), None);
     assert_eq!(a.iter().count(), 0);
 }
+
+#[test]
+fn reminders_follow_each_routes_interval_and_stop_with_a_disposition() {
+    let rs = rules("0s");
+    let rule = rs.rule("water").unwrap();
+    let e = EntityRef::Village("632522100201".parse().unwrap());
+    let mut a = Alerts::default();
+    a.observe(&rs, rule, &e, Some(&finding(2)), at(1)).unwrap();
+    let t0 = at(1).timestamp();
+    let routes = |_: &Alert| {
+        vec![
+            ("root/0".to_string(), 3600),
+            ("root/1".to_string(), 7200),
+            ("root/2".to_string(), 0),
+        ]
+    };
+    assert!(a.take_repeats(t0 + 3599, routes).is_empty());
+    let due = a.take_repeats(t0 + 3600, routes);
+    assert_eq!(due[0].1, vec!["root/0".to_string()]);
+    let due = a.take_repeats(t0 + 7200, routes);
+    assert_eq!(due[0].1, vec!["root/0".to_string(), "root/1".to_string()]);
+    assert_eq!(due[0].0.repeats, 2);
+    let fp = fingerprint("water", &e);
+    a.acknowledge(
+        &fp,
+        Ack {
+            by: "op".into(),
+            at: t0,
+            disposition: Disposition::Dismissed,
+            note: String::new(),
+        },
+    );
+    assert!(
+        a.take_repeats(t0 + 100_000, routes).is_empty(),
+        "a disposition stops reminders"
+    );
+}

@@ -1072,6 +1072,13 @@ fn validate_route(
     if let Some(i) = &r.group_interval {
         grouping.interval = duration_field(src, &at.key("group_interval"), i, problems);
     }
+    if let Some(i) = &r.repeat_interval {
+        grouping.repeat_interval =
+            Some(duration_field(src, &at.key("repeat_interval"), i, problems));
+    }
+    if let Some(b) = r.send_resolved {
+        grouping.send_resolved = Some(b);
+    }
     let mut matchers = Vec::new();
     for (i, m) in r.matchers.iter().enumerate() {
         match m.parse::<crate::dispatch::Matcher>() {

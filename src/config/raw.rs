@@ -48,6 +48,8 @@ pub struct RawRoute {
     pub group_by: Option<Vec<String>>,
     pub group_wait: Option<String>,
     pub group_interval: Option<String>,
+    pub repeat_interval: Option<String>,
+    pub send_resolved: Option<bool>,
 }
 
 /// One value of a policy line (a monitoring income line, a reference income) for a year and

@@ -35,6 +35,10 @@ pub struct Grouping {
     pub wait: std::time::Duration,
     /// The least time between two notifications of a group.
     pub interval: std::time::Duration,
+    /// Reminders of firing warnings without a disposition; `None`: `[notify] repeat_interval`.
+    pub repeat_interval: Option<std::time::Duration>,
+    /// Whether resolved notices go out; `None`: `[notify] send_resolved`.
+    pub send_resolved: Option<bool>,
 }
 
 impl Route {

@@ -209,13 +209,40 @@ pub fn notifications_for(
 ) -> Result<Vec<Notification>, NotifyError> {
     let (alert, status) = match transition {
         Transition::Fired(a) => (a, Status::Firing),
-        Transition::Resolved(a) if cfg.send_resolved => (a, Status::Resolved),
-        Transition::Resolved(_) => return Ok(Vec::new()),
+        Transition::Resolved(a) => (a, Status::Resolved),
     };
-    let routes = cfg.route.resolve(&alert.labels);
-    let targets: Vec<Target> = cfg
+    targets_and_build(alert, status, None, cfg, templates, store, now, batch)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn targets_and_build(
+    alert: &Alert,
+    status: Status,
+    only_routes: Option<&[String]>,
+    cfg: &NotifyConfig,
+    templates: &Templates,
+    store: &dyn Store,
+    now: i64,
+    batch: &mut Batch,
+) -> Result<Vec<Notification>, NotifyError> {
+    let routes: Vec<&crate::dispatch::Route> = cfg
         .route
-        .receivers_for(&alert.labels)
+        .resolve(&alert.labels)
+        .into_iter()
+        .filter(|r| {
+            status != Status::Resolved || r.grouping.send_resolved.unwrap_or(cfg.send_resolved)
+        })
+        .filter(|r| only_routes.is_none_or(|o| o.contains(&r.path)))
+        .collect();
+    let mut receivers: Vec<String> = Vec::new();
+    for r in &routes {
+        for name in &r.receivers {
+            if !receivers.contains(name) {
+                receivers.push(name.clone());
+            }
+        }
+    }
+    let targets: Vec<Target> = receivers
         .into_iter()
         .map(
             |receiver| match routes.iter().find(|r| r.receivers.contains(&receiver)) {
@@ -239,17 +266,21 @@ pub fn notifications_for(
     build(alert, status, false, &targets, templates, store, now, batch)
 }
 
-/// A reminder of a firing warning still without a disposition, to its receivers.
+/// A reminder of a firing warning still without a disposition, to the receivers of the
+/// routes due to remind.
 pub fn repeat_for(
     alert: &Alert,
+    routes: &[String],
     cfg: &NotifyConfig,
     templates: &Templates,
     store: &dyn Store,
     now: i64,
     batch: &mut Batch,
 ) -> Result<Vec<Notification>, NotifyError> {
-    notifications_for(
-        &Transition::Fired(alert.clone()),
+    targets_and_build(
+        alert,
+        Status::Firing,
+        Some(routes),
         cfg,
         templates,
         store,
@@ -643,6 +674,7 @@ mod tests {
             escalated_at: None,
             notified_at: None,
             repeats: 0,
+            reminded: BTreeMap::new(),
         }
     }
 
@@ -739,6 +771,75 @@ mod tests {
         );
         assert!(outbox.lock().unwrap().is_empty());
         assert_eq!(delivered(&store, 10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_route_can_keep_resolved_notices_to_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
+        let route = |path: &str, receivers: &[&str], send_resolved: Option<bool>, routes| {
+            crate::dispatch::Route {
+                path: path.into(),
+                matchers: vec![],
+                receivers: receivers.iter().map(|r| r.to_string()).collect(),
+                cont: true,
+                routes,
+                grouping: crate::dispatch::Grouping {
+                    send_resolved,
+                    ..Default::default()
+                },
+            }
+        };
+        let cfg = NotifyConfig {
+            route: route(
+                "root",
+                &[],
+                None,
+                vec![
+                    route("root/0", &["mail"], Some(false), vec![]),
+                    route("root/1", &["hook"], None, vec![]),
+                ],
+            ),
+            receivers: vec![],
+            send_resolved: true,
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(2),
+            expire_after: Duration::from_secs(3600),
+            escalate_after: Duration::from_secs(3600),
+            escalate_to: vec![],
+            inhibit: vec![],
+            repeat_interval: Duration::ZERO,
+        };
+        let t = Templates::new(Language::Zh);
+        let mut b = Batch::default();
+        let fired =
+            notifications_for(&Transition::Fired(alert()), &cfg, &t, &store, 1, &mut b).unwrap();
+        assert_eq!(
+            fired
+                .iter()
+                .map(|n| n.receiver.as_str())
+                .collect::<Vec<_>>(),
+            vec!["mail", "hook"]
+        );
+        let mut resolved_alert = alert();
+        resolved_alert.status = Status::Resolved;
+        resolved_alert.resolved_at = Some(2);
+        let resolved = notifications_for(
+            &Transition::Resolved(resolved_alert),
+            &cfg,
+            &t,
+            &store,
+            2,
+            &mut b,
+        )
+        .unwrap();
+        assert_eq!(
+            resolved
+                .iter()
+                .map(|n| n.receiver.as_str())
+                .collect::<Vec<_>>(),
+            vec!["hook"]
+        );
     }
 
     #[test]
