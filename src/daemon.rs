@@ -164,7 +164,8 @@ pub async fn run(
         config.daemon.retention_months,
         Arc::clone(&rules),
         config.notify.clone(),
-        Templates::new(config.daemon.language),
+        Templates::with_receivers(config.daemon.language, &config.notify.templates)
+            .context("compiling the receivers' templates")?,
         Arc::clone(&outbox),
         Arc::clone(&wake),
         Arc::clone(&metrics),
@@ -409,7 +410,9 @@ async fn reload(
     let lines = rules.effective_lines(&config.lines);
     let n = rules.rules.len();
     let mut e = engine.lock().await;
-    e.set_notify(config.notify.clone());
+    let templates = Templates::with_receivers(config.daemon.language, &config.notify.templates)
+        .map_err(|err| err.to_string())?;
+    e.set_notify(config.notify.clone(), templates);
     let report = e
         .replace_rules(Arc::new(rules), lines, now())
         .map_err(|err| err.to_string())?;

@@ -646,8 +646,9 @@ impl Engine {
         self.evaluate_all(now)
     }
 
-    pub fn set_notify(&mut self, notify: NotifyConfig) {
+    pub fn set_notify(&mut self, notify: NotifyConfig, templates: Templates) {
         self.notify = notify;
+        self.templates = templates;
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {

@@ -8,7 +8,7 @@
 mod raw;
 pub mod source;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -406,6 +406,8 @@ pub struct NotifyConfig {
     pub inhibit: Vec<crate::silence::Inhibit>,
     /// Reminders of firing warnings without a disposition; zero: none.
     pub repeat_interval: Duration,
+    /// Per receiver: its own subject and body templates (sources).
+    pub templates: BTreeMap<String, (String, String)>,
 }
 
 /// Used by `guardline demo` only: where and how to run the built-in simulator.
@@ -994,6 +996,36 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
             &raw.notify.repeat_interval,
             &mut problems,
         ),
+        templates: {
+            let mut t = BTreeMap::new();
+            for (name, files) in &raw.notify.templates {
+                let tp = np.key("templates").key(name);
+                if !rnames.contains(name) {
+                    problems.push(src.problem(
+                        &tp,
+                        format!("no receiver named {name:?} is defined in [[receivers]]"),
+                    ));
+                    continue;
+                }
+                let mut read = |field: &str, file: &str| {
+                    std::fs::read_to_string(resolve(file))
+                        .map_err(|e| {
+                            problems.push(
+                                src.problem(&tp.key(field), format!("cannot read {file}: {e}")),
+                            )
+                        })
+                        .ok()
+                };
+                let (subject, body) = (read("subject", &files.subject), read("body", &files.body));
+                if let (Some(subject), Some(body)) = (subject, body) {
+                    if let Err(e) = crate::notify::Templates::check(&subject, &body) {
+                        problems.push(src.problem(&tp, format!("template does not render: {e}")));
+                    }
+                    t.insert(name.clone(), (subject, body));
+                }
+            }
+            t
+        },
         inhibit: raw
             .inhibit
             .iter()
@@ -1371,6 +1403,48 @@ mod tests {
             parse_schedule("*/5 * * * *")
                 .unwrap_err()
                 .contains("5 fields")
+        );
+    }
+
+    #[test]
+    fn a_receiver_can_have_its_own_templates_and_a_broken_one_is_located() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s.j2"), "[{{ county_name }}] {{ summary }}").unwrap();
+        std::fs::write(
+            dir.path().join("b.j2"),
+            "{{ description }}\n{{ fingerprint }}",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("bad.j2"), "{{ nosuch }}").unwrap();
+        let cfg = |body: &str| {
+            let p = dir.path().join("g.toml");
+            std::fs::write(
+                &p,
+                format!("[[receivers]]\nname = \"log\"\ntype = \"file\"\npath = \"n.log\"\n\n[notify]\nreceivers = [\"log\"]\n[notify.templates.log]\nsubject = \"s.j2\"\nbody = \"{body}\"\n"),
+            )
+            .unwrap();
+            Config::load(&p)
+        };
+        let c = cfg("b.j2").unwrap();
+        let t =
+            crate::notify::Templates::with_receivers(Language::Zh, &c.notify.templates).unwrap();
+        let a = crate::notify::tests_support::sample();
+        let (subject, body) = t
+            .render_for(&a, crate::alerts::Status::Firing, false, Some("log"))
+            .unwrap();
+        assert_eq!(subject, "[同德县] 示例摘要");
+        assert!(body.ends_with("0123456789abcdef"));
+        let (subject, _) = t
+            .render_for(&a, crate::alerts::Status::Firing, false, Some("other"))
+            .unwrap();
+        assert!(
+            subject.starts_with("【返贫风险预警"),
+            "others keep the built-in templates"
+        );
+        let err = cfg("bad.j2").unwrap_err().to_string();
+        assert!(
+            err.contains("notify.templates.log: template does not render"),
+            "{err}"
         );
     }
 

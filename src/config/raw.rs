@@ -415,6 +415,16 @@ pub struct RawNotify {
     pub escalate_to: Vec<String>,
     /// A firing warning without a disposition is sent again this often ("0s": never).
     pub repeat_interval: String,
+    /// Templates of a receiver's subject and body, instead of the built-in ones.
+    pub templates: std::collections::BTreeMap<String, RawTemplates>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemplates {
+    /// minijinja template files, relative to the configuration's folder.
+    pub subject: String,
+    pub body: String,
 }
 
 impl Default for RawNotify {
@@ -428,6 +438,7 @@ impl Default for RawNotify {
             escalate_after: "15d".into(),
             escalate_to: Vec::new(),
             repeat_interval: "3d".into(),
+            templates: Default::default(),
         }
     }
 }

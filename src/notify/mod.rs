@@ -94,6 +94,31 @@ impl Templates {
         Self { env, lang }
     }
 
+    /// The built-in templates, and a receiver's own where the configuration gives them.
+    pub fn with_receivers(
+        language: Language,
+        own: &BTreeMap<String, (String, String)>,
+    ) -> Result<Self, minijinja::Error> {
+        let mut t = Self::new(language);
+        for (receiver, (subject, body)) in own {
+            t.env
+                .add_template_owned(format!("receiver:{receiver}.subject"), subject.clone())?;
+            t.env
+                .add_template_owned(format!("receiver:{receiver}.body"), body.clone())?;
+        }
+        Ok(t)
+    }
+
+    /// Compiles and test-renders a receiver's templates with a sample alert.
+    pub fn check(subject: &str, body: &str) -> Result<(), minijinja::Error> {
+        let own: BTreeMap<String, (String, String)> =
+            [("check".to_string(), (subject.to_string(), body.to_string()))].into();
+        let t = Self::with_receivers(Language::Zh, &own)?;
+        let a = sample_alert();
+        t.render_for(&a, Status::Firing, false, Some("check"))
+            .map(|_| ())
+    }
+
     pub fn render(
         &self,
         alert: &Alert,
@@ -107,6 +132,17 @@ impl Templates {
         alert: &Alert,
         status: Status,
         escalation: bool,
+    ) -> Result<(String, String), minijinja::Error> {
+        self.render_for(alert, status, escalation, None)
+    }
+
+    /// Renders with `receiver`'s own templates if it has them, else the built-in ones.
+    pub fn render_for(
+        &self,
+        alert: &Alert,
+        status: Status,
+        escalation: bool,
+        receiver: Option<&str>,
     ) -> Result<(String, String), minijinja::Error> {
         let fired = alert.fired_at.unwrap_or(alert.active_since);
         let severity = match (self.lang, alert.severity.as_str()) {
@@ -146,13 +182,24 @@ impl Templates {
             "escalation": escalation,
             "ack": alert.ack.as_ref().map(|a| a.disposition.name_zh()).unwrap_or_default(),
         });
+        let prefix = match receiver {
+            Some(r)
+                if self
+                    .env
+                    .get_template(&format!("receiver:{r}.subject"))
+                    .is_ok() =>
+            {
+                format!("receiver:{r}")
+            }
+            _ => self.lang.to_string(),
+        };
         let subject = self
             .env
-            .get_template(&format!("{}.subject", self.lang))?
+            .get_template(&format!("{prefix}.subject"))?
             .render(&ctx)?;
         let body = self
             .env
-            .get_template(&format!("{}.body", self.lang))?
+            .get_template(&format!("{prefix}.body"))?
             .render(&ctx)?;
         Ok((subject.trim().replace('\n', " "), body))
     }
@@ -341,7 +388,7 @@ fn build(
     now: i64,
     batch: &mut Batch,
 ) -> Result<Vec<Notification>, NotifyError> {
-    let (subject, body) = templates
+    let (default_subject, default_body) = templates
         .render_with(alert, status, escalation)
         .map_err(|e| NotifyError::Template(e.to_string()))?;
     let mut key = format!(
@@ -361,6 +408,10 @@ fn build(
     let mut out = Vec::new();
     for t in targets {
         let (receiver, route) = (t.receiver.clone(), t.route.clone());
+        let (subject, body) = templates
+            .render_for(alert, status, escalation, Some(&receiver))
+            .map_err(|e| NotifyError::Template(e.to_string()))
+            .unwrap_or_else(|_| (default_subject.clone(), default_body.clone()));
         let n = Notification {
             id: store.next_id()?,
             receiver: receiver.clone(),
@@ -421,6 +472,51 @@ pub fn delivered(store: &dyn Store, limit: usize) -> Result<Vec<Delivered>, Stor
     v.reverse();
     v.truncate(limit);
     Ok(v)
+}
+
+#[cfg(test)]
+pub mod tests_support {
+    pub fn sample() -> super::Alert {
+        super::sample_alert()
+    }
+}
+
+/// An alert with every field set, to test-render templates at load.
+fn sample_alert() -> Alert {
+    let labels: BTreeMap<String, String> = [
+        ("household", "632522100201001"),
+        ("village", "632522100201"),
+        ("county", "632522"),
+        ("rule", "medical_burden"),
+        ("severity", "critical"),
+        ("risk_category", "因病"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    Alert {
+        fingerprint: "0123456789abcdef".into(),
+        rule: "medical_burden".into(),
+        entity: "household/632522100201001".into(),
+        county: "632522".parse().ok(),
+        severity: "critical".into(),
+        risk_category: "因病".into(),
+        status: Status::Firing,
+        active_since: 1_790_000_000,
+        fired_at: Some(1_790_000_000),
+        resolved_at: None,
+        summary: "示例摘要".into(),
+        description: "示例说明".into(),
+        evidence: r#"{"village_name":"示例村","sources":"医保（medical）记录 1a2b3c4d，共 1 条"}"#
+            .into(),
+        labels,
+        history: vec![],
+        ack: None,
+        escalated_at: None,
+        notified_at: None,
+        repeats: 0,
+        reminded: BTreeMap::new(),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -745,6 +841,7 @@ mod tests {
             escalate_to: vec![],
             inhibit: vec![],
             repeat_interval: Duration::ZERO,
+            templates: BTreeMap::new(),
         };
         let metrics = Metrics::new();
         // Group "g" went out 10 s ago: it waits until 60 s have passed; "other" goes now.
@@ -809,6 +906,7 @@ mod tests {
             escalate_to: vec![],
             inhibit: vec![],
             repeat_interval: Duration::ZERO,
+            templates: BTreeMap::new(),
         };
         let t = Templates::new(Language::Zh);
         let mut b = Batch::default();
