@@ -461,6 +461,14 @@ fn feed_faults_are_survived_counted_and_lose_nothing() {
         0.0,
         "{t}"
     );
+    // The retried feeds succeed after their retries (429 waits its Retry-After).
+    for feed in ["flaky", "limited", "repeat"] {
+        wait_for(Duration::from_secs(30), &format!("{feed} applied"), || {
+            (accepted(&d, feed) == 1.0).then_some(())
+        });
+    }
+    let t = d.metrics();
+    let m = |s: &str| metric_value(&t, s);
     for feed in ["flaky", "limited", "repeat"] {
         assert_eq!(accepted(&d, feed), 1.0, "{feed}: the person on the roster");
         assert_eq!(
