@@ -131,6 +131,10 @@ fn bad_feeds_and_records_are_logged_counted_and_isolated() {
                 .then_some(())
         },
     );
+    wait_for(Duration::from_secs(30), "the good wage records", || {
+        (d.metric("guardline_feed_records_total{feed=\"wages\",outcome=\"accepted\"}") == 3.0)
+            .then_some(())
+    });
     let t = d.metrics();
     let m = |s: &str| metric_value(&t, s);
     assert_eq!(
