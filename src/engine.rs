@@ -88,6 +88,20 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+impl AuditEntry {
+    /// What `token` did now to `target`.
+    pub fn by(token: &crate::api::auth::Token, action: &str, target: &str, detail: &str) -> Self {
+        Self {
+            at: crate::model::now().timestamp(),
+            token: token.name.clone(),
+            role: token.role.name().into(),
+            action: action.into(),
+            target: target.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
 /// At most this many records wait for the roster; more are quarantined at once.
 pub const MAX_WAITING: usize = 200_000;
 /// A record waits this long for its person to appear on the roster.
@@ -487,13 +501,17 @@ impl Engine {
         result
     }
 
-    /// Every entity any rule may apply to, and those of existing alerts.
-    fn all_entities(&self) -> BTreeSet<EntityRef> {
-        let mut entities: BTreeSet<EntityRef> = self
-            .world
-            .households()
-            .map(|h| EntityRef::Household(h.id.clone()))
-            .collect();
+    /// Every entity any rule may apply to, and those of existing alerts; households only
+    /// when asked (the periodic pass needs none, and there are many).
+    fn all_entities(&self, households: bool) -> BTreeSet<EntityRef> {
+        let mut entities: BTreeSet<EntityRef> = BTreeSet::new();
+        if households {
+            entities.extend(
+                self.world
+                    .households()
+                    .map(|h| EntityRef::Household(h.id.clone())),
+            );
+        }
         for v in self.world.villages() {
             entities.insert(EntityRef::Village(v.code));
             entities.insert(EntityRef::Township(v.code.get() / 1000));
@@ -512,7 +530,8 @@ impl Engine {
         entities.extend(
             self.alerts
                 .iter()
-                .filter_map(|a| EntityRef::parse(&a.entity)),
+                .filter_map(|a| EntityRef::parse(&a.entity))
+                .filter(|e| households || !matches!(e, EntityRef::Household(_))),
         );
         entities
     }
@@ -520,7 +539,7 @@ impl Engine {
     /// Evaluates every entity with every rule (at start, after a rules change, and when a
     /// new month starts, as windows move).
     pub fn evaluate_all(&mut self, now: DateTime<FixedOffset>) -> Result<EvalReport, EngineError> {
-        let entities = self.all_entities();
+        let entities = self.all_entities(true);
         self.deferred.extend(entities);
         self.last_full_month = Some(Month::of(now));
         self.evaluate_touched(now)
@@ -537,11 +556,7 @@ impl Engine {
         let blocked = self.blocked_inputs();
         let ready = |r: &Rule| !r.kind.inputs().iter().any(|i| blocked.contains(i));
         if self.rules.rules.iter().any(|r| r.kind.time_driven()) {
-            let entities: BTreeSet<EntityRef> = self
-                .all_entities()
-                .into_iter()
-                .filter(|e| !matches!(e, EntityRef::Household(_)))
-                .collect();
+            let entities = self.all_entities(false);
             let r = self.evaluate_set(
                 &entities,
                 |rule| rule.kind.time_driven() && ready(rule),
@@ -745,6 +760,9 @@ impl Engine {
             .any(|s| s.active(now) && s.matches(&alert.labels))
         {
             return Some("silenced");
+        }
+        if self.notify.inhibit.is_empty() {
+            return None;
         }
         let firing: Vec<&BTreeMap<String, String>> = self
             .alerts

@@ -77,14 +77,7 @@ async fn reload(State(s): State<ApiState>, headers: axum::http::HeaderMap) -> im
         match secret.and_then(|t| tokens.find(t.trim())) {
             Some(t) if t.role == auth::Role::Admin => {
                 if let Some(engine) = &s.engine {
-                    let entry = crate::engine::AuditEntry {
-                        at: crate::model::now().timestamp(),
-                        token: t.name.clone(),
-                        role: t.role.name().into(),
-                        action: "reload".into(),
-                        target: "configuration".into(),
-                        detail: String::new(),
-                    };
+                    let entry = crate::engine::AuditEntry::by(t, "reload", "configuration", "");
                     if let Err(e) = engine.lock().await.audit(&entry) {
                         return (
                             StatusCode::INTERNAL_SERVER_ERROR,

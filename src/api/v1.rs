@@ -212,14 +212,7 @@ pub async fn ack_alert(
     };
     match e.acknowledge(&fp, ack) {
         Ok(Some(a)) => {
-            let entry = AuditEntry {
-                at,
-                token: t.name.clone(),
-                role: t.role.name().into(),
-                action: "ack".into(),
-                target: fp.clone(),
-                detail: disposition.name().into(),
-            };
+            let entry = AuditEntry::by(&t, "ack", &fp, disposition.name());
             if let Err(err) = e.audit(&entry) {
                 return error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string());
             }
@@ -346,14 +339,12 @@ pub async fn create_silence(
         );
     }
     let mut e = engine.lock().await;
-    let entry = AuditEntry {
-        at,
-        token: t.name.clone(),
-        role: t.role.name().into(),
-        action: "silence.create".into(),
-        target: silence.id.clone(),
-        detail: silence.matchers.join(","),
-    };
+    let entry = AuditEntry::by(
+        &t,
+        "silence.create",
+        &silence.id,
+        &silence.matchers.join(","),
+    );
     match e
         .add_silence(silence.clone())
         .and_then(|()| e.audit(&entry))
@@ -381,14 +372,7 @@ pub async fn expire_silence(
         return not_found();
     }
     let at = now().timestamp();
-    let entry = AuditEntry {
-        at,
-        token: t.name.clone(),
-        role: t.role.name().into(),
-        action: "silence.expire".into(),
-        target: id.clone(),
-        detail: String::new(),
-    };
+    let entry = AuditEntry::by(&t, "silence.expire", &id, "");
     match e.expire_silence(&id, at).and_then(|_| e.audit(&entry)) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),

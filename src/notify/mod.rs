@@ -774,6 +774,22 @@ mod tests {
         }
     }
 
+    fn test_config(route: crate::dispatch::Route) -> NotifyConfig {
+        NotifyConfig {
+            route,
+            receivers: vec![],
+            send_resolved: true,
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(2),
+            expire_after: Duration::from_secs(3600),
+            escalate_after: Duration::from_secs(3600),
+            escalate_to: vec![],
+            inhibit: vec![],
+            repeat_interval: Duration::ZERO,
+            templates: BTreeMap::new(),
+        }
+    }
+
     fn note(id: u64, group: &str, created: i64) -> Notification {
         Notification {
             id,
@@ -823,26 +839,14 @@ mod tests {
             store.commit(b).unwrap();
             outbox.lock().unwrap().insert(n);
         }
-        let cfg = NotifyConfig {
-            route: crate::dispatch::Route {
-                path: "root".into(),
-                matchers: vec![],
-                receivers: vec![],
-                cont: false,
-                routes: vec![],
-                grouping: Default::default(),
-            },
+        let cfg = test_config(crate::dispatch::Route {
+            path: "root".into(),
+            matchers: vec![],
             receivers: vec![],
-            send_resolved: true,
-            retry_initial: Duration::from_secs(1),
-            retry_max: Duration::from_secs(2),
-            expire_after: Duration::from_secs(3600),
-            escalate_after: Duration::from_secs(3600),
-            escalate_to: vec![],
-            inhibit: vec![],
-            repeat_interval: Duration::ZERO,
-            templates: BTreeMap::new(),
-        };
+            cont: false,
+            routes: vec![],
+            grouping: Default::default(),
+        });
         let metrics = Metrics::new();
         // Group "g" went out 10 s ago: it waits until 60 s have passed; "other" goes now.
         let mut last: LastSent = [(("file".to_string(), "g".to_string()), now - 10)].into();
@@ -887,27 +891,15 @@ mod tests {
                 },
             }
         };
-        let cfg = NotifyConfig {
-            route: route(
-                "root",
-                &[],
-                None,
-                vec![
-                    route("root/0", &["mail"], Some(false), vec![]),
-                    route("root/1", &["hook"], None, vec![]),
-                ],
-            ),
-            receivers: vec![],
-            send_resolved: true,
-            retry_initial: Duration::from_secs(1),
-            retry_max: Duration::from_secs(2),
-            expire_after: Duration::from_secs(3600),
-            escalate_after: Duration::from_secs(3600),
-            escalate_to: vec![],
-            inhibit: vec![],
-            repeat_interval: Duration::ZERO,
-            templates: BTreeMap::new(),
-        };
+        let cfg = test_config(route(
+            "root",
+            &[],
+            None,
+            vec![
+                route("root/0", &["mail"], Some(false), vec![]),
+                route("root/1", &["hook"], None, vec![]),
+            ],
+        ));
         let t = Templates::new(Language::Zh);
         let mut b = Batch::default();
         let fired =
