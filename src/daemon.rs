@@ -22,6 +22,7 @@ use crate::model::now;
 use crate::notify::{self, Outbox, Receiver, Templates};
 use crate::pseudonym::Pseudonymizer;
 use crate::rules::RuleSet;
+use crate::sd_notify;
 use crate::store::{self, Store};
 
 /// What a running daemon reports back to its caller (tests and `demo`).
@@ -118,15 +119,8 @@ impl Sink for EngineSink {
                 }
             }
         }
+        // The evaluation logs its own summary line.
         match engine.evaluate_touched(now()) {
-            Ok(r) if r.checks > 0 => info!(
-                feed,
-                checks = r.checks,
-                fired = r.fired,
-                resolved = r.resolved,
-                notifications = r.notifications,
-                "rules evaluated after poll"
-            ),
             Ok(_) => {}
             Err(e) => {
                 error!(feed, error = %e, "rule evaluation after poll failed; it will be retried")
@@ -152,6 +146,21 @@ pub async fn run(
     let pseudo = pseudonymizer(&config)?;
     let store: Arc<dyn Store> = Arc::new(store::open(&config.daemon.data_dir)?);
     let metrics = Arc::new(Metrics::new());
+    {
+        let feeds: Vec<&str> = config.feeds.iter().map(|f| f.name.as_str()).collect();
+        let receivers: Vec<&str> = config.receivers.iter().map(|r| r.name()).collect();
+        let rule_names: Vec<&str> = rules.rules.iter().map(|r| r.name.as_str()).collect();
+        metrics.declare(&feeds, &receivers, &rule_names);
+        for f in &config.feeds {
+            metrics
+                .feed_poll_interval
+                .with_label_values(&[f.name.as_str()])
+                .set(feeds::poll_interval(f, now()).as_secs_f64());
+        }
+    }
+    let feed_health = Arc::new(feeds::FeedHealth::new(
+        config.feeds.iter().map(|f| f.name.as_str()),
+    ));
     let mut receivers = BTreeMap::new();
     for r in &config.receivers {
         receivers.insert(r.name().to_string(), Receiver::build(r)?);
@@ -208,6 +217,7 @@ pub async fn run(
             ApiState {
                 metrics: Arc::clone(&metrics),
                 ready: Arc::clone(&ready),
+                feeds: Arc::clone(&feed_health),
                 reload: Some(reload_tx.clone()),
                 engine: Some(Arc::clone(&engine)),
                 tokens: match &config.daemon.tokens_file {
@@ -271,6 +281,7 @@ pub async fn run(
             pseudo: pseudo.clone(),
             sink: sink.clone(),
             metrics: Arc::clone(&metrics),
+            health: Arc::clone(&feed_health),
             shutdown: shutdown.clone(),
             start: gate,
             report,
@@ -330,6 +341,36 @@ pub async fn run(
     }
 
     ready.store(true, Ordering::SeqCst);
+    tell_systemd(sd_notify::ready(), "READY=1");
+    tell_systemd(
+        sd_notify::status(&format!(
+            "watching {} households with {} rules; serving on {http}",
+            engine.lock().await.world().n_households(),
+            rules.rules.len()
+        )),
+        "STATUS",
+    );
+    if let Some(every) = sd_notify::watchdog_interval() {
+        // The watchdog is fed only while the engine can be locked: a stuck evaluation or
+        // a deadlock stops the pings, and systemd restarts the service.
+        let engine = Arc::clone(&engine);
+        let mut sd = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = sd.wait_for(|v| *v) => return,
+                }
+                match tokio::time::timeout(every, engine.lock()).await {
+                    Ok(_guard) => tell_systemd(sd_notify::watchdog(), "WATCHDOG=1"),
+                    Err(_) => warn!(
+                        waited_seconds = every.as_secs_f64(),
+                        "engine busy for longer than half the watchdog interval; watchdog not fed"
+                    ),
+                }
+            }
+        });
+    }
     if let Some(tx) = started {
         let _ = tx.send(Started { http });
     }
@@ -341,13 +382,15 @@ pub async fn run(
             _ = ticker.tick() => {
                 let mut e = engine.lock().await;
                 match e.tick(now()) {
-                    Ok(r) if r.fired + r.resolved > 0 => info!(checks = r.checks, fired = r.fired, resolved = r.resolved, "tick evaluated"),
                     Ok(_) => {}
                     Err(err) => error!(error = %err, "tick evaluation failed; retrying at the next tick"),
                 }
             }
             Some(answer) = reload_rx.recv() => {
+                tell_systemd(sd_notify::reloading(), "RELOADING=1");
                 let outcome = reload(&config_path, &running_feeds, &engine, &metrics).await;
+                // Ready again whether the new set applied or was refused (the old one runs).
+                tell_systemd(sd_notify::ready(), "READY=1");
                 let _ = answer.send(outcome);
             }
             _ = shutdown.wait_for(|v| *v) => break,
@@ -356,6 +399,7 @@ pub async fn run(
 
     info!("shutting down: waiting for polls in flight");
     ready.store(false, Ordering::SeqCst);
+    tell_systemd(sd_notify::stopping(), "STOPPING=1");
     for t in feed_tasks {
         if tokio::time::timeout(Duration::from_secs(60), t)
             .await
@@ -376,6 +420,13 @@ pub async fn run(
     let _ = http_task.await;
     info!("stopped");
     Ok(())
+}
+
+/// Logs a failed message to systemd; nothing to do when not run by systemd.
+fn tell_systemd(result: std::io::Result<bool>, what: &str) {
+    if let Err(e) = result {
+        warn!(message = what, error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
+    }
 }
 
 /// What must restart to change: feeds and receivers (their tasks and connections).
@@ -409,6 +460,8 @@ async fn reload(
     };
     let lines = rules.effective_lines(&config.lines);
     let n = rules.rules.len();
+    let rule_names: Vec<&str> = rules.rules.iter().map(|r| r.name.as_str()).collect();
+    metrics.declare(&[], &[], &rule_names);
     let mut e = engine.lock().await;
     let templates = Templates::with_receivers(config.daemon.language, &config.notify.templates)
         .map_err(|err| err.to_string())?;

@@ -74,6 +74,8 @@ pub struct Engine {
 }
 
 const LAST_DATA_SUFFIX: &str = "\0last_data";
+/// Observation time of the newest record a feed applied (for the cursor lag metric).
+const NEWEST_SUFFIX: &str = "\0newest";
 const SILENCE_VERSION: u8 = 1;
 const AUDIT_VERSION: u8 = 1;
 
@@ -136,15 +138,19 @@ impl Engine {
             .into_iter()
             .map(|w| (w.id.clone(), w))
             .collect();
-        let feed_last_data = store
-            .scan(Space::Cursor)?
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let key = String::from_utf8(k).ok()?;
-                let feed = key.strip_suffix(LAST_DATA_SUFFIX)?.to_string();
-                Some((feed, i64::from_be_bytes(v.try_into().ok()?)))
-            })
-            .collect();
+        let mut feed_last_data = BTreeMap::new();
+        for (k, v) in store.scan(Space::Cursor)? {
+            let (Ok(key), Ok(bytes)) = (String::from_utf8(k), <[u8; 8]>::try_from(v.as_slice()))
+            else {
+                continue;
+            };
+            let t = i64::from_be_bytes(bytes);
+            if let Some(feed) = key.strip_suffix(LAST_DATA_SUFFIX) {
+                feed_last_data.insert(feed.to_string(), t);
+            } else if let Some(feed) = key.strip_suffix(NEWEST_SUFFIX) {
+                metrics.saw_record(feed, t);
+            }
+        }
         let silences = store
             .scan(Space::Silence)?
             .into_iter()
@@ -247,6 +253,7 @@ impl Engine {
         let mut extra = Batch::default();
         let mut new_waiting = Vec::new();
         let mut new_quarantine = Vec::new();
+        let mut newest: Option<i64> = None;
         self.world.begin();
         for (i, m) in records.into_iter().enumerate() {
             let outcome = match &m.result {
@@ -264,6 +271,12 @@ impl Engine {
                 .raw
                 .as_ref()
                 .map(|r| quarantine::redact(r, &feed.mapping, &self.pseudo).to_string());
+            if outcome.is_ok()
+                && let Ok(rec) = &m.result
+            {
+                let t = rec.observation.time().unwrap_or(now.timestamp());
+                newest = Some(newest.map_or(t, |n| n.max(t)));
+            }
             match outcome {
                 Ok(Applied::Changed) => counts.accepted += 1,
                 Ok(Applied::Duplicate) => counts.duplicate += 1,
@@ -320,6 +333,18 @@ impl Engine {
                 now.timestamp().to_be_bytes().to_vec(),
             );
         }
+        let newest = newest.map(|t| {
+            self.metrics
+                .newest_record(&feed.name)
+                .map_or(t, |known| known.max(t))
+        });
+        if let Some(t) = newest {
+            batch.put(
+                Space::Cursor,
+                format!("{}{NEWEST_SUFFIX}", feed.name).into_bytes(),
+                t.to_be_bytes().to_vec(),
+            );
+        }
         if let Err(e) = self.store.commit(batch) {
             self.world.rollback();
             return Err(e.into());
@@ -327,6 +352,9 @@ impl Engine {
         if counts.accepted > 0 {
             self.feed_last_data
                 .insert(feed.name.clone(), now.timestamp());
+        }
+        if let Some(t) = newest {
+            self.metrics.saw_record(&feed.name, t);
         }
         for w in new_waiting {
             self.waiting.insert(w.id.clone(), w);
@@ -731,11 +759,28 @@ impl Engine {
         }
         report.notifications = queued.len() as u64;
         self.enqueue(queued);
+        let seconds = began.elapsed().as_secs_f64();
         self.metrics
             .evaluation_duration
             .with_label_values(&[trigger])
-            .observe(began.elapsed().as_secs_f64());
+            .observe(seconds);
+        self.metrics
+            .rule_checks
+            .with_label_values(&[trigger])
+            .inc_by(report.checks);
         self.update_gauges();
+        if report.checks > 0 {
+            info!(
+                trigger,
+                entities = entities.len(),
+                checks = report.checks,
+                fired = report.fired,
+                resolved = report.resolved,
+                notifications = report.notifications,
+                seconds,
+                "rules evaluated"
+            );
+        }
         Ok(report)
     }
 
@@ -747,7 +792,7 @@ impl Engine {
             for n in queued {
                 o.insert(n);
             }
-            self.metrics.outbox_depth.set(o.len() as i64);
+            self.metrics.set_outbox(o.len(), o.oldest_created());
         }
         self.wake.notify_one();
     }
@@ -901,12 +946,36 @@ impl Engine {
                 .set(n as i64);
         }
         m.dispositions.reset();
+        m.rule_dispositions.reset();
         m.precision.reset();
+        m.households_at_risk.reset();
+        // Every county on the roster has a value, 0 included.
+        for c in self.world.counties() {
+            let county = c.code.to_string();
+            for d in crate::alerts::Disposition::ALL {
+                m.dispositions
+                    .with_label_values(&[county.as_str(), d.name()]);
+            }
+            for risk in crate::model::RiskCategory::ALL {
+                m.households_at_risk
+                    .with_label_values(&[county.as_str(), risk.slug()]);
+            }
+        }
+        for r in &self.rules.rules {
+            for d in crate::alerts::Disposition::ALL {
+                m.rule_dispositions
+                    .with_label_values(&[r.name.as_str(), d.name()]);
+            }
+        }
         let mut per_rule: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for ((rule, d), n) in self.alerts.dispositions() {
+        for ((county, rule, d), n) in self.alerts.dispositions() {
+            let county = county.map(|c| c.to_string()).unwrap_or_default();
             m.dispositions
+                .with_label_values(&[county.as_str(), d.name()])
+                .add(n as i64);
+            m.rule_dispositions
                 .with_label_values(&[rule.as_str(), d.name()])
-                .set(n as i64);
+                .add(n as i64);
             let e = per_rule.entry(rule).or_default();
             e.1 += n;
             if d == crate::alerts::Disposition::Enrolled {
@@ -917,6 +986,21 @@ impl Engine {
             m.precision
                 .with_label_values(&[rule.as_str()])
                 .set(enrolled as f64 / total as f64);
+        }
+        let mut at_risk: BTreeMap<
+            (crate::model::CountyCode, crate::model::RiskCategory),
+            BTreeSet<String>,
+        > = BTreeMap::new();
+        for f in self.alerts.firing_households() {
+            at_risk
+                .entry((f.county, f.risk))
+                .or_default()
+                .insert(f.household);
+        }
+        for ((county, risk), s) in at_risk {
+            m.households_at_risk
+                .with_label_values(&[county.to_string().as_str(), risk.slug()])
+                .set(s.len() as i64);
         }
         m.households.reset();
         for c in self.world.counties() {

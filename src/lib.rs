@@ -21,6 +21,7 @@ pub mod regions;
 pub mod retry;
 pub mod rules;
 pub mod ruletest;
+pub mod sd_notify;
 pub mod silence;
 pub mod simulate;
 pub mod state;

@@ -3,10 +3,34 @@
 //! Invariant: no label identifies a household, a person or a village; labels are feeds,
 //! counties (45 values in a province), rules, severities, states, receivers and reasons.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
+
+/// The reasons a poll fails (`PollError::reason`), for zero-initialised failure counters.
+pub const POLL_FAILURE_REASONS: [&str; 14] = [
+    "connect",
+    "timeout",
+    "rate_limited",
+    "http_status",
+    "body_too_large",
+    "invalid_json",
+    "invalid_csv",
+    "invalid_encoding",
+    "no_records",
+    "cursor_stuck",
+    "too_many_records",
+    "body",
+    "file",
+    "store",
+];
+
+/// Outcomes of a notification delivery.
+pub const NOTIFICATION_OUTCOMES: [&str; 4] = ["sent", "failed", "rejected", "expired"];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -35,6 +59,26 @@ pub struct Metrics {
     pub reload_success: IntGauge,
     pub reload_timestamp: Gauge,
     pub build_info: IntGaugeVec,
+    pub county_info: IntGaugeVec,
+    pub households_at_risk: IntGaugeVec,
+    pub rule_dispositions: IntGaugeVec,
+    pub feed_newest_record: GaugeVec,
+    pub feed_cursor_lag: GaugeVec,
+    pub feed_caught_up: IntGaugeVec,
+    pub feed_poll_interval: GaugeVec,
+    pub feed_consecutive_failures: IntGaugeVec,
+    pub rule_checks: IntCounterVec,
+    pub ready: IntGauge,
+    /// Times that gauges measured from "now" are computed from, at each scrape.
+    clock: Mutex<Clock>,
+}
+
+#[derive(Default)]
+struct Clock {
+    /// Unix time of the newest record applied per feed.
+    newest_record: BTreeMap<String, i64>,
+    /// Unix time the oldest notification in the outbox was created.
+    outbox_oldest: Option<i64>,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -56,6 +100,13 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     reg(
         r,
         IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn float_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    reg(
+        r,
+        GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
     )
 }
 
@@ -169,8 +220,20 @@ impl Metrics {
             households: gauge(
                 &r,
                 "guardline_households",
-                "Households on the roster by county and category.",
+                "Households watched (on the roster) by county and category.",
                 &["county", "category"],
+            ),
+            households_at_risk: gauge(
+                &r,
+                "guardline_households_at_risk",
+                "Households with a firing alert, by county and risk category (a household counts once per category).",
+                &["county", "risk_category"],
+            ),
+            county_info: gauge(
+                &r,
+                "guardline_county_info",
+                "Names and prefecture of each county code; the value is always 1 (join on `county`).",
+                &["county", "county_name", "prefecture", "prefecture_name"],
             ),
             evaluation_duration: reg(
                 &r,
@@ -207,6 +270,12 @@ impl Metrics {
             dispositions: gauge(
                 &r,
                 "guardline_dispositions",
+                "Alerts with a recorded disposition, by county and disposition (enrolled, dismissed, eliminated).",
+                &["county", "disposition"],
+            ),
+            rule_dispositions: gauge(
+                &r,
+                "guardline_rule_dispositions",
                 "Alerts with a recorded disposition, by rule and disposition (enrolled, dismissed, eliminated).",
                 &["rule", "disposition"],
             ),
@@ -249,8 +318,75 @@ impl Metrics {
                 "Build information; the value is always 1.",
                 &["version"],
             ),
+            feed_newest_record: float_gauge(
+                &r,
+                "guardline_feed_newest_record_timestamp_seconds",
+                "Unix time of the newest record a feed has applied (its observation time).",
+                &["feed"],
+            ),
+            feed_cursor_lag: float_gauge(
+                &r,
+                "guardline_feed_cursor_lag_seconds",
+                "How far a feed's data lags behind now: seconds since the newest record it applied.",
+                &["feed"],
+            ),
+            feed_poll_interval: float_gauge(
+                &r,
+                "guardline_feed_poll_interval_seconds",
+                "Time between two slots of a feed's schedule (the next two), for staleness alerts.",
+                &["feed"],
+            ),
+            feed_caught_up: gauge(
+                &r,
+                "guardline_feed_caught_up",
+                "Whether the last poll of a feed reached the end of its data (1) or stopped at a page limit or a failure (0).",
+                &["feed"],
+            ),
+            feed_consecutive_failures: gauge(
+                &r,
+                "guardline_feed_consecutive_failures",
+                "Failed polls of a feed since its last successful one.",
+                &["feed"],
+            ),
+            rule_checks: counter(
+                &r,
+                "guardline_rule_checks_total",
+                "Household-rule (entity-rule) checks made by evaluation passes, by trigger (poll, tick).",
+                &["trigger"],
+            ),
+            ready: reg(
+                &r,
+                IntGauge::new(
+                    "guardline_ready",
+                    "Whether the daemon is ready (store open, configuration loaded, not all feeds failing).",
+                )
+                .expect("valid metric"),
+            ),
+            clock: Mutex::new(Clock::default()),
             registry: r,
         };
+        #[cfg(target_os = "linux")]
+        {
+            // The process collector (memory, CPU, open files, start time) under `process_`.
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            // Invariant: registered once on a fresh registry, and its names are unique.
+            m.registry
+                .register(Box::new(pc))
+                .expect("process metric names are unique");
+        }
+        for c in crate::regions::counties() {
+            m.county_info
+                .with_label_values(&[
+                    c.code.to_string().as_str(),
+                    c.name,
+                    c.prefecture_code.to_string().as_str(),
+                    c.prefecture_name,
+                ])
+                .set(1);
+        }
+        for reason in ["silenced", "inhibited"] {
+            m.notifications_suppressed.with_label_values(&[reason]);
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -260,8 +396,80 @@ impl Metrics {
         m
     }
 
-    /// The text exposition format.
+    /// Creates the series of the configured feeds, receivers and rules at zero, so that a
+    /// failure shows as an increase from 0 and dashboards see every feed from the start.
+    pub fn declare(&self, feeds: &[&str], receivers: &[&str], rules: &[&str]) {
+        for f in feeds {
+            for outcome in ["success", "failure"] {
+                self.feed_polls.with_label_values(&[f, outcome]);
+            }
+            for reason in POLL_FAILURE_REASONS {
+                self.feed_poll_failures.with_label_values(&[f, reason]);
+            }
+            for outcome in ["accepted", "duplicate", "rejected", "waiting"] {
+                self.feed_records.with_label_values(&[f, outcome]);
+            }
+            self.feed_caught_up.with_label_values(&[f]);
+            self.feed_consecutive_failures.with_label_values(&[f]);
+        }
+        for r in receivers {
+            for outcome in NOTIFICATION_OUTCOMES {
+                self.notifications.with_label_values(&[r, outcome]);
+            }
+        }
+        for rule in rules {
+            self.escalations.with_label_values(&[rule]);
+            for state in ["firing", "resolved"] {
+                self.alert_transitions.with_label_values(&[rule, state]);
+            }
+            for d in crate::alerts::Disposition::ALL {
+                self.rule_dispositions.with_label_values(&[rule, d.name()]);
+            }
+        }
+        for trigger in ["poll", "tick"] {
+            self.rule_checks.with_label_values(&[trigger]);
+        }
+    }
+
+    /// Notes the observation time of the newest record a feed applied (kept if older).
+    pub fn saw_record(&self, feed: &str, at: i64) {
+        if let Ok(mut c) = self.clock.lock() {
+            let e = c.newest_record.entry(feed.to_string()).or_insert(at);
+            *e = (*e).max(at);
+            self.feed_newest_record
+                .with_label_values(&[feed])
+                .set(*e as f64);
+        }
+    }
+
+    /// The observation time of the newest record a feed applied, if known.
+    pub fn newest_record(&self, feed: &str) -> Option<i64> {
+        self.clock
+            .lock()
+            .ok()
+            .and_then(|c| c.newest_record.get(feed).copied())
+    }
+
+    /// Notes the outbox's depth and the creation time of its oldest notification.
+    pub fn set_outbox(&self, depth: usize, oldest_created: Option<i64>) {
+        self.outbox_depth.set(depth as i64);
+        if let Ok(mut c) = self.clock.lock() {
+            c.outbox_oldest = oldest_created;
+        }
+    }
+
+    /// The text exposition format; ages are computed from the current time.
     pub fn render(&self) -> String {
+        let now = crate::model::now().timestamp();
+        if let Ok(c) = self.clock.lock() {
+            for (feed, at) in &c.newest_record {
+                self.feed_cursor_lag
+                    .with_label_values(&[feed])
+                    .set((now - at).max(0) as f64);
+            }
+            self.outbox_oldest_age
+                .set(c.outbox_oldest.map_or(0.0, |t| (now - t).max(0) as f64));
+        }
         let mut buf = Vec::new();
         // Invariant: the text encoder only fails on writer errors, and a Vec never fails.
         TextEncoder::new()

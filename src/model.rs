@@ -614,6 +614,24 @@ pub enum Observation {
     },
 }
 
+impl Observation {
+    /// When the observation holds, as Unix time: the first day of a sample's month, the
+    /// end (or start) of an interval, an event's time; `None` for the roster, which
+    /// describes the present.
+    pub fn time(&self) -> Option<i64> {
+        match self {
+            Self::Sample { month, .. } => month
+                .first_day()
+                .and_hms_opt(0, 0, 0)
+                .and_then(|t| t.and_local_timezone(china_offset()).single())
+                .map(|t| t.timestamp()),
+            Self::Interval { start, end, .. } => Some(end.unwrap_or(*start).timestamp()),
+            Self::Roster(_) => None,
+            Self::Event { time, .. } => Some(time.timestamp()),
+        }
+    }
+}
+
 /// An observation with the id of the record it came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {

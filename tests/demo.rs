@@ -6,33 +6,10 @@ use std::process::Command;
 
 use support::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn demo_prints_an_alert_for_every_planted_case() {
     let dir = tempfile::tempdir().unwrap();
-    let (sim, api) = (free_port(), free_port());
-    let text = std::fs::read_to_string(repo().join("config/demo.toml"))
-        .unwrap()
-        .replace("127.0.0.1:18700", &format!("127.0.0.1:{sim}"))
-        .replace("127.0.0.1:9187", &format!("127.0.0.1:{api}"))
-        .replace(
-            "../guardline-demo-data",
-            &dir.path().join("data").display().to_string(),
-        )
-        .replace(
-            "\"../alerts\"",
-            &format!("\"{}\"", repo().join("alerts").display()),
-        )
-        .replace("households = 5000", "households = 1500");
-    let cfg = dir.path().join("demo.toml");
-    std::fs::write(&cfg, text).unwrap();
+    let (cfg, api) = demo_config(dir.path(), 1500);
     let out = Command::new(BIN)
         .args(["demo", "--exit-after", "25s", "--config"])
         .arg(&cfg)

@@ -379,11 +379,13 @@ impl Alerts {
     }
 
     /// Dispositions per (rule, disposition), for precision.
-    pub fn dispositions(&self) -> BTreeMap<(String, Disposition), u64> {
+    /// Counts of recorded dispositions per (county, rule, disposition), for metrics.
+    pub fn dispositions(&self) -> BTreeMap<(Option<CountyCode>, String, Disposition), u64> {
         let mut m = BTreeMap::new();
         for a in self.alerts.values() {
             if let Some(ack) = &a.ack {
-                *m.entry((a.rule.clone(), ack.disposition)).or_default() += 1;
+                *m.entry((a.county, a.rule.clone(), ack.disposition))
+                    .or_default() += 1;
             }
         }
         m

@@ -21,6 +21,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Set once the store is open, the configuration loaded and the first evaluation done.
     pub ready: Arc<AtomicBool>,
+    /// The feeds' last poll outcomes: when every feed fails, the daemon is not ready.
+    pub feeds: Arc<crate::feeds::FeedHealth>,
     /// Where `POST /-/reload` asks the daemon to reload.
     pub reload: Option<tokio::sync::mpsc::Sender<crate::daemon::ReloadRequest>>,
     /// The engine the API reads and acknowledges through; `None` in tests of the bare server.
@@ -55,6 +57,7 @@ pub fn router(state: ApiState) -> Router {
 }
 
 async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
+    s.metrics.ready.set(i64::from(readiness(&s).is_ok()));
     (
         [(
             header::CONTENT_TYPE,
@@ -126,11 +129,28 @@ async fn reload(State(s): State<ApiState>, headers: axum::http::HeaderMap) -> im
     }
 }
 
+/// Ready: the store is open, the configuration loaded and evaluated, and not every feed
+/// failed its last poll. The error says why not (feed names only).
+fn readiness(s: &ApiState) -> Result<(), String> {
+    if !s.ready.load(Ordering::SeqCst) {
+        return Err("starting or stopping".into());
+    }
+    if s.feeds.all_failing() {
+        return Err(format!(
+            "the last poll of every feed failed: {}",
+            s.feeds.failing().join(", ")
+        ));
+    }
+    Ok(())
+}
+
 async fn readyz(State(s): State<ApiState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    match readiness(&s) {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 

@@ -286,6 +286,60 @@ pub fn until_next(feed: &FeedConfig, now: chrono::DateTime<chrono::FixedOffset>)
         .unwrap_or(Duration::from_secs(3600))
 }
 
+/// The time between the feed's next two cron slots after `now`.
+pub fn poll_interval(feed: &FeedConfig, now: chrono::DateTime<chrono::FixedOffset>) -> Duration {
+    let mut slots = feed.schedule.after(&now);
+    match (slots.next(), slots.next()) {
+        (Some(a), Some(b)) => (b - a).to_std().unwrap_or(Duration::from_secs(3600)),
+        _ => Duration::from_secs(3600),
+    }
+}
+
+/// Whether each feed's last poll failed, for readiness: a daemon whose every feed fails
+/// is not ready (it is cut off from its data).
+#[derive(Debug, Default)]
+pub struct FeedHealth {
+    failing: std::sync::Mutex<std::collections::BTreeMap<String, bool>>,
+}
+
+impl FeedHealth {
+    /// The configured feeds, none failing yet.
+    pub fn new<'a>(feeds: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            failing: std::sync::Mutex::new(
+                feeds.into_iter().map(|f| (f.to_string(), false)).collect(),
+            ),
+        }
+    }
+
+    pub fn record(&self, feed: &str, ok: bool) {
+        if let Ok(mut m) = self.failing.lock() {
+            m.insert(feed.to_string(), !ok);
+        }
+    }
+
+    /// The feeds whose last poll failed.
+    pub fn failing(&self) -> Vec<String> {
+        self.failing
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, f)| **f)
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// True when there are feeds and the last poll of every one failed.
+    pub fn all_failing(&self) -> bool {
+        self.failing
+            .lock()
+            .map(|m| !m.is_empty() && m.values().all(|f| *f))
+            .unwrap_or(false)
+    }
+}
+
 /// Everything one feed's task needs.
 pub struct FeedTask<S> {
     pub feed: FeedConfig,
@@ -293,6 +347,7 @@ pub struct FeedTask<S> {
     pub pseudo: Pseudonymizer,
     pub sink: S,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub health: std::sync::Arc<FeedHealth>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// The task waits until this is true (feeds keyed by person wait for the roster).
     pub start: tokio::sync::watch::Receiver<bool>,
@@ -309,6 +364,7 @@ pub async fn run_feed<S: Sink + Sync>(task: FeedTask<S>) {
         pseudo,
         sink,
         metrics,
+        health,
         mut shutdown,
         mut start,
         report: started,
@@ -319,6 +375,8 @@ pub async fn run_feed<S: Sink + Sync>(task: FeedTask<S>) {
             _ = shutdown.changed() => return,
         }
     }
+    let name = feed.name.as_str();
+    let mut failures: i64 = 0;
     loop {
         let began = Instant::now();
         sink.poll_started(&feed.name).await;
@@ -336,8 +394,13 @@ pub async fn run_feed<S: Sink + Sync>(task: FeedTask<S>) {
                     .inc();
                 metrics
                     .feed_last_success
-                    .with_label_values(&[feed.name.as_str()])
+                    .with_label_values(&[name])
                     .set(crate::model::now().timestamp() as f64);
+                failures = 0;
+                metrics
+                    .feed_caught_up
+                    .with_label_values(&[name])
+                    .set(i64::from(*caught_up));
                 info!(feed = %feed.name, accepted = c.accepted, duplicate = c.duplicate, waiting = c.waiting,
                       rejected = c.rejected, caught_up, seconds = secs, "poll done");
                 sink.poll_done(&feed.name, *caught_up).await;
@@ -351,11 +414,19 @@ pub async fn run_feed<S: Sink + Sync>(task: FeedTask<S>) {
                     .feed_poll_failures
                     .with_label_values(&[feed.name.as_str(), e.reason()])
                     .inc();
-                warn!(feed = %feed.name, reason = e.reason(), error = %e, "poll failed; retrying at the next slot");
+                failures += 1;
+                metrics.feed_caught_up.with_label_values(&[name]).set(0);
+                warn!(feed = %feed.name, reason = e.reason(), error = %e, consecutive_failures = failures,
+                      "poll failed; retrying at the next slot");
                 // Records applied before the failure are evaluated once the feed catches up.
                 sink.poll_done(&feed.name, false).await;
             }
         }
+        metrics
+            .feed_consecutive_failures
+            .with_label_values(&[name])
+            .set(failures);
+        health.record(name, result.is_ok());
         if let Some(tx) = &started {
             let _ = tx.try_send(feed.name.clone());
         }

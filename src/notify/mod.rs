@@ -711,10 +711,7 @@ pub async fn deliver_due(
         }
     }
     if let Ok(o) = outbox.lock() {
-        metrics.outbox_depth.set(o.len() as i64);
-        metrics
-            .outbox_oldest_age
-            .set(o.oldest_created().map_or(0.0, |t| (now - t).max(0) as f64));
+        metrics.set_outbox(o.len(), o.oldest_created());
     }
     next_due
 }

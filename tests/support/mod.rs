@@ -411,3 +411,82 @@ pub fn announced(mail: &serde_json::Value) -> (String, String) {
     };
     (rule, entity)
 }
+
+/// A port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `config/demo.toml` for a test: free ports, a data folder in `dir`, the repository's rules,
+/// `households` households. Returns the file and the daemon's HTTP port.
+pub fn demo_config(dir: &Path, households: u32) -> (PathBuf, u16) {
+    let (sim, api) = (free_port(), free_port());
+    let text = std::fs::read_to_string(repo().join("config/demo.toml"))
+        .unwrap()
+        .replace("127.0.0.1:18700", &format!("127.0.0.1:{sim}"))
+        .replace("127.0.0.1:9187", &format!("127.0.0.1:{api}"))
+        .replace(
+            "../guardline-demo-data",
+            &dir.join("data").display().to_string(),
+        )
+        .replace(
+            "\"../alerts\"",
+            &format!("\"{}\"", repo().join("alerts").display()),
+        )
+        .replace("households = 5000", &format!("households = {households}"));
+    let cfg = dir.join("demo.toml");
+    std::fs::write(&cfg, text).unwrap();
+    (cfg, api)
+}
+
+/// `guardline run` as a bare child process (stderr appended to `log`), without waiting for
+/// it to serve: for tests that kill it at any moment, start-up included.
+pub fn spawn_daemon(config: &Path, log: &Path) -> KillOnDrop {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    KillOnDrop(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("GUARDLINE_LOG", "info")
+            .env("SMTP_PASSWORD", "s3cret")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// SIGKILL to `pid` (`kill -KILL`): no handler runs, nothing is flushed.
+pub fn sigkill(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -KILL {pid}");
+}
+
+/// An offline `guardline` command (e.g. `report`, `backtest`): its stdout; panics with
+/// stdout and stderr if it fails.
+pub fn offline(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "guardline {args:?} failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
