@@ -949,9 +949,11 @@ impl Engine {
         m.rule_dispositions.reset();
         m.precision.reset();
         m.households_at_risk.reset();
+        m.households_alerted.reset();
         // Every county on the roster has a value, 0 included.
         for c in self.world.counties() {
             let county = c.code.to_string();
+            m.households_alerted.with_label_values(&[county.as_str()]);
             for d in crate::alerts::Disposition::ALL {
                 m.dispositions
                     .with_label_values(&[county.as_str(), d.name()]);
@@ -991,11 +993,21 @@ impl Engine {
             (crate::model::CountyCode, crate::model::RiskCategory),
             BTreeSet<String>,
         > = BTreeMap::new();
+        let mut alerted: BTreeMap<crate::model::CountyCode, BTreeSet<String>> = BTreeMap::new();
         for f in self.alerts.firing_households() {
+            alerted
+                .entry(f.county)
+                .or_default()
+                .insert(f.household.clone());
             at_risk
                 .entry((f.county, f.risk))
                 .or_default()
                 .insert(f.household);
+        }
+        for (county, s) in alerted {
+            m.households_alerted
+                .with_label_values(&[county.to_string().as_str()])
+                .set(s.len() as i64);
         }
         for ((county, risk), s) in at_risk {
             m.households_at_risk
@@ -1006,11 +1018,9 @@ impl Engine {
         for c in self.world.counties() {
             for cat in HouseholdCategory::ALL {
                 let n = c.households_by_category[cat.index()];
-                if n > 0 {
-                    m.households
-                        .with_label_values(&[c.code.to_string().as_str(), cat.slug()])
-                        .set(i64::from(n));
-                }
+                m.households
+                    .with_label_values(&[c.code.to_string().as_str(), cat.slug()])
+                    .set(i64::from(n));
             }
         }
     }

@@ -61,6 +61,7 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub county_info: IntGaugeVec,
     pub households_at_risk: IntGaugeVec,
+    pub households_alerted: IntGaugeVec,
     pub rule_dispositions: IntGaugeVec,
     pub feed_newest_record: GaugeVec,
     pub feed_cursor_lag: GaugeVec,
@@ -198,7 +199,7 @@ impl Metrics {
             notifications: counter(
                 &r,
                 "guardline_notifications_total",
-                "Notification deliveries by receiver and outcome (sent, failed, expired).",
+                "Notification deliveries by receiver and outcome (sent, failed, rejected, expired).",
                 &["receiver", "outcome"],
             ),
             outbox_depth: reg(
@@ -228,6 +229,12 @@ impl Metrics {
                 "guardline_households_at_risk",
                 "Households with a firing alert, by county and risk category (a household counts once per category).",
                 &["county", "risk_category"],
+            ),
+            households_alerted: gauge(
+                &r,
+                "guardline_households_alerted",
+                "Households with at least one firing alert, by county (each household once).",
+                &["county"],
             ),
             county_info: gauge(
                 &r,
@@ -387,6 +394,9 @@ impl Metrics {
         for reason in ["silenced", "inhibited"] {
             m.notifications_suppressed.with_label_values(&[reason]);
         }
+        for outcome in ["success", "failure"] {
+            m.reloads.with_label_values(&[outcome]);
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -411,6 +421,12 @@ impl Metrics {
             }
             self.feed_caught_up.with_label_values(&[f]);
             self.feed_consecutive_failures.with_label_values(&[f]);
+            // Until the first success, the start counts: a feed that never succeeds turns
+            // stale like one that stopped succeeding.
+            let last = self.feed_last_success.with_label_values(&[f]);
+            if last.get() == 0.0 {
+                last.set(crate::model::now().timestamp() as f64);
+            }
         }
         for r in receivers {
             for outcome in NOTIFICATION_OUTCOMES {
