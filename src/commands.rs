@@ -382,6 +382,21 @@ pub async fn feeds_test(config: &Path, name: &str, n: usize) -> anyhow::Result<S
 
 /// Opens the store and the engine of a configuration without running the daemon.
 fn offline_engine(cfg: &Config, rules: RuleSet) -> anyhow::Result<crate::engine::Engine> {
+    open_engine(
+        cfg,
+        rules,
+        Arc::new(std::sync::Mutex::new(crate::notify::Outbox::default())),
+        Arc::new(crate::metrics::Metrics::new()),
+    )
+}
+
+/// Opens the store and an engine that queues into `outbox` (nothing delivers from it).
+pub(crate) fn open_engine(
+    cfg: &Config,
+    rules: RuleSet,
+    outbox: Arc<std::sync::Mutex<crate::notify::Outbox>>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> anyhow::Result<crate::engine::Engine> {
     let pseudo = daemon::pseudonymizer(cfg)?;
     let lines = rules.effective_lines(&cfg.lines);
     let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::open(&cfg.daemon.data_dir)?);
@@ -391,9 +406,9 @@ fn offline_engine(cfg: &Config, rules: RuleSet) -> anyhow::Result<crate::engine:
         Arc::new(rules),
         cfg.notify.clone(),
         crate::notify::Templates::new(cfg.daemon.language),
-        Arc::new(std::sync::Mutex::new(crate::notify::Outbox::default())),
+        outbox,
         Arc::new(tokio::sync::Notify::new()),
-        Arc::new(crate::metrics::Metrics::new()),
+        metrics,
         pseudo,
         lines,
     )?)
@@ -766,4 +781,16 @@ pub fn report(config: &Path, json: bool) -> anyhow::Result<String> {
         ));
     }
     Ok(out)
+}
+
+/// `guardline bench`: prints the figures as a table (or JSON) on stdout.
+pub async fn bench(opts: crate::bench::BenchOptions, json: bool) -> anyhow::Result<()> {
+    let f = crate::bench::run(&opts).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&f)?);
+    } else {
+        println!("| figure | value | target |\n|---|---|---|");
+        print!("{}", crate::bench::table(&f));
+    }
+    Ok(())
 }

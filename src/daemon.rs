@@ -52,9 +52,10 @@ pub fn pseudonymizer(config: &Config) -> anyhow::Result<Pseudonymizer> {
     Ok(p)
 }
 
+/// Where polls deliver: the engine, behind the lock the API and the ticks share.
 #[derive(Clone)]
-struct EngineSink {
-    engine: Arc<tokio::sync::Mutex<Engine>>,
+pub(crate) struct EngineSink {
+    pub(crate) engine: Arc<tokio::sync::Mutex<Engine>>,
 }
 
 impl Sink for EngineSink {

@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod api;
 pub mod backtest;
+pub mod bench;
 pub mod commands;
 pub mod config;
 pub mod daemon;

@@ -116,6 +116,26 @@ enum Command {
         paths: Vec<PathBuf>,
     },
     /// Run the simulator and the daemon together on config/demo.toml.
+    /// Measure ingest, detection, evaluation, memory, restart and scrapes at province scale
+    /// (BENCHMARKS.md); needs a few GB of memory per 100,000 households for the generator
+    Bench {
+        #[arg(long, default_value_t = 600_000)]
+        households: u32,
+        /// Runs per figure (the median is reported)
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The store and generated configuration go here (emptied first)
+        #[arg(long, default_value = "../guardline-bench")]
+        dir: PathBuf,
+        /// The configuration whose feeds and rules are measured
+        #[arg(long, default_value = "config/demo.toml")]
+        config: PathBuf,
+        /// Print the figures as JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     Demo {
         #[arg(long, default_value = "config/demo.toml")]
         config: PathBuf,
@@ -213,6 +233,26 @@ fn main() -> ExitCode {
                 fresh,
                 exit_after,
             } => commands::demo(&config, fresh, exit_after).await,
+            Command::Bench {
+                households,
+                runs,
+                seed,
+                dir,
+                config,
+                json,
+            } => {
+                commands::bench(
+                    guardline::bench::BenchOptions {
+                        households,
+                        runs,
+                        seed,
+                        dir,
+                        config,
+                    },
+                    json,
+                )
+                .await
+            }
             Command::Backtest {
                 config,
                 rules,

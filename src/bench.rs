@@ -1,0 +1,404 @@
+//! `guardline bench`: the province-scale measurements of BENCHMARKS.md.
+//!
+//! The simulator's generator makes a world of N households (24 months of wages and claims);
+//! the simulator's HTTP server serves it in-process on loopback; the production poll path
+//! (fetch, decode, map, join, validate, apply, commit) ingests it into a fresh store. Then:
+//! full evaluation, incremental detection of 10,000 new records, and, in a separate
+//! `guardline run` process on the same store, restart to ready, peak memory and `/metrics`
+//! scrapes. Figures are medians of `runs` runs, except ingest, which is measured once per
+//! world (its pages give a spread).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::feeds::{self, FeedClient};
+use crate::model::now;
+use crate::notify::Outbox;
+use crate::simulate;
+
+pub struct BenchOptions {
+    pub households: u32,
+    pub runs: u32,
+    pub seed: u64,
+    /// Where the store and the generated configuration go (emptied first).
+    pub dir: PathBuf,
+    /// The demo configuration whose feeds and rules are measured.
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Figures {
+    pub households: u64,
+    pub villages: u64,
+    pub records: u64,
+    pub generate_seconds: f64,
+    pub ingest_seconds: f64,
+    pub ingest_records_per_second: f64,
+    pub evaluation_checks: u64,
+    pub evaluation_seconds_median: f64,
+    pub evaluation_checks_per_second: f64,
+    pub alerts_firing: u64,
+    pub incremental_records: u64,
+    pub incremental_ms_median: f64,
+    pub incremental_alerts: u64,
+    pub store_bytes: u64,
+    pub restart_seconds_median: f64,
+    pub daemon_peak_rss_bytes: u64,
+    pub rss_bytes_per_household: f64,
+    pub scrape_ms_median: f64,
+    pub scrape_bytes: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The demo configuration rewritten for the bench: the in-process simulator's address, a
+/// daemon port, the bench's data folder, absolute rules folder, no page limits.
+fn write_config(
+    opts: &BenchOptions,
+    sim: std::net::SocketAddr,
+    listen: u16,
+) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(&opts.config).with_context(|| {
+        format!(
+            "reading {} (run from the repository root)",
+            opts.config.display()
+        )
+    })?;
+    let base = opts
+        .config
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let rules = std::fs::canonicalize(base.join("../alerts"))
+        .with_context(|| format!("finding the rules folder next to {}", opts.config.display()))?;
+    let data = std::fs::canonicalize(&opts.dir)?;
+    let text = text
+        .replace("127.0.0.1:18700", &sim.to_string())
+        .replace("127.0.0.1:9187", &format!("127.0.0.1:{listen}"))
+        .replace(
+            "\"../guardline-demo-data/pseudonym.key\"",
+            &format!("\"{}\"", data.join("pseudonym.key").display()),
+        )
+        .replace(
+            "\"../guardline-demo-data\"",
+            &format!("\"{}\"", data.join("data").display()),
+        )
+        .replace("\"../alerts\"", &format!("\"{}\"", rules.display()))
+        // Province-scale feeds are larger than a poll's default limits.
+        .replace(
+            "[[feeds]]\n",
+            "[[feeds]]\nmax_records_per_poll = 1000000000\nmax_pages_per_poll = 1000000\n",
+        )
+        // The restart measurement polls rarely: it measures the store, not the feeds.
+        .replace(
+            "schedule = \"*/20 * * * * *\"",
+            "schedule = \"0 0 3 * * *\"",
+        );
+    let path = opts.dir.join("bench.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Option<(u16, usize)> {
+    let r = client.get(url).send().await.ok()?;
+    let status = r.status().as_u16();
+    let body = r.bytes().await.ok()?;
+    Some((status, body.len()))
+}
+
+pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
+    if opts.dir.exists() {
+        std::fs::remove_dir_all(&opts.dir)
+            .with_context(|| format!("emptying {}", opts.dir.display()))?;
+    }
+    std::fs::create_dir_all(&opts.dir)?;
+    let mut f = Figures {
+        households: u64::from(opts.households),
+        ..Figures::default()
+    };
+
+    eprintln!("generating {} households …", opts.households);
+    let began = Instant::now();
+    let sim_opts = crate::commands::sim_options(opts.seed, opts.households, None);
+    let world = Arc::new(simulate::generate(&sim_opts));
+    f.generate_seconds = began.elapsed().as_secs_f64();
+    f.villages = world
+        .roster
+        .iter()
+        .filter_map(|r| r["village_code"].as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u64;
+    let wages_sample: Vec<String> = world
+        .wages
+        .iter()
+        .filter_map(|r| r["id_number"].as_str().map(str::to_string))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut sim_stop = stop_rx.clone();
+    let (sim, _task) = simulate::serve(Arc::clone(&world), "127.0.0.1:0".parse()?, async move {
+        let _ = sim_stop.wait_for(|v| *v).await;
+    })
+    .await?;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config_path = write_config(opts, sim, listen)?;
+    let (cfg, rules) = crate::commands::load(&config_path)?;
+    let n_rules = rules.rules.len() as u64;
+
+    // Ingest through the production poll path, roster first.
+    let outbox = Arc::new(std::sync::Mutex::new(Outbox::default()));
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let mut engine =
+        crate::commands::open_engine(&cfg, rules, Arc::clone(&outbox), Arc::clone(&metrics))?;
+    engine.set_feeds(&cfg.feeds);
+    let pseudo = crate::daemon::pseudonymizer(&cfg)?;
+    let sink = crate::daemon::EngineSink {
+        engine: Arc::new(tokio::sync::Mutex::new(engine)),
+    };
+    let mut ordered: Vec<&crate::config::FeedConfig> = cfg.feeds.iter().collect();
+    ordered.sort_by_key(|feed| !feed.inputs().contains(&crate::rules::Input::Roster));
+    eprintln!("ingesting {} feeds …", ordered.len());
+    let began = Instant::now();
+    for feed in ordered {
+        let client = FeedClient::build(feed, Arc::clone(&metrics))?;
+        let t = Instant::now();
+        let (counts, caught_up) = feeds::poll(feed, &client, &pseudo, &sink)
+            .await
+            .with_context(|| format!("polling feed {}", feed.name))?;
+        if !caught_up {
+            bail!("feed {} did not catch up in one poll", feed.name);
+        }
+        let n = counts.accepted + counts.duplicate + counts.rejected + counts.waiting;
+        eprintln!(
+            "  {:<14} {:>10} records in {:>7.2} s ({} rejected, {} waiting)",
+            feed.name,
+            n,
+            t.elapsed().as_secs_f64(),
+            counts.rejected,
+            counts.waiting
+        );
+        sink.engine.lock().await.poll_finished(&feed.name, true);
+        f.records += n;
+    }
+    f.ingest_seconds = began.elapsed().as_secs_f64();
+    f.ingest_records_per_second = f.records as f64 / f.ingest_seconds;
+
+    // Full evaluation (after a reload): every rule on every household and place.
+    let mut engine = sink.engine.lock().await;
+    let mut times = Vec::new();
+    for run in 0..opts.runs.max(1) {
+        let t = Instant::now();
+        let report = engine.evaluate_all(now())?;
+        times.push(t.elapsed().as_secs_f64());
+        if run == 0 {
+            f.evaluation_checks = report.checks;
+        }
+    }
+    f.evaluation_seconds_median = median(times);
+    f.evaluation_checks_per_second = f.evaluation_checks as f64 / f.evaluation_seconds_median;
+    f.alerts_firing = engine.alerts().firing_households().len() as u64;
+    eprintln!(
+        "  full evaluation: {} checks ({} rules) in {:.2} s",
+        f.evaluation_checks, n_rules, f.evaluation_seconds_median
+    );
+
+    // Incremental: a page of 10,000 new wage records (this month; one in ten a collapse),
+    // from bytes to notifications in the outbox.
+    let wages = cfg
+        .feeds
+        .iter()
+        .find(|feed| feed.name == "wages")
+        .context("the bench needs the demo's `wages` feed")?;
+    let month = crate::model::Month::of(now());
+    let mut times = Vec::new();
+    for run in 0..opts.runs.max(1) as usize {
+        let page: Vec<serde_json::Value> = wages_sample
+            .iter()
+            .cycle()
+            .skip(run * 10_000)
+            .take(10_000)
+            .enumerate()
+            .map(|(i, id)| {
+                let amount = if i % 10 == 0 { 100 } else { 3_200 };
+                json!({"record_id": format!("BENCH{run}-{i}"), "id_number": id,
+                       "month": month.to_string(), "amount": amount})
+            })
+            .collect();
+        let body = serde_json::to_vec(&json!({ "records": page }))?;
+        let before = outbox.lock().map(|o| o.len()).unwrap_or(0);
+        let t = Instant::now();
+        let decoded = feeds::decode::decode(&body, wages, "bench")?;
+        let mapped = feeds::map_page(wages, decoded.records, &pseudo);
+        engine.ingest(wages, mapped, now())?;
+        engine.evaluate_touched(now())?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        let after = outbox.lock().map(|o| o.len()).unwrap_or(0);
+        f.incremental_alerts += (after - before) as u64;
+        f.incremental_records += 10_000;
+    }
+    f.incremental_ms_median = median(times);
+    drop(engine);
+    drop(sink);
+    f.store_bytes = dir_size(&cfg.daemon.data_dir);
+
+    // Restart: `guardline run` on the store, to /readyz; its peak memory; /metrics scrapes.
+    let exe = std::env::current_exe()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let base = format!("http://127.0.0.1:{listen}");
+    let mut restarts = Vec::new();
+    let mut scrapes = Vec::new();
+    for run in 0..opts.runs.max(1) {
+        let t = Instant::now();
+        let mut child = std::process::Command::new(&exe)
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("GUARDLINE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(
+                opts.dir.join(format!("daemon-{run}.log")),
+            )?)
+            .spawn()?;
+        let ready = loop {
+            if let Some((200, _)) = get(&http, &format!("{base}/readyz")).await {
+                break true;
+            }
+            if child.try_wait()?.is_some() || t.elapsed() > Duration::from_secs(600) {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        if !ready {
+            let _ = child.kill();
+            bail!(
+                "the daemon did not become ready; see {}",
+                opts.dir.join(format!("daemon-{run}.log")).display()
+            );
+        }
+        restarts.push(t.elapsed().as_secs_f64());
+        for _ in 0..5 {
+            let t = Instant::now();
+            if let Some((200, n)) = get(&http, &format!("{base}/metrics")).await {
+                scrapes.push(t.elapsed().as_secs_f64() * 1000.0);
+                f.scrape_bytes = n as u64;
+            }
+        }
+        f.daemon_peak_rss_bytes = f
+            .daemon_peak_rss_bytes
+            .max(peak_rss(child.id()).unwrap_or(0));
+        // SIGTERM through the shell's kill: std has no signal API without unsafe.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    }
+    f.restart_seconds_median = median(restarts);
+    f.scrape_ms_median = median(scrapes);
+    f.rss_bytes_per_household = f.daemon_peak_rss_bytes as f64 / f64::from(opts.households.max(1));
+    let _ = stop_tx.send(true);
+    Ok(f)
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    };
+    rd.filter_map(Result::ok)
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                dir_size(&path)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            }
+        })
+        .sum()
+}
+
+/// The figures as the table of BENCHMARKS.md.
+pub fn table(f: &Figures) -> String {
+    let mut out = String::new();
+    let mut row = |what: &str, value: String, target: &str| {
+        out.push_str(&format!("| {what} | {value} | {target} |\n"));
+    };
+    row(
+        "households / villages",
+        format!("{} / {}", f.households, f.villages),
+        "",
+    );
+    row("records ingested", f.records.to_string(), "");
+    row(
+        "ingest",
+        format!(
+            "{:.0} records/s ({:.1} s)",
+            f.ingest_records_per_second, f.ingest_seconds
+        ),
+        "≥ 500,000/s",
+    );
+    row(
+        "incremental: 10,000 records to outbox",
+        format!(
+            "{:.0} ms ({} notifications)",
+            f.incremental_ms_median, f.incremental_alerts
+        ),
+        "≤ 200 ms",
+    );
+    row(
+        "full evaluation",
+        format!(
+            "{:.0} checks/s ({} checks in {:.2} s)",
+            f.evaluation_checks_per_second, f.evaluation_checks, f.evaluation_seconds_median
+        ),
+        "≥ 1,000,000/s",
+    );
+    row(
+        "peak RSS per household",
+        format!(
+            "{:.0} B ({:.0} MiB)",
+            f.rss_bytes_per_household,
+            f.daemon_peak_rss_bytes as f64 / 1_048_576.0
+        ),
+        "≤ 1 KB",
+    );
+    row(
+        "restart to ready",
+        format!("{:.2} s", f.restart_seconds_median),
+        "≤ 5 s",
+    );
+    row(
+        "/metrics scrape",
+        format!("{:.1} ms ({} bytes)", f.scrape_ms_median, f.scrape_bytes),
+        "≤ 20 ms",
+    );
+    row(
+        "store on disk",
+        format!("{:.0} MiB", f.store_bytes as f64 / 1_048_576.0),
+        "",
+    );
+    out
+}
