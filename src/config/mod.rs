@@ -421,13 +421,23 @@ pub struct SimulatorConfig {
 impl Config {
     /// Reads and validates `path`; on failure every problem found is returned.
     pub fn load(path: &Path) -> Result<Config, Problems> {
-        let src = Source::read(path)?;
+        Self::from_source(&Source::read(path)?)
+    }
+
+    /// Validates configuration `text` as if it had been read from `path`: problems name
+    /// `path`, and relative paths resolve against its folder.
+    pub fn from_text(path: &Path, text: String) -> Result<Config, Problems> {
+        Self::from_source(&Source::from_text(path, text))
+    }
+
+    fn from_source(src: &Source) -> Result<Config, Problems> {
         let raw: raw::RawConfig = src.parse()?;
-        let base = path
+        let base = src
+            .path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        validate(&src, &base, raw)
+        validate(src, &base, raw)
     }
 
     pub fn receiver(&self, name: &str) -> Option<&ReceiverConfig> {
@@ -447,17 +457,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("duration {s:?} does not start with a whole number"))?;
     let secs = match unit {
         "ms" => return Ok(Duration::from_millis(n)),
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
         _ => {
             return Err(format!(
                 "duration {s:?} has unknown unit {unit:?} (use ms, s, m, h or d)"
             ));
         }
     };
-    Ok(Duration::from_secs(secs))
+    // `n * 86_400` used to overflow: a panic with overflow checks, a silently wrapped, much
+    // shorter duration without them (fuzz/regressions/config/duration-overflow.toml).
+    secs.map(Duration::from_secs)
+        .ok_or_else(|| format!("duration {s:?} is too long"))
 }
 
 /// Parses a cron schedule for the `cron` crate (seconds first) and refuses numeric
@@ -1391,6 +1404,11 @@ mod tests {
         );
         assert!(parse_duration("30").unwrap_err().contains("no unit"));
         assert!(parse_duration("3w").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("999999999999999999d")
+                .unwrap_err()
+                .contains("too long")
+        );
     }
 
     #[test]
