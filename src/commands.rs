@@ -382,12 +382,13 @@ pub async fn feeds_test(config: &Path, name: &str, n: usize) -> anyhow::Result<S
 
 /// Opens the store and the engine of a configuration without running the daemon.
 fn offline_engine(cfg: &Config, rules: RuleSet) -> anyhow::Result<crate::engine::Engine> {
-    open_engine(
+    let (engine, _store) = open_engine(
         cfg,
         rules,
         Arc::new(std::sync::Mutex::new(crate::notify::Outbox::default())),
         Arc::new(crate::metrics::Metrics::new()),
-    )
+    )?;
+    Ok(engine)
 }
 
 /// Opens the store and an engine that queues into `outbox` (nothing delivers from it).
@@ -396,12 +397,12 @@ pub(crate) fn open_engine(
     rules: RuleSet,
     outbox: Arc<std::sync::Mutex<crate::notify::Outbox>>,
     metrics: Arc<crate::metrics::Metrics>,
-) -> anyhow::Result<crate::engine::Engine> {
+) -> anyhow::Result<(crate::engine::Engine, Arc<dyn crate::store::Store>)> {
     let pseudo = daemon::pseudonymizer(cfg)?;
     let lines = rules.effective_lines(&cfg.lines);
     let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::open(&cfg.daemon.data_dir)?);
-    Ok(crate::engine::Engine::open(
-        store,
+    let engine = crate::engine::Engine::open(
+        Arc::clone(&store),
         cfg.daemon.retention_months,
         Arc::new(rules),
         cfg.notify.clone(),
@@ -411,7 +412,8 @@ pub(crate) fn open_engine(
         metrics,
         pseudo,
         lines,
-    )?)
+    )?;
+    Ok((engine, store))
 }
 
 /// `guardline quarantine list|show|replay` (the daemon must be stopped: the store is locked).

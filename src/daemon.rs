@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::api::{self, ApiState};
 use crate::config::{Config, FeedConfig, MappingTarget};
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 use crate::feeds::{self, Counts, FeedClient, Mapped, PollError, Sink, Validators};
 use crate::metrics::Metrics;
 use crate::model::now;
@@ -56,15 +56,34 @@ pub fn pseudonymizer(config: &Config) -> anyhow::Result<Pseudonymizer> {
 #[derive(Clone)]
 pub(crate) struct EngineSink {
     pub(crate) engine: Arc<tokio::sync::Mutex<Engine>>,
+    /// Polls wait while it refuses writes.
+    pub(crate) store: Arc<dyn Store>,
+}
+
+/// A store error as a poll error: a store that refuses writes pauses the poll.
+fn poll_error(e: impl Into<EngineError>) -> PollError {
+    match e.into() {
+        EngineError::Store(e) if e.is_not_writable() => PollError::StorePaused(e.to_string()),
+        e => PollError::Store(e.to_string()),
+    }
+}
+
+/// Whether an engine error is the store refusing writes (which the store logs once).
+fn store_refuses(e: &EngineError) -> bool {
+    matches!(e, EngineError::Store(e) if e.is_not_writable())
+}
+
+impl EngineSink {
+    /// Ingest is paused while the store refuses writes: a poll fetches and applies nothing.
+    fn store_writable(&self) -> Result<(), PollError> {
+        self.store.writable().map_err(poll_error)
+    }
 }
 
 impl Sink for EngineSink {
     async fn cursor(&self, feed: &str) -> Result<Option<String>, PollError> {
-        self.engine
-            .lock()
-            .await
-            .cursor(feed)
-            .map_err(|e| PollError::Store(e.to_string()))
+        self.store_writable()?;
+        self.engine.lock().await.cursor(feed).map_err(poll_error)
     }
 
     async fn validators(&self, feed: &str) -> Result<Option<Validators>, PollError> {
@@ -72,7 +91,7 @@ impl Sink for EngineSink {
             .lock()
             .await
             .validators(feed)
-            .map_err(|e| PollError::Store(e.to_string()))
+            .map_err(poll_error)
     }
 
     async fn save_validators(&self, feed: &str, v: &Validators) -> Result<(), PollError> {
@@ -80,15 +99,16 @@ impl Sink for EngineSink {
             .lock()
             .await
             .save_validators(feed, v)
-            .map_err(|e| PollError::Store(e.to_string()))
+            .map_err(poll_error)
     }
 
     async fn ingest(&self, feed: &FeedConfig, records: Vec<Mapped>) -> Result<Counts, PollError> {
+        self.store_writable()?;
         self.engine
             .lock()
             .await
             .ingest(feed, records, now())
-            .map_err(|e| PollError::Store(e.to_string()))
+            .map_err(poll_error)
     }
 
     async fn save_cursor(&self, feed: &str, cursor: &str) -> Result<(), PollError> {
@@ -96,7 +116,7 @@ impl Sink for EngineSink {
             .lock()
             .await
             .save_cursor(feed, cursor)
-            .map_err(|e| PollError::Store(e.to_string()))
+            .map_err(poll_error)
     }
 
     async fn poll_started(&self, feed: &str) {
@@ -106,6 +126,10 @@ impl Sink for EngineSink {
     async fn poll_done(&self, feed: &str, caught_up: bool) {
         let mut engine = self.engine.lock().await;
         engine.poll_finished(feed, caught_up);
+        if self.store.writable().is_err() {
+            // Nothing was applied; evaluating would write alerts the store refuses.
+            return;
+        }
         if engine.is_roster_feed(feed) {
             match engine.retry_waiting(now()) {
                 Ok(c) if c.accepted + c.rejected > 0 => info!(
@@ -115,6 +139,9 @@ impl Sink for EngineSink {
                     "waiting records re-applied after roster poll"
                 ),
                 Ok(_) => {}
+                Err(e) if store_refuses(&e) => {
+                    debug!(feed, error = %e, "waiting records not re-applied: the store refuses writes")
+                }
                 Err(e) => {
                     error!(feed, error = %e, "re-applying waiting records failed; retried after the next roster poll")
                 }
@@ -123,6 +150,9 @@ impl Sink for EngineSink {
         // The evaluation logs its own summary line.
         match engine.evaluate_touched(now()) {
             Ok(_) => {}
+            Err(e) if store_refuses(&e) => {
+                debug!(feed, error = %e, "rules not evaluated: the store refuses writes")
+            }
             Err(e) => {
                 error!(feed, error = %e, "rule evaluation after poll failed; it will be retried")
             }
@@ -145,8 +175,10 @@ pub async fn run(
     std::fs::create_dir_all(&config.daemon.data_dir)
         .with_context(|| format!("creating data_dir {}", config.daemon.data_dir.display()))?;
     let pseudo = pseudonymizer(&config)?;
-    let store: Arc<dyn Store> = Arc::new(store::open(&config.daemon.data_dir)?);
     let metrics = Arc::new(Metrics::new());
+    let store = store::open(&config.daemon.data_dir)?;
+    store.observe(Arc::clone(&metrics) as Arc<dyn store::WriteObserver>);
+    let store: Arc<dyn Store> = Arc::new(store);
     {
         let feeds: Vec<&str> = config.feeds.iter().map(|f| f.name.as_str()).collect();
         let receivers: Vec<&str> = config.receivers.iter().map(|r| r.name()).collect();
@@ -219,6 +251,7 @@ pub async fn run(
                 metrics: Arc::clone(&metrics),
                 ready: Arc::clone(&ready),
                 feeds: Arc::clone(&feed_health),
+                store: Some(Arc::clone(&store)),
                 reload: Some(reload_tx.clone()),
                 engine: Some(Arc::clone(&engine)),
                 tokens: match &config.daemon.tokens_file {
@@ -268,6 +301,7 @@ pub async fn run(
     let mut feed_tasks = Vec::new();
     let sink = EngineSink {
         engine: Arc::clone(&engine),
+        store: Arc::clone(&store),
     };
     for f in &config.feeds {
         let is_roster = roster_feeds.contains(&f.name);
@@ -381,10 +415,17 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let mut e = engine.lock().await;
-                match e.tick(now()) {
-                    Ok(_) => {}
-                    Err(err) => error!(error = %err, "tick evaluation failed; retrying at the next tick"),
+                // While the store refuses writes, nothing is evaluated (its transitions could
+                // not be kept); asking also reopens the store when it is due.
+                if store.writable().is_ok() {
+                    let mut e = engine.lock().await;
+                    match e.tick(now()) {
+                        Ok(_) => {}
+                        Err(err) if store_refuses(&err) => {
+                            debug!(error = %err, "tick skipped: the store refuses writes")
+                        }
+                        Err(err) => error!(error = %err, "tick evaluation failed; retrying at the next tick"),
+                    }
                 }
             }
             Some(answer) = reload_rx.recv() => {

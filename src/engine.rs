@@ -4,8 +4,8 @@
 //! Invariants:
 //! - State is committed before the cursor covering it (see `feeds`); alert states and the
 //!   notifications they cause are committed in one batch, before anything is sent.
-//! - If a commit fails, memory is rolled back to what the store holds, so a retry starts
-//!   from the durable state.
+//! - If a commit fails, the world and the alerts are reloaded from the store before the next
+//!   operation, so a retry starts from the durable state.
 //! - Rules are evaluated on touched entities after a poll, on time-driven rules and pending
 //!   alerts at every tick, and on everything at start (which also covers a crash between a
 //!   state commit and its evaluation).
@@ -71,6 +71,11 @@ pub struct Engine {
     waiting: BTreeMap<String, quarantine::Waiting>,
     /// Quarantined records: id → (feed, reason), for the gauges.
     quarantined: BTreeMap<String, (String, String)>,
+    retention_months: u32,
+    /// A commit failed, so memory may hold changes the store does not: the world and the
+    /// alerts are reloaded from the store before anything else is done (the store may be
+    /// unreadable until it is writable again).
+    stale: bool,
 }
 
 const LAST_DATA_SUFFIX: &str = "\0last_data";
@@ -183,10 +188,30 @@ impl Engine {
             sources: BTreeMap::new(),
             silences,
             last_full_month: None,
+            retention_months,
+            stale: false,
         };
         e.update_gauges();
         e.update_quarantine_gauges();
         Ok(e)
+    }
+
+    /// After a failed commit: reloads the world and the alerts from the store, so that
+    /// memory holds exactly what the store does (`World::rollback` cannot undo a batch once
+    /// `take_batch` has drained its undo log).
+    fn reload_if_stale(&mut self) -> Result<(), EngineError> {
+        if self.stale {
+            self.world = World::load(self.store.as_ref(), self.retention_months)?;
+            self.alerts = Alerts::load(self.store.as_ref())?;
+            self.stale = false;
+            info!(
+                households = self.world.n_households(),
+                alerts = self.alerts.iter().count(),
+                "state reloaded from the store after a failed commit"
+            );
+            self.update_gauges();
+        }
+        Ok(())
     }
 
     /// Declares the feeds; until each has caught up once, rules reading its data wait.
@@ -254,6 +279,7 @@ impl Engine {
         let mut new_waiting = Vec::new();
         let mut new_quarantine = Vec::new();
         let mut newest: Option<i64> = None;
+        self.reload_if_stale()?;
         self.world.begin();
         for (i, m) in records.into_iter().enumerate() {
             let outcome = match &m.result {
@@ -267,10 +293,12 @@ impl Engine {
                 Ok(x) => Some(x.id.clone()),
                 Err(e) => e.record.clone(),
             };
-            let raw = m
-                .raw
-                .as_ref()
-                .map(|r| quarantine::redact(r, &feed.mapping, &self.pseudo).to_string());
+            // The redacted raw record is kept only for records that wait or are rejected.
+            let raw = || {
+                m.raw
+                    .as_ref()
+                    .map(|r| quarantine::redact(r, &feed.mapping, &self.pseudo).to_string())
+            };
             if outcome.is_ok()
                 && let Ok(rec) = &m.result
             {
@@ -284,6 +312,7 @@ impl Engine {
                     if self.waiting.len() + new_waiting.len() < MAX_WAITING =>
                 {
                     counts.waiting += 1;
+                    let raw = raw();
                     if let Ok(record) = m.result {
                         let w = quarantine::Waiting {
                             id: quarantine::entry_id(
@@ -306,6 +335,7 @@ impl Engine {
                     // The record id is the department's, not personal data; field values are never logged.
                     warn!(feed = %feed.name, record = record_id.as_deref().unwrap_or(""), index = i, reason,
                           error = %detail, "record rejected");
+                    let raw = raw();
                     let e = quarantine::Entry {
                         id: quarantine::entry_id(
                             &feed.name,
@@ -346,7 +376,7 @@ impl Engine {
             );
         }
         if let Err(e) = self.store.commit(batch) {
-            self.world.rollback();
+            self.stale = true;
             return Err(e.into());
         }
         if counts.accepted > 0 {
@@ -390,6 +420,7 @@ impl Engine {
         if self.waiting.is_empty() {
             return Ok(counts);
         }
+        self.reload_if_stale()?;
         let mut batch = Batch::default();
         let mut done = Vec::new();
         let mut to_quarantine = Vec::new();
@@ -435,7 +466,7 @@ impl Engine {
             quarantine::put_entry(&mut batch, e);
         }
         if let Err(e) = self.store.commit(batch) {
-            self.world.rollback();
+            self.stale = true;
             return Err(e.into());
         }
         for id in done {
@@ -512,6 +543,7 @@ impl Engine {
         &mut self,
         now: DateTime<FixedOffset>,
     ) -> Result<EvalReport, EngineError> {
+        self.reload_if_stale()?;
         let t = std::mem::take(&mut self.pending_eval);
         let mut entities = std::mem::take(&mut self.deferred);
         entities.extend(t.households.into_iter().map(EntityRef::Household));
@@ -567,6 +599,7 @@ impl Engine {
     /// Evaluates every entity with every rule (at start, after a rules change, and when a
     /// new month starts, as windows move).
     pub fn evaluate_all(&mut self, now: DateTime<FixedOffset>) -> Result<EvalReport, EngineError> {
+        self.reload_if_stale()?;
         let entities = self.all_entities(true);
         self.deferred.extend(entities);
         self.last_full_month = Some(Month::of(now));
@@ -576,6 +609,7 @@ impl Engine {
     /// The periodic pass: a full evaluation when a month begins; time-driven rules on their
     /// entities; entities with pending alerts (for `for`).
     pub fn tick(&mut self, now: DateTime<FixedOffset>) -> Result<EvalReport, EngineError> {
+        self.reload_if_stale()?;
         let mut report = if self.last_full_month != Some(Month::of(now)) {
             self.evaluate_all(now)?
         } else {
@@ -667,8 +701,9 @@ impl Engine {
             )?);
         }
         self.alerts.write_changes(&mut b);
-        if !b.is_empty() {
-            self.store.commit(b)?;
+        if let Err(e) = self.store.commit(b) {
+            self.stale = true;
+            return Err(e.into());
         }
         self.enqueue(queued);
         self.metrics
@@ -754,7 +789,7 @@ impl Engine {
         let (state_batch, _) = self.world.take_batch();
         batch.ops.extend(state_batch.ops);
         if let Err(e) = self.store.commit(batch) {
-            self.alerts.reload(self.store.as_ref())?;
+            self.stale = true;
             return Err(e.into());
         }
         report.notifications = queued.len() as u64;
@@ -881,12 +916,16 @@ impl Engine {
         fingerprint: &str,
         ack: crate::alerts::Ack,
     ) -> Result<Option<crate::alerts::Alert>, EngineError> {
+        self.reload_if_stale()?;
         let Some(a) = self.alerts.acknowledge(fingerprint, ack) else {
             return Ok(None);
         };
         let mut b = Batch::default();
         self.alerts.write_changes(&mut b);
-        self.store.commit(b)?;
+        if let Err(e) = self.store.commit(b) {
+            self.stale = true;
+            return Err(e.into());
+        }
         self.update_gauges();
         Ok(Some(a))
     }

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub households: IntGaugeVec,
     pub evaluation_duration: HistogramVec,
     pub store_size: IntGauge,
+    pub store_writable: IntGauge,
+    pub store_write_errors: IntCounterVec,
     pub notifications_suppressed: IntCounterVec,
     pub escalations: IntCounterVec,
     pub dispositions: IntGaugeVec,
@@ -262,6 +264,20 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            store_writable: reg(
+                &r,
+                IntGauge::new(
+                    "guardline_store_writable",
+                    "Whether the store accepts writes (1); 0 while it refuses them (disk full, read-only, I/O errors) and ingest is paused.",
+                )
+                .expect("valid metric"),
+            ),
+            store_write_errors: counter(
+                &r,
+                "guardline_store_write_errors_total",
+                "Store operations refused, and attempts to reopen the store after one, by reason (no_space, read_only, io).",
+                &["reason"],
+            ),
             notifications_suppressed: counter(
                 &r,
                 "guardline_notifications_suppressed_total",
@@ -397,6 +413,10 @@ impl Metrics {
         for outcome in ["success", "failure"] {
             m.reloads.with_label_values(&[outcome]);
         }
+        for f in crate::store::WriteFailure::ALL {
+            m.store_write_errors.with_label_values(&[f.reason()]);
+        }
+        m.store_writable.set(1);
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -492,6 +512,18 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("encoding into a Vec");
         String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl crate::store::WriteObserver for Metrics {
+    fn write_failed(&self, failure: crate::store::WriteFailure) {
+        self.store_write_errors
+            .with_label_values(&[failure.reason()])
+            .inc();
+    }
+
+    fn writable_changed(&self, writable: bool) {
+        self.store_writable.set(i64::from(writable));
     }
 }
 

@@ -160,9 +160,16 @@ fn bad_feeds_and_records_are_logged_counted_and_isolated() {
     );
     assert!(m("guardline_feed_polls_total{feed=\"wages\",outcome=\"success\"}") >= 1.0);
     assert!(m("guardline_feed_last_success_timestamp_seconds{feed=\"roster\"}") > 1.7e9);
+    // A feed that never succeeded counts from the start of the process, so it turns stale.
     assert_eq!(
-        m("guardline_feed_last_success_timestamp_seconds{feed=\"broken\"}"),
+        m("guardline_feed_polls_total{feed=\"broken\",outcome=\"success\"}"),
         0.0
+    );
+    let started = m("process_start_time_seconds");
+    let broken = m("guardline_feed_last_success_timestamp_seconds{feed=\"broken\"}");
+    assert!(
+        broken >= started - 1.0 && broken <= started + 60.0,
+        "{broken} vs start {started}"
     );
     assert_eq!(
         m("guardline_households{category=\"lifted\",county=\"632522\"}"),

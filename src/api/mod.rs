@@ -23,6 +23,8 @@ pub struct ApiState {
     pub ready: Arc<AtomicBool>,
     /// The feeds' last poll outcomes: when every feed fails, the daemon is not ready.
     pub feeds: Arc<crate::feeds::FeedHealth>,
+    /// The store: while it refuses writes, the daemon is not ready and API writes wait.
+    pub store: Option<Arc<dyn crate::store::Store>>,
     /// Where `POST /-/reload` asks the daemon to reload.
     pub reload: Option<tokio::sync::mpsc::Sender<crate::daemon::ReloadRequest>>,
     /// The engine the API reads and acknowledges through; `None` in tests of the bare server.
@@ -129,11 +131,16 @@ async fn reload(State(s): State<ApiState>, headers: axum::http::HeaderMap) -> im
     }
 }
 
-/// Ready: the store is open, the configuration loaded and evaluated, and not every feed
-/// failed its last poll. The error says why not (feed names only).
+/// Ready: the store is open and accepts writes, the configuration loaded and evaluated, and
+/// not every feed failed its last poll. The error says why not (feed names only).
 fn readiness(s: &ApiState) -> Result<(), String> {
     if !s.ready.load(Ordering::SeqCst) {
         return Err("starting or stopping".into());
+    }
+    if let Some(failure) = s.store.as_ref().and_then(|st| st.write_failure()) {
+        return Err(format!(
+            "the store refuses writes ({failure}); ingest paused until it is writable again"
+        ));
     }
     if s.feeds.all_failing() {
         return Err(format!(

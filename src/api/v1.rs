@@ -64,6 +64,21 @@ fn begin<'a>(
     Ok((t, engine))
 }
 
+/// Like [`begin`], for a request that writes: while the store refuses writes, 503 with the
+/// reason, so that nothing changes in memory that the store would not keep.
+#[allow(clippy::result_large_err)]
+fn begin_write<'a>(
+    s: &'a ApiState,
+    headers: &HeaderMap,
+    need: Role,
+) -> Result<(Token, &'a Engine), Response> {
+    let begun = begin(s, headers, need)?;
+    if let Some(Err(e)) = s.store.as_ref().map(|store| store.writable()) {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()));
+    }
+    Ok(begun)
+}
+
 fn alert_json(a: &Alert, full: bool) -> Value {
     let mut v = json!({
         "fingerprint": a.fingerprint,
@@ -185,7 +200,7 @@ pub async fn ack_alert(
     Path(fp): Path<String>,
     body: Option<Json<AckBody>>,
 ) -> Response {
-    let (t, engine) = match begin(&s, &headers, Role::Operator) {
+    let (t, engine) = match begin_write(&s, &headers, Role::Operator) {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -277,7 +292,7 @@ pub async fn create_silence(
     headers: HeaderMap,
     body: Option<Json<SilenceBody>>,
 ) -> Response {
-    let (t, engine) = match begin(&s, &headers, Role::Operator) {
+    let (t, engine) = match begin_write(&s, &headers, Role::Operator) {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -359,7 +374,7 @@ pub async fn expire_silence(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let (t, engine) = match begin(&s, &headers, Role::Operator) {
+    let (t, engine) = match begin_write(&s, &headers, Role::Operator) {
         Ok(x) => x,
         Err(r) => return r,
     };

@@ -46,6 +46,9 @@ pub enum PollError {
     File { path: String, detail: String },
     #[error("storing the poll's result: {0}")]
     Store(String),
+    /// The store refuses writes: the poll applies nothing (the store logs why, once).
+    #[error("not polled: {0}")]
+    StorePaused(String),
 }
 
 impl PollError {
@@ -64,7 +67,7 @@ impl PollError {
             Self::TooManyRecords { .. } => "too_many_records",
             Self::Body { .. } => "body",
             Self::File { .. } => "file",
-            Self::Store(_) => "store",
+            Self::Store(_) | Self::StorePaused(_) => "store",
         }
     }
 

@@ -416,8 +416,14 @@ pub async fn run_feed<S: Sink + Sync>(task: FeedTask<S>) {
                     .inc();
                 failures += 1;
                 metrics.feed_caught_up.with_label_values(&[name]).set(0);
-                warn!(feed = %feed.name, reason = e.reason(), error = %e, consecutive_failures = failures,
-                      "poll failed; retrying at the next slot");
+                if matches!(e, PollError::StorePaused(_)) {
+                    // The store logs once that it refuses writes, not every feed every poll.
+                    debug!(feed = %feed.name, error = %e, consecutive_failures = failures,
+                           "poll skipped: the store refuses writes");
+                } else {
+                    warn!(feed = %feed.name, reason = e.reason(), error = %e, consecutive_failures = failures,
+                          "poll failed; retrying at the next slot");
+                }
                 // Records applied before the failure are evaluated once the feed catches up.
                 sink.poll_done(&feed.name, false).await;
             }

@@ -73,10 +73,16 @@ pub struct Templates {
     lang: &'static str,
 }
 
+/// Instructions a template may run per render (normal ones need a few thousand).
+pub const TEMPLATE_FUEL: u64 = 200_000;
+
 impl Templates {
     pub fn new(language: Language) -> Self {
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        // A template is text with a few loops over evidence: a budget of instructions per
+        // render stops a runaway loop (`range(100000)` nested) instead of hanging.
+        env.set_fuel(Some(crate::notify::TEMPLATE_FUEL));
         for (name, src) in [
             ("zh.subject", include_str!("templates/zh.subject.j2")),
             ("zh.body", include_str!("templates/zh.body.j2")),
@@ -578,6 +584,10 @@ pub async fn deliver_due(
     last_sent: &mut LastSent,
 ) -> Option<i64> {
     let now = crate::model::now().timestamp();
+    if store.writable().is_err() {
+        // A delivery the store cannot record would be sent again at every pass.
+        return Some(now + 5);
+    }
     let pending: Vec<Notification> = match outbox.lock() {
         Ok(o) => o.items.values().cloned().collect(),
         Err(_) => return None,

@@ -7,6 +7,10 @@
 //!   cursor ahead of the state.
 //! - [`open`] checks the schema version and refuses a store written by a newer or unknown
 //!   version of guardline instead of misreading it.
+//! - A store whose write failed (disk full, read-only file system, I/O error) answers every
+//!   operation with [`StoreError::NotWritable`] until [`Store::writable`] finds it writable
+//!   again. Like any failed commit, the failed write may or may not have been applied (as a
+//!   whole, never in part); callers treat it as not applied and write it again.
 
 pub mod codec;
 mod sled_backend;
@@ -20,10 +24,12 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error(
-        "cannot open the store at {path}: {source} (is another guardline running on the same data_dir?)"
-    )]
-    Open { path: PathBuf, source: sled::Error },
+    #[error("cannot open the store at {path}: {source} ({hint})")]
+    Open {
+        path: PathBuf,
+        source: sled::Error,
+        hint: &'static str,
+    },
     #[error(
         "the store at {path} has schema version {found}, but this guardline understands only version {expected}; it was written by a newer guardline: run that version, or restore a backup"
     )]
@@ -38,6 +44,15 @@ pub enum StoreError {
     UnknownSchema { path: PathBuf, detail: String },
     #[error("store I/O failed: {0} (check disk space and permissions of the data directory)")]
     Io(#[from] sled::Error),
+    #[error(
+        "{failure} in data_dir {dir} ({detail}): ingest paused until the store is writable again; {advice}",
+        advice = .failure.advice()
+    )]
+    NotWritable {
+        dir: PathBuf,
+        failure: WriteFailure,
+        detail: String,
+    },
     #[error("stored value {space:?}/{key} is damaged or of an unknown version: {detail}")]
     Decode {
         space: Space,
@@ -46,11 +61,94 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the store refuses writes (and pauses ingest) rather than failed otherwise.
+    pub fn is_not_writable(&self) -> bool {
+        matches!(self, Self::NotWritable { .. })
+    }
+}
+
+/// Why the store refuses writes; `reason` is the label of
+/// `guardline_store_write_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WriteFailure {
+    /// The file system is full (or the quota is exhausted).
+    NoSpace,
+    /// The file system is mounted read-only (by an administrator, or by the kernel after
+    /// errors).
+    ReadOnly,
+    /// Any other error.
+    Io,
+}
+
+impl WriteFailure {
+    pub const ALL: [WriteFailure; 3] = [Self::NoSpace, Self::ReadOnly, Self::Io];
+
+    /// Classifies a failed operation of the sled backend.
+    pub fn of(e: &sled::Error) -> Self {
+        match e {
+            sled::Error::Io(io) => Self::of_io(io),
+            _ => Self::Io,
+        }
+    }
+
+    /// Classifies an I/O error; sled keeps the kind when it repeats a remembered error.
+    pub fn of_io(e: &std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        match e.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Self::NoSpace,
+            ErrorKind::ReadOnlyFilesystem => Self::ReadOnly,
+            _ => Self::Io,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::NoSpace => "no_space",
+            Self::ReadOnly => "read_only",
+            Self::Io => "io",
+        }
+    }
+
+    /// What an operator does about it.
+    pub fn advice(self) -> &'static str {
+        match self {
+            Self::NoSpace => "free space on its file system; guardline resumes by itself",
+            Self::ReadOnly => {
+                "remount it read-write (and check the kernel log for why it turned read-only); guardline resumes by itself"
+            }
+            Self::Io => "check the disk and the kernel log; guardline retries by itself",
+        }
+    }
+}
+
+impl std::fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::NoSpace => "no space left on device",
+            Self::ReadOnly => "read-only file system",
+            Self::Io => "I/O error writing the store",
+        })
+    }
+}
+
+/// Told when the store's writes fail and when it turns writable or not (the daemon's
+/// metrics).
+pub trait WriteObserver: Send + Sync {
+    /// A write, or an attempt to reopen the store after one, failed.
+    fn write_failed(&self, failure: WriteFailure);
+    /// The store accepts writes again (`true`) or refuses them (`false`).
+    fn writable_changed(&self, writable: bool);
+}
+
 /// The key spaces of the store. Keys of different spaces never collide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Space {
     Meta,
+    /// A household's roster part; its months are in [`Space::HouseholdMonth`].
     Household,
+    /// One month of one household: the household id, a NUL, the month (big-endian u32).
+    HouseholdMonth,
     Village,
     County,
     Cursor,
@@ -68,6 +166,7 @@ impl Space {
         match self {
             Self::Meta => b'm',
             Self::Household => b'h',
+            Self::HouseholdMonth => b'H',
             Self::Village => b'v',
             Self::County => b'c',
             Self::Cursor => b'f',
@@ -117,6 +216,17 @@ pub trait Store: Send + Sync {
     fn next_id(&self) -> Result<u64, StoreError>;
     /// Bytes the store occupies on disk.
     fn size_on_disk(&self) -> u64;
+    /// `Ok` when the store accepts writes. After a failed write, the store is reopened and
+    /// probed, at most once per back-off interval, until it accepts writes again; until
+    /// then the failure is answered.
+    fn writable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Why the store refuses writes, if it does, as of its last write or reopen attempt
+    /// (no I/O: for readiness).
+    fn write_failure(&self) -> Option<WriteFailure> {
+        None
+    }
 }
 
 /// Opens (or creates) the sled store in `dir` and checks its schema version.

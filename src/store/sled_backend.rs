@@ -1,15 +1,58 @@
 //! The sled backend: one tree, keys prefixed by their space, so that one sled batch is
 //! atomic across households, villages, alerts, the outbox and cursors.
+//!
+//! A failed operation closes the database. sled 0.34 remembers the first I/O error of a
+//! database (disk full, read-only file system) and refuses every later write, and some
+//! reads, until the database is opened again; a write after such an error can even wait
+//! forever for a flush, and the database in memory may hold the failed batch. So the
+//! backend drops its `sled::Db` at once — it holds the only handle, so this closes the files
+//! and releases sled's lock on them — and reopens it when asked whether the store is
+//! writable, at most once per back-off interval (1 s, doubling up to 30 s), proving it with
+//! a small durable write. While it is closed, reads fail too: sled cannot open a database on
+//! a read-only file system, nor (it writes a snapshot when it opens one) on a full one.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
-use super::{Batch, Entries, SCHEMA_VERSION, Space, Store, StoreError};
+use tracing::{error, info, warn};
+
+use super::{
+    Batch, Entries, SCHEMA_VERSION, Space, Store, StoreError, WriteFailure, WriteObserver,
+};
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
+/// The first wait before reopening a store whose write failed; it doubles up to the maximum.
+const REOPEN_FIRST: Duration = Duration::from_secs(1);
+const REOPEN_MAX: Duration = Duration::from_secs(30);
 
 pub struct SledStore {
-    db: sled::Db,
+    /// The data_dir, for messages; the database is its `store` folder.
+    dir: PathBuf,
     path: PathBuf,
+    /// The open database, `None` from a failed operation until a reopen succeeds.
+    slot: RwLock<Slot>,
+    /// Why the store refuses writes: `Some` exactly while the database is closed.
+    health: Mutex<Health>,
+    observer: OnceLock<Arc<dyn WriteObserver>>,
+    /// The size last measured, reported while the database is closed.
+    size: AtomicU64,
+}
+
+struct Slot {
+    /// The only handle of the database: operations borrow it under the lock.
+    db: Option<sled::Db>,
+    /// Counts reopens, so that a failure seen on an old database never closes a new one.
+    generation: u64,
+}
+
+#[derive(Default)]
+struct Health {
+    failure: Option<(WriteFailure, String)>,
+    since: Option<Instant>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
 }
 
 fn key_of(space: Space, key: &[u8]) -> Vec<u8> {
@@ -19,85 +62,263 @@ fn key_of(space: Space, key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Opens the database in `path`. sled 0.34 writes a snapshot when it opens a database, and
+/// one it could not finish (disk full) stays behind as `snap.*.generating`, which later
+/// opens take for the newest snapshot and refuse as corrupted. Such a file is never a
+/// snapshot (sled renames a finished one), so it is removed and the open tried again; the
+/// open that failed held sled's lock, so no other process is writing it.
+fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    let open = || {
+        sled::Config::new()
+            .path(path)
+            .cache_capacity(64 * 1024 * 1024)
+            .open()
+    };
+    match open() {
+        Err(sled::Error::Corruption { .. }) if remove_unfinished_snapshots(path) > 0 => open(),
+        other => other,
+    }
+}
+
+/// Removes the snapshot files sled left unfinished in `path`; returns how many.
+fn remove_unfinished_snapshots(path: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.")
+            && name.ends_with(".generating")
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            warn!(file = %entry.path().display(), "removed a snapshot file sled left unfinished");
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Writes the schema version again with its own value and flushes: a write that changes
+/// nothing but proves that the store accepts writes.
+fn probe(db: &sled::Db) -> sled::Result<()> {
+    let key = key_of(Space::Meta, SCHEMA_KEY);
+    let value = db
+        .get(&key)?
+        .map_or_else(|| SCHEMA_VERSION.to_be_bytes().to_vec(), |v| v.to_vec());
+    db.insert(key, value)?;
+    db.flush()?;
+    Ok(())
+}
+
 impl SledStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("store");
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: path.clone(),
-                source,
-            })?;
-        let store = Self { db, path };
-        store.check_schema()?;
-        Ok(store)
+        let db = open_db(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            hint: match WriteFailure::of(&source) {
+                WriteFailure::NoSpace => "no space left on its file system: free space",
+                WriteFailure::ReadOnly => "its file system is read-only: remount it read-write",
+                WriteFailure::Io => "is another guardline running on the same data_dir?",
+            },
+            source,
+        })?;
+        check_schema(&db, &path)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            path,
+            slot: RwLock::new(Slot {
+                db: Some(db),
+                generation: 0,
+            }),
+            health: Mutex::new(Health::default()),
+            observer: OnceLock::new(),
+            size: AtomicU64::new(0),
+        })
     }
 
-    fn check_schema(&self) -> Result<(), StoreError> {
-        let key = key_of(Space::Meta, SCHEMA_KEY);
-        match self.db.get(&key)? {
-            None => {
-                if self.db.iter().next().is_some() {
-                    return Err(StoreError::UnknownSchema {
-                        path: self.path.clone(),
-                        detail: "data without a schema version".into(),
-                    });
-                }
-                self.db.insert(key, &SCHEMA_VERSION.to_be_bytes())?;
-                self.db.flush()?;
-                Ok(())
+    /// Tells `observer` whether the store is writable now and whenever that changes, and
+    /// about every failed write (the daemon's metrics). Only the first observer counts.
+    pub fn observe(&self, observer: Arc<dyn WriteObserver>) {
+        observer.writable_changed(self.write_failure().is_none());
+        let _ = self.observer.set(observer);
+    }
+
+    /// Runs `op` on the open database, reopening it first if it is closed (and due); a sled
+    /// error closes it.
+    fn run<T>(&self, op: impl FnOnce(&sled::Db) -> sled::Result<T>) -> Result<T, StoreError> {
+        let closed = self
+            .slot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .db
+            .is_none();
+        if closed {
+            self.writable()?;
+        }
+        let (result, generation) = {
+            let slot = self.slot.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(db) = slot.db.as_ref() else {
+                return Err(self.refusal());
+            };
+            (op(db), slot.generation)
+        };
+        result.map_err(|e| self.failed(e, generation))
+    }
+
+    /// Closes the database after `e` (unless it was reopened since) and records the failure.
+    fn failed(&self, e: sled::Error, generation: u64) -> StoreError {
+        let failure = WriteFailure::of(&e);
+        {
+            let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
+            if slot.generation != generation {
+                // That database was closed, and its failure recorded, already.
+                return StoreError::NotWritable {
+                    dir: self.dir.clone(),
+                    failure,
+                    detail: e.to_string(),
+                };
             }
-            Some(v) => {
-                let bytes: [u8; 4] =
-                    v.as_ref()
-                        .try_into()
-                        .map_err(|_| StoreError::UnknownSchema {
-                            path: self.path.clone(),
-                            detail: format!("{} bytes instead of 4", v.len()),
-                        })?;
-                let found = u32::from_be_bytes(bytes);
-                if found == SCHEMA_VERSION {
-                    Ok(())
-                } else if found > SCHEMA_VERSION {
-                    Err(StoreError::NewerSchema {
-                        path: self.path.clone(),
-                        found,
-                        expected: SCHEMA_VERSION,
-                    })
-                } else {
-                    Err(StoreError::UnknownSchema {
-                        path: self.path.clone(),
-                        detail: format!("version {found} is not one this guardline can migrate"),
-                    })
-                }
+            // The last handle: dropping it closes the files and releases sled's lock.
+            // After an I/O error sled skips its final flush, so this does not block.
+            drop(slot.db.take());
+        }
+        self.record_failure(failure, e.to_string())
+    }
+
+    /// Notes a failure (logging it when the state changes), schedules the next reopen, and
+    /// returns the error callers see.
+    fn record_failure(&self, failure: WriteFailure, detail: String) -> StoreError {
+        let now = Instant::now();
+        let (was_writable, changed) = {
+            let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+            let was_writable = h.failure.is_none();
+            let changed = h.failure.as_ref().map(|(f, _)| *f) != Some(failure);
+            h.backoff = if was_writable {
+                h.since = Some(now);
+                REOPEN_FIRST
+            } else {
+                (h.backoff * 2).min(REOPEN_MAX)
+            };
+            h.retry_at = Some(now + h.backoff);
+            h.failure = Some((failure, detail.clone()));
+            (was_writable, changed)
+        };
+        if let Some(o) = self.observer.get() {
+            o.write_failed(failure);
+            if was_writable {
+                o.writable_changed(false);
             }
         }
+        if changed {
+            error!(data_dir = %self.dir.display(), reason = failure.reason(), error = %detail,
+                   "{failure} in data_dir: ingest paused until the store is writable again; {}",
+                   failure.advice());
+        }
+        StoreError::NotWritable {
+            dir: self.dir.clone(),
+            failure,
+            detail,
+        }
+    }
+
+    /// The error answered while the store is closed.
+    fn refusal(&self) -> StoreError {
+        let h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let (failure, detail) = h
+            .failure
+            .clone()
+            .unwrap_or((WriteFailure::Io, "the store was closed".into()));
+        StoreError::NotWritable {
+            dir: self.dir.clone(),
+            failure,
+            detail,
+        }
+    }
+
+    /// Fails the store as a write that met `kind` would (tests cannot fill a disk).
+    #[cfg(test)]
+    fn fail_for_tests(&self, kind: std::io::ErrorKind) -> StoreError {
+        let generation = self
+            .slot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .generation;
+        self.failed(sled::Error::Io(kind.into()), generation)
+    }
+
+    /// Makes the next reopen due now instead of after the back-off.
+    #[cfg(test)]
+    fn reopen_now_for_tests(&self) {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retry_at = Some(Instant::now());
     }
 
     /// Overwrites the schema version (tests use it to simulate a store of another version).
     pub fn write_schema_version_for_tests(&self, version: u32) -> Result<(), StoreError> {
-        self.db
-            .insert(key_of(Space::Meta, SCHEMA_KEY), &version.to_be_bytes())?;
-        self.db.flush()?;
+        self.run(|db| {
+            db.insert(key_of(Space::Meta, SCHEMA_KEY), &version.to_be_bytes())?;
+            db.flush()
+        })?;
         Ok(())
+    }
+}
+
+fn check_schema(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
+    let key = key_of(Space::Meta, SCHEMA_KEY);
+    match db.get(&key)? {
+        None => {
+            if db.iter().next().is_some() {
+                return Err(StoreError::UnknownSchema {
+                    path: path.to_path_buf(),
+                    detail: "data without a schema version".into(),
+                });
+            }
+            db.insert(key, &SCHEMA_VERSION.to_be_bytes())?;
+            db.flush()?;
+            Ok(())
+        }
+        Some(v) => {
+            let bytes: [u8; 4] = v
+                .as_ref()
+                .try_into()
+                .map_err(|_| StoreError::UnknownSchema {
+                    path: path.to_path_buf(),
+                    detail: format!("{} bytes instead of 4", v.len()),
+                })?;
+            let found = u32::from_be_bytes(bytes);
+            if found == SCHEMA_VERSION {
+                Ok(())
+            } else if found > SCHEMA_VERSION {
+                Err(StoreError::NewerSchema {
+                    path: path.to_path_buf(),
+                    found,
+                    expected: SCHEMA_VERSION,
+                })
+            } else {
+                Err(StoreError::UnknownSchema {
+                    path: path.to_path_buf(),
+                    detail: format!("version {found} is not one this guardline can migrate"),
+                })
+            }
+        }
     }
 }
 
 impl Store for SledStore {
     fn scan(&self, space: Space) -> Result<Entries, StoreError> {
-        self.db
-            .scan_prefix([space.prefix()])
-            .map(|r| {
-                r.map(|(k, v)| (k[1..].to_vec(), v.to_vec()))
-                    .map_err(StoreError::from)
-            })
-            .collect()
+        self.run(|db| {
+            db.scan_prefix([space.prefix()])
+                .map(|r| r.map(|(k, v)| (k[1..].to_vec(), v.to_vec())))
+                .collect()
+        })
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.db.get(key_of(space, key))?.map(|v| v.to_vec()))
+        self.run(|db| Ok(db.get(key_of(space, key))?.map(|v| v.to_vec())))
     }
 
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
@@ -112,20 +333,81 @@ impl Store for SledStore {
                 None => b.remove(k),
             }
         }
-        self.db.apply_batch(b)?;
-        self.db.flush()?;
-        Ok(())
+        self.run(|db| {
+            db.apply_batch(b)?;
+            db.flush()?;
+            Ok(())
+        })
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(self.db.generate_id()?)
+        self.run(|db| db.generate_id())
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        let slot = self.slot.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(Ok(n)) = slot.db.as_ref().map(sled::Db::size_on_disk) {
+            self.size.store(n, Ordering::Relaxed);
+        }
+        self.size.load(Ordering::Relaxed)
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        {
+            let h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+            match (&h.failure, h.retry_at) {
+                (None, _) => return Ok(()),
+                (Some((failure, detail)), Some(at)) if Instant::now() < at => {
+                    return Err(StoreError::NotWritable {
+                        dir: self.dir.clone(),
+                        failure: *failure,
+                        detail: detail.clone(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
+        if slot.db.is_some() {
+            // Reopened by another caller meanwhile.
+            return Ok(());
+        }
+        let db = match open_db(&self.path) {
+            Ok(db) => db,
+            Err(e) => return Err(self.record_failure(WriteFailure::of(&e), e.to_string())),
+        };
+        if let Err(e) = probe(&db) {
+            drop(db);
+            return Err(self.record_failure(WriteFailure::of(&e), e.to_string()));
+        }
+        slot.db = Some(db);
+        slot.generation += 1;
+        // Recorded before other callers can see the database (the slot is still locked).
+        let (was, since) = {
+            let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+            let was = h.failure.take().map(|(f, _)| f);
+            h.retry_at = None;
+            (was, h.since.take())
+        };
+        drop(slot);
+        if let Some(o) = self.observer.get() {
+            o.writable_changed(true);
+        }
+        info!(data_dir = %self.dir.display(), was = was.map_or("", WriteFailure::reason),
+              paused_seconds = since.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+              "the store is writable again: ingest resumes");
+        Ok(())
+    }
+
+    fn write_failure(&self) -> Option<WriteFailure> {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .failure
+            .as_ref()
+            .map(|(f, _)| *f)
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +444,142 @@ mod tests {
             .unwrap();
         let err = SledStore::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("written by a newer guardline"), "{err}");
+    }
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<String>>);
+
+    impl WriteObserver for Seen {
+        fn write_failed(&self, failure: WriteFailure) {
+            self.0.lock().unwrap().push(failure.reason().to_string());
+        }
+        fn writable_changed(&self, writable: bool) {
+            self.0.lock().unwrap().push(format!("writable={writable}"));
+        }
+    }
+
+    fn put(s: &SledStore, key: &[u8]) -> Result<(), StoreError> {
+        let mut b = Batch::default();
+        b.put(Space::Household, key.to_vec(), b"v".to_vec());
+        s.commit(b)
+    }
+
+    #[test]
+    fn a_failed_write_closes_the_store_until_a_reopen_proves_it_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let seen = Arc::new(Seen::default());
+        s.observe(seen.clone());
+        put(&s, b"before").unwrap();
+
+        let err = s.fail_for_tests(std::io::ErrorKind::StorageFull);
+        assert!(err.is_not_writable());
+        assert_eq!(s.write_failure(), Some(WriteFailure::NoSpace));
+        // Until the back-off passes, everything is refused at once, reads too, with a
+        // message that names the data_dir and what to do.
+        for e in [
+            put(&s, b"during").unwrap_err(),
+            s.get(Space::Household, b"before").unwrap_err(),
+            s.writable().unwrap_err(),
+        ] {
+            let text = e.to_string();
+            assert!(e.is_not_writable(), "{text}");
+            assert!(
+                text.starts_with("no space left on device in data_dir ")
+                    && text.contains(&dir.path().display().to_string())
+                    && text.contains("ingest paused until the store is writable again")
+                    && text.contains("free space"),
+                "{text}"
+            );
+        }
+        // A read-only file system now: the reason changes.
+        s.reopen_now_for_tests();
+        let generation = s.slot.read().unwrap().generation;
+        let e = s.failed(
+            sled::Error::Io(std::io::ErrorKind::ReadOnlyFilesystem.into()),
+            generation,
+        );
+        assert!(e.to_string().starts_with("read-only file system"), "{e}");
+        assert_eq!(s.write_failure(), Some(WriteFailure::ReadOnly));
+
+        // Due again: the database is reopened in the same process (so the old handle
+        // released sled's file lock) and what was committed before is there.
+        s.reopen_now_for_tests();
+        s.writable().unwrap();
+        assert_eq!(s.write_failure(), None);
+        assert_eq!(
+            s.get(Space::Household, b"before").unwrap(),
+            Some(b"v".to_vec())
+        );
+        put(&s, b"after").unwrap();
+        assert_eq!(s.scan(Space::Household).unwrap().len(), 2);
+        assert!(s.size_on_disk() > 0);
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                "writable=true",
+                "no_space",
+                "writable=false",
+                "read_only",
+                "writable=true"
+            ]
+        );
+        drop(s);
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.scan(Space::Household).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_failure_seen_on_a_database_closed_since_does_not_close_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        s.fail_for_tests(std::io::ErrorKind::StorageFull);
+        s.reopen_now_for_tests();
+        s.writable().unwrap();
+        // A late failure of generation 0 leaves generation 1 open.
+        s.failed(sled::Error::Io(std::io::ErrorKind::Other.into()), 0);
+        assert!(s.slot.read().unwrap().db.is_some());
+        assert_eq!(s.write_failure(), None);
+        put(&s, b"k").unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_left_unfinished_does_not_stop_the_store_from_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        put(&SledStore::open(dir.path()).unwrap(), b"kept").unwrap();
+        // What a snapshot interrupted by a full disk leaves behind.
+        let unfinished = dir.path().join("store/snap.FFFFFFFFFFFFFFFF.generating");
+        std::fs::write(&unfinished, b"").unwrap();
+        assert!(matches!(
+            sled::Config::new().path(dir.path().join("store")).open(),
+            Err(sled::Error::Corruption { .. })
+        ));
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            s.get(Space::Household, b"kept").unwrap(),
+            Some(b"v".to_vec())
+        );
+        assert!(!unfinished.exists());
+    }
+
+    #[test]
+    fn io_errors_are_classified() {
+        use std::io::Error;
+        for (errno, failure) in [
+            (28, WriteFailure::NoSpace),
+            (122, WriteFailure::NoSpace),
+            (30, WriteFailure::ReadOnly),
+            (5, WriteFailure::Io),
+        ] {
+            assert_eq!(
+                WriteFailure::of(&sled::Error::Io(Error::from_raw_os_error(errno))),
+                failure,
+                "errno {errno}"
+            );
+        }
+        // sled repeats a remembered error as a custom error of the same kind.
+        let repeated = Error::new(std::io::ErrorKind::StorageFull, "Os { code: 28 }");
+        assert_eq!(WriteFailure::of_io(&repeated), WriteFailure::NoSpace);
     }
 
     #[test]

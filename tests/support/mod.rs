@@ -121,14 +121,13 @@ pub struct Simulator {
 
 impl Simulator {
     pub fn start(seed: u64, households: u32) -> Simulator {
+        Self::start_at(seed, households, "127.0.0.1:0")
+    }
+
+    /// Serving on `listen` (an address a daemon was configured with before it started).
+    pub fn start_at(seed: u64, households: u32, listen: &str) -> Simulator {
         let mut child = Command::new(BIN)
-            .args([
-                "simulate",
-                "--listen",
-                "127.0.0.1:0",
-                "--seed",
-                &seed.to_string(),
-            ])
+            .args(["simulate", "--listen", listen, "--seed", &seed.to_string()])
             .args(["--households", &households.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -489,4 +488,32 @@ pub fn offline(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// The rules that the four feeds of [`config`] feed.
+pub const RULES_OF_FOUR_FEEDS: [&str; 7] = [
+    "income_below_line",
+    "wage_income_drop",
+    "medical_burden",
+    "medical_burden_policy_lifted",
+    "medical_burden_policy_ordinary",
+    "water_outage_long",
+    "water_outage_spread",
+];
+
+/// The simulator's planted `cases` (or `decoys`) of the rules of the four feeds of [`config`],
+/// as (rule, entity).
+pub fn planted_set(sim: &Simulator, key: &str) -> std::collections::BTreeSet<(String, String)> {
+    sim.planted()[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| RULES_OF_FOUR_FEEDS.contains(&c["rule"].as_str().unwrap()))
+        .map(|c| {
+            (
+                c["rule"].as_str().unwrap().to_string(),
+                c["entity"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
