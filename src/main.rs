@@ -9,6 +9,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use guardline::commands;
 
+/// mimalloc instead of the system allocator: ingest and evaluation allocate many small
+/// values, and glibc's malloc spent a third of the ingest time in its free lists
+/// (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "guardline",

@@ -206,6 +206,10 @@ impl Month {
     pub fn since(self, earlier: Month) -> u32 {
         self.0.saturating_sub(earlier.0)
     }
+    /// Months since year 0: consecutive months differ by one (for keys and arithmetic).
+    pub fn ordinal(self) -> u32 {
+        self.0
+    }
     pub fn first_day(self) -> NaiveDate {
         // Invariant: year and month come from a valid Month.
         NaiveDate::from_ymd_opt(self.year(), self.month(), 1).expect("valid month")

@@ -9,16 +9,6 @@ use std::time::Duration;
 
 use support::*;
 
-const RULES_OF_FOUR_FEEDS: [&str; 7] = [
-    "income_below_line",
-    "wage_income_drop",
-    "medical_burden",
-    "medical_burden_policy_lifted",
-    "medical_burden_policy_ordinary",
-    "water_outage_long",
-    "water_outage_spread",
-];
-
 fn set(v: &serde_json::Value, rule: Option<&str>) -> BTreeSet<(String, String)> {
     v.as_array()
         .unwrap()

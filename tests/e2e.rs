@@ -8,32 +8,6 @@ use std::time::Duration;
 
 use support::*;
 
-/// The rules the four feeds of `support::config` (roster, wages, medical, water) feed.
-const RULES_OF_FOUR_FEEDS: [&str; 7] = [
-    "income_below_line",
-    "wage_income_drop",
-    "medical_burden",
-    "medical_burden_policy_lifted",
-    "medical_burden_policy_ordinary",
-    "water_outage_long",
-    "water_outage_spread",
-];
-
-fn planted_set(sim: &Simulator, key: &str) -> BTreeSet<(String, String)> {
-    sim.planted()[key]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| RULES_OF_FOUR_FEEDS.contains(&c["rule"].as_str().unwrap()))
-        .map(|c| {
-            (
-                c["rule"].as_str().unwrap().to_string(),
-                c["entity"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 fn polls_ok(d: &Daemon, feed: &str) -> f64 {
     d.metric(&format!(
         "guardline_feed_polls_total{{feed=\"{feed}\",outcome=\"success\"}}"

@@ -329,6 +329,9 @@ impl RuleSet {
         let mut rules = Vec::new();
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        // A template is text with a few loops over evidence: a budget of instructions per
+        // render stops a runaway loop (`range(100000)` nested) instead of hanging.
+        env.set_fuel(Some(crate::notify::TEMPLATE_FUEL));
         let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
         let mut lines = Vec::new();
         for src in sources {

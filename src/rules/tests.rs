@@ -168,9 +168,10 @@ fn water_outage_duration() {
     assert_eq!(f.context["open_intervals"], 2);
 }
 
-#[test]
-fn rule_errors_are_located() {
-    let text = r#"
+/// A drop rule file whose summary (on line 9) is `summary`.
+fn drop_rule_with_summary(summary: &str) -> String {
+    format!(
+        r#"
 [[rules]]
 name = "x"
 kind = "drop"
@@ -178,10 +179,16 @@ indicator = "wage_income"
 drop_percent = 50
 severity = "warning"
 risk_category = "因务工就业不稳"
-summary = "{{ nosuch }}"
+summary = "{summary}"
 description = "ok"
-"#;
-    let src = Source::from_text(Path::new("a.toml"), text.into());
+"#
+    )
+}
+
+#[test]
+fn rule_errors_are_located() {
+    let text = drop_rule_with_summary("{{ nosuch }}");
+    let src = Source::from_text(Path::new("a.toml"), text.clone());
     let err = RuleSet::from_sources(&[src]).unwrap_err().to_string();
     assert!(err.starts_with("a.toml:9:"), "{err}");
     assert!(err.contains("rules[0].summary"), "{err}");
@@ -224,4 +231,16 @@ fn english_templates_are_used_when_configured_and_chinese_otherwise() {
 
 fn sample(rules: &RuleSet, name: &str) -> serde_json::Value {
     super::eval::sample_context(rules.rule(name).unwrap())
+}
+
+#[test]
+fn a_runaway_template_loop_is_refused_at_load_instead_of_hanging() {
+    // Noticed while writing the rule parser's fuzz target: nested loops ran for minutes.
+    let text = drop_rule_with_summary(
+        "{% for a in range(100000) %}{% for b in range(100000) %}.{% endfor %}{% endfor %}",
+    );
+    let src = Source::from_text(Path::new("a.toml"), text);
+    let err = RuleSet::from_sources(&[src]).unwrap_err().to_string();
+    assert!(err.contains("rules[0].summary"), "{err}");
+    assert!(err.contains("fuel"), "{err}");
 }

@@ -136,7 +136,18 @@ impl Touched {
     }
 }
 
-const HOUSEHOLD_VERSION: u8 = 1;
+/// Version 2: the months moved to their own keys (version 1 held them in the value).
+const HOUSEHOLD_VERSION: u8 = 2;
+const HOUSEHOLD_MONTH_VERSION: u8 = 1;
+
+/// The key of one month of a household: id, NUL, month (big-endian, so keys sort by month).
+fn month_key(id: &HouseholdId, month: Month) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.as_str().len() + 5);
+    k.extend_from_slice(id.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(&month.ordinal().to_be_bytes());
+    k
+}
 const VILLAGE_VERSION: u8 = 1;
 const COUNTY_VERSION: u8 = 1;
 
@@ -183,12 +194,43 @@ impl World {
         let mut w = Self::new(retention_months);
         for (k, v) in store.scan(Space::Household)? {
             let h: Household = codec::decode(HOUSEHOLD_VERSION, Space::Household, &k, &v)?;
-            w.index_household(&h);
             w.households.insert(h.id.clone(), h);
         }
+        // Month keys sort by household, then month: buckets arrive in month order.
+        for (k, v) in store.scan(Space::HouseholdMonth)? {
+            let b: values::MonthBucket =
+                codec::decode(HOUSEHOLD_MONTH_VERSION, Space::HouseholdMonth, &k, &v)?;
+            let id = k
+                .iter()
+                .position(|&c| c == 0)
+                .and_then(|i| std::str::from_utf8(&k[..i]).ok())
+                .and_then(|s| s.parse::<HouseholdId>().ok());
+            match id.and_then(|id| w.households.get_mut(&id)) {
+                Some(h) => h.months.push(b),
+                None => {
+                    return Err(StoreError::Decode {
+                        space: Space::HouseholdMonth,
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                        detail: "a month of a household that is not stored".into(),
+                    });
+                }
+            }
+        }
+
         for (k, v) in store.scan(Space::Village)? {
             let village: Village = codec::decode(VILLAGE_VERSION, Space::Village, &k, &v)?;
             w.villages.insert(village.code, village);
+        }
+        // Villages the roster brought before it stored them (and their names) are rebuilt
+        // from their households.
+        for h in w.households.values() {
+            let v = w
+                .villages
+                .entry(h.village)
+                .or_insert_with(|| Village::new(h.village, ""));
+            if v.name.is_empty() && !h.village_name.is_empty() {
+                v.name = h.village_name.clone();
+            }
         }
         for (k, v) in store.scan(Space::County)? {
             let c: CountyValue = codec::decode(COUNTY_VERSION, Space::County, &k, &v)?;
@@ -198,26 +240,22 @@ impl World {
         Ok(w)
     }
 
-    fn index_household(&mut self, h: &Household) {
-        for m in &h.members {
-            self.persons.insert(*m, h.id.clone());
-        }
-        for b in &h.months {
-            for ind in Indicator::ALL {
-                if b.has(ind) {
-                    let l = &mut self.latest[ind.index()];
-                    *l = Some(l.map_or(b.month, |x| x.max(b.month)));
-                }
-            }
-        }
-    }
-
+    /// Rebuilds the person index and the newest month per indicator from the households.
     fn recompute_latest(&mut self) {
         self.latest = [None; Indicator::COUNT];
         self.persons.clear();
-        let all: Vec<Household> = self.households.values().cloned().collect();
-        for h in &all {
-            self.index_household(h);
+        for h in self.households.values() {
+            for m in &h.members {
+                self.persons.insert(*m, h.id.clone());
+            }
+            for b in &h.months {
+                for ind in Indicator::ALL {
+                    if b.has(ind) {
+                        let l = &mut self.latest[ind.index()];
+                        *l = Some(l.map_or(b.month, |x| x.max(b.month)));
+                    }
+                }
+            }
         }
     }
 
@@ -307,9 +345,15 @@ impl World {
                 }
                 let county = entry.village.county();
                 self.county_mut(county).households_by_category[entry.category.index()] += 1;
-                self.villages
-                    .entry(entry.village)
-                    .or_insert_with(|| Village::new(entry.village, &entry.village_name));
+                // The roster names villages: a new village, or one known only from an
+                // interval or event feed, is stored with its name.
+                let named = self
+                    .villages
+                    .get(&entry.village)
+                    .is_some_and(|v| entry.village_name.is_empty() || v.name == entry.village_name);
+                if !named {
+                    self.set_village_name(entry.village, &entry.village_name);
+                }
                 Ok(Applied::Changed)
             }
             Observation::Sample {
@@ -467,14 +511,40 @@ impl World {
     pub fn take_batch(&mut self) -> (Batch, Touched) {
         let mut batch = Batch::default();
         let mut touched = Touched::default();
-        for (id, _) in self.undo_households.drain() {
+        for (id, before) in self.undo_households.drain() {
+            let old_months: &[values::MonthBucket] =
+                before.as_ref().map_or(&[], |b| b.months.as_slice());
             match self.households.get(&id) {
-                Some(h) => batch.put(
-                    Space::Household,
-                    id.as_str().as_bytes().to_vec(),
-                    codec::encode(HOUSEHOLD_VERSION, h),
-                ),
-                None => batch.delete(Space::Household, id.as_str().as_bytes().to_vec()),
+                Some(h) => {
+                    if before.as_ref().is_none_or(|b| !b.same_roster_part(h)) {
+                        batch.put(
+                            Space::Household,
+                            id.as_str().as_bytes().to_vec(),
+                            codec::encode(HOUSEHOLD_VERSION, h),
+                        );
+                    }
+                    // Only the months that changed; months pruned for retention go.
+                    for b in &h.months {
+                        if !old_months.iter().any(|o| o == b) {
+                            batch.put(
+                                Space::HouseholdMonth,
+                                month_key(&id, b.month),
+                                codec::encode(HOUSEHOLD_MONTH_VERSION, b),
+                            );
+                        }
+                    }
+                    for o in old_months {
+                        if !h.months.iter().any(|b| b.month == o.month) {
+                            batch.delete(Space::HouseholdMonth, month_key(&id, o.month));
+                        }
+                    }
+                }
+                None => {
+                    batch.delete(Space::Household, id.as_str().as_bytes().to_vec());
+                    for o in old_months {
+                        batch.delete(Space::HouseholdMonth, month_key(&id, o.month));
+                    }
+                }
             }
             touched.households.push(id);
         }

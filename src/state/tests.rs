@@ -183,3 +183,87 @@ fn intervals_replace_by_id() {
             .is_none()
     );
 }
+
+#[test]
+fn months_are_stored_one_key_each_and_pruned_months_leave_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let mut w = World::new(6);
+    w.begin();
+    w.apply("roster", &roster("H1", &[1]), now()).unwrap();
+    store.commit(w.take_batch().0).unwrap();
+    let months: Vec<Month> = (0..10).rev().map(|i| Month::of(now()).minus(i)).collect();
+    for (i, m) in months.iter().enumerate() {
+        w.begin();
+        // Time moves on with the months, so the oldest fall out of the retention.
+        let at = china_offset()
+            .from_local_datetime(&m.first_day().and_hms_opt(12, 0, 0).unwrap())
+            .unwrap();
+        w.apply(
+            "wages",
+            &wage(&format!("w{i}"), 1, &m.to_string(), 1000 + i as i64),
+            at,
+        )
+        .unwrap();
+        let (batch, _) = w.take_batch();
+        // The roster part is unchanged: only this month is written (and old ones deleted).
+        let puts: Vec<Space> = batch
+            .ops
+            .iter()
+            .filter(|(_, _, v)| v.is_some())
+            .map(|(s, _, _)| *s)
+            .collect();
+        assert_eq!(puts, vec![Space::HouseholdMonth], "month {m}");
+        store.commit(batch).unwrap();
+    }
+    let stored = store.scan(Space::HouseholdMonth).unwrap();
+    let id: HouseholdId = "H1".parse().unwrap();
+    let in_memory = w.household(&id).unwrap().clone();
+    assert_eq!(
+        stored.len(),
+        in_memory.months.len(),
+        "pruned months left the store"
+    );
+    assert!(in_memory.months.len() <= 7, "{}", in_memory.months.len());
+    let again = World::load(&store, 6).unwrap();
+    assert_eq!(again.household(&id), Some(&in_memory));
+    assert_eq!(
+        again.latest_month(Indicator::WageIncome),
+        Some(Month::of(now()))
+    );
+}
+
+#[test]
+fn the_roster_stores_village_names_and_a_later_feed_keeps_them() {
+    // Found by the crash suite: the roster named villages in memory only, so after a
+    // restart a water outage created the village again without its name.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let mut w = World::new(24);
+    w.begin();
+    w.apply("roster", &roster("H1", &[1]), now()).unwrap();
+    store.commit(w.take_batch().0).unwrap();
+    let code: VillageCode = "632522100201".parse().unwrap();
+    let stored = store
+        .get(Space::Village, code.to_string().as_bytes())
+        .unwrap();
+    assert!(stored.is_some(), "the roster's village is stored");
+
+    let mut again = World::load(&store, 24).unwrap();
+    assert_eq!(again.village(&code).unwrap().name, "测试村");
+    again.begin();
+    let outage = Record {
+        id: "o1".into(),
+        observation: Observation::Interval {
+            village: code,
+            id: "out-1".into(),
+            kind: crate::model::IntervalKind::WaterOutage,
+            start: now() - chrono::Duration::days(3),
+            end: None,
+        },
+    };
+    again.apply("water", &outage, now()).unwrap();
+    store.commit(again.take_batch().0).unwrap();
+    let last = World::load(&store, 24).unwrap();
+    assert_eq!(last.village(&code).unwrap().name, "测试村");
+}

@@ -117,7 +117,9 @@ pub struct Household {
     pub members: Vec<PersonKey>,
     /// Annual per-capita net income (人均纯收入), fen.
     pub income_per_capita: Fen,
-    /// Monthly buckets in month order, only months with data.
+    /// Monthly buckets in month order, only months with data. Stored one key per month
+    /// (`Space::HouseholdMonth`), so a record rewrites its month, not the household's history.
+    #[serde(skip)]
     pub months: Vec<MonthBucket>,
 }
 
@@ -139,6 +141,17 @@ impl Household {
 
     pub fn county(&self) -> CountyCode {
         self.village.county()
+    }
+
+    /// Whether everything but the months is the same (what `Space::Household` stores).
+    pub fn same_roster_part(&self, o: &Household) -> bool {
+        self.id == o.id
+            && self.village == o.village
+            && self.village_name == o.village_name
+            && self.category == o.category
+            && self.head_masked == o.head_masked
+            && self.members == o.members
+            && self.income_per_capita == o.income_per_capita
     }
 
     pub fn same_roster(&self, e: &RosterEntry) -> bool {
