@@ -192,30 +192,45 @@ impl World {
     /// Loads the whole working set from the store.
     pub fn load(store: &dyn Store, retention_months: u32) -> Result<Self, StoreError> {
         let mut w = Self::new(retention_months);
-        for (k, v) in store.scan(Space::Household)? {
-            let h: Household = codec::decode(HOUSEHOLD_VERSION, Space::Household, &k, &v)?;
+        store.for_each(Space::Household, &mut |k, v| {
+            let h: Household = codec::decode(HOUSEHOLD_VERSION, Space::Household, k, v)?;
             w.households.insert(h.id.clone(), h);
-        }
-        // Month keys sort by household, then month: buckets arrive in month order.
-        for (k, v) in store.scan(Space::HouseholdMonth)? {
-            let b: values::MonthBucket =
-                codec::decode(HOUSEHOLD_MONTH_VERSION, Space::HouseholdMonth, &k, &v)?;
-            let id = k
-                .iter()
-                .position(|&c| c == 0)
-                .and_then(|i| std::str::from_utf8(&k[..i]).ok())
-                .and_then(|s| s.parse::<HouseholdId>().ok());
-            match id.and_then(|id| w.households.get_mut(&id)) {
-                Some(h) => h.months.push(b),
-                None => {
-                    return Err(StoreError::Decode {
-                        space: Space::HouseholdMonth,
-                        key: String::from_utf8_lossy(&k).into_owned(),
-                        detail: "a month of a household that is not stored".into(),
-                    });
-                }
+            Ok(())
+        })?;
+        // Month keys sort by household, then month: a household's buckets arrive together
+        // and in month order, so each household is looked up once.
+        let mut current: (Vec<u8>, Vec<values::MonthBucket>) = (Vec::new(), Vec::new());
+        let attach = |w: &mut World, (id, months): (Vec<u8>, Vec<values::MonthBucket>)| {
+            if months.is_empty() {
+                return Ok(());
             }
-        }
+            let household = std::str::from_utf8(&id)
+                .ok()
+                .and_then(|s| s.parse::<HouseholdId>().ok());
+            match household.and_then(|h| w.households.get_mut(&h)) {
+                Some(h) => {
+                    h.months = months;
+                    Ok(())
+                }
+                None => Err(StoreError::Decode {
+                    space: Space::HouseholdMonth,
+                    key: String::from_utf8_lossy(&id).into_owned(),
+                    detail: "months of a household that is not stored".into(),
+                }),
+            }
+        };
+        store.for_each(Space::HouseholdMonth, &mut |k, v| {
+            let b: values::MonthBucket =
+                codec::decode(HOUSEHOLD_MONTH_VERSION, Space::HouseholdMonth, k, v)?;
+            let id = &k[..k.iter().position(|&c| c == 0).unwrap_or(k.len())];
+            if id != current.0.as_slice() {
+                let done = std::mem::replace(&mut current, (id.to_vec(), Vec::new()));
+                attach(&mut w, done)?;
+            }
+            current.1.push(b);
+            Ok(())
+        })?;
+        attach(&mut w, current)?;
 
         for (k, v) in store.scan(Space::Village)? {
             let village: Village = codec::decode(VILLAGE_VERSION, Space::Village, &k, &v)?;

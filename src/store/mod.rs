@@ -209,6 +209,18 @@ pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 pub trait Store: Send + Sync {
     /// Every key and value of a space, in key order.
     fn scan(&self, space: Space) -> Result<Entries, StoreError>;
+    /// Calls `f` with every key and value of a space, in key order, without collecting them
+    /// (a province's months are millions of keys). Stops at the first error of `f`.
+    fn for_each(
+        &self,
+        space: Space,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for (k, v) in self.scan(space)? {
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Applies the batch atomically; returns once it is durable.
     fn commit(&self, batch: Batch) -> Result<(), StoreError>;

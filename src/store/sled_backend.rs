@@ -317,6 +317,25 @@ impl Store for SledStore {
         })
     }
 
+    fn for_each(
+        &self,
+        space: Space,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut stopped: Option<StoreError> = None;
+        self.run(|db| {
+            for r in db.scan_prefix([space.prefix()]) {
+                let (k, v) = r?;
+                if let Err(e) = f(&k[1..], &v) {
+                    stopped = Some(e);
+                    break;
+                }
+            }
+            Ok(())
+        })?;
+        stopped.map_or(Ok(()), Err)
+    }
+
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.run(|db| Ok(db.get(key_of(space, key))?.map(|v| v.to_vec())))
     }
