@@ -202,6 +202,9 @@ impl Batch {
     }
 }
 
+/// What [`Store::for_each`] calls with each key and value.
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 'a;
+
 /// Keys and values of a scan, in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -211,11 +214,7 @@ pub trait Store: Send + Sync {
     fn scan(&self, space: Space) -> Result<Entries, StoreError>;
     /// Calls `f` with every key and value of a space, in key order, without collecting them
     /// (a province's months are millions of keys). Stops at the first error of `f`.
-    fn for_each(
-        &self,
-        space: Space,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn for_each(&self, space: Space, f: &mut Visit<'_>) -> Result<(), StoreError> {
         for (k, v) in self.scan(space)? {
             f(&k, &v)?;
         }

@@ -317,11 +317,7 @@ impl Store for SledStore {
         })
     }
 
-    fn for_each(
-        &self,
-        space: Space,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn for_each(&self, space: Space, f: &mut super::Visit<'_>) -> Result<(), StoreError> {
         let mut stopped: Option<StoreError> = None;
         self.run(|db| {
             for r in db.scan_prefix([space.prefix()]) {
