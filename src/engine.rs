@@ -785,7 +785,8 @@ impl Engine {
             )?);
         }
         self.alerts.write_changes(&mut batch);
-        self.record_at_risk(now);
+        let at_risk = AtRisk::of(&self.alerts);
+        self.record_at_risk(&at_risk, now);
         let (state_batch, _) = self.world.take_batch();
         batch.ops.extend(state_batch.ops);
         if let Err(e) = self.store.commit(batch) {
@@ -803,7 +804,7 @@ impl Engine {
             .rule_checks
             .with_label_values(&[trigger])
             .inc_by(report.checks);
-        self.update_gauges();
+        self.set_gauges(&at_risk);
         if report.checks > 0 {
             info!(
                 trigger,
@@ -960,18 +961,18 @@ impl Engine {
     }
 
     /// Households with a firing alert per county, for the county value of this month.
-    fn record_at_risk(&mut self, now: DateTime<FixedOffset>) {
-        let mut per_county: BTreeMap<crate::model::CountyCode, BTreeSet<String>> = BTreeMap::new();
-        for f in self.alerts.firing_households() {
-            per_county.entry(f.county).or_default().insert(f.household);
-        }
+    fn record_at_risk(&mut self, at_risk: &AtRisk, now: DateTime<FixedOffset>) {
         self.world.begin();
-        for (c, s) in per_county {
-            self.world.set_at_risk(c, Month::of(now), s.len() as u32);
+        for (c, n) in &at_risk.per_county {
+            self.world.set_at_risk(*c, Month::of(now), *n as u32);
         }
     }
 
     fn update_gauges(&self) {
+        self.set_gauges(&AtRisk::of(&self.alerts));
+    }
+
+    fn set_gauges(&self, at_risk: &AtRisk) {
         let m = &self.metrics;
         m.alerts.reset();
         for ((county, rule, severity, status), n) in self.alerts.counts() {
@@ -1028,30 +1029,15 @@ impl Engine {
                 .with_label_values(&[rule.as_str()])
                 .set(enrolled as f64 / total as f64);
         }
-        let mut at_risk: BTreeMap<
-            (crate::model::CountyCode, crate::model::RiskCategory),
-            BTreeSet<String>,
-        > = BTreeMap::new();
-        let mut alerted: BTreeMap<crate::model::CountyCode, BTreeSet<String>> = BTreeMap::new();
-        for f in self.alerts.firing_households() {
-            alerted
-                .entry(f.county)
-                .or_default()
-                .insert(f.household.clone());
-            at_risk
-                .entry((f.county, f.risk))
-                .or_default()
-                .insert(f.household);
-        }
-        for (county, s) in alerted {
+        for (county, n) in &at_risk.per_county {
             m.households_alerted
                 .with_label_values(&[county.to_string().as_str()])
-                .set(s.len() as i64);
+                .set(*n as i64);
         }
-        for ((county, risk), s) in at_risk {
+        for ((county, risk), n) in &at_risk.per_risk {
             m.households_at_risk
                 .with_label_values(&[county.to_string().as_str(), risk.slug()])
-                .set(s.len() as i64);
+                .set(*n as i64);
         }
         m.households.reset();
         for c in self.world.counties() {
@@ -1061,6 +1047,37 @@ impl Engine {
                     .with_label_values(&[c.code.to_string().as_str(), cat.slug()])
                     .set(i64::from(n));
             }
+        }
+    }
+}
+
+/// Households with a firing alert, each counted once per county and once per (county,
+/// risk category): one walk over the alerts feeds the county values and the gauges.
+struct AtRisk {
+    per_county: BTreeMap<crate::model::CountyCode, usize>,
+    per_risk: BTreeMap<(crate::model::CountyCode, crate::model::RiskCategory), usize>,
+}
+
+impl AtRisk {
+    fn of(alerts: &Alerts) -> Self {
+        let mut county: BTreeSet<(crate::model::CountyCode, String)> = BTreeSet::new();
+        let mut risk: BTreeSet<(crate::model::CountyCode, crate::model::RiskCategory, String)> =
+            BTreeSet::new();
+        for f in alerts.firing_households() {
+            county.insert((f.county, f.household.clone()));
+            risk.insert((f.county, f.risk, f.household));
+        }
+        let mut per_county = BTreeMap::new();
+        for (c, _) in county {
+            *per_county.entry(c).or_default() += 1;
+        }
+        let mut per_risk = BTreeMap::new();
+        for (c, r, _) in risk {
+            *per_risk.entry((c, r)).or_default() += 1;
+        }
+        Self {
+            per_county,
+            per_risk,
         }
     }
 }
