@@ -141,22 +141,23 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
 
     eprintln!("generating {} households …", opts.households);
     let began = Instant::now();
-    let sim_opts = crate::commands::sim_options(opts.seed, opts.households, None);
-    let world = Arc::new(simulate::generate(&sim_opts));
+    let mut sim_opts = crate::commands::sim_options(opts.seed, opts.households, None);
+    // The feeds' records go to files: at millions of households they do not fit in memory
+    // next to the engine.
+    sim_opts.spill = Some(opts.dir.join("world"));
+    let world = Arc::new(simulate::generate(&sim_opts).context("generating the province")?);
     f.generate_seconds = began.elapsed().as_secs_f64();
-    f.villages = world
-        .roster
-        .iter()
-        .filter_map(|r| r["village_code"].as_str())
-        .collect::<std::collections::BTreeSet<_>>()
-        .len() as u64;
-    let wages_sample: Vec<String> = world
-        .wages
-        .iter()
-        .filter_map(|r| r["id_number"].as_str().map(str::to_string))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    f.villages = world.villages as u64;
+    // Earners for the incremental pages: 10,000 distinct ones per run where there are enough.
+    let wanted = 10_000 * opts.runs.max(1) as usize;
+    let mut earners = std::collections::BTreeSet::new();
+    world.wages.each(|r| {
+        if let Some(id) = r["id_number"].as_str() {
+            earners.insert(id.to_string());
+        }
+        earners.len() < wanted
+    })?;
+    let wages_sample: Vec<String> = earners.into_iter().collect();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut sim_stop = stop_rx.clone();

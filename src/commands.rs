@@ -116,6 +116,7 @@ pub fn sim_options(seed: u64, households: u32, as_of: Option<NaiveDate>) -> SimO
         seed,
         households,
         as_of: as_of.unwrap_or_else(|| crate::model::now().date_naive()),
+        spill: None,
     }
 }
 
@@ -125,7 +126,7 @@ pub async fn simulate(
     opts: SimOptions,
     list_planted: bool,
 ) -> anyhow::Result<()> {
-    let world = Arc::new(simulate::generate(&opts));
+    let world = Arc::new(simulate::generate(&opts).context("generating the simulated province")?);
     if list_planted {
         let out = serde_json::json!({"cases": world.cases, "decoys": world.decoys});
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -169,7 +170,7 @@ pub async fn demo(config: &Path, fresh: bool, exit_after: Option<Duration>) -> a
             .with_context(|| format!("removing {}", cfg.daemon.data_dir.display()))?;
     }
     let opts = sim_options(sim.seed, sim.households, None);
-    let world = Arc::new(simulate::generate(&opts));
+    let world = Arc::new(simulate::generate(&opts).context("generating the simulated province")?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut signals = daemon::shutdown_on_signals();
     let stop = stop_tx.clone();

@@ -5,6 +5,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::path::PathBuf;
+
+use super::records::{Records, RecordsBuilder};
 
 use super::names::{GIVEN, SURNAMES, VILLAGE_SYLLABLES};
 use crate::model::{HouseholdCategory, Month, china_offset};
@@ -16,6 +19,9 @@ pub struct SimOptions {
     pub households: u32,
     /// The day the simulated data is published: wages and claims run to the month before.
     pub as_of: NaiveDate,
+    /// A folder for the feeds' records; `None` keeps them in memory. Worlds of millions of
+    /// households (`guardline bench`) do not fit in memory.
+    pub spill: Option<PathBuf>,
 }
 
 /// A case the simulator planted on purpose, or a near miss that must not fire.
@@ -31,22 +37,24 @@ pub struct Planted {
 
 /// The generated feeds, each a list of records in publication order.
 pub struct SimWorld {
-    pub roster: Vec<Value>,
-    pub wages: Vec<Value>,
-    pub medical: Vec<Value>,
-    pub water: Vec<Value>,
+    pub roster: Records,
+    pub wages: Records,
+    pub medical: Records,
+    pub water: Records,
     /// 民政: 低保, 特困 and 临时救助 changes per household.
-    pub civil: Vec<Value>,
+    pub civil: Records,
     /// 水利: water-quality exceedances per village.
-    pub water_quality: Vec<Value>,
+    pub water_quality: Records,
     /// 教育: suspected dropouts per pupil.
-    pub education: Vec<Value>,
+    pub education: Records,
     /// 住建: house safety grades per household (served as GBK CSV too).
-    pub housing: Vec<Value>,
+    pub housing: Records,
     /// 残联: new disability certificates per person (served as NDJSON too).
-    pub disability: Vec<Value>,
+    pub disability: Records,
     /// 应急: disaster losses per household.
-    pub disaster: Vec<Value>,
+    pub disaster: Records,
+    /// How many villages the households live in.
+    pub villages: usize,
     pub cases: Vec<Planted>,
     pub decoys: Vec<Planted>,
     /// The as-of date, and the matching HTTP `Last-Modified` value.
@@ -55,7 +63,7 @@ pub struct SimWorld {
 }
 
 impl SimWorld {
-    pub fn feed(&self, name: &str) -> Option<&[Value]> {
+    pub fn feed(&self, name: &str) -> Option<&Records> {
         match name {
             "roster" => Some(&self.roster),
             "wages" => Some(&self.wages),
@@ -156,7 +164,9 @@ struct Hh {
     income: f64,
 }
 
-pub fn generate(opts: &SimOptions) -> SimWorld {
+/// Generates the province. Fails only when the spill folder cannot be written.
+pub fn generate(opts: &SimOptions) -> std::io::Result<SimWorld> {
+    let spill = opts.spill.as_deref();
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let last = Month::of(opts.as_of).minus(1);
     let first = last.minus(MONTHS - 1);
@@ -177,7 +187,7 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
         }
     }
 
-    let mut roster = Vec::new();
+    let mut roster = RecordsBuilder::new(spill, "roster")?;
     let mut households = Vec::new();
     let mut per_village = vec![0u32; villages.len()];
     for i in 0..n {
@@ -253,7 +263,7 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
             "members": members,
             "income_per_capita": per_capita,
             "updated_at": opts.as_of.to_string(),
-        }));
+        }))?;
         households.push(Hh {
             id: hh_id,
             county: county.clone(),
@@ -292,17 +302,24 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
     }
 
     // Wages: stable ±10 % around each earner's base; plant drops and near misses.
-    let mut wage_rows: Vec<(Month, String, f64)> = Vec::new();
+    // Rows by month, each (household, member, amount): publication order is by month, then
+    // household, then member.
+    let mut wage_rows: Vec<Vec<(u32, u8, f64)>> = vec![Vec::new(); MONTHS as usize];
     let mut earning_seen = 0usize;
-    for h in &households {
-        let earners: Vec<&Person> = h.persons.iter().filter(|p| p.wage.is_some()).collect();
+    for (hi, h) in households.iter().enumerate() {
+        let earners: Vec<(usize, &Person)> = h
+            .persons
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.wage.is_some())
+            .collect();
         if earners.is_empty() {
             continue;
         }
         earning_seen += 1;
         let mut table: Vec<Vec<f64>> = earners
             .iter()
-            .map(|p| {
+            .map(|(_, p)| {
                 (0..MONTHS)
                     .map(|_| round10(p.wage.unwrap_or(0.0) * rng.gen_range(0.9..1.1)))
                     .collect()
@@ -346,22 +363,22 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
                 format!("工资仅下降约{pct:.0}%（低于{DROP_PERCENT}%阈值）"),
             ));
         }
-        for (p, row) in earners.iter().zip(&table) {
+        for ((k, _), row) in earners.iter().zip(&table) {
             for (m, v) in row.iter().enumerate() {
                 if *v >= 0.0 {
-                    wage_rows.push((first.plus(m as u32), p.id.clone(), *v));
+                    wage_rows[m].push((hi as u32, *k as u8, *v));
                 }
             }
         }
     }
-    wage_rows.sort_by_key(|a| a.0);
-    let wages = wage_rows
-        .into_iter()
-        .enumerate()
-        .map(|(i, (m, pid, v))| {
-            json!({"record_id": format!("RS{:09}", i + 1), "id_number": pid, "month": m.to_string(), "amount": v})
-        })
-        .collect();
+    let mut wages = RecordsBuilder::new(spill, "wages")?;
+    for (m, rows) in wage_rows.into_iter().enumerate() {
+        let month = first.plus(m as u32).to_string();
+        for (hi, k, v) in rows {
+            let pid = &households[hi as usize].persons[usize::from(k)].id;
+            wages.push(json!({"record_id": format!("RS{:09}", wages.pushed() + 1), "id_number": pid, "month": month, "amount": v}))?;
+        }
+    }
 
     // Medical claims: rare, modest claims; background households stay well below the lines.
     let mut claims: Vec<(NaiveDate, String, f64, f64)> = Vec::new(); // (date, person, total, oop)
@@ -467,14 +484,11 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
         claims.extend(mine);
     }
     claims.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-    let medical = claims
-        .into_iter()
-        .enumerate()
-        .map(|(i, (d, pid, total, oop))| {
-            json!({"claim_id": format!("YB{:09}", i + 1), "id_number": pid, "settle_date": d.to_string(),
-                   "total_cost": total, "fund_paid": round2(total - oop), "out_of_pocket": oop})
-        })
-        .collect();
+    let mut medical = RecordsBuilder::new(spill, "medical")?;
+    for (i, (d, pid, total, oop)) in claims.into_iter().enumerate() {
+        medical.push(json!({"claim_id": format!("YB{:09}", i + 1), "id_number": pid, "settle_date": d.to_string(),
+               "total_cost": total, "fund_paid": round2(total - oop), "out_of_pocket": oop}))?;
+    }
 
     // Water: short repaired interruptions everywhere; a few long open ones and near misses.
     let tz = china_offset();
@@ -550,40 +564,36 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
         }
     }
     events.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    let water = events
-        .into_iter()
-        .enumerate()
-        .map(|(i, (start, vcode, end, cause))| {
+    let mut water = RecordsBuilder::new(spill, "water")?;
+    for (i, (start, vcode, end, cause)) in events.into_iter().enumerate() {
+        water.push(
             json!({"event_id": format!("SL{:07}", i + 1), "village_code": vcode,
-                   "start_time": at(start, 8), "end_time": end.map(|e| at(e, 18)), "cause": cause})
-        })
-        .collect();
+               "start_time": at(start, 8), "end_time": end.map(|e| at(e, 18)), "cause": cause}),
+        )?;
+    }
 
     let depts = departments(&mut rng, opts, &households, &villages);
     cases.extend(depts.cases.iter().cloned());
 
-    let number = |v: Vec<Value>| -> Vec<Value> {
-        v.into_iter()
-            .enumerate()
-            .map(|(i, mut r)| {
-                if let Some(o) = r.as_object_mut() {
-                    o.insert("seq".into(), json!(i as u64 + 1));
-                }
-                r
-            })
-            .collect()
+    let records = |name: &str, v: Vec<Value>| -> std::io::Result<Records> {
+        let mut b = RecordsBuilder::new(spill, name)?;
+        for r in v {
+            b.push(r)?;
+        }
+        b.finish()
     };
-    SimWorld {
-        roster: number(roster),
-        wages: number(wages),
-        medical: number(medical),
-        water: number(water),
-        civil: number(depts.civil),
-        water_quality: number(depts.water_quality),
-        education: number(depts.education),
-        housing: number(depts.housing),
-        disability: number(depts.disability),
-        disaster: number(depts.disaster),
+    Ok(SimWorld {
+        roster: roster.finish()?,
+        wages: wages.finish()?,
+        medical: medical.finish()?,
+        water: water.finish()?,
+        civil: records("civil", depts.civil)?,
+        water_quality: records("water_quality", depts.water_quality)?,
+        education: records("education", depts.education)?,
+        housing: records("housing", depts.housing)?,
+        disability: records("disability", depts.disability)?,
+        disaster: records("disaster", depts.disaster)?,
+        villages: villages.len(),
         cases,
         decoys,
         as_of: opts.as_of,
@@ -592,7 +602,7 @@ pub fn generate(opts: &SimOptions) -> SimWorld {
             .and_hms_opt(0, 0, 0)
             .map(|t| t.and_utc().format("%a, %d %b %Y %H:%M:%S GMT").to_string())
             .unwrap_or_default(),
-    }
+    })
 }
 
 struct Departments {
@@ -808,22 +818,24 @@ mod tests {
             seed,
             households: 3000,
             as_of: NaiveDate::from_ymd_opt(2026, 11, 28).unwrap(),
+            spill: None,
         }
     }
 
     #[test]
     fn deterministic_for_a_seed() {
-        let a = generate(&opts(7));
-        let b = generate(&opts(7));
-        assert_eq!(a.wages, b.wages);
+        let a = generate(&opts(7)).unwrap();
+        let b = generate(&opts(7)).unwrap();
+        let all = |r: &Records| r.lines(0..r.len()).unwrap();
+        assert_eq!(all(&a.wages), all(&b.wages));
         assert_eq!(a.cases, b.cases);
-        let c = generate(&opts(8));
-        assert_ne!(a.roster, c.roster);
+        let c = generate(&opts(8)).unwrap();
+        assert_ne!(all(&a.roster), all(&c.roster));
     }
 
     #[test]
     fn plants_every_kind_and_covers_all_counties() {
-        let w = generate(&opts(1));
+        let w = generate(&opts(1)).unwrap();
         for rule in ["wage_income_drop", "medical_burden", "water_outage_long"] {
             assert!(w.cases.iter().any(|c| c.rule == rule), "no case for {rule}");
             assert!(
@@ -831,14 +843,14 @@ mod tests {
                 "no decoy for {rule}"
             );
         }
-        let counties: std::collections::BTreeSet<&str> = w
-            .roster
+        let roster = w.roster.values(0..w.roster.len()).unwrap();
+        let counties: std::collections::BTreeSet<&str> = roster
             .iter()
             .filter_map(|r| r["county_code"].as_str())
             .collect();
         assert_eq!(counties.len(), 45);
-        let id = w.roster[0]["members"][0]["id_number"].as_str().unwrap();
+        let id = roster[0]["members"][0]["id_number"].as_str().unwrap();
         assert_eq!(id.len(), 18);
-        assert_eq!(w.wages.last().unwrap()["month"], "2026-10");
+        assert_eq!(w.wages.get(w.wages.len() - 1).unwrap()["month"], "2026-10");
     }
 }

@@ -8,7 +8,9 @@
 
 mod generate;
 mod names;
+mod records;
 mod server;
 
 pub use generate::{Planted, SimOptions, SimWorld, generate};
+pub use records::Records;
 pub use server::{router, serve};

@@ -76,9 +76,8 @@ fn csv_cell(v: &Value) -> String {
     }
 }
 
-fn to_csv(records: &[Value], all: &[Value]) -> String {
-    let keys: Vec<String> = all
-        .first()
+fn to_csv(records: &[Value], first: Option<&Value>) -> String {
+    let keys: Vec<String> = first
         .and_then(|r| r.as_object())
         .map(|o| o.keys().cloned().collect())
         .unwrap_or_default();
@@ -97,6 +96,24 @@ fn to_csv(records: &[Value], all: &[Value]) -> String {
         out.push_str("\r\n");
     }
     out
+}
+
+/// A JSON page from the records' lines, copied as they are: `{"records": [...], "next":
+/// "SEQ", "total": N}`, where `next` is the last record's `seq` (its position).
+fn json_page(lines: &[u8], next: Option<usize>, total: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(lines.len() + 64);
+    body.extend_from_slice(b"{\"records\":[");
+    let mut first = true;
+    for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        if !first {
+            body.push(b',');
+        }
+        first = false;
+        body.extend_from_slice(line);
+    }
+    let next = next.map_or_else(|| "null".to_string(), |n| format!("\"{n}\""));
+    body.extend_from_slice(format!("],\"next\":{next},\"total\":{total}}}").as_bytes());
+    body
 }
 
 async fn feed(
@@ -164,19 +181,27 @@ async fn feed(
             )
         }
     };
-    let page = &records[start.min(records.len())..(start + limit).min(records.len())];
-    let more = start + limit < records.len();
-    let mut resp = match format {
-        "ndjson" => {
-            let mut body = String::new();
-            for r in page {
-                body.push_str(&r.to_string());
-                body.push('\n');
-            }
-            ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+    let end = start.saturating_add(limit).min(records.len());
+    let range = start.min(end)..end;
+    let more = end < records.len();
+    let lines = match records.lines(range.clone()) {
+        Ok(l) => l,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading feed {base}: {e}\n"),
+            )
+                .into_response();
         }
+    };
+    let mut resp = match format {
+        "ndjson" => ([(header::CONTENT_TYPE, "application/x-ndjson")], lines).into_response(),
         "csv" => {
-            let text = to_csv(page, records);
+            let page: Vec<Value> = lines
+                .split(|b| *b == b'\n')
+                .filter_map(|l| serde_json::from_slice(l).ok())
+                .collect();
+            let text = to_csv(&page, records.get(0).as_ref());
             let utf8 = q
                 .get("encoding")
                 .is_some_and(|e| e.eq_ignore_ascii_case("utf-8"));
@@ -197,11 +222,11 @@ async fn feed(
                 .into_response()
         }
         _ => {
-            let next = page
-                .last()
-                .and_then(|r| r.get("seq"))
-                .map(|s| s.to_string());
-            axum::Json(json!({ "records": page, "next": next, "total": records.len() }))
+            let next = (!range.is_empty()).then_some(range.end);
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                json_page(&lines, next, records.len()),
+            )
                 .into_response()
         }
     };
