@@ -210,6 +210,10 @@ impl Month {
     pub fn ordinal(self) -> u32 {
         self.0
     }
+    /// The month of an [`ordinal`](Self::ordinal).
+    pub fn from_ordinal(n: u32) -> Self {
+        Self(n)
+    }
     pub fn first_day(self) -> NaiveDate {
         // Invariant: year and month come from a valid Month.
         NaiveDate::from_ymd_opt(self.year(), self.month(), 1).expect("valid month")

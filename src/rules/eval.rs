@@ -49,16 +49,12 @@ pub struct EvidenceSource {
 
 /// The records behind a finding: per department, the (pseudonymised) tags of the records of
 /// the months involved, at most 8 each. A tag is a keyed digest, not the department's id.
-fn cite(
-    ctx: &EvalContext<'_>,
-    input: super::Input,
-    buckets: &[&crate::state::MonthBucket],
-) -> Value {
+fn cite(ctx: &EvalContext<'_>, input: super::Input, buckets: &[crate::state::Bucket<'_>]) -> Value {
     let mut out = Vec::new();
     for src in ctx.sources.get(&input).into_iter().flatten() {
         let tags: Vec<String> = buckets
             .iter()
-            .flat_map(|b| b.records.iter())
+            .flat_map(|b| b.records().iter())
             .filter(|t| (**t >> 56) as u8 == src.tag_byte)
             .map(|t| format!("{:014x}", t & 0x00ff_ffff_ffff_ffff))
             .collect();
@@ -378,11 +374,11 @@ pub fn evaluate(
                     json!({"month": mm.to_string(), "value": format_yuan(h.value(*indicator, mm).unwrap_or(0))})
                 })
                 .collect();
-            let involved: Vec<&crate::state::MonthBucket> = h
+            let involved: Vec<crate::state::Bucket<'_>> = h
                 .months
                 .iter()
                 .filter(|b| {
-                    b.month >= base_months.last().copied().unwrap_or(month) && b.month <= month
+                    b.month() >= base_months.last().copied().unwrap_or(month) && b.month() <= month
                 })
                 .collect();
             let sources = cite(ctx, super::Input::Indicator(*indicator), &involved);
@@ -438,16 +434,16 @@ pub fn evaluate(
                 }
                 _ => return None,
             };
-            let in_window = |b: &&crate::state::MonthBucket| b.month >= first && b.month <= last;
+            let in_window = |b: &crate::state::Bucket<'_>| b.month() >= first && b.month() <= last;
             let mut count = 0u32;
             let mut amount: Fen = 0;
             let mut latest: Option<Month> = None;
             let mut kinds = BTreeSet::new();
             for b in months.iter().filter(in_window) {
-                for ev in b.events.iter().filter(|ev| events.contains(&ev.kind)) {
+                for ev in b.events().filter(|ev| events.contains(&ev.kind)) {
                     count += ev.count;
                     amount += ev.amount;
-                    latest = Some(b.month);
+                    latest = Some(b.month());
                     kinds.insert(ev.kind.name_zh());
                 }
             }
@@ -458,17 +454,15 @@ pub fn evaluate(
             // A later clearing event (a house graded safe again, 低保 restored) ends it.
             let cleared = months
                 .iter()
-                .filter(|b| b.month >= latest && b.month <= last)
-                .any(|b| {
-                    b.month > latest && b.events.iter().any(|ev| cleared_by.contains(&ev.kind))
-                });
+                .filter(|b| b.month() >= latest && b.month() <= last)
+                .any(|b| b.month() > latest && b.events().any(|ev| cleared_by.contains(&ev.kind)));
             if cleared {
                 return None;
             }
-            let involved: Vec<&crate::state::MonthBucket> = months
+            let involved: Vec<crate::state::Bucket<'_>> = months
                 .iter()
                 .filter(in_window)
-                .filter(|b| b.events.iter().any(|ev| events.contains(&ev.kind)))
+                .filter(|b| b.events().any(|ev| events.contains(&ev.kind)))
                 .collect();
             let sources: Vec<String> = events
                 .iter()

@@ -10,13 +10,16 @@
 //! - Monthly buckets more than `retention_months` before the current month are refused, and
 //!   those more than `retention_months` before a household's newest month are dropped.
 
+mod months;
 mod values;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, FixedOffset};
 
-pub use values::{CountyValue, EventCount, Household, Interval, MonthBucket, Village, events_in};
+pub use values::{
+    Bucket, CountyValue, EventCount, Household, Interval, MonthBucket, Months, Village, events_in,
+};
 
 use crate::model::{
     CountyCode, HouseholdCategory, HouseholdId, Indicator, Month, Observation, PersonKey, Record,
@@ -209,7 +212,7 @@ impl World {
                 .and_then(|s| s.parse::<HouseholdId>().ok());
             match household.and_then(|h| w.households.get_mut(&h)) {
                 Some(h) => {
-                    h.months = months;
+                    h.months = Months::from_buckets(&months);
                     Ok(())
                 }
                 None => Err(StoreError::Decode {
@@ -267,7 +270,7 @@ impl World {
                 for ind in Indicator::ALL {
                     if b.has(ind) {
                         let l = &mut self.latest[ind.index()];
-                        *l = Some(l.map_or(b.month, |x| x.max(b.month)));
+                        *l = Some(l.map_or(b.month(), |x| x.max(b.month())));
                     }
                 }
             }
@@ -527,8 +530,8 @@ impl World {
         let mut batch = Batch::default();
         let mut touched = Touched::default();
         for (id, before) in self.undo_households.drain() {
-            let old_months: &[values::MonthBucket] =
-                before.as_ref().map_or(&[], |b| b.months.as_slice());
+            let none = Months::default();
+            let old_months = before.as_ref().map_or(&none, |b| &b.months);
             match self.households.get(&id) {
                 Some(h) => {
                     if before.as_ref().is_none_or(|b| !b.same_roster_part(h)) {
@@ -543,21 +546,21 @@ impl World {
                         if !old_months.iter().any(|o| o == b) {
                             batch.put(
                                 Space::HouseholdMonth,
-                                month_key(&id, b.month),
-                                codec::encode(HOUSEHOLD_MONTH_VERSION, b),
+                                month_key(&id, b.month()),
+                                codec::encode(HOUSEHOLD_MONTH_VERSION, &b.to_bucket()),
                             );
                         }
                     }
                     for o in old_months {
-                        if !h.months.iter().any(|b| b.month == o.month) {
-                            batch.delete(Space::HouseholdMonth, month_key(&id, o.month));
+                        if !h.months.iter().any(|b| b.month() == o.month()) {
+                            batch.delete(Space::HouseholdMonth, month_key(&id, o.month()));
                         }
                     }
                 }
                 None => {
                     batch.delete(Space::Household, id.as_str().as_bytes().to_vec());
                     for o in old_months {
-                        batch.delete(Space::HouseholdMonth, month_key(&id, o.month));
+                        batch.delete(Space::HouseholdMonth, month_key(&id, o.month()));
                     }
                 }
             }

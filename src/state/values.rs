@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::months::{Bucket, Months};
 use crate::model::{
     CountyCode, EventKind, Fen, HouseholdCategory, HouseholdId, Indicator, IntervalKind, Month,
     PersonKey, RosterEntry, VillageCode,
@@ -28,69 +29,43 @@ pub struct EventCount {
     pub amount: Fen,
 }
 
-/// Finds or inserts the bucket of `month` in a month-ordered list.
-fn bucket_mut(months: &mut Vec<MonthBucket>, month: Month) -> &mut MonthBucket {
-    let i = match months.binary_search_by_key(&month, |b| b.month) {
-        Ok(i) => i,
-        Err(i) => {
-            months.insert(i, MonthBucket::new(month));
-            i
-        }
-    };
-    &mut months[i]
-}
-
-/// Drops buckets more than `retention` months older than the newest.
-fn prune(months: &mut Vec<MonthBucket>, retention: u32) {
-    if let Some(newest) = months.last().map(|b| b.month) {
-        months.retain(|b| newest.since(b.month) <= retention);
-    }
-}
-
-fn find(months: &[MonthBucket], month: Month) -> Option<&MonthBucket> {
-    months
-        .binary_search_by_key(&month, |b| b.month)
-        .ok()
-        .map(|i| &months[i])
-}
-
 /// Adds an event to its month's bucket.
 pub(crate) fn add_event(
-    months: &mut Vec<MonthBucket>,
+    months: &mut Months,
     month: Month,
     tag: u64,
     kind: EventKind,
     amount: Option<Fen>,
     retention: u32,
 ) {
-    let b = bucket_mut(months, month);
-    match b.events.iter_mut().find(|e| e.kind == kind) {
-        Some(e) => {
-            e.count += 1;
-            e.amount += amount.unwrap_or(0);
+    months.update(month, retention, |b| {
+        match b.events.iter_mut().find(|e| e.kind == kind) {
+            Some(e) => {
+                e.count += 1;
+                e.amount += amount.unwrap_or(0);
+            }
+            None => b.events.push(EventCount {
+                kind,
+                count: 1,
+                amount: amount.unwrap_or(0),
+            }),
         }
-        None => b.events.push(EventCount {
-            kind,
-            count: 1,
-            amount: amount.unwrap_or(0),
-        }),
-    }
-    b.records.push(tag);
-    prune(months, retention);
+        b.records.push(tag);
+    });
 }
 
 /// Events of a kind over the `n` months ending with `last`: (count, amount sum).
-pub fn events_in(months: &[MonthBucket], kind: EventKind, last: Month, n: u32) -> (u32, Fen) {
+pub fn events_in(months: &Months, kind: EventKind, last: Month, n: u32) -> (u32, Fen) {
     let first = last.minus(n.saturating_sub(1));
     months
         .iter()
-        .filter(|b| b.month >= first && b.month <= last)
-        .flat_map(|b| b.events.iter().filter(|e| e.kind == kind))
+        .filter(|b| b.month() >= first && b.month() <= last)
+        .flat_map(|b| b.events().filter(|e| e.kind == kind))
         .fold((0, 0), |(c, a), e| (c + e.count, a + e.amount))
 }
 
 impl MonthBucket {
-    fn new(month: Month) -> Self {
+    pub fn new(month: Month) -> Self {
         Self {
             month,
             present: 0,
@@ -120,7 +95,7 @@ pub struct Household {
     /// Monthly buckets in month order, only months with data. Stored one key per month
     /// (`Space::HouseholdMonth`), so a record rewrites its month, not the household's history.
     #[serde(skip)]
-    pub months: Vec<MonthBucket>,
+    pub months: Months,
 }
 
 impl Household {
@@ -133,7 +108,7 @@ impl Household {
             head_masked: String::new(),
             members: Vec::new(),
             income_per_capita: 0,
-            months: Vec::new(),
+            months: Months::default(),
         };
         h.set_roster(entry);
         h
@@ -178,15 +153,16 @@ impl Household {
     }
 
     pub fn newest_month(&self) -> Option<Month> {
-        self.months.last().map(|b| b.month)
+        self.months.newest()
     }
 
-    pub fn bucket(&self, month: Month) -> Option<&MonthBucket> {
-        find(&self.months, month)
+    pub fn bucket(&self, month: Month) -> Option<Bucket<'_>> {
+        self.months.find(month)
     }
 
     pub fn has_record(&self, month: Month, tag: u64) -> bool {
-        self.bucket(month).is_some_and(|b| b.records.contains(&tag))
+        self.bucket(month)
+            .is_some_and(|b| b.records().contains(&tag))
     }
 
     /// Adds a record's values to its month and drops months beyond the retention window.
@@ -197,13 +173,13 @@ impl Household {
         values: &[(Indicator, Fen)],
         retention: u32,
     ) {
-        let b = bucket_mut(&mut self.months, month);
-        for (ind, v) in values {
-            b.values[ind.index()] += v;
-            b.present |= 1 << ind.index();
-        }
-        b.records.push(tag);
-        prune(&mut self.months, retention);
+        self.months.update(month, retention, |b| {
+            for (ind, v) in values {
+                b.values[ind.index()] += v;
+                b.present |= 1 << ind.index();
+            }
+            b.records.push(tag);
+        });
     }
 
     /// Events of a kind over `n` months ending with `last`: (count, amount sum).
@@ -220,8 +196,8 @@ impl Household {
     pub fn latest(&self, ind: Indicator) -> Option<(Month, Fen)> {
         self.months
             .iter()
-            .rev()
-            .find_map(|b| b.get(ind).map(|v| (b.month, v)))
+            .filter_map(|b| b.get(ind).map(|v| (b.month(), v)))
+            .last()
     }
 
     /// Sum of the indicator over `n` months ending with `last` (missing months count 0).
@@ -229,7 +205,7 @@ impl Household {
         let first = last.minus(n.saturating_sub(1));
         self.months
             .iter()
-            .filter(|b| b.month >= first && b.month <= last)
+            .filter(|b| b.month() >= first && b.month() <= last)
             .filter_map(|b| b.get(ind))
             .sum()
     }
@@ -250,7 +226,7 @@ pub struct Village {
     pub name: String,
     pub intervals: Vec<Interval>,
     /// Monthly buckets of village events (water quality, disasters).
-    pub months: Vec<MonthBucket>,
+    pub months: Months,
 }
 
 impl Village {
@@ -259,12 +235,14 @@ impl Village {
             code,
             name: name.to_string(),
             intervals: Vec::new(),
-            months: Vec::new(),
+            months: Months::default(),
         }
     }
 
     pub fn has_record(&self, month: Month, tag: u64) -> bool {
-        find(&self.months, month).is_some_and(|b| b.records.contains(&tag))
+        self.months
+            .find(month)
+            .is_some_and(|b| b.records().contains(&tag))
     }
 
     /// Events of a kind over `n` months ending with `last`: (count, amount sum).

@@ -1,0 +1,342 @@
+//! A household's (or village's) monthly buckets, packed into one run of 64-bit words.
+//!
+//! A `Vec<MonthBucket>` costs about 100 bytes per month (a fixed array of every indicator,
+//! two vectors and their heap blocks) and most of a province's memory. Packed, a month with
+//! one wage record takes three words: a header, the value, the record's tag.
+//!
+//! Layout of one bucket, in month order:
+//! - header: bits 0–31 the month's ordinal, 32–35 which indicators are present, 36–39 the
+//!   number of event kinds, 40–63 the number of record tags;
+//! - one word per present indicator, in indicator order (the value in fen, two's complement);
+//! - the record tags;
+//! - two words per event kind: the kind's index and its count (`count << 32`), the amount.
+//!
+//! `MonthBucket` stays the owned form: what the store encodes, and what a change edits.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::values::{EventCount, MonthBucket};
+use crate::model::{EventKind, Fen, Indicator, Month};
+
+const PRESENT_SHIFT: u32 = 32;
+const EVENTS_SHIFT: u32 = 36;
+const RECORDS_SHIFT: u32 = 40;
+const MAX_RECORDS: usize = (1 << 24) - 1;
+
+// Four bits hold the present indicators and the number of event kinds.
+const _: () = assert!(Indicator::COUNT <= 4 && EventKind::ALL.len() <= 15);
+
+/// The buckets of one entity, oldest first, only months with data.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Months(Box<[u64]>);
+
+/// One month of a [`Months`], read in place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Bucket<'a>(&'a [u64]);
+
+fn header(w: u64) -> (Month, u8, usize, usize) {
+    (
+        Month::from_ordinal(w as u32),
+        ((w >> PRESENT_SHIFT) & 0xf) as u8,
+        ((w >> EVENTS_SHIFT) & 0xf) as usize,
+        (w >> RECORDS_SHIFT) as usize,
+    )
+}
+
+/// Words taken by the bucket whose header is `w`.
+fn span(w: u64) -> usize {
+    let (_, present, events, records) = header(w);
+    1 + present.count_ones() as usize + records + 2 * events
+}
+
+fn kind_index(kind: EventKind) -> u64 {
+    EventKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or_default() as u64
+}
+
+fn encode(b: &MonthBucket, out: &mut Vec<u64>) {
+    // Tags beyond the header's 24 bits would not fit; 16 million records for one entity in
+    // one month is not a real feed, and losing duplicate detection for them is the least harm.
+    let records = &b.records[..b.records.len().min(MAX_RECORDS)];
+    out.push(
+        u64::from(b.month.ordinal())
+            | u64::from(b.present & 0xf) << PRESENT_SHIFT
+            | (b.events.len() as u64) << EVENTS_SHIFT
+            | (records.len() as u64) << RECORDS_SHIFT,
+    );
+    for ind in Indicator::ALL {
+        if b.has(ind) {
+            out.push(b.values[ind.index()] as u64);
+        }
+    }
+    out.extend_from_slice(records);
+    for e in &b.events {
+        out.push(kind_index(e.kind) | u64::from(e.count) << 32);
+        out.push(e.amount as u64);
+    }
+}
+
+impl<'a> Bucket<'a> {
+    fn parts(&self) -> (Month, u8, usize, usize) {
+        header(self.0[0])
+    }
+    pub fn month(&self) -> Month {
+        self.parts().0
+    }
+    pub fn has(&self, ind: Indicator) -> bool {
+        self.parts().1 & (1 << ind.index()) != 0
+    }
+    pub fn get(&self, ind: Indicator) -> Option<Fen> {
+        let present = self.parts().1;
+        if present & (1 << ind.index()) == 0 {
+            return None;
+        }
+        let before = (present & ((1 << ind.index()) - 1)).count_ones() as usize;
+        Some(self.0[1 + before] as Fen)
+    }
+    /// Tags of the records applied to this month.
+    pub fn records(self) -> &'a [u64] {
+        let (_, present, _, records) = self.parts();
+        let from = 1 + present.count_ones() as usize;
+        &self.0[from..from + records]
+    }
+    /// The month's events by kind.
+    pub fn events(self) -> impl Iterator<Item = EventCount> + 'a {
+        let (_, present, events, records) = self.parts();
+        let from = 1 + present.count_ones() as usize + records;
+        self.0[from..from + 2 * events].chunks_exact(2).map(|w| {
+            let kind = EventKind::ALL
+                .get((w[0] & 0xff) as usize)
+                .copied()
+                .unwrap_or(EventKind::ALL[0]);
+            EventCount {
+                kind,
+                count: (w[0] >> 32) as u32,
+                amount: w[1] as Fen,
+            }
+        })
+    }
+    /// The owned form, as the store keeps it.
+    pub fn to_bucket(&self) -> MonthBucket {
+        let mut values = [0; Indicator::COUNT];
+        let mut present = 0;
+        for ind in Indicator::ALL {
+            if let Some(v) = self.get(ind) {
+                values[ind.index()] = v;
+                present |= 1 << ind.index();
+            }
+        }
+        MonthBucket {
+            month: self.month(),
+            present,
+            values,
+            records: self.records().to_vec(),
+            events: self.events().collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Bucket<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.to_bucket().fmt(f)
+    }
+}
+
+/// The buckets of a [`Months`] in month order.
+pub struct Iter<'a>(&'a [u64]);
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = Bucket<'a>;
+    fn next(&mut self) -> Option<Bucket<'a>> {
+        let first = *self.0.first()?;
+        let (this, rest) = self.0.split_at(span(first).min(self.0.len()));
+        self.0 = rest;
+        Some(Bucket(this))
+    }
+}
+
+impl Months {
+    /// Packs buckets given in month order.
+    pub fn from_buckets<'b>(buckets: impl IntoIterator<Item = &'b MonthBucket>) -> Self {
+        let mut words = Vec::new();
+        for b in buckets {
+            encode(b, &mut words);
+        }
+        Self(words.into_boxed_slice())
+    }
+
+    pub fn iter(&self) -> Iter<'_> {
+        Iter(&self.0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many months have data.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    pub fn find(&self, month: Month) -> Option<Bucket<'_>> {
+        self.iter()
+            .take_while(|b| b.month() <= month)
+            .find(|b| b.month() == month)
+    }
+
+    pub fn newest(&self) -> Option<Month> {
+        self.iter().last().map(|b| b.month())
+    }
+
+    /// Edits the bucket of `month` (a new empty one if there is none), then drops buckets
+    /// more than `retention` months older than the newest.
+    pub fn update(&mut self, month: Month, retention: u32, edit: impl FnOnce(&mut MonthBucket)) {
+        let mut before = 0;
+        let mut owned = MonthBucket::new(month);
+        let mut after = self.0.len();
+        for b in self.iter() {
+            if b.month() < month {
+                before += b.0.len();
+            } else {
+                if b.month() == month {
+                    owned = b.to_bucket();
+                    after = before + b.0.len();
+                } else {
+                    after = before;
+                }
+                break;
+            }
+        }
+        edit(&mut owned);
+        let newest = self.newest().map_or(month, |n| n.max(month));
+        let keep = |m: Month| newest.since(m) <= retention;
+        let mut words = Vec::with_capacity(self.0.len() + 4);
+        for b in Iter(&self.0[..before]).filter(|b| keep(b.month())) {
+            words.extend_from_slice(b.0);
+        }
+        if keep(month) {
+            encode(&owned, &mut words);
+        }
+        for b in Iter(&self.0[after..]).filter(|b| keep(b.month())) {
+            words.extend_from_slice(b.0);
+        }
+        self.0 = words.into_boxed_slice();
+    }
+}
+
+impl<'a> IntoIterator for &'a Months {
+    type Item = Bucket<'a>;
+    type IntoIter = Iter<'a>;
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+impl std::fmt::Debug for Months {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Stored as the list of owned buckets, so the encoding is that of a `Vec<MonthBucket>`.
+impl Serialize for Months {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let buckets: Vec<MonthBucket> = self.iter().map(|b| b.to_bucket()).collect();
+        buckets.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Months {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let buckets = Vec::<MonthBucket>::deserialize(d)?;
+        Ok(Self::from_buckets(&buckets))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(k: u32) -> Month {
+        Month::new(2025, 1).unwrap().plus(k)
+    }
+
+    fn bucket(
+        k: u32,
+        wage: Option<Fen>,
+        tags: &[u64],
+        events: &[(EventKind, u32, Fen)],
+    ) -> MonthBucket {
+        let mut b = MonthBucket::new(m(k));
+        if let Some(v) = wage {
+            b.values[Indicator::ALL[1].index()] = v;
+            b.present |= 1 << Indicator::ALL[1].index();
+        }
+        b.records = tags.to_vec();
+        b.events = events
+            .iter()
+            .map(|&(kind, count, amount)| EventCount {
+                kind,
+                count,
+                amount,
+            })
+            .collect();
+        b
+    }
+
+    #[test]
+    fn packed_buckets_read_back_as_they_were_written() {
+        let buckets = vec![
+            bucket(0, Some(-5), &[1, u64::MAX], &[]),
+            bucket(
+                3,
+                None,
+                &[],
+                &[
+                    (EventKind::DisasterLoss, 2, 1_000_000),
+                    (EventKind::HouseSafe, 1, 0),
+                ],
+            ),
+            bucket(
+                4,
+                Some(320_000),
+                &[7],
+                &[(EventKind::TemporaryAssistance, 1, -3)],
+            ),
+        ];
+        let months = Months::from_buckets(&buckets);
+        let back: Vec<MonthBucket> = months.iter().map(|b| b.to_bucket()).collect();
+        assert_eq!(back, buckets);
+        assert_eq!(months.len(), 3);
+        assert_eq!(months.newest(), Some(m(4)));
+        let b = months.find(m(4)).unwrap();
+        assert_eq!(b.get(Indicator::ALL[1]), Some(320_000));
+        assert_eq!(b.get(Indicator::ALL[0]), None);
+        assert_eq!(b.records(), &[7]);
+        assert!(months.find(m(2)).is_none());
+        // Serialised like the list of owned buckets.
+        let packed = postcard::to_allocvec(&months).unwrap();
+        assert_eq!(packed, postcard::to_allocvec(&buckets).unwrap());
+        assert_eq!(postcard::from_bytes::<Months>(&packed).unwrap(), months);
+    }
+
+    #[test]
+    fn update_inserts_in_order_edits_in_place_and_prunes_past_the_retention() {
+        let mut months = Months::default();
+        for k in [5, 1, 3] {
+            months.update(m(k), 24, |b| b.records.push(u64::from(k)));
+        }
+        let order: Vec<Month> = months.iter().map(|b| b.month()).collect();
+        assert_eq!(order, vec![m(1), m(3), m(5)]);
+        months.update(m(3), 24, |b| b.records.push(30));
+        assert_eq!(months.find(m(3)).unwrap().records(), &[3, 30]);
+        // A month 24 past the first drops it; one older than the retention is not kept.
+        months.update(m(25), 22, |b| b.records.push(25));
+        let order: Vec<Month> = months.iter().map(|b| b.month()).collect();
+        assert_eq!(order, vec![m(3), m(5), m(25)]);
+        months.update(m(0), 22, |b| b.records.push(0));
+        assert!(months.find(m(0)).is_none());
+    }
+}
