@@ -61,6 +61,7 @@ pub fn replay(
         entities.insert(EntityRef::Township(v.code.get() / 1000));
         entities.insert(EntityRef::County(v.code.county()));
     }
+    let entities: Vec<EntityRef> = entities.into_iter().collect();
     let no_feeds = BTreeMap::new();
     let mut t = from;
     while t <= to {

@@ -57,7 +57,8 @@ pub struct Engine {
     feed_inputs: BTreeMap<String, Vec<Input>>,
     busy: BTreeSet<String>,
     /// Entities evaluated without the rules that were waiting for a busy feed.
-    deferred: BTreeSet<EntityRef>,
+    /// Entities whose evaluation waits for a feed to catch up.
+    deferred: Vec<EntityRef>,
     lines: Lines,
     /// Unix time of the last accepted record per feed (persisted), for absent rules.
     feed_last_data: BTreeMap<String, i64>,
@@ -178,7 +179,7 @@ impl Engine {
             pending_eval: Touched::default(),
             feed_inputs: BTreeMap::new(),
             busy: BTreeSet::new(),
-            deferred: BTreeSet::new(),
+            deferred: Vec::new(),
             pseudo,
             waiting,
             quarantined,
@@ -548,6 +549,9 @@ impl Engine {
         let mut entities = std::mem::take(&mut self.deferred);
         entities.extend(t.households.into_iter().map(EntityRef::Household));
         entities.extend(t.villages.into_iter().map(EntityRef::Village));
+        // Sorted and once each: the order of checks, hence of transitions, is deterministic.
+        entities.sort_unstable();
+        entities.dedup();
         if entities.is_empty() {
             return Ok(EvalReport::default());
         }
@@ -563,8 +567,9 @@ impl Engine {
 
     /// Every entity any rule may apply to, and those of existing alerts; households only
     /// when asked (the periodic pass needs none, and there are many).
-    fn all_entities(&self, households: bool) -> BTreeSet<EntityRef> {
-        let mut entities: BTreeSet<EntityRef> = BTreeSet::new();
+    /// Sorted, each once.
+    fn all_entities(&self, households: bool) -> Vec<EntityRef> {
+        let mut entities: Vec<EntityRef> = Vec::new();
         if households {
             entities.extend(
                 self.world
@@ -573,9 +578,9 @@ impl Engine {
             );
         }
         for v in self.world.villages() {
-            entities.insert(EntityRef::Village(v.code));
-            entities.insert(EntityRef::Township(v.code.get() / 1000));
-            entities.insert(EntityRef::County(v.code.county()));
+            entities.push(EntityRef::Village(v.code));
+            entities.push(EntityRef::Township(v.code.get() / 1000));
+            entities.push(EntityRef::County(v.code.county()));
         }
         entities.extend(self.world.counties().map(|c| EntityRef::County(c.code)));
         for r in &self.rules.rules {
@@ -583,7 +588,7 @@ impl Engine {
             if let crate::rules::RuleKind::Absent { feed, .. } = &r.kind
                 && self.feed_inputs.contains_key(feed)
             {
-                entities.insert(EntityRef::Feed(feed.clone()));
+                entities.push(EntityRef::Feed(feed.clone()));
             }
         }
         // Alerts whose entity is gone must resolve too.
@@ -593,6 +598,8 @@ impl Engine {
                 .filter_map(|a| EntityRef::parse(&a.entity))
                 .filter(|e| households || !matches!(e, EntityRef::Household(_))),
         );
+        entities.sort_unstable();
+        entities.dedup();
         entities
     }
 
@@ -634,6 +641,7 @@ impl Engine {
             }
         }
         for (rule, ents) in by_rule {
+            let ents: Vec<EntityRef> = ents.into_iter().collect();
             let r = self.evaluate_set(&ents, |r| r.name == rule && ready(r), now, "tick")?;
             add(&mut report, r);
         }
@@ -733,9 +741,10 @@ impl Engine {
         &self.rules
     }
 
+    /// Evaluates the rules that pass `rule_filter` on `entities` (sorted, each once).
     fn evaluate_set(
         &mut self,
-        entities: &BTreeSet<EntityRef>,
+        entities: &[EntityRef],
         rule_filter: impl Fn(&Rule) -> bool,
         now: DateTime<FixedOffset>,
         trigger: &str,

@@ -432,6 +432,7 @@ fn run_test(t: &Test, rules: &RuleSet, lines: &Lines) -> Result<(), String> {
             started_at: first.timestamp(),
             sources: &sources,
         };
+        let entities: Vec<EntityRef> = entities.into_iter().collect();
         alerts.pass(rules, &ctx, &entities, under_test);
         // County rules see this step's firing households at the next evaluation, as live.
         let mut per_county: BTreeMap<crate::model::CountyCode, BTreeSet<String>> = BTreeMap::new();

@@ -129,12 +129,23 @@ pub enum Transition {
 }
 
 pub fn fingerprint(rule: &str, entity: &EntityRef) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in rule.bytes().chain([0u8]).chain(entity.key().bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+    /// FNV-1a over what is written to it.
+    struct Fnv(u64);
+    impl std::fmt::Write for Fnv {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            for b in s.bytes() {
+                self.0 ^= u64::from(b);
+                self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+            }
+            Ok(())
+        }
     }
-    format!("{h:016x}")
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    // Writing to `Fnv` cannot fail.
+    let _ = std::fmt::Write::write_str(&mut h, rule);
+    let _ = std::fmt::Write::write_str(&mut h, "\0");
+    let _ = entity.write_key(&mut h);
+    format!("{:016x}", h.0)
 }
 
 /// The kind of an entity, to match rules to the entities they apply to.
@@ -210,6 +221,19 @@ impl Alerts {
         now: DateTime<FixedOffset>,
     ) -> Result<Option<Transition>, AlertError> {
         let fp = fingerprint(&rule.name, entity);
+        self.observe_fingerprint(rules, rule, entity, fp, finding, now)
+    }
+
+    /// [`Alerts::observe`] with the fingerprint already computed.
+    fn observe_fingerprint(
+        &mut self,
+        rules: &RuleSet,
+        rule: &Rule,
+        entity: &EntityRef,
+        fp: String,
+        finding: Option<&Finding>,
+        now: DateTime<FixedOffset>,
+    ) -> Result<Option<Transition>, AlertError> {
         let t = now.timestamp();
         let existing = self.alerts.get(&fp);
         let active = existing.is_some_and(|a| a.status != Status::Resolved);
@@ -460,19 +484,31 @@ impl Alerts {
         &mut self,
         rules: &RuleSet,
         ctx: &EvalContext<'_>,
-        entities: &std::collections::BTreeSet<EntityRef>,
+        entities: &[EntityRef],
         filter: impl Fn(&Rule) -> bool,
     ) -> (u64, Vec<Transition>) {
         let mut checks = 0;
-        let mut transitions = Vec::new();
-        for rule in rules.rules.iter().filter(|r| filter(r)) {
-            let kind = rule.kind.entity();
-            for entity in entities.iter().filter(|e| entity_kind(e) == kind) {
+        let on: Vec<(usize, &Rule)> = rules
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| filter(r))
+            .collect();
+        // Entity by entity, so that an entity's data is read once into the cache for all its
+        // rules; the transitions are then put in rule order, as announced.
+        let mut transitions: Vec<(usize, usize, Transition)> = Vec::new();
+        for (ei, entity) in entities.iter().enumerate() {
+            let kind = entity_kind(entity);
+            for &(ri, rule) in on.iter().filter(|(_, r)| r.kind.entity() == kind) {
                 checks += 1;
-                let active = self.is_active(&rule.name, entity);
+                let fp = fingerprint(&rule.name, entity);
+                let active = self
+                    .alerts
+                    .get(&fp)
+                    .is_some_and(|a| a.status != Status::Resolved);
                 let finding = evaluate(rule, ctx, entity, active);
-                match self.observe(rules, rule, entity, finding.as_ref(), ctx.now) {
-                    Ok(Some(t)) => transitions.push(t),
+                match self.observe_fingerprint(rules, rule, entity, fp, finding.as_ref(), ctx.now) {
+                    Ok(Some(t)) => transitions.push((ri, ei, t)),
                     Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(rule = %rule.name, error = %e, "rule evaluation failed")
@@ -480,7 +516,8 @@ impl Alerts {
                 }
             }
         }
-        (checks, transitions)
+        transitions.sort_by_key(|(ri, ei, _)| (*ri, *ei));
+        (checks, transitions.into_iter().map(|(_, _, t)| t).collect())
     }
 
     /// Counts per (county, rule, severity, status), for metrics.

@@ -195,9 +195,7 @@ pub fn evaluate(
                 } => {
                     let last = ctx.data_month(*indicator)?;
                     let first = last.minus(window_months - 1);
-                    let months: Vec<Option<Fen>> = (0..*window_months)
-                        .map(|k| h.value(*indicator, first.plus(k)))
-                        .collect();
+                    let months = h.values_over(*indicator, first, *window_months);
                     let present: Vec<Fen> = months.iter().flatten().copied().collect();
                     let v = match aggregate {
                         Aggregate::Latest => months.last().copied().flatten()?,
@@ -310,16 +308,22 @@ pub fn evaluate(
             let streak_start = month.minus(consecutive - 1);
             let n = *baseline_months;
             let base_months: Vec<Month> = (1..=n).map(|k| streak_start.minus(k)).collect();
+            // The baseline and the streak, read in one pass.
+            let first = streak_start.minus(n);
+            let window = h.values_over(*indicator, first, n + consecutive);
+            let value_in = |m: Month| -> Option<Fen> {
+                window.get(m.since(first) as usize).copied().flatten()
+            };
             let present = base_months
                 .iter()
-                .filter(|m| h.value(*indicator, **m).is_some())
+                .filter(|m| value_in(**m).is_some())
                 .count() as u32;
             if present * 2 < n {
                 return None; // too little history to speak of a drop
             }
             let mut values: Vec<Fen> = base_months
                 .iter()
-                .map(|m| h.value(*indicator, *m).unwrap_or(0))
+                .map(|m| value_in(*m).unwrap_or(0))
                 .collect();
             let base = match baseline {
                 Baseline::Mean => values.iter().sum::<Fen>() / Fen::from(n),
@@ -343,7 +347,7 @@ pub fn evaluate(
             let mut worst: Option<(Month, Fen, f64)> = None;
             for k in 0..*consecutive {
                 let m = streak_start.plus(k);
-                let v = h.value(*indicator, m).unwrap_or(0);
+                let v = value_in(m).unwrap_or(0);
                 let pct = (base - v) as f64 / base as f64 * 100.0;
                 let amount = base - v;
                 let by_pct = percent_limit.map(|p| pct >= p);

@@ -79,12 +79,20 @@ pub enum EntityRef {
 
 impl EntityRef {
     pub fn key(&self) -> String {
+        let mut s = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_key(&mut s);
+        s
+    }
+
+    /// Writes [`EntityRef::key`] without allocating it (fingerprints hash it per check).
+    pub fn write_key(&self, w: &mut impl std::fmt::Write) -> std::fmt::Result {
         match self {
-            Self::Household(h) => format!("household/{h}"),
-            Self::Village(v) => format!("village/{v}"),
-            Self::Township(t) => format!("township/{t:09}"),
-            Self::County(c) => format!("county/{c}"),
-            Self::Feed(f) => format!("feed/{f}"),
+            Self::Household(h) => write!(w, "household/{h}"),
+            Self::Village(v) => write!(w, "village/{v}"),
+            Self::Township(t) => write!(w, "township/{t:09}"),
+            Self::County(c) => write!(w, "county/{c}"),
+            Self::Feed(f) => write!(w, "feed/{f}"),
         }
     }
 

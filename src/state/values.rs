@@ -192,6 +192,23 @@ impl Household {
         self.bucket(month).and_then(|b| b.get(ind))
     }
 
+    /// The indicator's values for `n` months from `first`, in one pass over the buckets:
+    /// entry `k` is month `first + k`.
+    pub fn values_over(&self, ind: Indicator, first: Month, n: u32) -> Vec<Option<Fen>> {
+        let mut out = vec![None; n as usize];
+        for b in &self.months {
+            let m = b.month();
+            if m < first {
+                continue;
+            }
+            match out.get_mut(m.since(first) as usize) {
+                Some(slot) => *slot = b.get(ind),
+                None => break,
+            }
+        }
+        out
+    }
+
     /// The newest month with a value of the indicator.
     pub fn latest(&self, ind: Indicator) -> Option<(Month, Fen)> {
         self.months
