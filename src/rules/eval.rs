@@ -418,23 +418,21 @@ pub fn evaluate(
         ) => {
             let last = ctx.event_month();
             let first = last.minus(window_months - 1);
-            let (months, base, county, labels) = match e {
+            // The subject; its context and labels are built only for a finding.
+            let (months, household, village) = match e {
                 EntityRef::Household(id) => {
                     let h = ctx.world.household(id)?;
                     if !in_scope(rule, h) {
                         return None;
                     }
-                    let f = household_finding(e, h, json!({}));
-                    (&h.months, f.context, f.county, f.labels)
+                    (&h.months, Some(h), None)
                 }
                 EntityRef::Village(code) => {
                     let v = ctx.world.village(code)?;
                     if !rule.covers_county(Some(code.county())) {
                         return None;
                     }
-                    let mut labels = BTreeMap::new();
-                    labels.insert("village".into(), code.to_string());
-                    (&v.months, village_context(v), Some(code.county()), labels)
+                    (&v.months, None, Some(v))
                 }
                 _ => return None,
             };
@@ -479,6 +477,18 @@ pub fn evaluate(
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
+            let (base, county, labels) = match (household, village) {
+                (Some(h), _) => {
+                    let f = household_finding(e, h, json!({}));
+                    (f.context, f.county, f.labels)
+                }
+                (None, Some(v)) => {
+                    let mut labels = BTreeMap::new();
+                    labels.insert("village".into(), v.code.to_string());
+                    (village_context(v), Some(v.code.county()), labels)
+                }
+                (None, None) => return None,
+            };
             Some(Finding {
                 entity: e.clone(),
                 county,
