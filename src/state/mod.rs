@@ -550,19 +550,16 @@ impl World {
                         );
                     }
                     // Only the months that changed; months pruned for retention go.
-                    for b in &h.months {
-                        if !old_months.iter().any(|o| o == b) {
-                            batch.put(
-                                Space::HouseholdMonth,
-                                month_key(&id, b.month()),
-                                codec::encode(HOUSEHOLD_MONTH_VERSION, &b.to_bucket()),
-                            );
-                        }
+                    let (changed, gone) = h.months.changes_since(old_months);
+                    for b in changed {
+                        batch.put(
+                            Space::HouseholdMonth,
+                            month_key(&id, b.month()),
+                            codec::encode(HOUSEHOLD_MONTH_VERSION, &b.to_bucket()),
+                        );
                     }
-                    for o in old_months {
-                        if !h.months.iter().any(|b| b.month() == o.month()) {
-                            batch.delete(Space::HouseholdMonth, month_key(&id, o.month()));
-                        }
+                    for month in gone {
+                        batch.delete(Space::HouseholdMonth, month_key(&id, month));
                     }
                 }
                 None => {

@@ -190,6 +190,24 @@ impl Months {
         self.iter().last().map(|b| b.month())
     }
 
+    /// What changed from `old` to `self`: the buckets that are new or differ, and the months
+    /// that are gone. One walk over both, as both are in month order.
+    pub fn changes_since<'a>(&'a self, old: &Months) -> (Vec<Bucket<'a>>, Vec<Month>) {
+        let (mut changed, mut gone) = (Vec::new(), Vec::new());
+        let mut olds = old.iter().peekable();
+        for b in self.iter() {
+            while let Some(o) = olds.next_if(|o| o.month() < b.month()) {
+                gone.push(o.month());
+            }
+            match olds.next_if(|o| o.month() == b.month()) {
+                Some(o) if o == b => {}
+                _ => changed.push(b),
+            }
+        }
+        gone.extend(olds.map(|o| o.month()));
+        (changed, gone)
+    }
+
     /// Edits the bucket of `month` (a new empty one if there is none), then drops buckets
     /// more than `retention` months older than the newest.
     pub fn update(&mut self, month: Month, retention: u32, edit: impl FnOnce(&mut MonthBucket)) {
@@ -338,5 +356,29 @@ mod tests {
         assert_eq!(order, vec![m(3), m(5), m(25)]);
         months.update(m(0), 22, |b| b.records.push(0));
         assert!(months.find(m(0)).is_none());
+    }
+
+    #[test]
+    fn changes_since_lists_new_and_changed_buckets_and_gone_months() {
+        let old = Months::from_buckets(&[
+            bucket(1, Some(1), &[1], &[]),
+            bucket(2, Some(2), &[2], &[]),
+            bucket(4, Some(4), &[4], &[]),
+        ]);
+        let new = Months::from_buckets(&[
+            bucket(2, Some(2), &[2], &[]),
+            bucket(3, Some(3), &[3], &[]),
+            bucket(4, Some(5), &[4, 5], &[]),
+            bucket(6, Some(6), &[6], &[]),
+        ]);
+        let (changed, gone) = new.changes_since(&old);
+        let months: Vec<Month> = changed.iter().map(|b| b.month()).collect();
+        assert_eq!(months, vec![m(3), m(4), m(6)]);
+        assert_eq!(gone, vec![m(1)]);
+        let (changed, gone) = old.changes_since(&Months::default());
+        assert_eq!((changed.len(), gone.len()), (3, 0));
+        let empty = Months::default();
+        let (changed, gone) = empty.changes_since(&old);
+        assert_eq!((changed.len(), gone), (0, vec![m(1), m(2), m(4)]));
     }
 }
