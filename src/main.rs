@@ -123,7 +123,8 @@ enum Command {
     },
     /// Run the simulator and the daemon together on config/demo.toml.
     /// Measure ingest, detection, evaluation, memory, restart and scrapes at province scale
-    /// (BENCHMARKS.md); needs a few GB of memory per 100,000 households for the generator
+    /// (BENCHMARKS.md). The generated feeds and the store take about 7 GB of disk per million
+    /// households in --dir
     Bench {
         #[arg(long, default_value_t = 600_000)]
         households: u32,
