@@ -121,6 +121,39 @@ impl EntityRef {
     }
 }
 
+/// Households' months as loaded: (household id as stored, months).
+type PackedMonths = Vec<(Vec<u8>, Months)>;
+
+/// The months of the households whose keys lie in `from..to`, packed, by household id.
+fn load_months(
+    store: &dyn Store,
+    from: &[u8],
+    to: Option<&[u8]>,
+) -> Result<PackedMonths, StoreError> {
+    let mut out = Vec::new();
+    // Month keys sort by household, then month: a household's buckets arrive together and
+    // in month order.
+    let mut current: (Vec<u8>, Vec<values::MonthBucket>) = (Vec::new(), Vec::new());
+    store.for_each_in(Space::HouseholdMonth, from, to, &mut |k, v| {
+        let b: values::MonthBucket =
+            codec::decode(HOUSEHOLD_MONTH_VERSION, Space::HouseholdMonth, k, v)?;
+        let id = &k[..k.iter().position(|&c| c == 0).unwrap_or(k.len())];
+        if id != current.0.as_slice() {
+            let (id, months) = std::mem::replace(&mut current, (id.to_vec(), Vec::new()));
+            if !months.is_empty() {
+                out.push((id, Months::from_buckets(&months)));
+            }
+        }
+        current.1.push(b);
+        Ok(())
+    })?;
+    let (id, months) = current;
+    if !months.is_empty() {
+        out.push((id, Months::from_buckets(&months)));
+    }
+    Ok(out)
+}
+
 /// The in-memory working set.
 pub struct World {
     households: HashMap<HouseholdId, Household>,
@@ -203,45 +236,67 @@ impl World {
     /// Loads the whole working set from the store.
     pub fn load(store: &dyn Store, retention_months: u32) -> Result<Self, StoreError> {
         let mut w = Self::new(retention_months);
+        // Every 1,024th household key, to split the months into ranges of equal size.
+        let mut samples: Vec<Vec<u8>> = Vec::new();
         store.for_each(Space::Household, &mut |k, v| {
             let h: Household = codec::decode(HOUSEHOLD_VERSION, Space::Household, k, v)?;
+            if w.households.len().is_multiple_of(1024) {
+                samples.push(k.to_vec());
+            }
             w.households.insert(h.id.clone(), h);
             Ok(())
         })?;
-        // Month keys sort by household, then month: a household's buckets arrive together
-        // and in month order, so each household is looked up once.
-        let mut current: (Vec<u8>, Vec<values::MonthBucket>) = (Vec::new(), Vec::new());
-        let attach = |w: &mut World, (id, months): (Vec<u8>, Vec<values::MonthBucket>)| {
-            if months.is_empty() {
-                return Ok(());
-            }
-            let household = std::str::from_utf8(&id)
-                .ok()
-                .and_then(|s| s.parse::<HouseholdId>().ok());
-            match household.and_then(|h| w.households.get_mut(&h)) {
-                Some(h) => {
-                    h.months = Months::from_buckets(&months);
-                    Ok(())
+        // The months are most of the store: each range is read and packed on its own thread.
+        // A household's month keys are its id, NUL and the month, so they sort together and
+        // after the id: a range boundary at a household id never splits a household.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .clamp(1, 4);
+        let bounds: Vec<&[u8]> = (1..threads)
+            .filter_map(|i| samples.get(i * samples.len() / threads))
+            .map(Vec::as_slice)
+            .collect();
+        let ranges: Vec<(&[u8], Option<&[u8]>)> = (0..=bounds.len())
+            .map(|i| {
+                let from: &[u8] = if i == 0 { &[] } else { bounds[i - 1] };
+                (from, bounds.get(i).copied())
+            })
+            .collect();
+        let packed: Vec<Result<PackedMonths, StoreError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = ranges
+                .iter()
+                .map(|&(from, to)| s.spawn(move || load_months(store, from, to)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(StoreError::Decode {
+                            space: Space::HouseholdMonth,
+                            key: String::new(),
+                            detail: "a thread loading months panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+        for part in packed {
+            for (id, months) in part? {
+                let household = std::str::from_utf8(&id)
+                    .ok()
+                    .and_then(|s| s.parse::<HouseholdId>().ok());
+                match household.and_then(|h| w.households.get_mut(&h)) {
+                    Some(h) => h.months = months,
+                    None => {
+                        return Err(StoreError::Decode {
+                            space: Space::HouseholdMonth,
+                            key: String::from_utf8_lossy(&id).into_owned(),
+                            detail: "months of a household that is not stored".into(),
+                        });
+                    }
                 }
-                None => Err(StoreError::Decode {
-                    space: Space::HouseholdMonth,
-                    key: String::from_utf8_lossy(&id).into_owned(),
-                    detail: "months of a household that is not stored".into(),
-                }),
             }
-        };
-        store.for_each(Space::HouseholdMonth, &mut |k, v| {
-            let b: values::MonthBucket =
-                codec::decode(HOUSEHOLD_MONTH_VERSION, Space::HouseholdMonth, k, v)?;
-            let id = &k[..k.iter().position(|&c| c == 0).unwrap_or(k.len())];
-            if id != current.0.as_slice() {
-                let done = std::mem::replace(&mut current, (id.to_vec(), Vec::new()));
-                attach(&mut w, done)?;
-            }
-            current.1.push(b);
-            Ok(())
-        })?;
-        attach(&mut w, current)?;
+        }
 
         for (k, v) in store.scan(Space::Village)? {
             let village: Village = codec::decode(VILLAGE_VERSION, Space::Village, &k, &v)?;

@@ -215,8 +215,21 @@ pub trait Store: Send + Sync {
     /// Calls `f` with every key and value of a space, in key order, without collecting them
     /// (a province's months are millions of keys). Stops at the first error of `f`.
     fn for_each(&self, space: Space, f: &mut Visit<'_>) -> Result<(), StoreError> {
+        self.for_each_in(space, &[], None, f)
+    }
+    /// [`Store::for_each`] over the keys from `from` (included) to `to` (excluded; `None`:
+    /// to the end of the space). Ranges can be read by several threads at once.
+    fn for_each_in(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: &mut Visit<'_>,
+    ) -> Result<(), StoreError> {
         for (k, v) in self.scan(space)? {
-            f(&k, &v)?;
+            if k.as_slice() >= from && to.is_none_or(|t| k.as_slice() < t) {
+                f(&k, &v)?;
+            }
         }
         Ok(())
     }

@@ -317,10 +317,19 @@ impl Store for SledStore {
         })
     }
 
-    fn for_each(&self, space: Space, f: &mut super::Visit<'_>) -> Result<(), StoreError> {
+    fn for_each_in(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: &mut super::Visit<'_>,
+    ) -> Result<(), StoreError> {
+        let start = key_of(space, from);
+        // The space's keys all begin with its prefix byte, so they end before the next byte.
+        let end = to.map_or_else(|| vec![space.prefix() + 1], |t| key_of(space, t));
         let mut stopped: Option<StoreError> = None;
         self.run(|db| {
-            for r in db.scan_prefix([space.prefix()]) {
+            for r in db.range(start..end) {
                 let (k, v) = r?;
                 if let Err(e) = f(&k[1..], &v) {
                     stopped = Some(e);
