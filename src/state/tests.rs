@@ -267,3 +267,58 @@ fn the_roster_stores_village_names_and_a_later_feed_keeps_them() {
     let last = World::load(&store, 24).unwrap();
     assert_eq!(last.village(&code).unwrap().name, "测试村");
 }
+
+#[test]
+fn a_store_of_thousands_of_households_loads_the_same_on_several_threads() {
+    // More than 1,024 households, so the months are split into ranges (one per core).
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let mut w = World::new(24);
+    w.begin();
+    for i in 0..5_000u32 {
+        let id = format!("H{i:05}");
+        let person = PersonKey((i as u128 + 1).to_le_bytes());
+        let mut r = roster(&id, &[]);
+        if let Observation::Roster(e) = &mut r.observation {
+            e.members = vec![person];
+        }
+        w.apply("roster", &r, now()).unwrap();
+        for k in 0..(i % 5) {
+            let month = Month::of(now()).minus(k).to_string();
+            let record = Record {
+                id: format!("w{i}-{k}"),
+                observation: Observation::Sample {
+                    subject: Subject::Person(person),
+                    month: month.parse().unwrap(),
+                    values: vec![(Indicator::WageIncome, i64::from(i) * 100 + i64::from(k))],
+                },
+            };
+            w.apply("wages", &record, now()).unwrap();
+        }
+    }
+    store.commit(w.take_batch().0).unwrap();
+    // The ranges cover every key once, in order.
+    let mut whole = Vec::new();
+    store
+        .for_each(Space::HouseholdMonth, &mut |k, _| {
+            whole.push(k.to_vec());
+            Ok(())
+        })
+        .unwrap();
+    let mut split = Vec::new();
+    for (from, to) in [(&b""[..], Some(&b"H02000"[..])), (b"H02000", None)] {
+        store
+            .for_each_in(Space::HouseholdMonth, from, to, &mut |k, _| {
+                split.push(k.to_vec());
+                Ok(())
+            })
+            .unwrap();
+    }
+    assert_eq!(split, whole);
+    assert_eq!(whole.len(), 5_000 / 5 * (1 + 2 + 3 + 4));
+    let again = World::load(&store, 24).unwrap();
+    assert_eq!(again.n_households(), 5_000);
+    for h in w.households() {
+        assert_eq!(again.household(&h.id), Some(h), "{}", h.id);
+    }
+}
