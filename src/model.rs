@@ -114,9 +114,10 @@ impl fmt::Display for VillageCode {
     }
 }
 
-/// A household number (户编号) as the roster gives it.
+/// A household number (户编号) as the roster gives it. Shared, not copied: the household
+/// index, the person index and every batch hold the same text (serialised as a string).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct HouseholdId(String);
+pub struct HouseholdId(std::sync::Arc<str>);
 
 impl HouseholdId {
     pub fn as_str(&self) -> &str {
@@ -131,7 +132,7 @@ impl FromStr for HouseholdId {
         if s.is_empty() || s.len() > 64 || s.contains('/') {
             return Err(IdError::Household(s.to_string()));
         }
-        Ok(Self(s.to_string()))
+        Ok(Self(s.into()))
     }
 }
 
