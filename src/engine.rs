@@ -10,7 +10,7 @@
 //!   alerts at every tick, and on everything at start (which also covers a crash between a
 //!   state commit and its evaluation).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -546,12 +546,25 @@ impl Engine {
     ) -> Result<EvalReport, EngineError> {
         self.reload_if_stale()?;
         let t = std::mem::take(&mut self.pending_eval);
-        let mut entities = std::mem::take(&mut self.deferred);
-        entities.extend(t.households.into_iter().map(EntityRef::Household));
-        entities.extend(t.villages.into_iter().map(EntityRef::Village));
-        // Sorted and once each: the order of checks, hence of transitions, is deterministic.
-        entities.sort_unstable();
-        entities.dedup();
+        let deferred = std::mem::take(&mut self.deferred);
+        // Each once (batches and deferred lists are each without repeats); the order does
+        // not matter, as transitions are reported in rule and entity order.
+        let touched: Vec<EntityRef> = t
+            .households
+            .into_iter()
+            .map(EntityRef::Household)
+            .chain(t.villages.into_iter().map(EntityRef::Village))
+            .collect();
+        let entities = if deferred.is_empty() {
+            touched
+        } else {
+            let have: HashSet<&EntityRef> = deferred.iter().collect();
+            let extra: Vec<EntityRef> = touched.into_iter().filter(|e| !have.contains(e)).collect();
+            drop(have);
+            let mut all = deferred;
+            all.extend(extra);
+            all
+        };
         if entities.is_empty() {
             return Ok(EvalReport::default());
         }
@@ -567,8 +580,38 @@ impl Engine {
 
     /// Every entity any rule may apply to, and those of existing alerts; households only
     /// when asked (the periodic pass needs none, and there are many).
-    /// Sorted, each once.
+    /// Each once. Households come in the order of the household index, which is the order
+    /// of memory: a full pass reads it front to back.
     fn all_entities(&self, households: bool) -> Vec<EntityRef> {
+        let mut others: BTreeSet<EntityRef> = BTreeSet::new();
+        for v in self.world.villages() {
+            others.insert(EntityRef::Village(v.code));
+            others.insert(EntityRef::Township(v.code.get() / 1000));
+            others.insert(EntityRef::County(v.code.county()));
+        }
+        others.extend(self.world.counties().map(|c| EntityRef::County(c.code)));
+        for r in &self.rules.rules {
+            // Only feeds of this configuration: a rule about another feed does not apply.
+            if let crate::rules::RuleKind::Absent { feed, .. } = &r.kind
+                && self.feed_inputs.contains_key(feed)
+            {
+                others.insert(EntityRef::Feed(feed.clone()));
+            }
+        }
+        // Alerts whose entity is gone must resolve too.
+        for e in self
+            .alerts
+            .iter()
+            .filter_map(|a| EntityRef::parse(&a.entity))
+        {
+            match &e {
+                EntityRef::Household(_) if !households => {}
+                EntityRef::Household(id) if self.world.household(id).is_some() => {}
+                _ => {
+                    others.insert(e);
+                }
+            }
+        }
         let mut entities: Vec<EntityRef> = Vec::new();
         if households {
             entities.extend(
@@ -577,29 +620,7 @@ impl Engine {
                     .map(|h| EntityRef::Household(h.id.clone())),
             );
         }
-        for v in self.world.villages() {
-            entities.push(EntityRef::Village(v.code));
-            entities.push(EntityRef::Township(v.code.get() / 1000));
-            entities.push(EntityRef::County(v.code.county()));
-        }
-        entities.extend(self.world.counties().map(|c| EntityRef::County(c.code)));
-        for r in &self.rules.rules {
-            // Only feeds of this configuration: a rule about another feed does not apply.
-            if let crate::rules::RuleKind::Absent { feed, .. } = &r.kind
-                && self.feed_inputs.contains_key(feed)
-            {
-                entities.push(EntityRef::Feed(feed.clone()));
-            }
-        }
-        // Alerts whose entity is gone must resolve too.
-        entities.extend(
-            self.alerts
-                .iter()
-                .filter_map(|a| EntityRef::parse(&a.entity))
-                .filter(|e| households || !matches!(e, EntityRef::Household(_))),
-        );
-        entities.sort_unstable();
-        entities.dedup();
+        entities.extend(others);
         entities
     }
 
@@ -741,7 +762,7 @@ impl Engine {
         &self.rules
     }
 
-    /// Evaluates the rules that pass `rule_filter` on `entities` (sorted, each once).
+    /// Evaluates the rules that pass `rule_filter` on `entities` (each once, in any order).
     fn evaluate_set(
         &mut self,
         entities: &[EntityRef],

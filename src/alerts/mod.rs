@@ -495,7 +495,8 @@ impl Alerts {
             .filter(|(_, r)| filter(r))
             .collect();
         // Entity by entity, so that an entity's data is read once into the cache for all its
-        // rules; the transitions are then put in rule order, as announced.
+        // rules; the transitions are then put in rule order and entity order, as announced,
+        // whatever the order of `entities`.
         let mut transitions: Vec<(usize, usize, Transition)> = Vec::new();
         for (ei, entity) in entities.iter().enumerate() {
             let kind = entity_kind(entity);
@@ -516,7 +517,10 @@ impl Alerts {
                 }
             }
         }
-        transitions.sort_by_key(|(ri, ei, _)| (*ri, *ei));
+        transitions.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| entities[a.1].cmp(&entities[b.1]))
+        });
         (checks, transitions.into_iter().map(|(_, _, t)| t).collect())
     }
 
