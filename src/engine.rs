@@ -409,8 +409,7 @@ impl Engine {
                 .inc_by(n);
         }
         self.update_quarantine_gauges();
-        self.pending_eval.households.extend(touched.households);
-        self.pending_eval.villages.extend(touched.villages);
+        self.pending_eval.absorb(touched);
         Ok(counts)
     }
 
@@ -481,7 +480,8 @@ impl Engine {
             self.quarantined.insert(e.id, (e.feed, e.reason));
         }
         self.update_quarantine_gauges();
-        self.pending_eval.households.extend(touched.households);
+        self.pending_eval
+            .absorb(Touched::of_households(touched.households));
         Ok(counts)
     }
 
@@ -547,14 +547,17 @@ impl Engine {
         self.reload_if_stale()?;
         let t = std::mem::take(&mut self.pending_eval);
         let deferred = std::mem::take(&mut self.deferred);
-        // Each once (batches and deferred lists are each without repeats); the order does
-        // not matter, as transitions are reported in rule and entity order.
-        let touched: Vec<EntityRef> = t
+        // Each once (deferred lists are without repeats); the order does not matter, as
+        // transitions are reported in rule and entity order.
+        let mut touched: Vec<EntityRef> = t
             .households
             .into_iter()
             .map(EntityRef::Household)
             .chain(t.villages.into_iter().map(EntityRef::Village))
             .collect();
+        // Polls since the last pass may have touched an entity more than once.
+        touched.sort_unstable();
+        touched.dedup();
         let entities = if deferred.is_empty() {
             touched
         } else {

@@ -172,11 +172,36 @@ pub struct World {
 pub struct Touched {
     pub households: Vec<HouseholdId>,
     pub villages: Vec<VillageCode>,
+    /// The length after repeats were last removed (see [`Touched::absorb`]).
+    compacted_len: usize,
 }
 
 impl Touched {
+    pub fn of_households(households: Vec<HouseholdId>) -> Self {
+        Self {
+            households,
+            ..Self::default()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.households.is_empty() && self.villages.is_empty()
+    }
+
+    /// Adds the entities of `other`. A long catch-up poll touches the same households page
+    /// after page, so repeats are removed whenever the list has doubled since they last were:
+    /// it stays within twice the number of distinct entities (and repeats may remain).
+    pub fn absorb(&mut self, other: Touched) {
+        self.households.extend(other.households);
+        self.villages.extend(other.villages);
+        let len = self.households.len() + self.villages.len();
+        if len >= 2 * self.compacted_len.max(1 << 16) {
+            self.households.sort_unstable();
+            self.households.dedup();
+            self.villages.sort_unstable();
+            self.villages.dedup();
+            self.compacted_len = self.households.len() + self.villages.len();
+        }
     }
 }
 

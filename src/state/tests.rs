@@ -322,3 +322,22 @@ fn a_store_of_thousands_of_households_loads_the_same_on_several_threads() {
         assert_eq!(again.household(&h.id), Some(h), "{}", h.id);
     }
 }
+
+#[test]
+fn touched_entities_of_many_pages_stay_within_twice_the_distinct_ones() {
+    let mut pending = Touched::default();
+    let ids: Vec<HouseholdId> = (0..10_000)
+        .map(|i| format!("H{i}").parse().unwrap())
+        .collect();
+    for _page in 0..100 {
+        pending.absorb(Touched::of_households(ids.clone()));
+        assert!(pending.households.len() <= 2 * ids.len().max(1 << 16));
+    }
+    pending.households.sort_unstable();
+    pending.households.dedup();
+    assert_eq!(pending.households, {
+        let mut s = ids.clone();
+        s.sort_unstable();
+        s
+    });
+}
