@@ -631,8 +631,9 @@ impl Engine {
     /// new month starts, as windows move).
     pub fn evaluate_all(&mut self, now: DateTime<FixedOffset>) -> Result<EvalReport, EngineError> {
         self.reload_if_stale()?;
-        let entities = self.all_entities(true);
-        self.deferred.extend(entities);
+        // Every entity, once: it supersedes what was deferred (the deferred list must stay
+        // without repeats, or a blocked feed would make it grow by a province each time).
+        self.deferred = self.all_entities(true);
         self.last_full_month = Some(Month::of(now));
         self.evaluate_touched(now)
     }

@@ -202,3 +202,38 @@ proptest! {
         prop_assert_eq!(snapshot(clean.path()), snapshot(crashed.path()));
     }
 }
+
+/// A full evaluation while a feed has not caught up defers the rules that read it; a second
+/// one must not list the entities again: once the feed catches up, each is checked once.
+#[test]
+fn full_evaluations_while_a_feed_is_busy_check_each_entity_once_when_it_catches_up() {
+    let reference = {
+        let dir = tempfile::tempdir().unwrap();
+        let f = feeds(dir.path());
+        let mut engine = open(dir.path(), &f.cfg);
+        engine.set_feeds(&f.cfg.feeds);
+        engine
+            .ingest(&f.roster, mapped(&roster_records(20)), now())
+            .unwrap();
+        engine.evaluate_touched(now()).unwrap();
+        engine.evaluate_all(now()).unwrap().checks
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let f = feeds(dir.path());
+    let mut engine = open(dir.path(), &f.cfg);
+    engine.set_feeds(&f.cfg.feeds);
+    engine
+        .ingest(&f.roster, mapped(&roster_records(20)), now())
+        .unwrap();
+    engine.evaluate_touched(now()).unwrap();
+    engine.poll_started("wages");
+    let mut before = 0;
+    for _ in 0..3 {
+        before += engine.evaluate_all(now()).unwrap().checks;
+    }
+    engine.poll_finished("wages", true);
+    let after = engine.evaluate_touched(now()).unwrap().checks;
+    assert!(reference > 0);
+    assert_eq!(before, 3 * reference, "each pass checks each entity once");
+    assert_eq!(after, reference, "the deferred entities, each once");
+}
