@@ -207,25 +207,24 @@ proptest! {
 /// one must not list the entities again: once the feed catches up, each is checked once.
 #[test]
 fn full_evaluations_while_a_feed_is_busy_check_each_entity_once_when_it_catches_up() {
-    let reference = {
-        let dir = tempfile::tempdir().unwrap();
-        let f = feeds(dir.path());
-        let mut engine = open(dir.path(), &f.cfg);
+    // An engine with 20 households on the roster, evaluated once, in `dir`.
+    let rostered = |dir: &Path| {
+        let f = feeds(dir);
+        let mut engine = open(dir, &f.cfg);
         engine.set_feeds(&f.cfg.feeds);
         engine
             .ingest(&f.roster, mapped(&roster_records(20)), now())
             .unwrap();
         engine.evaluate_touched(now()).unwrap();
-        engine.evaluate_all(now()).unwrap().checks
+        engine
     };
+    let reference_dir = tempfile::tempdir().unwrap();
+    let reference = rostered(reference_dir.path())
+        .evaluate_all(now())
+        .unwrap()
+        .checks;
     let dir = tempfile::tempdir().unwrap();
-    let f = feeds(dir.path());
-    let mut engine = open(dir.path(), &f.cfg);
-    engine.set_feeds(&f.cfg.feeds);
-    engine
-        .ingest(&f.roster, mapped(&roster_records(20)), now())
-        .unwrap();
-    engine.evaluate_touched(now()).unwrap();
+    let mut engine = rostered(dir.path());
     engine.poll_started("wages");
     let mut before = 0;
     for _ in 0..3 {

@@ -456,13 +456,6 @@ impl Alerts {
         Ok(())
     }
 
-    /// Whether the alert of `rule` on `entity` is pending or firing (hysteresis applies).
-    pub fn is_active(&self, rule: &str, entity: &EntityRef) -> bool {
-        self.alerts
-            .get(&fingerprint(rule, entity))
-            .is_some_and(|a| a.status != Status::Resolved)
-    }
-
     /// Households with a firing alert, for county rules.
     pub fn firing_households(&self) -> Vec<FiringHousehold> {
         self.alerts
