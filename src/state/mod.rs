@@ -13,6 +13,8 @@
 mod months;
 mod values;
 
+use months::MonthsBuilder;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, FixedOffset};
@@ -121,37 +123,104 @@ impl EntityRef {
     }
 }
 
-/// Households' months as loaded: (household id as stored, months).
+/// Households' months as loaded: (household id as stored, months), in id order.
 type PackedMonths = Vec<(Vec<u8>, Months)>;
 
-/// The months of the households whose keys lie in `from..to`, packed, by household id.
+/// The month of a month key (its first four bytes) and the household id after them.
+fn split_month_key(k: &[u8]) -> Result<(Month, &[u8]), StoreError> {
+    match k.split_first_chunk::<4>() {
+        Some((month, id)) => Ok((Month::from_ordinal(u32::from_be_bytes(*month)), id)),
+        None => Err(StoreError::Decode {
+            space: Space::HouseholdMonth,
+            key: String::from_utf8_lossy(k).into_owned(),
+            detail: "a month key shorter than its month".into(),
+        }),
+    }
+}
+
+/// The months of the households whose ids lie in `from..to`, packed.
+///
+/// Month keys sort by month, then household ([`Space::HouseholdMonth`]), so the range is
+/// read as one run of keys per month, from the oldest month to `newest`. Each run comes in
+/// id order and is merged into the households seen before, which stay in id order.
 fn load_months(
     store: &dyn Store,
     from: &[u8],
     to: Option<&[u8]>,
+    newest: Month,
+    retention_months: u32,
 ) -> Result<PackedMonths, StoreError> {
-    let mut out = Vec::new();
-    // Month keys sort by household, then month: a household's buckets arrive together and
-    // in month order.
-    let mut current: (Vec<u8>, Vec<values::MonthBucket>) = (Vec::new(), Vec::new());
-    store.for_each_in(Space::HouseholdMonth, from, to, &mut |k, v| {
-        let b: values::MonthBucket =
-            codec::decode(HOUSEHOLD_MONTH_VERSION, Space::HouseholdMonth, k, v)?;
-        let id = &k[..k.iter().position(|&c| c == 0).unwrap_or(k.len())];
-        if id != current.0.as_slice() {
-            let (id, months) = std::mem::replace(&mut current, (id.to_vec(), Vec::new()));
-            if !months.is_empty() {
-                out.push((id, Months::from_buckets(&months)));
+    let mut seen: Vec<(Vec<u8>, MonthsBuilder)> = Vec::new();
+    let mut next = store.first_key_from(Space::HouseholdMonth, &[])?;
+    while let Some(key) = next {
+        let (month, _) = split_month_key(&key)?;
+        let this = month.ordinal().to_be_bytes();
+        let after = month.ordinal().checked_add(1).map(u32::to_be_bytes);
+        let lo = [&this[..], from].concat();
+        let hi = match (to, after) {
+            (Some(to), _) => Some([&this[..], to].concat()),
+            (None, after) => after.map(|a| a.to_vec()),
+        };
+        // The months that may still come for a household, this one included: no more than
+        // up to the newest, nor than the retention keeps.
+        let to_come = newest.since(month).min(retention_months) as usize + 1;
+        let mut fresh: Vec<(Vec<u8>, MonthsBuilder)> = Vec::new();
+        let mut i = 0;
+        store.for_each_in(Space::HouseholdMonth, &lo, hi.as_deref(), &mut |k, v| {
+            let b: values::MonthBucket =
+                codec::decode(HOUSEHOLD_MONTH_VERSION, Space::HouseholdMonth, k, v)?;
+            let (_, id) = split_month_key(k)?;
+            while seen.get(i).is_some_and(|(s, _)| s.as_slice() < id) {
+                i += 1;
             }
+            match seen.get_mut(i) {
+                Some((s, months)) if s.as_slice() == id => {
+                    // Keys are unique and come month by month, so a household's months
+                    // arrive in order: a refusal would mean the store is not what it says.
+                    if !months.push(&b, to_come) {
+                        return Err(StoreError::Decode {
+                            space: Space::HouseholdMonth,
+                            key: String::from_utf8_lossy(k).into_owned(),
+                            detail: "a month read out of order".into(),
+                        });
+                    }
+                }
+                _ => {
+                    let mut months = MonthsBuilder::default();
+                    months.push(&b, to_come);
+                    fresh.push((id.to_vec(), months));
+                }
+            }
+            Ok(())
+        })?;
+        if !fresh.is_empty() {
+            seen = merge_by_id(seen, fresh);
         }
-        current.1.push(b);
-        Ok(())
-    })?;
-    let (id, months) = current;
-    if !months.is_empty() {
-        out.push((id, Months::from_buckets(&months)));
+        next = match after {
+            Some(after) => store.first_key_from(Space::HouseholdMonth, &after)?,
+            None => None,
+        };
     }
-    Ok(out)
+    Ok(seen
+        .into_iter()
+        .map(|(id, months)| (id, months.finish()))
+        .collect())
+}
+
+/// Merges two lists sorted by id (with no id in both) into one.
+fn merge_by_id<T>(a: Vec<(Vec<u8>, T)>, b: Vec<(Vec<u8>, T)>) -> Vec<(Vec<u8>, T)> {
+    if a.is_empty() {
+        return b;
+    }
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+        let first = if x.0 <= y.0 { a.next() } else { b.next() };
+        out.extend(first);
+    }
+    out.extend(a);
+    out.extend(b);
+    out
 }
 
 /// The in-memory working set.
@@ -209,12 +278,12 @@ impl Touched {
 const HOUSEHOLD_VERSION: u8 = 2;
 const HOUSEHOLD_MONTH_VERSION: u8 = 1;
 
-/// The key of one month of a household: id, NUL, month (big-endian, so keys sort by month).
+/// The key of one month of a household: the month (big-endian, so keys sort by month), then
+/// the id ([`Space::HouseholdMonth`]).
 fn month_key(id: &HouseholdId, month: Month) -> Vec<u8> {
-    let mut k = Vec::with_capacity(id.as_str().len() + 5);
-    k.extend_from_slice(id.as_str().as_bytes());
-    k.push(0);
+    let mut k = Vec::with_capacity(id.as_str().len() + 4);
     k.extend_from_slice(&month.ordinal().to_be_bytes());
+    k.extend_from_slice(id.as_str().as_bytes());
     k
 }
 const VILLAGE_VERSION: u8 = 1;
@@ -271,9 +340,15 @@ impl World {
             w.households.insert(h.id.clone(), h);
             Ok(())
         })?;
-        // The months are most of the store: each range is read and packed on its own thread.
-        // A household's month keys are its id, NUL and the month, so they sort together and
-        // after the id: a range boundary at a household id never splits a household.
+        // The months are most of the store: each range of households is read and packed on
+        // its own thread, month by month.
+        let Some(newest) = store
+            .last_key(Space::HouseholdMonth)?
+            .map(|k| split_month_key(&k).map(|(m, _)| m))
+            .transpose()?
+        else {
+            return w.load_rest(store);
+        };
         let threads = std::thread::available_parallelism()
             .map_or(1, usize::from)
             .clamp(1, 4);
@@ -290,7 +365,9 @@ impl World {
         let packed: Vec<Result<PackedMonths, StoreError>> = std::thread::scope(|s| {
             let handles: Vec<_> = ranges
                 .iter()
-                .map(|&(from, to)| s.spawn(move || load_months(store, from, to)))
+                .map(|&(from, to)| {
+                    s.spawn(move || load_months(store, from, to, newest, retention_months))
+                })
                 .collect();
             handles
                 .into_iter()
@@ -322,15 +399,19 @@ impl World {
                 }
             }
         }
+        w.load_rest(store)
+    }
 
+    /// Villages and counties, once the households are loaded.
+    fn load_rest(mut self, store: &dyn Store) -> Result<Self, StoreError> {
         for (k, v) in store.scan(Space::Village)? {
             let village: Village = codec::decode(VILLAGE_VERSION, Space::Village, &k, &v)?;
-            w.villages.insert(village.code, village);
+            self.villages.insert(village.code, village);
         }
         // Villages the roster brought before it stored them (and their names) are rebuilt
         // from their households.
-        for h in w.households.values() {
-            let v = w
+        for h in self.households.values() {
+            let v = self
                 .villages
                 .entry(h.village)
                 .or_insert_with(|| Village::new(h.village, ""));
@@ -340,10 +421,10 @@ impl World {
         }
         for (k, v) in store.scan(Space::County)? {
             let c: CountyValue = codec::decode(COUNTY_VERSION, Space::County, &k, &v)?;
-            w.counties.insert(c.code, c);
+            self.counties.insert(c.code, c);
         }
-        w.recompute_latest();
-        Ok(w)
+        self.recompute_latest();
+        Ok(self)
     }
 
     /// Rebuilds the person index and the newest month per indicator from the households.

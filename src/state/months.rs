@@ -244,6 +244,41 @@ impl Months {
     }
 }
 
+/// Packs buckets that arrive one at a time, oldest first. Loading reads the store month by
+/// month, so a household's buckets come spread over the whole load.
+#[derive(Default)]
+pub struct MonthsBuilder {
+    words: Vec<u64>,
+    newest: Option<Month>,
+}
+
+impl MonthsBuilder {
+    /// Appends `b`, which must be newer than every bucket before it; if it is not, nothing is
+    /// appended and the answer is `false`. `to_come`: how many buckets may still come,
+    /// counting this one. Most entities have the same indicators and records every month, so
+    /// when the room runs out, room for that many buckets of this size is reserved: the
+    /// buckets are packed without the slack of a doubling vector.
+    pub fn push(&mut self, b: &MonthBucket, to_come: usize) -> bool {
+        if self.newest.is_some_and(|n| n >= b.month) {
+            return false;
+        }
+        let span = 1
+            + Indicator::ALL.iter().filter(|&&i| b.has(i)).count()
+            + b.records.len().min(MAX_RECORDS)
+            + 2 * b.events.len();
+        if self.words.capacity() - self.words.len() < span {
+            self.words.reserve_exact(span * to_come.max(1));
+        }
+        encode(b, &mut self.words);
+        self.newest = Some(b.month);
+        true
+    }
+
+    pub fn finish(self) -> Months {
+        Months(self.words.into_boxed_slice())
+    }
+}
+
 impl<'a> IntoIterator for &'a Months {
     type Item = Bucket<'a>;
     type IntoIter = Iter<'a>;
@@ -338,6 +373,29 @@ mod tests {
         let packed = postcard::to_allocvec(&months).unwrap();
         assert_eq!(packed, postcard::to_allocvec(&buckets).unwrap());
         assert_eq!(postcard::from_bytes::<Months>(&packed).unwrap(), months);
+    }
+
+    #[test]
+    fn a_builder_packs_buckets_given_one_at_a_time_like_from_buckets() {
+        let buckets = [
+            bucket(3, Some(100), &[7, 8], &[]),
+            bucket(4, None, &[9], &[(EventKind::ALL[0], 2, 50)]),
+            bucket(9, Some(-1), &[], &[]),
+        ];
+        for to_come in [0, 1, 3, 24] {
+            let mut b = MonthsBuilder::default();
+            for x in &buckets {
+                assert!(b.push(x, to_come));
+            }
+            assert!(!b.push(&buckets[1], to_come), "an older month is refused");
+            assert!(!b.push(&buckets[2], to_come), "the same month is refused");
+            assert_eq!(
+                b.finish(),
+                Months::from_buckets(&buckets),
+                "{to_come} to come"
+            );
+        }
+        assert!(MonthsBuilder::default().finish().is_empty());
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   caller that writes a feed cursor after committing the state it covers never moves the
 //!   cursor ahead of the state.
 //! - [`open`] checks the schema version and refuses a store written by a newer or unknown
-//!   version of guardline instead of misreading it.
+//!   version of guardline instead of misreading it; it migrates one of an older version it
+//!   knows before anything reads it.
 //! - A store whose write failed (disk full, read-only file system, I/O error) answers every
 //!   operation with [`StoreError::NotWritable`] until [`Store::writable`] finds it writable
 //!   again. Like any failed commit, the failed write may or may not have been applied (as a
@@ -19,8 +20,12 @@ use std::path::{Path, PathBuf};
 
 pub use sled_backend::SledStore;
 
-/// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema version this build writes and understands. [`open`] migrates a store of an
+/// older version it knows (see `sled_backend::migrate`).
+///
+/// - 1: months of a household under `H`, the household id, a NUL, the month.
+/// - 2: months under `M`, the month, then the household id ([`Space::HouseholdMonth`]).
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -147,7 +152,12 @@ pub enum Space {
     Meta,
     /// A household's roster part; its months are in [`Space::HouseholdMonth`].
     Household,
-    /// One month of one household: the household id, a NUL, the month (big-endian u32).
+    /// One month of one household: the month (big-endian u32), then the household id.
+    ///
+    /// Month first, so that a month's records, which feeds deliver together, append at the
+    /// end of the space instead of rewriting every part of it: with the household first, each
+    /// month of a bulk ingest touched every page of the tree, and the work grew with the
+    /// square of the months.
     HouseholdMonth,
     Village,
     County,
@@ -166,7 +176,7 @@ impl Space {
         match self {
             Self::Meta => b'm',
             Self::Household => b'h',
-            Self::HouseholdMonth => b'H',
+            Self::HouseholdMonth => b'M',
             Self::Village => b'v',
             Self::County => b'c',
             Self::Cursor => b'f',
@@ -232,6 +242,18 @@ pub trait Store: Send + Sync {
             }
         }
         Ok(())
+    }
+    /// The first key of a space from `from` (included) on, if there is one.
+    fn first_key_from(&self, space: Space, from: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .scan(space)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .find(|k| k.as_slice() >= from))
+    }
+    /// The last key of a space, if it has any.
+    fn last_key(&self, space: Space) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.scan(space)?.pop().map(|(k, _)| k))
     }
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Applies the batch atomically; returns once it is durable.

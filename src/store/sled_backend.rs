@@ -257,6 +257,37 @@ impl SledStore {
             .retry_at = Some(Instant::now());
     }
 
+    /// Turns the store back into schema version 1 (months under `H`: id, NUL, month), except
+    /// for the first `keep` month keys, as if a migration had stopped after moving them.
+    /// Answers how many keys it moved back.
+    #[cfg(test)]
+    pub(crate) fn downgrade_months_for_tests(&self, keep: usize) -> usize {
+        let slot = self.slot.read().unwrap_or_else(PoisonError::into_inner);
+        let db = slot.db.as_ref().unwrap();
+        let prefix = Space::HouseholdMonth.prefix();
+        let mut moved = 0;
+        for r in db.range([prefix]..[prefix + 1]).skip(keep) {
+            let (k, v) = r.unwrap();
+            let (month, id) = k[1..].split_at(4);
+            db.insert([&[MONTHS_V1][..], id, &[0], month].concat(), v)
+                .unwrap();
+            db.remove(&k).unwrap();
+            moved += 1;
+        }
+        db.insert(key_of(Space::Meta, SCHEMA_KEY), &1u32.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+        moved
+    }
+
+    /// How many keys begin with `prefix` (a space's, or one of an older schema).
+    #[cfg(test)]
+    pub(crate) fn count_prefix_for_tests(&self, prefix: u8) -> usize {
+        let slot = self.slot.read().unwrap_or_else(PoisonError::into_inner);
+        let db = slot.db.as_ref().unwrap();
+        db.range([prefix]..[prefix + 1]).count()
+    }
+
     /// Overwrites the schema version (tests use it to simulate a store of another version).
     pub fn write_schema_version_for_tests(&self, version: u32) -> Result<(), StoreError> {
         self.run(|db| {
@@ -265,6 +296,64 @@ impl SledStore {
         })?;
         Ok(())
     }
+}
+
+/// The prefix of schema version 1's month keys: `H`, the household id, a NUL, the month.
+const MONTHS_V1: u8 = b'H';
+/// Month keys moved per sled batch while migrating (fewer in tests, to take several).
+const MIGRATE_BATCH: usize = if cfg!(test) { 1_000 } else { 20_000 };
+
+/// Migrates schema version 1 to 2: every month key `H<id>\0<month>` becomes `M<month><id>`
+/// ([`Space::HouseholdMonth`]), with its value unchanged. Each sled batch moves keys
+/// atomically (inserts the new, removes the old), so a migration stopped by a crash goes on
+/// where it stopped at the next start (the version already says 2, and `H` keys are left).
+/// It rewrites every month key: a province takes minutes, so it reports its progress, to
+/// the log and to systemd (asking for more start time).
+fn migrate_months(db: &sled::Db) -> Result<(), StoreError> {
+    let started = Instant::now();
+    let mut reported = started;
+    let mut moved = 0u64;
+    info!("migrating the store from schema version 1 to 2 (months keyed by month first)");
+    loop {
+        if reported.elapsed() >= Duration::from_secs(10) {
+            reported = Instant::now();
+            info!(months = moved, "migrating the store");
+            let _ = crate::sd_notify::extend_timeout(Duration::from_secs(60));
+        }
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for r in db.range([MONTHS_V1]..[MONTHS_V1 + 1]).take(MIGRATE_BATCH) {
+            let (k, v) = r?;
+            let old = &k[1..];
+            // The id, a NUL, and four bytes of month (which may hold zeros themselves).
+            let Some(nul) = old.len().checked_sub(5).filter(|&i| old[i] == 0) else {
+                return Err(StoreError::Decode {
+                    space: Space::HouseholdMonth,
+                    key: String::from_utf8_lossy(old).into_owned(),
+                    detail: "a month key of schema version 1 without its NUL and month".into(),
+                });
+            };
+            let (id, month) = (&old[..nul], &old[nul + 1..]);
+            let mut new = Vec::with_capacity(k.len());
+            new.extend_from_slice(month);
+            new.extend_from_slice(id);
+            batch.insert(key_of(Space::HouseholdMonth, &new), v);
+            batch.remove(k);
+            n += 1;
+        }
+        if n == 0 {
+            break;
+        }
+        db.apply_batch(batch)?;
+        moved += n as u64;
+    }
+    db.flush()?;
+    info!(
+        months = moved,
+        seconds = started.elapsed().as_secs_f64(),
+        "migrated the store from schema version 1 to 2 (months keyed by month first)"
+    );
+    Ok(())
 }
 
 fn check_schema(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
@@ -290,7 +379,16 @@ fn check_schema(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
                     detail: format!("{} bytes instead of 4", v.len()),
                 })?;
             let found = u32::from_be_bytes(bytes);
-            if found == SCHEMA_VERSION {
+            if found == 1 {
+                // The new version first, so that an older guardline refuses a store whose
+                // migration has begun; the keys left are moved at this and every later open.
+                db.insert(key, &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+            if found == SCHEMA_VERSION || found == 1 {
+                if db.range([MONTHS_V1]..[MONTHS_V1 + 1]).next().is_some() {
+                    migrate_months(db)?;
+                }
                 Ok(())
             } else if found > SCHEMA_VERSION {
                 Err(StoreError::NewerSchema {
@@ -339,6 +437,27 @@ impl Store for SledStore {
             Ok(())
         })?;
         stopped.map_or(Ok(()), Err)
+    }
+
+    fn first_key_from(&self, space: Space, from: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let start = key_of(space, from);
+        let end = vec![space.prefix() + 1];
+        self.run(|db| {
+            Ok(match db.range(start..end).next() {
+                Some(r) => Some(r?.0[1..].to_vec()),
+                None => None,
+            })
+        })
+    }
+
+    fn last_key(&self, space: Space) -> Result<Option<Vec<u8>>, StoreError> {
+        let (start, end) = (vec![space.prefix()], vec![space.prefix() + 1]);
+        self.run(|db| {
+            Ok(match db.range(start..end).next_back() {
+                Some(r) => Some(r?.0[1..].to_vec()),
+                None => None,
+            })
+        })
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
