@@ -1013,8 +1013,8 @@ impl Engine {
             m.alerts
                 .with_label_values(&[
                     county.map(|c| c.to_string()).unwrap_or_default().as_str(),
-                    rule.as_str(),
-                    severity.as_str(),
+                    rule,
+                    severity,
                     status.name(),
                 ])
                 .set(n as i64);
@@ -1043,14 +1043,14 @@ impl Engine {
                     .with_label_values(&[r.name.as_str(), d.name()]);
             }
         }
-        let mut per_rule: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut per_rule: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
         for ((county, rule, d), n) in self.alerts.dispositions() {
             let county = county.map(|c| c.to_string()).unwrap_or_default();
             m.dispositions
                 .with_label_values(&[county.as_str(), d.name()])
                 .add(n as i64);
             m.rule_dispositions
-                .with_label_values(&[rule.as_str(), d.name()])
+                .with_label_values(&[rule, d.name()])
                 .add(n as i64);
             let e = per_rule.entry(rule).or_default();
             e.1 += n;
@@ -1060,7 +1060,7 @@ impl Engine {
         }
         for (rule, (enrolled, total)) in per_rule {
             m.precision
-                .with_label_values(&[rule.as_str()])
+                .with_label_values(&[rule])
                 .set(enrolled as f64 / total as f64);
         }
         for (county, n) in &at_risk.per_county {
@@ -1094,12 +1094,13 @@ struct AtRisk {
 
 impl AtRisk {
     fn of(alerts: &Alerts) -> Self {
-        let mut county: BTreeSet<(crate::model::CountyCode, String)> = BTreeSet::new();
-        let mut risk: BTreeSet<(crate::model::CountyCode, crate::model::RiskCategory, String)> =
+        // Borrowed keys: the walk runs after every pass, over every firing alert.
+        let mut county: BTreeSet<(crate::model::CountyCode, &str)> = BTreeSet::new();
+        let mut risk: BTreeSet<(crate::model::CountyCode, crate::model::RiskCategory, &str)> =
             BTreeSet::new();
-        for f in alerts.firing_households() {
-            county.insert((f.county, f.household.clone()));
-            risk.insert((f.county, f.risk, f.household));
+        for (c, r, household) in alerts.firing_household_refs() {
+            county.insert((c, household));
+            risk.insert((c, r, household));
         }
         let mut per_county = BTreeMap::new();
         for (c, _) in county {

@@ -111,6 +111,28 @@ fn planted_cases_fire_once_by_mail_decoys_stay_silent_and_a_restart_sends_nothin
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum();
     assert_eq!(firing as usize, cases.len(), "{text}");
+    // Households with a firing alert: each once per county, and once per risk category.
+    let sum = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let households: BTreeSet<&str> = cases
+        .iter()
+        .filter(|c| c.1.starts_with("household/"))
+        .map(|c| c.1.as_str())
+        .collect();
+    assert!(!households.is_empty());
+    assert_eq!(
+        sum("guardline_households_alerted{") as usize,
+        households.len(),
+        "{text}"
+    );
+    assert!(
+        sum("guardline_households_at_risk{") as usize >= households.len(),
+        "{text}"
+    );
     assert_eq!(
         metric_value(
             &text,

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, FixedOffset, TimeZone};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CountyCode, china_offset};
+use crate::model::{CountyCode, RiskCategory, china_offset};
 use crate::rules::{
     EntityKind, EvalContext, Finding, FiringHousehold, Rule, RuleSet, evaluate, full_context,
 };
@@ -404,11 +404,11 @@ impl Alerts {
 
     /// Dispositions per (rule, disposition), for precision.
     /// Counts of recorded dispositions per (county, rule, disposition), for metrics.
-    pub fn dispositions(&self) -> BTreeMap<(Option<CountyCode>, String, Disposition), u64> {
+    pub fn dispositions(&self) -> BTreeMap<(Option<CountyCode>, &str, Disposition), u64> {
         let mut m = BTreeMap::new();
         for a in self.alerts.values() {
             if let Some(ack) = &a.ack {
-                *m.entry((a.county, a.rule.clone(), ack.disposition))
+                *m.entry((a.county, a.rule.as_str(), ack.disposition))
                     .or_default() += 1;
             }
         }
@@ -458,17 +458,24 @@ impl Alerts {
 
     /// Households with a firing alert, for county rules.
     pub fn firing_households(&self) -> Vec<FiringHousehold> {
+        self.firing_household_refs()
+            .map(|(county, risk, household)| FiringHousehold {
+                county,
+                household: household.to_string(),
+                risk,
+            })
+            .collect()
+    }
+
+    /// [`Alerts::firing_households`] without copying the entity keys: (county, risk
+    /// category, entity key). Each evaluation pass tallies them for the county gauges.
+    pub fn firing_household_refs(
+        &self,
+    ) -> impl Iterator<Item = (CountyCode, RiskCategory, &str)> + '_ {
         self.alerts
             .values()
             .filter(|a| a.status == Status::Firing && a.entity.starts_with("household/"))
-            .filter_map(|a| {
-                Some(FiringHousehold {
-                    county: a.county?,
-                    household: a.entity.clone(),
-                    risk: a.risk_category.parse().ok()?,
-                })
-            })
-            .collect()
+            .filter_map(|a| Some((a.county?, a.risk_category.parse().ok()?, a.entity.as_str())))
     }
 
     /// Evaluates the rules that pass `filter` on the entities of their kind and moves the
@@ -518,10 +525,10 @@ impl Alerts {
     }
 
     /// Counts per (county, rule, severity, status), for metrics.
-    pub fn counts(&self) -> BTreeMap<(Option<CountyCode>, String, String, Status), u64> {
+    pub fn counts(&self) -> BTreeMap<(Option<CountyCode>, &str, &str, Status), u64> {
         let mut m = BTreeMap::new();
         for a in self.alerts.values() {
-            *m.entry((a.county, a.rule.clone(), a.severity.clone(), a.status))
+            *m.entry((a.county, a.rule.as_str(), a.severity.as_str(), a.status))
                 .or_default() += 1;
         }
         m
