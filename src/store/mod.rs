@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 pub use sled_backend::SledStore;
 
 /// The schema version this build writes and understands. [`open`] migrates a store of an
-/// older version it knows (see `sled_backend::migrate`).
+/// older version it knows (see `sled_backend::migrate_months`).
 ///
 /// - 1: months of a household under `H`, the household id, a NUL, the month.
 /// - 2: months under `M`, the month, then the household id ([`Space::HouseholdMonth`]).
