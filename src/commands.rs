@@ -413,6 +413,7 @@ pub(crate) fn open_engine(
         metrics,
         pseudo,
         lines,
+        None,
     )?;
     Ok((engine, store))
 }

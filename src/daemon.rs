@@ -176,7 +176,9 @@ pub async fn run(
         .with_context(|| format!("creating data_dir {}", config.daemon.data_dir.display()))?;
     let pseudo = pseudonymizer(&config)?;
     let metrics = Arc::new(Metrics::new());
+    let opening = std::time::Instant::now();
     let store = store::open(&config.daemon.data_dir)?;
+    debug!(seconds = opening.elapsed().as_secs_f64(), "store opened");
     store.observe(Arc::clone(&metrics) as Arc<dyn store::WriteObserver>);
     let store: Arc<dyn Store> = Arc::new(store);
     {
@@ -213,10 +215,12 @@ pub async fn run(
         Arc::clone(&metrics),
         pseudo.clone(),
         rules.effective_lines(&config.lines),
+        Some(crate::state::snapshot::path_in(&config.daemon.data_dir)),
     )?;
     engine.set_feeds(&config.feeds);
     let report = engine.evaluate_all(now())?;
     info!(
+        seconds = opening.elapsed().as_secs_f64(),
         households = engine.world().n_households(),
         rules = rules.rules.len(),
         checks = report.checks,
@@ -456,6 +460,18 @@ pub async fn run(
         let mut e = engine.lock().await;
         if let Err(err) = e.evaluate_touched(now()) {
             error!(error = %err, "final evaluation failed; it runs again at the next start");
+        }
+        // The next start reads the working set from one file instead of the store.
+        let saving = std::time::Instant::now();
+        match e.save_snapshot() {
+            Ok(true) => info!(
+                seconds = saving.elapsed().as_secs_f64(),
+                "state snapshot written"
+            ),
+            Ok(false) => {}
+            Err(err) => {
+                warn!(error = %err, "cannot write the state snapshot; the next start loads the store")
+            }
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), outbox_task).await;

@@ -11,6 +11,7 @@
 //!   state commit and its evaluation).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -77,6 +78,9 @@ pub struct Engine {
     /// alerts are reloaded from the store before anything else is done (the store may be
     /// unreadable until it is writable again).
     stale: bool,
+    /// Where the state snapshot is read at the start and written at a clean stop
+    /// (`state::snapshot`); `None`: the working set is always loaded from the store.
+    snapshot: Option<PathBuf>,
 }
 
 const LAST_DATA_SUFFIX: &str = "\0last_data";
@@ -137,8 +141,15 @@ impl Engine {
         metrics: Arc<Metrics>,
         pseudo: Pseudonymizer,
         lines: Lines,
+        snapshot: Option<PathBuf>,
     ) -> Result<Self, EngineError> {
-        let world = World::load(store.as_ref(), retention_months)?;
+        let from_snapshot = snapshot
+            .as_deref()
+            .and_then(|p| crate::state::snapshot::load(p, store.as_ref(), retention_months));
+        let world = match from_snapshot {
+            Some(w) => w,
+            None => World::load(store.as_ref(), retention_months)?,
+        };
         let alerts = Alerts::load(store.as_ref())?;
         let waiting = quarantine::waiting(store.as_ref())?
             .into_iter()
@@ -191,6 +202,7 @@ impl Engine {
             last_full_month: None,
             retention_months,
             stale: false,
+            snapshot,
         };
         e.update_gauges();
         e.update_quarantine_gauges();
@@ -213,6 +225,19 @@ impl Engine {
             self.update_gauges();
         }
         Ok(())
+    }
+
+    /// Writes the state snapshot (at a clean stop, after the last commit), so that the next
+    /// start reads one file instead of the store's month keys. Returns whether it wrote
+    /// one: not without a snapshot path, nor while memory may differ from the store.
+    pub fn save_snapshot(&self) -> Result<bool, crate::state::snapshot::SnapshotError> {
+        match &self.snapshot {
+            Some(path) if !self.stale && self.world.is_settled() => {
+                crate::state::snapshot::save(&self.world, self.store.as_ref(), path)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Declares the feeds; until each has caught up once, rules reading its data wait.

@@ -1,6 +1,7 @@
 //! Crash suite: the daemon against the simulator, killed with SIGKILL at random moments (during
-//! its first polls, page commits, rule evaluations and deliveries) and restarted each time,
-//! ends where a run without crashes ends: the same stored records, alerts and notifications.
+//! its first polls, page commits, rule evaluations and deliveries; some lives stop cleanly
+//! with SIGTERM, writing the state snapshot, and some are killed while they stop) and
+//! restarted each time, ends where a run without crashes ends: the same stored records, alerts and notifications.
 //! Kills come in rounds, each on a fresh data folder: a round's first life is killed within
 //! 0.6 s (the roster's first poll, page after page), the others within 3 s; then the daemon
 //! settles and everything is compared with the run without crashes: /metrics, the mail (which
@@ -527,6 +528,8 @@ fn round(ctx: &Ctx, number: usize, kills: usize, rng: &mut Rng) -> Round {
     let began = Instant::now();
     let crashed = Run::new(ctx.root, &format!("crashed-{number}"), ctx.sim);
     let mut log: Vec<Kill> = Vec::new();
+    let mut wrote_snapshot = false;
+    let mut unused_snapshot: Vec<usize> = Vec::new();
     for i in 0..kills {
         ctx.check_binary();
         let offset = std::fs::metadata(&crashed.log).map_or(0, |m| m.len()) as usize;
@@ -544,13 +547,48 @@ fn round(ctx: &Ctx, number: usize, kills: usize, rng: &mut Rng) -> Round {
                 &text[offset.min(text.len())..]
             );
         }
-        sigkill(child.0.id());
-        child.0.wait().unwrap();
+        // Some lives end with SIGTERM, which writes the state snapshot the next life starts
+        // from; some are killed while they stop, which may cut the snapshot's writing short.
+        let how = match i % 4 {
+            2 => "clean stop",
+            3 => "stop cut short",
+            _ => "",
+        };
+        if !how.is_empty() {
+            sigterm(child.0.id());
+        }
+        if how == "clean stop" {
+            let status = wait_for(Duration::from_secs(60), "a clean stop", || {
+                child.0.try_wait().unwrap()
+            });
+            assert!(
+                status.success(),
+                "round {number}, life {i}: SIGTERM gave {status}"
+            );
+        } else {
+            if how == "stop cut short" {
+                std::thread::sleep(Duration::from_millis(rng.below(1500)));
+            }
+            sigkill(child.0.id());
+            child.0.wait().unwrap();
+        }
         let text = std::fs::read_to_string(&crashed.log).unwrap();
         let segment = &text[offset.min(text.len())..];
+        // A start that got past loading after a clean stop that wrote the snapshot must
+        // have used it: nothing changed the store in between.
+        if wrote_snapshot && segment.contains("state loaded and evaluated") {
+            unused_snapshot.extend(
+                (!segment.contains("working set loaded from the state snapshot")).then_some(i),
+            );
+        }
+        wrote_snapshot = segment.contains("state snapshot written");
         log.push(Kill {
             delay_ms,
-            phase: phase(segment),
+            phase: if how.is_empty() {
+                phase(segment)
+            } else {
+                format!("{how}, {}", phase(segment))
+            },
             polls: segment.matches(" poll done ").count(),
             transitions: segment.matches(" alert transition ").count(),
             delivered: segment.matches(" notification delivered ").count(),
@@ -593,6 +631,10 @@ fn round(ctx: &Ctx, number: usize, kills: usize, rng: &mut Rng) -> Round {
     ));
     eprintln!("{summary}");
 
+    assert!(
+        unused_snapshot.is_empty(),
+        "lives {unused_snapshot:?} loaded the store although the stop before them wrote a current state snapshot\n{summary}"
+    );
     // (a) the state in /metrics.
     assert_eq!(got.gauges, want.gauges, "metrics differ\n{summary}");
     // (b) every alert announced by mail, none lost and none extra.

@@ -74,6 +74,7 @@ fn open(dir: &Path, cfg: &Config) -> Engine {
         Arc::new(guardline::metrics::Metrics::new()),
         Pseudonymizer::from_key(b"property test key 0123"),
         Default::default(),
+        None,
     )
     .unwrap()
 }

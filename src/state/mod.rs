@@ -11,6 +11,7 @@
 //!   those more than `retention_months` before a household's newest month are dropped.
 
 mod months;
+pub mod snapshot;
 mod values;
 
 use months::MonthsBuilder;
@@ -18,6 +19,7 @@ use months::MonthsBuilder;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, FixedOffset};
+use tracing::debug;
 
 pub use values::{
     Bucket, CountyValue, EventCount, Household, Interval, MonthBucket, Months, Village, events_in,
@@ -329,6 +331,7 @@ impl World {
 
     /// Loads the whole working set from the store.
     pub fn load(store: &dyn Store, retention_months: u32) -> Result<Self, StoreError> {
+        let started = std::time::Instant::now();
         let mut w = Self::new(retention_months);
         // Every 1,024th household key, to split the months into ranges of equal size.
         let mut samples: Vec<Vec<u8>> = Vec::new();
@@ -349,6 +352,7 @@ impl World {
         else {
             return w.load_rest(store);
         };
+        let households_done = started.elapsed();
         let threads = std::thread::available_parallelism()
             .map_or(1, usize::from)
             .clamp(1, 4);
@@ -399,7 +403,15 @@ impl World {
                 }
             }
         }
-        w.load_rest(store)
+        let months_done = started.elapsed();
+        let w = w.load_rest(store)?;
+        debug!(
+            households_seconds = households_done.as_secs_f64(),
+            months_seconds = (months_done - households_done).as_secs_f64(),
+            rest_seconds = (started.elapsed() - months_done).as_secs_f64(),
+            "working set loaded"
+        );
+        Ok(w)
     }
 
     /// Villages and counties, once the households are loaded.
@@ -467,6 +479,14 @@ impl World {
     /// The newest month any record of the indicator was applied for.
     pub fn latest_month(&self, ind: Indicator) -> Option<Month> {
         self.latest[ind.index()]
+    }
+
+    /// Whether every change has been taken into a batch ([`World::take_batch`]) or rolled
+    /// back: then the world is what the store holds, once that batch is committed.
+    pub fn is_settled(&self) -> bool {
+        self.undo_households.is_empty()
+            && self.undo_villages.is_empty()
+            && self.dirty_counties.is_empty()
     }
 
     /// Starts a batch: from here on, changes are remembered for [`World::rollback`].

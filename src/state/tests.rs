@@ -400,3 +400,90 @@ fn touched_entities_of_many_pages_stay_within_twice_the_distinct_ones() {
         s
     });
 }
+
+/// Everything a world holds, derived indexes included.
+fn assert_same_world(a: &World, b: &World) {
+    assert_same_households(a, b);
+    assert_eq!(a.villages, b.villages);
+    assert_eq!(a.counties, b.counties);
+    assert_eq!(a.persons, b.persons);
+    assert_eq!(a.latest, b.latest);
+    assert_eq!(a.retention_months, b.retention_months);
+}
+
+#[test]
+fn a_state_snapshot_loads_the_same_world_as_the_store_until_the_store_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let (mut w, _) = thousands_of_households(&store);
+    w.begin();
+    w.set_village_name("632522100201".parse::<VillageCode>().unwrap(), "村");
+    w.set_at_risk(CountyCode::new(632_522).unwrap(), Month::of(now()), 7);
+    store.commit(w.take_batch().0).unwrap();
+    let path = snapshot::path_in(dir.path());
+    assert!(snapshot::load(&path, &store, 24).is_none(), "no file yet");
+
+    let from_store = World::load(&store, 24).unwrap();
+    assert_same_world(&from_store, &w);
+    snapshot::save(&from_store, &store, &path).unwrap();
+    let from_file = snapshot::load(&path, &store, 24).expect("a current snapshot is used");
+    assert_same_world(&from_file, &from_store);
+    assert_eq!(from_file.n_households(), 5_000);
+
+    // Any commit to the state makes it stale, even one that writes what is already there.
+    let mut w = from_file;
+    w.begin();
+    w.set_village_name("632522100201".parse::<VillageCode>().unwrap(), "村");
+    store.commit(w.take_batch().0).unwrap();
+    assert!(snapshot::load(&path, &store, 24).is_none(), "stale");
+    // Commits of other spaces leave it current.
+    snapshot::save(&w, &store, &path).unwrap();
+    let mut b = Batch::default();
+    b.put(Space::Cursor, b"wages".to_vec(), b"42".to_vec());
+    store.commit(b).unwrap();
+    assert!(snapshot::load(&path, &store, 24).is_some());
+}
+
+#[test]
+fn a_damaged_or_foreign_state_snapshot_is_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let (w, _) = thousands_of_households(&store);
+    let path = snapshot::path_in(dir.path());
+    snapshot::save(&w, &store, &path).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    assert!(good.len() > 100_000, "{} bytes", good.len());
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    for at in [0, 8, 12, 20, good.len() / 2, good.len() - 1] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x40;
+        cases.push(("one byte flipped", bad));
+    }
+    cases.push(("cut short", good[..good.len() / 3].to_vec()));
+    cases.push(("cut after a frame's length", good[..12].to_vec()));
+    cases.push(("empty", Vec::new()));
+    cases.push(("bytes after the end", [&good[..], b"x"].concat()));
+    cases.push(("not a snapshot", b"[daemon]\nlisten = 1\n".repeat(10)));
+    for (what, bytes) in cases {
+        std::fs::write(&path, bytes).unwrap();
+        assert!(snapshot::load(&path, &store, 24).is_none(), "{what}");
+    }
+    std::fs::write(&path, &good).unwrap();
+    assert!(snapshot::load(&path, &store, 24).is_some());
+}
+
+#[test]
+fn a_store_without_a_state_stamp_gets_one_when_its_snapshot_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.state_stamp().unwrap(), None);
+    let w = World::new(24);
+    let path = snapshot::path_in(dir.path());
+    snapshot::save(&w, &store, &path).unwrap();
+    let stamp = store.state_stamp().unwrap();
+    assert!(stamp.is_some());
+    let loaded = snapshot::load(&path, &store, 24).expect("current");
+    assert_eq!(loaded.n_households(), 0);
+    assert_ne!(store.renew_state_stamp().unwrap(), stamp.unwrap());
+    assert!(snapshot::load(&path, &store, 24).is_none(), "a new stamp");
+}

@@ -8,6 +8,9 @@
 //! - [`open`] checks the schema version and refuses a store written by a newer or unknown
 //!   version of guardline instead of misreading it; it migrates one of an older version it
 //!   knows before anything reads it.
+//! - Every commit that writes a state space ([`Space::is_state`]) writes a new
+//!   [`Store::state_stamp`] in the same batch, so a copy of the working set saved with the
+//!   stamp (the state snapshot) can tell whether it is still current.
 //! - A store whose write failed (disk full, read-only file system, I/O error) answers every
 //!   operation with [`StoreError::NotWritable`] until [`Store::writable`] finds it writable
 //!   again. Like any failed commit, the failed write may or may not have been applied (as a
@@ -172,6 +175,15 @@ pub enum Space {
 }
 
 impl Space {
+    /// The spaces of the working set (`state::World`): households, their months, villages
+    /// and counties. Commits that write them change the [`Store::state_stamp`].
+    pub fn is_state(self) -> bool {
+        matches!(
+            self,
+            Self::Household | Self::HouseholdMonth | Self::Village | Self::County
+        )
+    }
+
     pub(crate) fn prefix(self) -> u8 {
         match self {
             Self::Meta => b'm',
@@ -258,6 +270,14 @@ pub trait Store: Send + Sync {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Applies the batch atomically; returns once it is durable.
     fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+    /// The stamp of the state spaces ([`Space::is_state`]). Every commit that writes one
+    /// of them also writes a new stamp, never used before, so a copy of the state taken
+    /// when the stamp was `s` is the state exactly while the stamp is still `s`. `None`
+    /// until the first such commit.
+    fn state_stamp(&self) -> Result<Option<u64>, StoreError>;
+    /// Writes a new state stamp without changing the state (a store written before stamps
+    /// existed has none) and returns it.
+    fn renew_state_stamp(&self) -> Result<u64, StoreError>;
     /// A new id, unique and increasing over the store's lifetime (also across restarts).
     fn next_id(&self) -> Result<u64, StoreError>;
     /// Bytes the store occupies on disk.

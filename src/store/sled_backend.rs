@@ -23,6 +23,8 @@ use super::{
 };
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
+/// The state stamp ([`Store::state_stamp`]): an id of sled's generator, big-endian.
+const STATE_STAMP_KEY: &[u8] = b"state_stamp";
 /// The first wait before reopening a store whose write failed; it doubles up to the maximum.
 const REOPEN_FIRST: Duration = Duration::from_secs(1);
 const REOPEN_MAX: Duration = Duration::from_secs(30);
@@ -468,6 +470,7 @@ impl Store for SledStore {
         if batch.is_empty() {
             return Ok(());
         }
+        let stamped = batch.ops.iter().any(|(space, _, _)| space.is_state());
         let mut b = sled::Batch::default();
         for (space, key, value) in batch.ops {
             let k = key_of(space, &key);
@@ -477,9 +480,39 @@ impl Store for SledStore {
             }
         }
         self.run(|db| {
+            if stamped {
+                // sled's ids never repeat, not even after a crash: no two states of the
+                // state spaces share a stamp.
+                let stamp = db.generate_id()?;
+                b.insert(key_of(Space::Meta, STATE_STAMP_KEY), &stamp.to_be_bytes());
+            }
             db.apply_batch(b)?;
             db.flush()?;
             Ok(())
+        })
+    }
+
+    fn state_stamp(&self) -> Result<Option<u64>, StoreError> {
+        let value = self.run(|db| db.get(key_of(Space::Meta, STATE_STAMP_KEY)))?;
+        match value {
+            None => Ok(None),
+            Some(v) => match <[u8; 8]>::try_from(v.as_ref()) {
+                Ok(b) => Ok(Some(u64::from_be_bytes(b))),
+                Err(_) => Err(StoreError::Decode {
+                    space: Space::Meta,
+                    key: String::from_utf8_lossy(STATE_STAMP_KEY).into_owned(),
+                    detail: format!("a stamp of {} bytes, expected 8", v.len()),
+                }),
+            },
+        }
+    }
+
+    fn renew_state_stamp(&self) -> Result<u64, StoreError> {
+        self.run(|db| {
+            let stamp = db.generate_id()?;
+            db.insert(key_of(Space::Meta, STATE_STAMP_KEY), &stamp.to_be_bytes())?;
+            db.flush()?;
+            Ok(stamp)
         })
     }
 

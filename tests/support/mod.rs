@@ -464,6 +464,15 @@ pub fn spawn_daemon(config: &Path, log: &Path) -> KillOnDrop {
     )
 }
 
+/// SIGTERM to `pid` (`kill -TERM`): the daemon stops cleanly, without waiting for it.
+pub fn sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -TERM {pid}");
+}
+
 /// SIGKILL to `pid` (`kill -KILL`): no handler runs, nothing is flushed.
 pub fn sigkill(pid: u32) {
     let status = Command::new("kill")

@@ -1,0 +1,278 @@
+//! The state snapshot: a copy of the working set in one file, written when the daemon stops
+//! cleanly and read at the next start instead of the store's millions of month keys.
+//!
+//! The file is a cache, never the truth. It carries the store's state stamp
+//! ([`Store::state_stamp`]) of the moment it was written; every commit that changes the
+//! state writes a new stamp, so the snapshot is used only while the store's stamp is still
+//! the one it carries. A snapshot that is missing, older than the store, of another format
+//! or damaged (each frame has a CRC-32) is set aside with a log line, and the working set
+//! is loaded from the store as before.
+//!
+//! Layout: the magic bytes, then frames of `[u32 length][u32 CRC-32][postcard bytes]`, all
+//! little-endian: a header, households with their months in frames of
+//! [`HOUSEHOLDS_PER_FRAME`], the villages, the counties. Frames keep the memory of writing
+//! and reading small.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::{CountyValue, Household, Months, Village, World};
+use crate::store::{SCHEMA_VERSION, Store, StoreError};
+
+/// The file's name in the data directory.
+pub const FILE_NAME: &str = "state.snapshot";
+const MAGIC: &[u8; 8] = b"GLSTATE\x01";
+/// Version of the frames' contents; a snapshot of another format is set aside.
+const FORMAT: u32 = 1;
+const HOUSEHOLDS_PER_FRAME: usize = 4096;
+/// No frame is larger; a length above it means a damaged file, not an allocation to try.
+const MAX_FRAME: u32 = 256 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("state snapshot {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state snapshot {path} is damaged: {detail}")]
+    Damaged { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    format: u32,
+    schema: u32,
+    stamp: u64,
+    households: u64,
+}
+
+/// The snapshot's path in `data_dir`.
+pub fn path_in(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILE_NAME)
+}
+
+/// Writes `world` to `path`, stamped with the store's state stamp, which `world` must
+/// reflect (all its changes committed). Atomic: a temporary file, synced, then renamed.
+pub fn save(world: &World, store: &dyn Store, path: &Path) -> Result<(), SnapshotError> {
+    let stamp = match store.state_stamp()? {
+        Some(s) => s,
+        None => store.renew_state_stamp()?,
+    };
+    let tmp = path.with_extension("snapshot.tmp");
+    let io = |source| SnapshotError::Io {
+        path: tmp.clone(),
+        source,
+    };
+    let file = File::create(&tmp).map_err(io)?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    out.write_all(MAGIC).map_err(io)?;
+    let mut frame = Vec::new();
+    let header = Header {
+        format: FORMAT,
+        schema: SCHEMA_VERSION,
+        stamp,
+        households: world.households.len() as u64,
+    };
+    write_frame(&mut out, &mut frame, &header).map_err(io)?;
+    let mut chunk: Vec<(&Household, &Months)> = Vec::with_capacity(HOUSEHOLDS_PER_FRAME);
+    for h in world.households.values() {
+        chunk.push((h, &h.months));
+        if chunk.len() == HOUSEHOLDS_PER_FRAME {
+            write_frame(&mut out, &mut frame, &chunk).map_err(io)?;
+            chunk.clear();
+        }
+    }
+    if !chunk.is_empty() {
+        write_frame(&mut out, &mut frame, &chunk).map_err(io)?;
+    }
+    let villages: Vec<&Village> = world.villages.values().collect();
+    write_frame(&mut out, &mut frame, &villages).map_err(io)?;
+    let counties: Vec<&CountyValue> = world.counties.values().collect();
+    write_frame(&mut out, &mut frame, &counties).map_err(io)?;
+    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(|source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // The rename is durable once the directory is.
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| SnapshotError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+fn write_frame<T: Serialize + ?Sized>(
+    out: &mut impl Write,
+    buf: &mut Vec<u8>,
+    value: &T,
+) -> std::io::Result<()> {
+    buf.clear();
+    // Invariant: postcard serialization into a Vec fails only for types serde cannot
+    // describe; the state's types are all plain (the store encodes them the same way).
+    *buf = postcard::to_extend(value, std::mem::take(buf))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let len = u32::try_from(buf.len())
+        .ok()
+        .filter(|&n| n <= MAX_FRAME)
+        .ok_or_else(|| std::io::Error::other("a snapshot frame above its size limit"))?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(&crc32fast::hash(buf).to_le_bytes())?;
+    out.write_all(buf)
+}
+
+/// The working set from the snapshot at `path`, if there is one and it is current (the
+/// store's stamp is the snapshot's). Anything else is logged and answered with `None`: the
+/// caller loads the store.
+pub fn load(path: &Path, store: &dyn Store, retention_months: u32) -> Option<World> {
+    let stamp = match store.state_stamp() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot read the store's state stamp; loading the store");
+            return None;
+        }
+    };
+    match read(path, stamp, retention_months) {
+        Ok(Outcome::Loaded(w)) => {
+            info!(file = %path.display(), households = w.n_households(), "working set loaded from the state snapshot");
+            Some(*w)
+        }
+        Ok(Outcome::Missing) => None,
+        Ok(Outcome::Stale(reason)) => {
+            info!(file = %path.display(), reason, "state snapshot not current; loading the store");
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "state snapshot unusable; loading the store");
+            None
+        }
+    }
+}
+
+enum Outcome {
+    Loaded(Box<World>),
+    Missing,
+    Stale(&'static str),
+}
+
+fn read(path: &Path, stamp: Option<u64>, retention_months: u32) -> Result<Outcome, SnapshotError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Outcome::Missing),
+        Err(source) => {
+            return Err(SnapshotError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut frames = Frames {
+        input: BufReader::with_capacity(1 << 20, file),
+        buf: Vec::new(),
+        path,
+    };
+    let mut magic = [0u8; 8];
+    frames.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Ok(Outcome::Stale("not a snapshot of this format"));
+    }
+    let header: Header = frames.next()?;
+    if header.format != FORMAT || header.schema != SCHEMA_VERSION {
+        return Ok(Outcome::Stale("written by another version of guardline"));
+    }
+    if stamp != Some(header.stamp) {
+        return Ok(Outcome::Stale("the store changed after it was written"));
+    }
+    let mut w = World::new(retention_months);
+    let n = usize::try_from(header.households).map_err(|_| frames.damaged("household count"))?;
+    w.households.reserve(n);
+    while w.households.len() < n {
+        let chunk: Vec<(Household, Months)> = frames.next()?;
+        if chunk.is_empty() {
+            return Err(frames.damaged("an empty frame of households"));
+        }
+        for (mut h, months) in chunk {
+            h.months = months;
+            if w.households.insert(h.id.clone(), h).is_some() {
+                return Err(frames.damaged("a household twice"));
+            }
+        }
+    }
+    if w.households.len() != n {
+        return Err(frames.damaged("more households than its header says"));
+    }
+    let villages: Vec<Village> = frames.next()?;
+    w.villages = villages.into_iter().map(|v| (v.code, v)).collect();
+    let counties: Vec<CountyValue> = frames.next()?;
+    w.counties = counties.into_iter().map(|c| (c.code, c)).collect();
+    let mut rest = [0u8; 1];
+    if frames.input.read(&mut rest).map_err(|e| frames.io(e))? != 0 {
+        return Err(frames.damaged("bytes after the last frame"));
+    }
+    w.recompute_latest();
+    Ok(Outcome::Loaded(Box::new(w)))
+}
+
+struct Frames<'a> {
+    input: BufReader<File>,
+    buf: Vec<u8>,
+    path: &'a Path,
+}
+
+impl Frames<'_> {
+    fn io(&self, source: std::io::Error) -> SnapshotError {
+        SnapshotError::Io {
+            path: self.path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn damaged(&self, detail: &str) -> SnapshotError {
+        SnapshotError::Damaged {
+            path: self.path.to_path_buf(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn read_exact(&mut self, out: &mut [u8]) -> Result<(), SnapshotError> {
+        self.input.read_exact(out).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                self.damaged("it ends in the middle (cut short)")
+            } else {
+                self.io(e)
+            }
+        })
+    }
+
+    fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, SnapshotError> {
+        let mut head = [0u8; 8];
+        self.read_exact(&mut head)?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len > MAX_FRAME {
+            return Err(self.damaged("a frame longer than the limit"));
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(len as usize, 0);
+        self.read_exact(&mut buf)?;
+        if crc32fast::hash(&buf) != crc {
+            return Err(self.damaged("a frame whose checksum does not match"));
+        }
+        let value = postcard::from_bytes(&buf).map_err(|e| self.damaged(&format!("postcard: {e}")));
+        self.buf = buf;
+        value
+    }
+}
