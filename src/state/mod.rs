@@ -443,6 +443,9 @@ impl World {
     fn recompute_latest(&mut self) {
         self.latest = [None; Indicator::COUNT];
         self.persons.clear();
+        // Sized once: growing a map of millions of persons rehashes it again and again.
+        self.persons
+            .reserve(self.households.values().map(|h| h.members.len()).sum());
         for h in self.households.values() {
             for m in &h.members {
                 self.persons.insert(*m, h.id.clone());
