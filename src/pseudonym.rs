@@ -68,7 +68,7 @@ impl Pseudonymizer {
             let mut bytes = [0u8; 32];
             rand::rngs::OsRng.fill_bytes(&mut bytes);
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            std::fs::write(path, hex).map_err(|source| KeyError::Write {
+            write_atomically(path, hex.as_bytes()).map_err(|source| KeyError::Write {
                 path: path.to_path_buf(),
                 source,
             })?;
@@ -99,6 +99,23 @@ impl Pseudonymizer {
     }
 }
 
+/// Writes `bytes` to `path` so that a crash leaves either no file or the whole key: a
+/// temporary file next to it, synced, then renamed, and the directory synced. A key cut
+/// short would otherwise give every person a new key, and no record would join its household.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +142,10 @@ mod tests {
         let created = dir.path().join("new");
         Pseudonymizer::load_or_create(&created).unwrap();
         assert_eq!(std::fs::read(&created).unwrap().len(), 64);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "the key and the short one, no temporary file left"
+        );
     }
 }
