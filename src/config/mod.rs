@@ -446,6 +446,9 @@ impl Config {
 }
 
 /// Parses durations such as `90s`, `15m`, `2h`, `30d` (an integer and a unit).
+/// A century: the longest duration a configuration or rule may give.
+const MAX_DURATION_SECS: u64 = 36_500 * 86_400;
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -456,7 +459,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("duration {s:?} does not start with a whole number"))?;
     let secs = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
+        "ms" if n / 1000 <= MAX_DURATION_SECS => return Ok(Duration::from_millis(n)),
+        "ms" => None,
         "s" => Some(n),
         "m" => n.checked_mul(60),
         "h" => n.checked_mul(3600),
@@ -468,9 +472,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
     };
     // `n * 86_400` used to overflow: a panic with overflow checks, a silently wrapped, much
-    // shorter duration without them (fuzz/regressions/config/duration-overflow.toml).
-    secs.map(Duration::from_secs)
-        .ok_or_else(|| format!("duration {s:?} is too long"))
+    // shorter duration without them (fuzz/regressions/config/duration-overflow.toml). Longer
+    // than a century, durations meet Unix times and overflow them.
+    secs.filter(|&n| n <= MAX_DURATION_SECS)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("duration {s:?} is too long (at most 36500d)"))
 }
 
 /// Parses a cron schedule for the `cron` crate (seconds first) and refuses numeric
@@ -1408,6 +1414,17 @@ mod tests {
             parse_duration("999999999999999999d")
                 .unwrap_err()
                 .contains("too long")
+        );
+        assert_eq!(
+            parse_duration("36500d").unwrap(),
+            Duration::from_secs(36_500 * 86_400)
+        );
+        for s in ["36501d", "876001h", "3153600001s", "3153600001000ms"] {
+            assert!(parse_duration(s).unwrap_err().contains("too long"), "{s}");
+        }
+        assert_eq!(
+            parse_duration("1500ms").unwrap(),
+            Duration::from_millis(1500)
         );
     }
 

@@ -152,6 +152,33 @@ fn allowed(kind: &str) -> &'static [&'static str] {
     }
 }
 
+/// The largest number a rule takes, in size: yuan, percentages and factors all stay far below.
+const MAX_NUMBER: f64 = 1e12;
+
+/// The numeric fields present, with their values.
+fn numbers(r: &RawRule) -> Vec<(&'static str, f64)> {
+    let mut v = Vec::new();
+    macro_rules! num {
+        ($($f:ident),*) => { $( if let Some(x) = r.$f { v.push((stringify!($f), x)); } )* };
+    }
+    num!(
+        above,
+        below,
+        above_income_share,
+        line_factor,
+        resolve_margin,
+        drop_percent,
+        drop_amount,
+        min_baseline,
+        resolve_drop_percent,
+        min_amount,
+        min_share,
+        min_increase_percent,
+        resolve_share
+    );
+    v
+}
+
 fn present_fields(r: &RawRule) -> Vec<&'static str> {
     let mut v = Vec::new();
     macro_rules! chk {
@@ -231,6 +258,18 @@ pub fn validate(
                     "`{f}` has no meaning for a {} rule (it takes: {})",
                     r.kind,
                     allowed(&r.kind).join(", ")
+                ),
+            );
+        }
+    }
+    for (field, v) in numbers(r) {
+        // TOML writes `nan` and `inf`; a threshold of either never or always fires, and a
+        // huge one overflows on its way to fen.
+        if !v.is_finite() || v.abs() > MAX_NUMBER {
+            p(
+                field,
+                format!(
+                    "`{field}` = {v} is not a usable number (finite, at most 10^12 either way)"
                 ),
             );
         }

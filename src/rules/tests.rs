@@ -244,3 +244,17 @@ fn a_runaway_template_loop_is_refused_at_load_instead_of_hanging() {
     assert!(err.contains("rules[0].summary"), "{err}");
     assert!(err.contains("fuel"), "{err}");
 }
+
+#[test]
+fn numbers_that_are_not_finite_or_absurdly_large_are_refused_with_their_place() {
+    for bad in ["nan", "inf", "-inf", "1e13", "-2e12"] {
+        let text = drop_rule_with_summary("ok")
+            .replace("drop_percent = 50", &format!("drop_percent = {bad}"));
+        let src = Source::from_text(Path::new("a.toml"), text);
+        let err = RuleSet::from_sources(&[src]).unwrap_err().to_string();
+        assert!(err.contains("rules[0].drop_percent"), "{bad}: {err}");
+        assert!(err.contains("not a usable number"), "{bad}: {err}");
+    }
+    let text = drop_rule_with_summary("ok").replace("drop_percent = 50", "drop_percent = 50.5");
+    assert!(RuleSet::from_sources(&[Source::from_text(Path::new("a.toml"), text)]).is_ok());
+}
