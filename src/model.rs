@@ -181,14 +181,23 @@ impl fmt::Display for PersonKey {
 pub struct Month(u32);
 
 impl Month {
+    /// December 9999, the last month [`Month::new`] accepts.
+    const LAST: u32 = 9999 * 12 + 11;
+
     pub fn new(year: i32, month: u32) -> Option<Self> {
         if !(1..=12).contains(&month) || !(1900..=9999).contains(&year) {
             return None;
         }
         Some(Self(year as u32 * 12 + month - 1))
     }
+    /// The month of a date; dates before 1900 or after 9999 (the years [`Month::new`]
+    /// accepts) give its first or last month.
     pub fn of(date: impl Datelike) -> Self {
-        Self(date.year().max(0) as u32 * 12 + date.month0())
+        match date.year() {
+            y if y < 1900 => Self(1900 * 12),
+            y if y > 9999 => Self(Self::LAST),
+            y => Self(y as u32 * 12 + date.month0()),
+        }
     }
     pub fn year(self) -> i32 {
         (self.0 / 12) as i32
@@ -200,8 +209,9 @@ impl Month {
     pub fn minus(self, n: u32) -> Self {
         Self(self.0.saturating_sub(n))
     }
+    /// The month `n` months later (saturating at December 9999).
     pub fn plus(self, n: u32) -> Self {
-        Self(self.0 + n)
+        Self(self.0.saturating_add(n).min(Self::LAST))
     }
     /// How many months lie from `earlier` to `self` (0 if `earlier` is later).
     pub fn since(self, earlier: Month) -> u32 {
@@ -211,13 +221,15 @@ impl Month {
     pub fn ordinal(self) -> u32 {
         self.0
     }
-    /// The month of an [`ordinal`](Self::ordinal).
+    /// The month of an [`ordinal`](Self::ordinal), as stored: not checked, so a damaged key
+    /// may give a month past 9999 (which [`Month::first_day`] takes as December 9999).
     pub fn from_ordinal(n: u32) -> Self {
         Self(n)
     }
     pub fn first_day(self) -> NaiveDate {
-        // Invariant: year and month come from a valid Month.
-        NaiveDate::from_ymd_opt(self.year(), self.month(), 1).expect("valid month")
+        let m = Self(self.0.min(Self::LAST));
+        // Years 0 to 9999 are all dates chrono knows; the fallback is never taken.
+        NaiveDate::from_ymd_opt(m.year(), m.month(), 1).unwrap_or(NaiveDate::MAX)
     }
 }
 
@@ -683,6 +695,20 @@ mod tests {
         assert_eq!(m.plus(4).to_string(), "2027-01");
         assert_eq!(m.since(m.minus(6)), 6);
         assert!("2026-13".parse::<Month>().is_err());
+    }
+
+    #[test]
+    fn months_stay_within_the_years_new_accepts_and_first_day_never_panics() {
+        let far = chrono::NaiveDate::from_ymd_opt(12_000, 5, 1).unwrap();
+        assert_eq!(Month::of(far).to_string(), "9999-12");
+        let early = chrono::NaiveDate::from_ymd_opt(1200, 5, 1).unwrap();
+        assert_eq!(Month::of(early).to_string(), "1900-01");
+        let m: Month = "2026-09".parse().unwrap();
+        assert_eq!(m.plus(u32::MAX).to_string(), "9999-12");
+        // A month read from damaged bytes.
+        let damaged = Month::from_ordinal(u32::MAX);
+        assert_eq!(damaged.first_day().to_string(), "9999-12-01");
+        assert_eq!(Month::from_ordinal(0).first_day().to_string(), "0000-01-01");
     }
 
     #[test]
