@@ -119,6 +119,32 @@ fn write_config(
     Ok(path)
 }
 
+/// The disk a bench of `households` fills: about 10 GB per million households (BENCHMARKS.md,
+/// 29.7 GB at 3,000,000), and 1 GB besides.
+fn disk_needed(households: u32) -> u64 {
+    u64::from(households) * 10_000 + 1_000_000_000
+}
+
+/// Bytes free for an unprivileged user on the file system of `dir`, from `df` (std has no
+/// statvfs without unsafe code); `None` if `df` cannot tell.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let out = std::process::Command::new("df")
+        .args(["-Pk", "--"])
+        .arg(dir)
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    // POSIX format: a header, then `filesystem 1024-blocks used available capacity mount`.
+    let kb: u64 = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 fn peak_rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -141,6 +167,20 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
             .with_context(|| format!("emptying {}", opts.dir.display()))?;
     }
     std::fs::create_dir_all(&opts.dir)?;
+    // About 10 GB per million households (the feeds 3.1 GB, the store 6 to 6.6 GB): a run
+    // that fills the disk half-way wastes an hour and starves the machine.
+    let needed = disk_needed(opts.households);
+    if let Some(free) = free_bytes(&opts.dir)
+        && free < needed
+    {
+        bail!(
+            "{} has {:.1} GB free, and {} households need about {:.1} GB: free space, or choose --dir elsewhere",
+            opts.dir.display(),
+            free as f64 / 1e9,
+            opts.households,
+            needed as f64 / 1e9
+        );
+    }
     let mut f = Figures {
         households: u64::from(opts.households),
         ..Figures::default()
@@ -450,4 +490,39 @@ pub fn table(f: &Figures) -> String {
         "",
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bench_the_disk_cannot_hold_is_refused_before_it_generates_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(dir.path()).expect("df reports the temporary folder");
+        assert!(free > 0);
+        assert_eq!(disk_needed(3_000_000), 31_000_000_000);
+        let opts = BenchOptions {
+            households: u32::MAX,
+            runs: 1,
+            seed: 1,
+            dir: dir.path().join("bench"),
+            config: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml"),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt.block_on(run(&opts)).unwrap_err().to_string();
+        assert!(err.contains("GB free"), "{err}");
+        assert!(
+            err.contains("free space, or choose --dir elsewhere"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&opts.dir).unwrap().count(),
+            0,
+            "nothing generated"
+        );
+    }
 }
