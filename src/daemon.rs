@@ -218,6 +218,7 @@ pub async fn run(
         Some(crate::state::snapshot::path_in(&config.daemon.data_dir)),
     )?;
     engine.set_feeds(&config.feeds);
+    engine.set_log_retention(config.daemon.log_retention);
     let report = engine.evaluate_all(now())?;
     info!(
         seconds = opening.elapsed().as_secs_f64(),

@@ -78,6 +78,9 @@ pub struct Engine {
     /// alerts are reloaded from the store before anything else is done (the store may be
     /// unreadable until it is writable again).
     stale: bool,
+    /// Entries of the notification and audit logs older than this are deleted by `tick`;
+    /// `None`: kept forever.
+    log_retention: Option<std::time::Duration>,
     /// Where the state snapshot is read at the start and written at a clean stop
     /// (`state::snapshot`); `None`: the working set is always loaded from the store.
     snapshot: Option<PathBuf>,
@@ -202,6 +205,7 @@ impl Engine {
             last_full_month: None,
             retention_months,
             stale: false,
+            log_retention: None,
             snapshot,
         };
         e.update_gauges();
@@ -225,6 +229,38 @@ impl Engine {
             self.update_gauges();
         }
         Ok(())
+    }
+
+    /// From now on, `tick` deletes entries of the notification and audit logs older than
+    /// `keep` (`daemon.log_retention`).
+    pub fn set_log_retention(&mut self, keep: std::time::Duration) {
+        self.log_retention = Some(keep);
+    }
+
+    /// Deletes the log entries older than the log retention; their keys begin with the time.
+    fn prune_logs(&self, now: i64) {
+        let Some(keep) = self.log_retention else {
+            return;
+        };
+        let before = now.saturating_sub(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX));
+        for (space, log) in [(Space::NotifyLog, "notifications"), (Space::Audit, "audit")] {
+            match crate::store::prune_before(
+                self.store.as_ref(),
+                space,
+                &before.to_be_bytes(),
+                10_000,
+            ) {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    log,
+                    entries = n,
+                    "log entries past daemon.log_retention deleted"
+                ),
+                Err(e) => {
+                    warn!(log, error = %e, "deleting old log entries failed; retrying at the next pass")
+                }
+            }
+        }
     }
 
     /// Writes the state snapshot (at a clean stop, after the last commit), so that the next
@@ -696,6 +732,7 @@ impl Engine {
             add(&mut report, r);
         }
         self.alerts.expire_resolved(now.timestamp());
+        self.prune_logs(now.timestamp());
         let mut b = Batch::default();
         let mut queued = Vec::new();
         if !self.notify.escalate_to.is_empty() {

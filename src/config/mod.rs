@@ -98,6 +98,8 @@ pub struct DaemonConfig {
     pub pseudonym_key_file: Option<PathBuf>,
     pub create_pseudonym_key: bool,
     pub retention_months: u32,
+    /// Entries of the notification log and the audit log older than this are deleted.
+    pub log_retention: Duration,
     pub language: Language,
     pub tokens_file: Option<PathBuf>,
 }
@@ -446,6 +448,9 @@ impl Config {
 }
 
 /// Parses durations such as `90s`, `15m`, `2h`, `30d` (an integer and a unit).
+/// The shortest `daemon.log_retention`: network logs are kept at least six months.
+const MIN_LOG_RETENTION: Duration = Duration::from_secs(180 * 86_400);
+
 /// A century: the longest duration a configuration or rule may give.
 const MAX_DURATION_SECS: u64 = 36_500 * 86_400;
 
@@ -535,6 +540,21 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
             ),
         ));
     }
+    let log_retention = duration_field(
+        src,
+        &dp.key("log_retention"),
+        &d.log_retention,
+        &mut problems,
+    );
+    if log_retention < MIN_LOG_RETENTION {
+        problems.push(src.problem(
+            &dp.key("log_retention"),
+            format!(
+                "{:?} is too short: keep the notification and audit logs at least 180 days (180d)",
+                d.log_retention
+            ),
+        ));
+    }
     let language = match d.language.as_str() {
         "zh" => Language::Zh,
         "en" => Language::En,
@@ -554,6 +574,7 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
         pseudonym_key_file: d.pseudonym_key_file.as_deref().map(resolve),
         create_pseudonym_key: d.create_pseudonym_key,
         retention_months: d.retention_months,
+        log_retention,
         language,
         tokens_file: d.tokens_file.as_deref().map(resolve),
     };
@@ -1426,6 +1447,25 @@ mod tests {
             parse_duration("1500ms").unwrap(),
             Duration::from_millis(1500)
         );
+    }
+
+    #[test]
+    fn log_retention_defaults_to_two_years_and_refuses_less_than_six_months() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |body: &str| {
+            let p = dir.path().join("g.toml");
+            std::fs::write(&p, body).unwrap();
+            Config::load(&p)
+        };
+        let c = load("[daemon]\n").unwrap();
+        assert_eq!(c.daemon.log_retention, Duration::from_secs(730 * 86_400));
+        let c = load("[daemon]\nlog_retention = \"180d\"\n").unwrap();
+        assert_eq!(c.daemon.log_retention, Duration::from_secs(180 * 86_400));
+        let err = load("[daemon]\nlog_retention = \"30d\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("daemon.log_retention"), "{err}");
+        assert!(err.contains("at least 180 days"), "{err}");
     }
 
     #[test]

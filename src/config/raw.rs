@@ -74,6 +74,8 @@ pub struct RawDaemon {
     pub pseudonym_key_file: Option<String>,
     pub create_pseudonym_key: bool,
     pub retention_months: u32,
+    /// How long the notification log and the audit log keep an entry.
+    pub log_retention: String,
     pub language: String,
     /// API tokens (hashes only), roles and county scopes; no file, no API.
     pub tokens_file: Option<String>,
@@ -89,6 +91,7 @@ impl Default for RawDaemon {
             pseudonym_key_file: None,
             create_pseudonym_key: false,
             retention_months: 24,
+            log_retention: "730d".into(),
             language: "zh".into(),
             tokens_file: None,
         }

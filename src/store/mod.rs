@@ -295,6 +295,30 @@ pub trait Store: Send + Sync {
     }
 }
 
+/// Deletes the keys of `space` that sort before `before`, in batches of at most `chunk`
+/// keys; returns how many. For logs keyed by time first (the notification log, the audit
+/// log), `before` is a time's big-endian bytes: entries older than it go.
+pub fn prune_before(
+    store: &dyn Store,
+    space: Space,
+    before: &[u8],
+    chunk: usize,
+) -> Result<usize, StoreError> {
+    let mut keys = Vec::new();
+    store.for_each_in(space, &[], Some(before), &mut |k, _| {
+        keys.push(k.to_vec());
+        Ok(())
+    })?;
+    for part in keys.chunks(chunk.max(1)) {
+        let mut batch = Batch::default();
+        for k in part {
+            batch.delete(space, k.clone());
+        }
+        store.commit(batch)?;
+    }
+    Ok(keys.len())
+}
+
 /// Opens (or creates) the sled store in `dir` and checks its schema version.
 pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
     SledStore::open(dir)
