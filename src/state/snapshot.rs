@@ -6,7 +6,7 @@
 //! state writes a new stamp, so the snapshot is used only while the store's stamp is still
 //! the one it carries. A snapshot that is missing, older than the store, of another format
 //! or damaged (each frame has a CRC-32) is set aside with a log line, and the working set
-//! is loaded from the store as before.
+//! is loaded from the store as before. A snapshot serves one start: it is removed once read.
 //!
 //! Layout: the magic bytes, then frames of `[u32 length][u32 CRC-32][postcard bytes]`, all
 //! little-endian: a header, households with their months in frames of
@@ -49,9 +49,21 @@ pub enum SnapshotError {
 struct Header {
     format: u32,
     schema: u32,
+    /// The versions of the value types whose encoding the frames share with the store
+    /// (household, month, village, county): a change to one of them sets old snapshots
+    /// aside, as postcard's bytes do not say which fields they hold.
+    values: [u8; 4],
     stamp: u64,
     households: u64,
 }
+
+/// See [`Header::values`].
+const VALUES: [u8; 4] = [
+    super::HOUSEHOLD_VERSION,
+    super::HOUSEHOLD_MONTH_VERSION,
+    super::VILLAGE_VERSION,
+    super::COUNTY_VERSION,
+];
 
 /// The snapshot's path in `data_dir`.
 pub fn path_in(data_dir: &Path) -> PathBuf {
@@ -65,18 +77,44 @@ pub fn save(world: &World, store: &dyn Store, path: &Path) -> Result<(), Snapsho
         Some(s) => s,
         None => store.renew_state_stamp()?,
     };
-    let tmp = path.with_extension("snapshot.tmp");
+    // The old one first: the disk never holds two, and a write that fails leaves none.
+    remove(path);
+    let tmp = temporary(path);
+    let written = write(world, stamp, &tmp, path);
+    if written.is_err() {
+        remove(&tmp);
+    }
+    written
+}
+
+/// Where a snapshot is written before it is renamed into place.
+fn temporary(path: &Path) -> PathBuf {
+    path.with_extension("snapshot.tmp")
+}
+
+/// Removes a file if it is there; a file that cannot be removed is only logged (a snapshot
+/// left behind is set aside by its stamp).
+fn remove(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!(file = %path.display(), error = %e, "cannot remove an old state snapshot"),
+    }
+}
+
+fn write(world: &World, stamp: u64, tmp: &Path, path: &Path) -> Result<(), SnapshotError> {
     let io = |source| SnapshotError::Io {
-        path: tmp.clone(),
+        path: tmp.to_path_buf(),
         source,
     };
-    let file = File::create(&tmp).map_err(io)?;
+    let file = File::create(tmp).map_err(io)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     out.write_all(MAGIC).map_err(io)?;
     let mut frame = Vec::new();
     let header = Header {
         format: FORMAT,
         schema: SCHEMA_VERSION,
+        values: VALUES,
         stamp,
         households: world.households.len() as u64,
     };
@@ -99,12 +137,12 @@ pub fn save(world: &World, store: &dyn Store, path: &Path) -> Result<(), Snapsho
     let file = out.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
     drop(file);
-    std::fs::rename(&tmp, path).map_err(|source| SnapshotError::Io {
+    std::fs::rename(tmp, path).map_err(|source| SnapshotError::Io {
         path: path.to_path_buf(),
         source,
     })?;
     // The rename is durable once the directory is.
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|source| SnapshotError::Io {
@@ -145,7 +183,14 @@ pub fn load(path: &Path, store: &dyn Store, retention_months: u32) -> Option<Wor
             return None;
         }
     };
-    match read(path, stamp, retention_months) {
+    // A temporary file is what a stop cut short left.
+    remove(&temporary(path));
+    let outcome = read(path, stamp, retention_months);
+    // Used once: the next clean stop writes a new one. A snapshot kept after this start
+    // could only ever be stale, and a stamp could come back if the store were restored from
+    // a backup.
+    remove(path);
+    match outcome {
         Ok(Outcome::Loaded(w)) => {
             info!(file = %path.display(), households = w.n_households(), "working set loaded from the state snapshot");
             Some(*w)
@@ -179,10 +224,18 @@ fn read(path: &Path, stamp: Option<u64>, retention_months: u32) -> Result<Outcom
             });
         }
     };
+    let len = file
+        .metadata()
+        .map_err(|source| SnapshotError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
     let mut frames = Frames {
         input: BufReader::with_capacity(1 << 20, file),
         buf: Vec::new(),
         path,
+        len: usize::try_from(len).unwrap_or(usize::MAX),
     };
     let mut magic = [0u8; 8];
     frames.read_exact(&mut magic)?;
@@ -190,7 +243,7 @@ fn read(path: &Path, stamp: Option<u64>, retention_months: u32) -> Result<Outcom
         return Ok(Outcome::Stale("not a snapshot of this format"));
     }
     let header: Header = frames.next()?;
-    if header.format != FORMAT || header.schema != SCHEMA_VERSION {
+    if header.format != FORMAT || header.schema != SCHEMA_VERSION || header.values != VALUES {
         return Ok(Outcome::Stale("written by another version of guardline"));
     }
     if stamp != Some(header.stamp) {
@@ -198,7 +251,10 @@ fn read(path: &Path, stamp: Option<u64>, retention_months: u32) -> Result<Outcom
     }
     let mut w = World::new(retention_months);
     let n = usize::try_from(header.households).map_err(|_| frames.damaged("household count"))?;
-    w.households.reserve(n);
+    // A count its file cannot hold is damage, not a reservation to try.
+    w.households
+        .try_reserve(n.min(frames.len / 8))
+        .map_err(|_| frames.damaged("a household count beyond memory"))?;
     while w.households.len() < n {
         let chunk: Vec<(Household, Months)> = frames.next()?;
         if chunk.is_empty() {
@@ -230,6 +286,8 @@ struct Frames<'a> {
     input: BufReader<File>,
     buf: Vec<u8>,
     path: &'a Path,
+    /// The file's length in bytes.
+    len: usize,
 }
 
 impl Frames<'_> {

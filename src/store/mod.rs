@@ -28,7 +28,10 @@ pub use sled_backend::SledStore;
 ///
 /// - 1: months of a household under `H`, the household id, a NUL, the month.
 /// - 2: months under `M`, the month, then the household id ([`Space::HouseholdMonth`]).
-pub const SCHEMA_VERSION: u32 = 2;
+/// - 3: every commit that writes state writes a new [`Store::state_stamp`]. Migrating
+///   writes one; an older guardline, which would write state without stamping it and leave
+///   a state snapshot looking current, refuses the store.
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -381,13 +381,19 @@ fn check_schema(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
                     detail: format!("{} bytes instead of 4", v.len()),
                 })?;
             let found = u32::from_be_bytes(bytes);
-            if found == 1 {
+            if found == 1 || found == 2 {
                 // The new version first, so that an older guardline refuses a store whose
                 // migration has begun; the keys left are moved at this and every later open.
-                db.insert(key, &SCHEMA_VERSION.to_be_bytes())?;
+                // With it a new state stamp: versions before 3 did not stamp their commits,
+                // so no state snapshot taken before can pass for current.
+                let stamp = db.generate_id()?;
+                let mut b = sled::Batch::default();
+                b.insert(key, &SCHEMA_VERSION.to_be_bytes());
+                b.insert(key_of(Space::Meta, STATE_STAMP_KEY), &stamp.to_be_bytes());
+                db.apply_batch(b)?;
                 db.flush()?;
             }
-            if found == SCHEMA_VERSION || found == 1 {
+            if (1..=SCHEMA_VERSION).contains(&found) {
                 if db.range([MONTHS_V1]..[MONTHS_V1 + 1]).next().is_some() {
                     migrate_months(db)?;
                 }
