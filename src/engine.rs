@@ -244,10 +244,28 @@ impl Engine {
         };
         let before = now.saturating_sub(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX));
         for (space, log) in [(Space::NotifyLog, "notifications"), (Space::Audit, "audit")] {
+            // At most one day of entries per pass: a backlog of years (a first start with a
+            // retention, a clock set forward) is worked off pass by pass instead of holding
+            // the engine for one long deletion.
+            let oldest = match self.store.first_key_from(space, &[]) {
+                Ok(Some(k)) => k
+                    .first_chunk::<8>()
+                    .map(|t| i64::from_be_bytes(*t))
+                    .unwrap_or(i64::MIN),
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(log, error = %e, "reading the oldest log entry failed; retrying at the next pass");
+                    continue;
+                }
+            };
+            if oldest >= before {
+                continue;
+            }
+            let bound = before.min(oldest.saturating_add(86_400));
             match crate::store::prune_before(
                 self.store.as_ref(),
                 space,
-                &before.to_be_bytes(),
+                &bound.to_be_bytes(),
                 10_000,
             ) {
                 Ok(0) => {}
@@ -272,7 +290,13 @@ impl Engine {
                 crate::state::snapshot::save(&self.world, self.store.as_ref(), path)?;
                 Ok(true)
             }
-            _ => Ok(false),
+            Some(_) => {
+                info!(
+                    "state snapshot not written: memory may differ from the store after a failed commit; the next start loads the store"
+                );
+                Ok(false)
+            }
+            None => Ok(false),
         }
     }
 

@@ -530,6 +530,7 @@ fn round(ctx: &Ctx, number: usize, kills: usize, rng: &mut Rng) -> Round {
     let mut log: Vec<Kill> = Vec::new();
     let mut wrote_snapshot = false;
     let mut unused_snapshot: Vec<usize> = Vec::new();
+    let mut snapshot_starts = 0;
     for i in 0..kills {
         ctx.check_binary();
         let offset = std::fs::metadata(&crashed.log).map_or(0, |m| m.len()) as usize;
@@ -539,6 +540,22 @@ fn round(ctx: &Ctx, number: usize, kills: usize, rng: &mut Rng) -> Round {
         } else {
             KILL_WITHIN_MS
         });
+        // A life that stops cleanly, and the one after a clean stop, first load their
+        // state (so that the stop writes a snapshot and the next start reads it); the
+        // random moment counts from there.
+        let how = match i % 4 {
+            2 => "clean stop",
+            3 => "stop cut short",
+            _ => "",
+        };
+        if how == "clean stop" || wrote_snapshot {
+            wait_for(Duration::from_secs(60), "the state to load", || {
+                let text = std::fs::read_to_string(&crashed.log).unwrap_or_default();
+                text[offset.min(text.len())..]
+                    .contains("state loaded and evaluated")
+                    .then_some(())
+            });
+        }
         std::thread::sleep(Duration::from_millis(delay_ms));
         if let Some(status) = child.0.try_wait().unwrap() {
             let text = std::fs::read_to_string(&crashed.log).unwrap();
@@ -549,11 +566,6 @@ fn round(ctx: &Ctx, number: usize, kills: usize, rng: &mut Rng) -> Round {
         }
         // Some lives end with SIGTERM, which writes the state snapshot the next life starts
         // from; some are killed while they stop, which may cut the snapshot's writing short.
-        let how = match i % 4 {
-            2 => "clean stop",
-            3 => "stop cut short",
-            _ => "",
-        };
         if !how.is_empty() {
             sigterm(child.0.id());
         }
@@ -576,10 +588,12 @@ fn round(ctx: &Ctx, number: usize, kills: usize, rng: &mut Rng) -> Round {
         let segment = &text[offset.min(text.len())..];
         // A start that got past loading after a clean stop that wrote the snapshot must
         // have used it: nothing changed the store in between.
-        if wrote_snapshot && segment.contains("state loaded and evaluated") {
-            unused_snapshot.extend(
-                (!segment.contains("working set loaded from the state snapshot")).then_some(i),
-            );
+        if wrote_snapshot {
+            if segment.contains("working set loaded from the state snapshot") {
+                snapshot_starts += 1;
+            } else {
+                unused_snapshot.push(i);
+            }
         }
         wrote_snapshot = segment.contains("state snapshot written");
         log.push(Kill {
@@ -634,6 +648,13 @@ fn round(ctx: &Ctx, number: usize, kills: usize, rng: &mut Rng) -> Round {
     assert!(
         unused_snapshot.is_empty(),
         "lives {unused_snapshot:?} loaded the store although the stop before them wrote a current state snapshot\n{summary}"
+    );
+    // Each clean stop that is not a round's last life is followed by a start from its
+    // snapshot.
+    let clean_stops = (0..kills).filter(|i| i % 4 == 2 && i + 1 < kills).count();
+    assert!(
+        snapshot_starts >= clean_stops,
+        "{snapshot_starts} starts from a state snapshot, after {clean_stops} clean stops\n{summary}"
     );
     // (a) the state in /metrics.
     assert_eq!(got.gauges, want.gauges, "metrics differ\n{summary}");

@@ -83,18 +83,22 @@ fn a_tick_deletes_log_entries_past_the_retention_and_keeps_the_rest() {
     assert_eq!(e.audit_log(100).unwrap().len(), 3);
 
     e.set_log_retention(std::time::Duration::from_secs(730 * DAY as u64));
+    let ids = |e: &Engine| -> Vec<u64> {
+        e.notification_log(100)
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect()
+    };
+    // One day of the backlog per pass, the oldest day first.
     e.tick(now).unwrap();
-    let ids: Vec<u64> = e
-        .notification_log(100)
-        .unwrap()
-        .iter()
-        .map(|d| d.id)
-        .collect();
     assert_eq!(
-        ids,
-        vec![5, 4, 3],
-        "newest first, the two past 730 days gone"
+        ids(&e),
+        vec![5, 4, 3, 2],
+        "newest first, the entry of 900 days gone"
     );
+    e.tick(now).unwrap();
+    assert_eq!(ids(&e), vec![5, 4, 3], "then the one of 731 days");
     let targets: Vec<String> = e
         .audit_log(100)
         .unwrap()
