@@ -100,16 +100,27 @@ impl Pseudonymizer {
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either no file or the whole key: a
-/// temporary file next to it, synced, then renamed, and the directory synced. A key cut
-/// short would otherwise give every person a new key, and no record would join its household.
+/// temporary file next to it (readable by its owner only), synced, then linked into place,
+/// and the directory synced. A key cut short would otherwise give every person a new key,
+/// and no record would join its household. Linking never replaces: if another process
+/// created the key meanwhile, its key stays.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, path)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    std::fs::remove_file(&tmp)?;
+    match linked {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)?.sync_all()?;
     }
@@ -147,5 +158,15 @@ mod tests {
             2,
             "the key and the short one, no temporary file left"
         );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&created).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "readable by its owner only");
+        }
+        // A key that exists is never replaced.
+        let before = std::fs::read(&created).unwrap();
+        write_atomically(&created, b"another key of enough length").unwrap();
+        assert_eq!(std::fs::read(&created).unwrap(), before);
     }
 }

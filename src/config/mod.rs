@@ -447,13 +447,13 @@ impl Config {
     }
 }
 
-/// Parses durations such as `90s`, `15m`, `2h`, `30d` (an integer and a unit).
 /// The shortest `daemon.log_retention`: network logs are kept at least six months.
 const MIN_LOG_RETENTION: Duration = Duration::from_secs(180 * 86_400);
 
 /// A century: the longest duration a configuration or rule may give.
 const MAX_DURATION_SECS: u64 = 36_500 * 86_400;
 
+/// Parses durations such as `90s`, `15m`, `2h`, `30d` (an integer and a unit).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -540,12 +540,10 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
             ),
         ));
     }
-    let log_retention = duration_field(
-        src,
-        &dp.key("log_retention"),
-        &d.log_retention,
-        &mut problems,
-    );
+    let log_retention = parse_duration(&d.log_retention).unwrap_or_else(|e| {
+        problems.push(src.problem(&dp.key("log_retention"), e));
+        MIN_LOG_RETENTION
+    });
     if log_retention < MIN_LOG_RETENTION {
         problems.push(src.problem(
             &dp.key("log_retention"),
@@ -1466,6 +1464,11 @@ mod tests {
             .to_string();
         assert!(err.contains("daemon.log_retention"), "{err}");
         assert!(err.contains("at least 180 days"), "{err}");
+        let err = load("[daemon]\nlog_retention = \"two years\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("whole number"), "{err}");
+        assert!(!err.contains("too short"), "one problem, not two: {err}");
     }
 
     #[test]

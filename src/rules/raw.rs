@@ -274,6 +274,15 @@ pub fn validate(
             );
         }
     }
+    if let Some(y) = r.line_year_offset
+        && !(-50..=50).contains(&y)
+    {
+        // Added to a year, an offset of billions overflowed.
+        p(
+            "line_year_offset",
+            format!("{y} years is beyond ±50: lines are set per year, a few years apart at most"),
+        );
+    }
     let severity = match r.severity.as_str() {
         "info" => Severity::Info,
         "warning" => Severity::Warning,

@@ -258,3 +258,26 @@ fn numbers_that_are_not_finite_or_absurdly_large_are_refused_with_their_place() 
     let text = drop_rule_with_summary("ok").replace("drop_percent = 50", "drop_percent = 50.5");
     assert!(RuleSet::from_sources(&[Source::from_text(Path::new("a.toml"), text)]).is_ok());
 }
+
+#[test]
+fn a_line_year_offset_beyond_fifty_years_is_refused() {
+    let text = r#"
+[[rules]]
+name = "x"
+kind = "threshold"
+value = "income_per_capita"
+below_line = "monitoring"
+line_year_offset = 2000000000
+severity = "warning"
+risk_category = "其他"
+summary = "ok"
+description = "ok"
+"#;
+    let err = RuleSet::from_sources(&[Source::from_text(Path::new("a.toml"), text.into())])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rules[0].line_year_offset"), "{err}");
+    assert!(err.contains("beyond ±50"), "{err}");
+    let ok = text.replace("2000000000", "-1");
+    assert!(RuleSet::from_sources(&[Source::from_text(Path::new("a.toml"), ok)]).is_ok());
+}
