@@ -498,6 +498,11 @@ pub fn table(f: &Figures) -> String {
         "≤ 20 ms",
     );
     row(
+        "firing household alerts after the full evaluation",
+        f.alerts_firing.to_string(),
+        "",
+    );
+    row(
         "store on disk",
         format!("{:.0} MiB", f.store_bytes as f64 / 1_048_576.0),
         "",
