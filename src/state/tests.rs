@@ -345,15 +345,7 @@ fn a_store_of_thousands_of_households_loads_the_same_on_several_threads() {
 /// Opens the store in `dir` again. sled releases its file lock when its flusher thread lets go
 /// of the dropped database, which can be a moment after a large write: wait for it.
 fn open_again(dir: &std::path::Path) -> SledStore {
-    for _ in 0..200 {
-        match SledStore::open(dir) {
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(25));
-            }
-            other => return other.unwrap(),
-        }
-    }
-    panic!("the store in {} stayed locked for 5 s", dir.display());
+    SledStore::reopen_for_tests(dir).unwrap()
 }
 
 #[test]

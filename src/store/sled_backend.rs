@@ -290,6 +290,22 @@ impl SledStore {
         db.range([prefix]..[prefix + 1]).count()
     }
 
+    /// Opens the store in `dir` again right after this process closed it. sled releases its
+    /// file lock a moment after its flusher lets go, so a test that reopens at once can find
+    /// it still locked: this waits for the lock (up to 5 s).
+    #[cfg(test)]
+    pub(crate) fn reopen_for_tests(dir: &Path) -> Result<Self, StoreError> {
+        for _ in 0..200 {
+            match Self::open(dir) {
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                other => return other,
+            }
+        }
+        panic!("the store in {} stayed locked for 5 s", dir.display());
+    }
+
     /// Overwrites the schema version (tests use it to simulate a store of another version).
     pub fn write_schema_version_for_tests(&self, version: u32) -> Result<(), StoreError> {
         self.run(|db| {
@@ -607,7 +623,7 @@ mod tests {
             b.delete(Space::Cursor, b"h1".to_vec());
             s.commit(b).unwrap();
         }
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = SledStore::reopen_for_tests(dir.path()).unwrap();
         assert_eq!(
             s.scan(Space::Household).unwrap(),
             vec![(b"h1".to_vec(), b"one".to_vec())]
@@ -624,7 +640,10 @@ mod tests {
             .unwrap()
             .write_schema_version_for_tests(SCHEMA_VERSION + 1)
             .unwrap();
-        let err = SledStore::open(dir.path()).err().unwrap().to_string();
+        let err = SledStore::reopen_for_tests(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("written by a newer guardline"), "{err}");
     }
 
@@ -707,7 +726,7 @@ mod tests {
             ]
         );
         drop(s);
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = SledStore::reopen_for_tests(dir.path()).unwrap();
         assert_eq!(s.scan(Space::Household).unwrap().len(), 2);
     }
 
@@ -736,7 +755,7 @@ mod tests {
             sled::Config::new().path(dir.path().join("store")).open(),
             Err(sled::Error::Corruption { .. })
         ));
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = SledStore::reopen_for_tests(dir.path()).unwrap();
         assert_eq!(
             s.get(Space::Household, b"kept").unwrap(),
             Some(b"v".to_vec())
@@ -771,7 +790,10 @@ mod tests {
             .unwrap()
             .write_schema_version_for_tests(0)
             .unwrap();
-        let err = SledStore::open(dir.path()).err().unwrap().to_string();
+        let err = SledStore::reopen_for_tests(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             err.contains("can migrate") && err.contains("damaged"),
             "{err}"
