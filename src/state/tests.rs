@@ -342,12 +342,6 @@ fn a_store_of_thousands_of_households_loads_the_same_on_several_threads() {
     assert_same_households(&w, &again);
 }
 
-/// Opens the store in `dir` again. sled releases its file lock when its flusher thread lets go
-/// of the dropped database, which can be a moment after a large write: wait for it.
-fn open_again(dir: &std::path::Path) -> SledStore {
-    SledStore::reopen_for_tests(dir).unwrap()
-}
-
 #[test]
 fn a_store_of_schema_version_1_is_migrated_when_opened_and_loads_the_same() {
     let dir = tempfile::tempdir().unwrap();
@@ -355,12 +349,12 @@ fn a_store_of_schema_version_1_is_migrated_when_opened_and_loads_the_same() {
     // The whole store; as if a migration had stopped after moving 2,500 keys; and the same
     // once it had written the new version (which it does first).
     for (keep, version) in [(0, 1), (2_500, 1), (2_500, 2)] {
-        let store = open_again(dir.path());
+        let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.downgrade_months_for_tests(keep), keys - keep);
         assert_eq!(store.count_prefix_for_tests(b'H'), keys - keep);
         store.write_schema_version_for_tests(version).unwrap();
         drop(store);
-        let store = open_again(dir.path());
+        let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(
             store.count_prefix_for_tests(b'H'),
             0,
@@ -569,7 +563,7 @@ fn a_store_of_schema_version_2_gets_a_new_stamp_so_no_earlier_snapshot_passes_fo
     // run on the store since.
     store.write_schema_version_for_tests(2).unwrap();
     drop(store);
-    let store = open_again(dir.path());
+    let store = SledStore::open(dir.path()).unwrap();
     assert!(snapshot::load(&path, &store, 24).is_none());
     assert_same_world(&World::load(&store, 24).unwrap(), &w);
 }

@@ -76,10 +76,30 @@ fn open_db(path: &Path) -> sled::Result<sled::Db> {
             .cache_capacity(64 * 1024 * 1024)
             .open()
     };
-    match open() {
-        Err(sled::Error::Corruption { .. }) if remove_unfinished_snapshots(path) > 0 => open(),
-        other => other,
+    let began = Instant::now();
+    loop {
+        match open() {
+            Err(sled::Error::Corruption { .. }) if remove_unfinished_snapshots(path) > 0 => {
+                return open();
+            }
+            // sled releases its file lock a moment after its database is dropped (its
+            // flusher thread lets go last), so reopening in the same process, after a
+            // failed write, can find the lock still held: wait for it a little. Another
+            // process holding it is reported after the wait.
+            Err(e) if lock_busy(&e) && began.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            other => return other,
+        }
     }
+}
+
+/// How long opening waits for sled's file lock.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether sled could not open because another handle holds its file lock.
+fn lock_busy(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 /// Removes the snapshot files sled left unfinished in `path`; returns how many.
@@ -288,22 +308,6 @@ impl SledStore {
         let slot = self.slot.read().unwrap_or_else(PoisonError::into_inner);
         let db = slot.db.as_ref().unwrap();
         db.range([prefix]..[prefix + 1]).count()
-    }
-
-    /// Opens the store in `dir` again right after this process closed it. sled releases its
-    /// file lock a moment after its flusher lets go, so a test that reopens at once can find
-    /// it still locked: this waits for the lock (up to 5 s).
-    #[cfg(test)]
-    pub(crate) fn reopen_for_tests(dir: &Path) -> Result<Self, StoreError> {
-        for _ in 0..200 {
-            match Self::open(dir) {
-                Err(e) if e.to_string().contains("could not acquire lock") => {
-                    std::thread::sleep(Duration::from_millis(25));
-                }
-                other => return other,
-            }
-        }
-        panic!("the store in {} stayed locked for 5 s", dir.display());
     }
 
     /// Overwrites the schema version (tests use it to simulate a store of another version).
@@ -623,7 +627,7 @@ mod tests {
             b.delete(Space::Cursor, b"h1".to_vec());
             s.commit(b).unwrap();
         }
-        let s = SledStore::reopen_for_tests(dir.path()).unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(
             s.scan(Space::Household).unwrap(),
             vec![(b"h1".to_vec(), b"one".to_vec())]
@@ -640,10 +644,7 @@ mod tests {
             .unwrap()
             .write_schema_version_for_tests(SCHEMA_VERSION + 1)
             .unwrap();
-        let err = SledStore::reopen_for_tests(dir.path())
-            .err()
-            .unwrap()
-            .to_string();
+        let err = SledStore::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("written by a newer guardline"), "{err}");
     }
 
@@ -726,7 +727,7 @@ mod tests {
             ]
         );
         drop(s);
-        let s = SledStore::reopen_for_tests(dir.path()).unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(s.scan(Space::Household).unwrap().len(), 2);
     }
 
@@ -755,7 +756,7 @@ mod tests {
             sled::Config::new().path(dir.path().join("store")).open(),
             Err(sled::Error::Corruption { .. })
         ));
-        let s = SledStore::reopen_for_tests(dir.path()).unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(
             s.get(Space::Household, b"kept").unwrap(),
             Some(b"v".to_vec())
@@ -790,10 +791,7 @@ mod tests {
             .unwrap()
             .write_schema_version_for_tests(0)
             .unwrap();
-        let err = SledStore::reopen_for_tests(dir.path())
-            .err()
-            .unwrap()
-            .to_string();
+        let err = SledStore::open(dir.path()).err().unwrap().to_string();
         assert!(
             err.contains("can migrate") && err.contains("damaged"),
             "{err}"
