@@ -14,6 +14,7 @@ use guardline::model::{
 use guardline::notify::{Outbox, Templates};
 use guardline::pseudonym::Pseudonymizer;
 use guardline::rules::RuleSet;
+use guardline::state::{CountyValue, Village, World};
 use guardline::store::{self, Space, Store};
 use proptest::prelude::*;
 
@@ -61,6 +62,10 @@ fn feeds(dir: &Path) -> Feeds {
 }
 
 fn open(dir: &Path, cfg: &Config) -> Engine {
+    open_with_snapshot(dir, cfg, None)
+}
+
+fn open_with_snapshot(dir: &Path, cfg: &Config, snapshot: Option<std::path::PathBuf>) -> Engine {
     let store: Arc<dyn Store> = Arc::new(store::open(dir).unwrap());
     let rules = RuleSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("alerts")).unwrap();
     Engine::open(
@@ -74,7 +79,7 @@ fn open(dir: &Path, cfg: &Config) -> Engine {
         Arc::new(guardline::metrics::Metrics::new()),
         Pseudonymizer::from_key(b"property test key 0123"),
         Default::default(),
-        None,
+        snapshot,
     )
     .unwrap()
 }
@@ -201,6 +206,60 @@ proptest! {
         let crashed = tempfile::tempdir().unwrap();
         run(crashed.path(), &f, households, &records, page, &crashes);
         prop_assert_eq!(snapshot(clean.path()), snapshot(crashed.path()));
+    }
+}
+
+/// Everything a world holds that the public API shows.
+fn same_world(a: &World, b: &World) -> Result<(), TestCaseError> {
+    prop_assert_eq!(a.n_households(), b.n_households());
+    for h in a.households() {
+        prop_assert_eq!(Some(h), b.household(&h.id));
+    }
+    let villages = |w: &World| -> Vec<Village> {
+        let mut v: Vec<Village> = w.villages().cloned().collect();
+        v.sort_by_key(|v| v.code);
+        v
+    };
+    prop_assert_eq!(villages(a), villages(b));
+    let counties = |w: &World| -> Vec<CountyValue> { w.counties().cloned().collect() };
+    prop_assert_eq!(counties(a), counties(b));
+    for ind in Indicator::ALL {
+        prop_assert_eq!(a.latest_month(ind), b.latest_month(ind));
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// A running engine's state snapshot (after ingest, duplicates, evaluation and the
+    /// periodic pass, which writes county values) loads the world the store holds.
+    #[test]
+    fn a_running_engines_snapshot_loads_the_world_its_store_holds(
+        households in 1usize..5,
+        wages in proptest::collection::vec((0usize..10, 0u32..8, 1i64..6000, 0usize..40), 1..50),
+        page in 1usize..7,
+    ) {
+        let records = wage_records(&wages, 2 * households);
+        let dir = tempfile::tempdir().unwrap();
+        let f = feeds(dir.path());
+        let path = guardline::state::snapshot::path_in(dir.path());
+        let mut engine = open_with_snapshot(dir.path(), &f.cfg, Some(path.clone()));
+        engine.set_feeds(&f.cfg.feeds);
+        engine.ingest(&f.roster, mapped(&roster_records(households)), now()).unwrap();
+        engine.poll_finished("roster", true);
+        for chunk in records.chunks(page) {
+            engine.ingest(&f.wages, mapped(chunk), now()).unwrap();
+            engine.evaluate_touched(now()).unwrap();
+        }
+        engine.poll_finished("wages", true);
+        engine.tick(now()).unwrap();
+        prop_assert!(engine.save_snapshot().unwrap(), "written");
+        drop(engine);
+        let store = store::open(dir.path()).unwrap();
+        let from_file = guardline::state::snapshot::load(&path, &store, 24);
+        prop_assert!(from_file.is_some(), "current");
+        same_world(&from_file.unwrap(), &World::load(&store, 24).unwrap())?;
     }
 }
 
