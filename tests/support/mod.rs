@@ -466,20 +466,21 @@ pub fn spawn_daemon(config: &Path, log: &Path) -> KillOnDrop {
 
 /// SIGTERM to `pid` (`kill -TERM`): the daemon stops cleanly, without waiting for it.
 pub fn sigterm(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -TERM {pid}");
+    signal(pid, "TERM");
 }
 
 /// SIGKILL to `pid` (`kill -KILL`): no handler runs, nothing is flushed.
 pub fn sigkill(pid: u32) {
+    signal(pid, "KILL");
+}
+
+/// `kill -NAME pid` (std has no signal API without unsafe code).
+fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
+        .args([&format!("-{name}"), &pid.to_string()])
         .status()
         .unwrap();
-    assert!(status.success(), "kill -KILL {pid}");
+    assert!(status.success(), "kill -{name} {pid}");
 }
 
 /// An offline `guardline` command (e.g. `report`, `backtest`): its stdout; panics with
