@@ -219,6 +219,7 @@ pub async fn run(
     )?;
     engine.set_feeds(&config.feeds);
     engine.set_log_retention(config.daemon.log_retention);
+    engine.set_snapshot_interval(config.daemon.snapshot_interval);
     let report = engine.evaluate_all(now())?;
     info!(
         seconds = opening.elapsed().as_secs_f64(),
@@ -430,6 +431,10 @@ pub async fn run(
                             debug!(error = %err, "tick skipped: the store refuses writes")
                         }
                         Err(err) => error!(error = %err, "tick evaluation failed; retrying at the next tick"),
+                    }
+                    // So that a start after a crash reads the snapshot too.
+                    if let Err(err) = e.snapshot_if_due() {
+                        warn!(error = %err, "cannot write the state snapshot; retrying after the snapshot interval");
                     }
                 }
             }

@@ -84,6 +84,14 @@ pub struct Engine {
     /// Where the state snapshot is read at the start and written at a clean stop
     /// (`state::snapshot`); `None`: the working set is always loaded from the store.
     snapshot: Option<PathBuf>,
+    /// How often the daemon writes the snapshot while running; `None`: only at a clean stop.
+    snapshot_every: Option<std::time::Duration>,
+    /// When a snapshot was last written (or tried) or read, with the store's count of
+    /// journaled keys then; `None`: none since the start.
+    snapshot_taken: Option<(Instant, u64)>,
+    /// Changed keys the last snapshot lacks beyond those journaled since it was taken (those
+    /// a start from it caught up).
+    snapshot_backlog: u64,
 }
 
 const LAST_DATA_SUFFIX: &str = "\0last_data";
@@ -149,9 +157,13 @@ impl Engine {
         let from_snapshot = snapshot
             .as_deref()
             .and_then(|p| crate::state::snapshot::load(p, store.as_ref(), retention_months));
-        let world = match from_snapshot {
-            Some(w) => w,
-            None => World::load(store.as_ref(), retention_months)?,
+        let (world, snapshot_taken, snapshot_backlog) = match from_snapshot {
+            Some(l) => (
+                l.world,
+                Some((Instant::now(), store.state_keys_journaled())),
+                l.caught_up as u64,
+            ),
+            None => (World::load(store.as_ref(), retention_months)?, None, 0),
         };
         let alerts = Alerts::load(store.as_ref())?;
         let waiting = quarantine::waiting(store.as_ref())?
@@ -207,6 +219,9 @@ impl Engine {
             stale: false,
             log_retention: None,
             snapshot,
+            snapshot_every: None,
+            snapshot_taken,
+            snapshot_backlog,
         };
         e.update_gauges();
         e.update_quarantine_gauges();
@@ -281,13 +296,17 @@ impl Engine {
         }
     }
 
-    /// Writes the state snapshot (at a clean stop, after the last commit), so that the next
-    /// start reads one file instead of the store's month keys. Returns whether it wrote
-    /// one: not without a snapshot path, nor while memory may differ from the store.
-    pub fn save_snapshot(&self) -> Result<bool, crate::state::snapshot::SnapshotError> {
+    /// Writes the state snapshot (at a clean stop, after the last commit, and while running),
+    /// so that the next start reads one file instead of the store's month keys. Returns
+    /// whether it wrote one: not without a snapshot path, nor while memory may differ from
+    /// the store.
+    pub fn save_snapshot(&mut self) -> Result<bool, crate::state::snapshot::SnapshotError> {
         match &self.snapshot {
             Some(path) if !self.stale && self.world.is_settled() => {
+                // Also when the write fails: the next try waits for the interval.
+                self.snapshot_taken = Some((Instant::now(), self.store.state_keys_journaled()));
                 crate::state::snapshot::save(&self.world, self.store.as_ref(), path)?;
+                self.snapshot_backlog = 0;
                 Ok(true)
             }
             Some(_) => {
@@ -298,6 +317,44 @@ impl Engine {
             }
             None => Ok(false),
         }
+    }
+
+    /// From now on, [`Engine::snapshot_if_due`] writes the snapshot every `every` while the
+    /// state changes (`daemon.snapshot_interval`).
+    pub fn set_snapshot_interval(&mut self, every: std::time::Duration) {
+        self.snapshot_every = Some(every);
+    }
+
+    /// Writes the state snapshot when it is due, so that a start after a crash reads it
+    /// too: at the first call after a start that loaded the store, then once the interval
+    /// has passed with the state changed, or sooner when the changes since the last one
+    /// approach what a start would read again ([`crate::state::snapshot::catch_up_limit`]).
+    pub fn snapshot_if_due(&mut self) -> Result<bool, crate::state::snapshot::SnapshotError> {
+        let Some(every) = self.snapshot_every else {
+            return Ok(false);
+        };
+        let due = match self.snapshot_taken {
+            None => true,
+            Some((at, journaled)) => {
+                let changes = self.snapshot_backlog
+                    + self.store.state_keys_journaled().saturating_sub(journaled);
+                let limit = crate::state::snapshot::catch_up_limit(self.world.n_households());
+                changes > 0 && (at.elapsed() >= every || changes >= limit as u64 / 2)
+            }
+        };
+        if !due {
+            return Ok(false);
+        }
+        let began = Instant::now();
+        let written = self.save_snapshot()?;
+        if written {
+            info!(
+                seconds = began.elapsed().as_secs_f64(),
+                households = self.world.n_households(),
+                "state snapshot written"
+            );
+        }
+        Ok(written)
     }
 
     /// Declares the feeds; until each has caught up once, rules reading its data wait.

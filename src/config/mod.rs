@@ -100,6 +100,8 @@ pub struct DaemonConfig {
     pub retention_months: u32,
     /// Entries of the notification log and the audit log older than this are deleted.
     pub log_retention: Duration,
+    /// How often the running daemon writes the state snapshot while the state changes.
+    pub snapshot_interval: Duration,
     pub language: Language,
     pub tokens_file: Option<PathBuf>,
 }
@@ -450,6 +452,9 @@ impl Config {
 /// The shortest `daemon.log_retention`: network logs are kept at least six months.
 const MIN_LOG_RETENTION: Duration = Duration::from_secs(180 * 86_400);
 
+/// The shortest `daemon.snapshot_interval`.
+const MIN_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
+
 /// A century: the longest duration a configuration or rule may give.
 const MAX_DURATION_SECS: u64 = 36_500 * 86_400;
 
@@ -553,6 +558,19 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
             ),
         ));
     }
+    let snapshot_interval = parse_duration(&d.snapshot_interval).unwrap_or_else(|e| {
+        problems.push(src.problem(&dp.key("snapshot_interval"), e));
+        MIN_SNAPSHOT_INTERVAL
+    });
+    if snapshot_interval < MIN_SNAPSHOT_INTERVAL {
+        problems.push(src.problem(
+            &dp.key("snapshot_interval"),
+            format!(
+                "{:?} is too short: writing the snapshot holds the engine about 3 s per million households; give at least 1m",
+                d.snapshot_interval
+            ),
+        ));
+    }
     let language = match d.language.as_str() {
         "zh" => Language::Zh,
         "en" => Language::En,
@@ -573,6 +591,7 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
         create_pseudonym_key: d.create_pseudonym_key,
         retention_months: d.retention_months,
         log_retention,
+        snapshot_interval,
         language,
         tokens_file: d.tokens_file.as_deref().map(resolve),
     };

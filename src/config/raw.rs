@@ -76,6 +76,8 @@ pub struct RawDaemon {
     pub retention_months: u32,
     /// How long the notification log and the audit log keep an entry.
     pub log_retention: String,
+    /// How often the running daemon writes the state snapshot.
+    pub snapshot_interval: String,
     pub language: String,
     /// API tokens (hashes only), roles and county scopes; no file, no API.
     pub tokens_file: Option<String>,
@@ -92,6 +94,7 @@ impl Default for RawDaemon {
             create_pseudonym_key: false,
             retention_months: 24,
             log_retention: "730d".into(),
+            snapshot_interval: "1h".into(),
             language: "zh".into(),
             tokens_file: None,
         }

@@ -414,14 +414,125 @@ impl World {
         Ok(w)
     }
 
+    /// Brings a working set taken at an earlier state stamp up to the store: reads again
+    /// the keys changed since ([`Store::state_changes_since`], in space order: households
+    /// before their months), then rebuilds what is derived from the households.
+    pub(crate) fn catch_up(
+        &mut self,
+        store: &dyn Store,
+        changed: &[(Space, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let damaged = |space, key: &[u8], detail: &str| StoreError::Decode {
+            space,
+            key: String::from_utf8_lossy(key).into_owned(),
+            detail: detail.to_string(),
+        };
+        for (space, key) in changed {
+            let value = store.get(*space, key)?;
+            match space {
+                Space::Household => {
+                    let id = std::str::from_utf8(key)
+                        .ok()
+                        .and_then(|s| s.parse::<HouseholdId>().ok())
+                        .ok_or_else(|| damaged(*space, key, "not a household id"))?;
+                    match value {
+                        Some(v) => {
+                            let mut h: Household =
+                                codec::decode(HOUSEHOLD_VERSION, *space, key, &v)?;
+                            if h.id != id {
+                                return Err(damaged(*space, key, "a household under another id"));
+                            }
+                            if let Some(old) = self.households.get_mut(&id) {
+                                h.months = std::mem::take(&mut old.months);
+                            }
+                            self.households.insert(id, h);
+                        }
+                        None => {
+                            self.households.remove(&id);
+                        }
+                    }
+                }
+                Space::HouseholdMonth => {
+                    let (month, id) = split_month_key(key)?;
+                    let id = std::str::from_utf8(id)
+                        .ok()
+                        .and_then(|s| s.parse::<HouseholdId>().ok())
+                        .ok_or_else(|| damaged(*space, key, "not a household id"))?;
+                    let bucket: Option<values::MonthBucket> = value
+                        .map(|v| codec::decode(HOUSEHOLD_MONTH_VERSION, *space, key, &v))
+                        .transpose()?;
+                    if bucket.as_ref().is_some_and(|b| b.month != month) {
+                        return Err(damaged(*space, key, "a month under another month's key"));
+                    }
+                    match (self.households.get_mut(&id), &bucket) {
+                        (Some(h), _) => h.months.set(month, bucket.as_ref()),
+                        // The months of a household that is gone went with it.
+                        (None, None) => {}
+                        (None, Some(_)) => {
+                            return Err(damaged(
+                                *space,
+                                key,
+                                "months of a household that is not stored",
+                            ));
+                        }
+                    }
+                }
+                Space::Village => {
+                    let code = std::str::from_utf8(key)
+                        .ok()
+                        .and_then(|s| s.parse::<VillageCode>().ok())
+                        .ok_or_else(|| damaged(*space, key, "not a village code"))?;
+                    match value {
+                        Some(v) => {
+                            let village: Village = codec::decode(VILLAGE_VERSION, *space, key, &v)?;
+                            self.villages.insert(code, village);
+                        }
+                        None => {
+                            self.villages.remove(&code);
+                        }
+                    }
+                }
+                Space::County => {
+                    let code = std::str::from_utf8(key)
+                        .ok()
+                        .and_then(|s| s.parse::<CountyCode>().ok())
+                        .ok_or_else(|| damaged(*space, key, "not a county code"))?;
+                    match value {
+                        Some(v) => {
+                            let c: CountyValue = codec::decode(COUNTY_VERSION, *space, key, &v)?;
+                            self.counties.insert(code, c);
+                        }
+                        None => {
+                            self.counties.remove(&code);
+                        }
+                    }
+                }
+                other => return Err(damaged(*other, key, "not a key of the working set")),
+            }
+        }
+        self.villages_of_households();
+        self.recompute_latest();
+        Ok(())
+    }
+
     /// Villages and counties, once the households are loaded.
     fn load_rest(mut self, store: &dyn Store) -> Result<Self, StoreError> {
         for (k, v) in store.scan(Space::Village)? {
             let village: Village = codec::decode(VILLAGE_VERSION, Space::Village, &k, &v)?;
             self.villages.insert(village.code, village);
         }
-        // Villages the roster brought before it stored them (and their names) are rebuilt
-        // from their households.
+        self.villages_of_households();
+        for (k, v) in store.scan(Space::County)? {
+            let c: CountyValue = codec::decode(COUNTY_VERSION, Space::County, &k, &v)?;
+            self.counties.insert(c.code, c);
+        }
+        self.recompute_latest();
+        Ok(self)
+    }
+
+    /// Villages the roster brought before it stored them (and their names) are rebuilt from
+    /// their households.
+    fn villages_of_households(&mut self) {
         for h in self.households.values() {
             let v = self
                 .villages
@@ -431,12 +542,6 @@ impl World {
                 v.name = h.village_name.clone();
             }
         }
-        for (k, v) in store.scan(Space::County)? {
-            let c: CountyValue = codec::decode(COUNTY_VERSION, Space::County, &k, &v)?;
-            self.counties.insert(c.code, c);
-        }
-        self.recompute_latest();
-        Ok(self)
     }
 
     /// Rebuilds the person index and the newest month per indicator from the households.

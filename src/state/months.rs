@@ -208,6 +208,31 @@ impl Months {
         (changed, gone)
     }
 
+    /// Puts `bucket` in place of the month's bucket (`None`: removes the month), as the
+    /// store holds it; no retention applies.
+    pub fn set(&mut self, month: Month, bucket: Option<&MonthBucket>) {
+        let mut words = Vec::with_capacity(self.0.len() + 4);
+        let mut placed = bucket.is_none();
+        for b in self.iter() {
+            if !placed && b.month() > month {
+                if let Some(new) = bucket {
+                    encode(new, &mut words);
+                }
+                placed = true;
+            }
+            if b.month() != month {
+                words.extend_from_slice(b.0);
+            } else if let Some(new) = bucket.filter(|_| !placed) {
+                encode(new, &mut words);
+                placed = true;
+            }
+        }
+        if !placed && let Some(new) = bucket {
+            encode(new, &mut words);
+        }
+        self.0 = words.into_boxed_slice();
+    }
+
     /// Edits the bucket of `month` (a new empty one if there is none), then drops buckets
     /// more than `retention` months older than the newest.
     pub fn update(&mut self, month: Month, retention: u32, edit: impl FnOnce(&mut MonthBucket)) {

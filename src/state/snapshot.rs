@@ -1,12 +1,19 @@
 //! The state snapshot: a copy of the working set in one file, written when the daemon stops
 //! cleanly and read at the next start instead of the store's millions of month keys.
 //!
+//! The daemon also writes it while running (`daemon.snapshot_interval`), so that a start
+//! after a crash reads it too.
+//!
 //! The file is a cache, never the truth. It carries the store's state stamp
 //! ([`Store::state_stamp`]) of the moment it was written; every commit that changes the
-//! state writes a new stamp, so the snapshot is used only while the store's stamp is still
-//! the one it carries. A snapshot that is missing, older than the store, of another format
-//! or damaged (each frame has a CRC-32) is set aside with a log line, and the working set
-//! is loaded from the store as before. A snapshot serves one start: it is removed once read.
+//! state writes a new stamp and names the keys it changed in the store's journal
+//! ([`crate::store::journal`]). A snapshot whose stamp is still the store's is the state; an
+//! older one is brought up to the store by reading again the keys the journal names since
+//! its stamp ([`World::catch_up`]), as long as the journal's chain leads from it to the
+//! store's stamp and names no more than [`catch_up_limit`] keys. A snapshot that is missing,
+//! that the journal cannot bring up, of another format or damaged (each frame has a CRC-32)
+//! is set aside with a log line (and removed), and the working set is loaded from the store
+//! as before. Writing a snapshot forgets the journal's entries it covers.
 //!
 //! Layout: the magic bytes, then frames of `[u32 length][u32 CRC-32][postcard bytes]`, all
 //! little-endian: a header, households with their months in frames of
@@ -18,9 +25,10 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{CountyValue, Household, Months, Village, World};
+use crate::store::journal::StateChanges;
 use crate::store::{SCHEMA_VERSION, Store, StoreError};
 
 /// The file's name in the data directory.
@@ -31,6 +39,13 @@ const FORMAT: u32 = 1;
 const HOUSEHOLDS_PER_FRAME: usize = 4096;
 /// No frame is larger; a length above it means a damaged file, not an allocation to try.
 const MAX_FRAME: u32 = 256 * 1024 * 1024;
+
+/// The most keys a start reads again to bring a snapshot of `households` households up to
+/// the store: beyond, loading the whole store is about as fast. Each key is a point read;
+/// the snapshot is rewritten before its changes grow this many (`Engine`).
+pub fn catch_up_limit(households: usize) -> usize {
+    20_000 + households / 8
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -84,7 +99,19 @@ pub fn save(world: &World, store: &dyn Store, path: &Path) -> Result<(), Snapsho
     if written.is_err() {
         remove(&tmp);
     }
-    written
+    written?;
+    // The journal's entries up to this stamp are in the file now. Failing to forget them
+    // costs space, not correctness: the next snapshot forgets them.
+    match store.forget_state_changes_through(stamp) {
+        Ok(n) => debug!(
+            entries = n,
+            "state journal entries covered by the snapshot forgotten"
+        ),
+        Err(e) => {
+            warn!(error = %e, "cannot forget the state journal's entries the snapshot covers")
+        }
+    }
+    Ok(())
 }
 
 /// Where a snapshot is written before it is renamed into place.
@@ -172,10 +199,10 @@ fn write_frame<T: Serialize + ?Sized>(
     out.write_all(buf)
 }
 
-/// The working set from the snapshot at `path`, if there is one and it is current (the
-/// store's stamp is the snapshot's). Anything else is logged and answered with `None`: the
-/// caller loads the store.
-pub fn load(path: &Path, store: &dyn Store, retention_months: u32) -> Option<World> {
+/// The working set from the snapshot at `path`, if there is one that is current or that
+/// the store's journal can bring up to the store. Anything else is logged, the file removed,
+/// and answered with `None`: the caller loads the store.
+pub fn load(path: &Path, store: &dyn Store, retention_months: u32) -> Option<Loaded> {
     let stamp = match store.state_stamp() {
         Ok(s) => s,
         Err(e) => {
@@ -183,37 +210,51 @@ pub fn load(path: &Path, store: &dyn Store, retention_months: u32) -> Option<Wor
             return None;
         }
     };
-    // A temporary file is what a stop cut short left.
+    // A temporary file is what a write cut short left.
     remove(&temporary(path));
-    let outcome = read(path, stamp, retention_months);
-    // Used once: the next clean stop writes a new one. A snapshot kept after this start
-    // could only ever be stale, and a stamp could come back if the store were restored from
-    // a backup.
-    remove(path);
+    let outcome = read(path, store, stamp, retention_months);
     match outcome {
-        Ok(Outcome::Loaded(w)) => {
-            info!(file = %path.display(), households = w.n_households(), "working set loaded from the state snapshot");
-            Some(*w)
+        Ok(Outcome::Loaded(loaded)) => {
+            info!(file = %path.display(), households = loaded.world.n_households(),
+                  caught_up = loaded.caught_up, "working set loaded from the state snapshot");
+            // Kept: until the next one replaces it, it serves every start, each bringing
+            // it up to the store with the journal.
+            Some(*loaded)
         }
         Ok(Outcome::Missing) => None,
         Ok(Outcome::Stale(reason)) => {
             info!(file = %path.display(), reason, "state snapshot not current; loading the store");
+            remove(path);
             None
         }
         Err(e) => {
             warn!(error = %e, "state snapshot unusable; loading the store");
+            remove(path);
             None
         }
     }
 }
 
+/// A working set read from a snapshot.
+pub struct Loaded {
+    pub world: World,
+    /// How many changed keys were read again from the store to bring it up to date (they
+    /// stay in the journal until the next snapshot).
+    pub caught_up: usize,
+}
+
 enum Outcome {
-    Loaded(Box<World>),
+    Loaded(Box<Loaded>),
     Missing,
     Stale(&'static str),
 }
 
-fn read(path: &Path, stamp: Option<u64>, retention_months: u32) -> Result<Outcome, SnapshotError> {
+fn read(
+    path: &Path,
+    store: &dyn Store,
+    stamp: Option<u64>,
+    retention_months: u32,
+) -> Result<Outcome, SnapshotError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Outcome::Missing),
@@ -246,11 +287,26 @@ fn read(path: &Path, stamp: Option<u64>, retention_months: u32) -> Result<Outcom
     if header.format != FORMAT || header.schema != SCHEMA_VERSION || header.values != VALUES {
         return Ok(Outcome::Stale("written by another version of guardline"));
     }
-    if stamp != Some(header.stamp) {
-        return Ok(Outcome::Stale("the store changed after it was written"));
-    }
-    let mut w = World::new(retention_months);
     let n = usize::try_from(header.households).map_err(|_| frames.damaged("household count"))?;
+    // Asked before the households are read: the journal is small, the file is not.
+    let changed = match stamp {
+        None => return Ok(Outcome::Stale("the store has no state stamp")),
+        Some(s) if s == header.stamp => Vec::new(),
+        Some(_) => match store.state_changes_since(header.stamp, catch_up_limit(n))? {
+            StateChanges::Keys(keys) => keys,
+            StateChanges::TooMany => {
+                return Ok(Outcome::Stale(
+                    "the store changed more since it was written than reading the changes again would save",
+                ));
+            }
+            StateChanges::Unknown => {
+                return Ok(Outcome::Stale(
+                    "the store changed after it was written, and its journal cannot tell how",
+                ));
+            }
+        },
+    };
+    let mut w = World::new(retention_months);
     // A count its file cannot hold is damage, not a reservation to try.
     w.households
         .try_reserve(n.min(frames.len / 8))
@@ -278,8 +334,15 @@ fn read(path: &Path, stamp: Option<u64>, retention_months: u32) -> Result<Outcom
     if frames.input.read(&mut rest).map_err(|e| frames.io(e))? != 0 {
         return Err(frames.damaged("bytes after the last frame"));
     }
-    w.recompute_latest();
-    Ok(Outcome::Loaded(Box::new(w)))
+    if changed.is_empty() {
+        w.recompute_latest();
+    } else {
+        w.catch_up(store, &changed)?;
+    }
+    Ok(Outcome::Loaded(Box::new(Loaded {
+        world: w,
+        caught_up: changed.len(),
+    })))
 }
 
 struct Frames<'a> {

@@ -398,7 +398,7 @@ fn assert_same_world(a: &World, b: &World) {
 }
 
 #[test]
-fn a_state_snapshot_loads_the_same_world_as_the_store_until_the_store_changes() {
+fn a_state_snapshot_loads_the_same_world_as_the_store_and_catches_up_with_later_changes() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     let (mut w, _) = thousands_of_households(&store);
@@ -412,25 +412,97 @@ fn a_state_snapshot_loads_the_same_world_as_the_store_until_the_store_changes() 
     let from_store = World::load(&store, 24).unwrap();
     assert_same_world(&from_store, &w);
     snapshot::save(&from_store, &store, &path).unwrap();
-    let from_file = snapshot::load(&path, &store, 24).expect("a current snapshot is used");
-    assert_same_world(&from_file, &from_store);
-    assert_eq!(from_file.n_households(), 5_000);
-    assert!(!path.exists(), "a snapshot serves one start");
+    let loaded = snapshot::load(&path, &store, 24).expect("a current snapshot is used");
+    assert_eq!(loaded.caught_up, 0);
+    assert_same_world(&loaded.world, &from_store);
+    assert_eq!(loaded.world.n_households(), 5_000);
+    assert!(path.exists(), "kept for the next start");
 
-    // Any commit to the state makes it stale, even one that writes what is already there.
-    let mut w = from_file;
-    snapshot::save(&w, &store, &path).unwrap();
+    // Later commits: a village renamed, a county's count, new households, new months, and
+    // a month so far ahead that one household's old months leave the retention.
+    let mut w = loaded.world;
+    for round in 0..3u32 {
+        w.begin();
+        w.set_village_name(
+            "632522100201".parse::<VillageCode>().unwrap(),
+            &format!("村{round}"),
+        );
+        w.set_at_risk(CountyCode::new(632_522).unwrap(), Month::of(now()), round);
+        let id = format!("N{round:05}");
+        w.apply("roster", &roster(&id, &[200 + round as u8]), now())
+            .unwrap();
+        let month = Month::of(now()).minus(round).to_string();
+        w.apply(
+            "wages",
+            &wage(&format!("n{round}"), 200 + round as u8, &month, 900),
+            now(),
+        )
+        .unwrap();
+        store.commit(w.take_batch().0).unwrap();
+    }
     w.begin();
-    w.set_village_name("632522100201".parse::<VillageCode>().unwrap(), "村");
-    store.commit(w.take_batch().0).unwrap();
-    assert!(snapshot::load(&path, &store, 24).is_none(), "stale");
-    assert!(!path.exists(), "a stale snapshot is removed");
-    // Commits of other spaces leave it current.
+    let far = Month::of(now()).plus(30).to_string();
+    let person = PersonKey(2u128.to_le_bytes());
+    let far_wage = Record {
+        id: "far".into(),
+        observation: Observation::Sample {
+            subject: Subject::Person(person),
+            month: far.parse().unwrap(),
+            values: vec![(Indicator::WageIncome, 100)],
+        },
+    };
+    let later = now() + chrono::TimeDelta::days(31 * 30);
+    w.apply("wages", &far_wage, later).unwrap();
+    let (batch, _) = w.take_batch();
+    assert!(
+        batch.ops.iter().any(|(_, _, v)| v.is_none()),
+        "months leave"
+    );
+    store.commit(batch).unwrap();
+
+    let loaded = snapshot::load(&path, &store, 24).expect("brought up by the journal");
+    // The village, the county, three households with a month each, and one household's
+    // new month and the old one it pushed out: each key once, however often it changed.
+    assert_eq!(loaded.caught_up, 10);
+    assert_same_world(&loaded.world, &World::load(&store, 24).unwrap());
+    assert_same_world(&loaded.world, &w);
+
+    // Commits of other spaces write no journal entry and leave it current.
     snapshot::save(&w, &store, &path).unwrap();
     let mut b = Batch::default();
     b.put(Space::Cursor, b"wages".to_vec(), b"42".to_vec());
     store.commit(b).unwrap();
-    assert!(snapshot::load(&path, &store, 24).is_some());
+    assert_eq!(snapshot::load(&path, &store, 24).unwrap().caught_up, 0);
+    assert!(
+        store.scan(Space::Journal).unwrap().is_empty(),
+        "the snapshot covers the journal"
+    );
+}
+
+#[test]
+fn a_snapshot_the_journal_cannot_bring_up_is_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let (mut w, _) = thousands_of_households(&store);
+    let path = snapshot::path_in(dir.path());
+    snapshot::save(&w, &store, &path).unwrap();
+    for round in 0..2 {
+        w.begin();
+        w.set_village_name(
+            "632522100201".parse::<VillageCode>().unwrap(),
+            &format!("村{round}"),
+        );
+        store.commit(w.take_batch().0).unwrap();
+    }
+    // The entries after the snapshot are gone (as if another snapshot's writing had
+    // forgotten them and then been lost).
+    let entries = store.scan(Space::Journal).unwrap();
+    assert_eq!(entries.len(), 2);
+    let mut b = Batch::default();
+    b.delete(Space::Journal, entries[0].0.clone());
+    store.commit(b).unwrap();
+    assert!(snapshot::load(&path, &store, 24).is_none(), "a gap");
+    assert!(!path.exists(), "set aside for good");
 }
 
 #[test]
@@ -547,9 +619,10 @@ fn a_store_without_a_state_stamp_gets_one_when_its_snapshot_is_written() {
     let stamp = store.state_stamp().unwrap();
     assert!(stamp.is_some());
     let loaded = snapshot::load(&path, &store, 24).expect("current");
-    assert_eq!(loaded.n_households(), 0);
+    assert_eq!(loaded.world.n_households(), 0);
+    // A renewed stamp is a link of the journal's chain, with no keys.
     assert_ne!(store.renew_state_stamp().unwrap(), stamp.unwrap());
-    assert!(snapshot::load(&path, &store, 24).is_none(), "a new stamp");
+    assert_eq!(snapshot::load(&path, &store, 24).unwrap().caught_up, 0);
 }
 
 #[test]

@@ -9,14 +9,16 @@
 //!   version of guardline instead of misreading it; it migrates one of an older version it
 //!   knows before anything reads it.
 //! - Every commit that writes a state space ([`Space::is_state`]) writes a new
-//!   [`Store::state_stamp`] in the same batch, so a copy of the working set saved with the
-//!   stamp (the state snapshot) can tell whether it is still current.
+//!   [`Store::state_stamp`] and a [`journal`] entry naming the keys it changed in the same
+//!   batch, so a copy of the working set saved with the stamp (the state snapshot) can tell
+//!   whether it is still current, and which keys to read again if it is not.
 //! - A store whose write failed (disk full, read-only file system, I/O error) answers every
 //!   operation with [`StoreError::NotWritable`] until [`Store::writable`] finds it writable
 //!   again. Like any failed commit, the failed write may or may not have been applied (as a
 //!   whole, never in part); callers treat it as not applied and write it again.
 
 pub mod codec;
+pub mod journal;
 mod sled_backend;
 
 use std::path::{Path, PathBuf};
@@ -153,7 +155,7 @@ pub trait WriteObserver: Send + Sync {
 }
 
 /// The key spaces of the store. Keys of different spaces never collide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Space {
     Meta,
     /// A household's roster part; its months are in [`Space::HouseholdMonth`].
@@ -175,6 +177,9 @@ pub enum Space {
     Silence,
     Audit,
     NotifyLog,
+    /// Which state keys each stamped commit changed ([`journal`]), so that a state snapshot
+    /// taken before them can be brought up to the store.
+    Journal,
 }
 
 impl Space {
@@ -202,7 +207,29 @@ impl Space {
             Self::Silence => b's',
             Self::Audit => b'u',
             Self::NotifyLog => b'n',
+            Self::Journal => b'j',
         }
+    }
+
+    pub(crate) fn of_prefix(prefix: u8) -> Option<Self> {
+        [
+            Self::Meta,
+            Self::Household,
+            Self::HouseholdMonth,
+            Self::Village,
+            Self::County,
+            Self::Cursor,
+            Self::Alert,
+            Self::Outbox,
+            Self::Quarantine,
+            Self::Waiting,
+            Self::Silence,
+            Self::Audit,
+            Self::NotifyLog,
+            Self::Journal,
+        ]
+        .into_iter()
+        .find(|s| s.prefix() == prefix)
     }
 }
 
@@ -229,6 +256,9 @@ impl Batch {
 
 /// What [`Store::for_each`] calls with each key and value.
 pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 'a;
+
+/// State keys with their spaces ([`Store::state_changes_since`]).
+pub type StateKeys = Vec<(Space, Vec<u8>)>;
 
 /// Keys and values of a scan, in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
@@ -281,6 +311,54 @@ pub trait Store: Send + Sync {
     /// Writes a new state stamp without changing the state (a store written before stamps
     /// existed has none) and returns it.
     fn renew_state_stamp(&self) -> Result<u64, StoreError>;
+    /// The state keys changed since the state stamp was `since`, each once, read from the
+    /// [`journal`], unless it cannot tell (its chain does not lead from `since` to the
+    /// current stamp) or they are more than `limit`.
+    fn state_changes_since(
+        &self,
+        since: u64,
+        limit: usize,
+    ) -> Result<journal::StateChanges, StoreError> {
+        let Some(current) = self.state_stamp()? else {
+            return Ok(journal::StateChanges::Unknown);
+        };
+        let mut chain = journal::Chain::from(since, limit);
+        let mut going = true;
+        self.for_each(Space::Journal, &mut |k, v| {
+            if going {
+                going = chain.push(&journal::Entry::decode(k, v)?);
+            }
+            Ok(())
+        })?;
+        Ok(chain.finish(current))
+    }
+    /// How many keys this process's commits named in the journal so far.
+    fn state_keys_journaled(&self) -> u64 {
+        0
+    }
+    /// Forgets the journal's entries up to the one that wrote stamp `through` (a state
+    /// snapshot with that stamp now covers them); returns how many. Nothing when no entry
+    /// wrote it.
+    fn forget_state_changes_through(&self, through: u64) -> Result<usize, StoreError> {
+        let mut doomed = Vec::new();
+        let mut found = false;
+        self.for_each(Space::Journal, &mut |k, v| {
+            if !found {
+                doomed.push(k.to_vec());
+                found = journal::Entry::decode(k, v)?.stamp == through;
+            }
+            Ok(())
+        })?;
+        if !found {
+            return Ok(0);
+        }
+        let mut batch = Batch::default();
+        for k in &doomed {
+            batch.delete(Space::Journal, k.clone());
+        }
+        self.commit(batch)?;
+        Ok(doomed.len())
+    }
     /// A new id, unique and increasing over the store's lifetime (also across restarts).
     fn next_id(&self) -> Result<u64, StoreError>;
     /// Bytes the store occupies on disk.

@@ -18,13 +18,37 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
+use super::journal::ChangedKeys;
 use super::{
     Batch, Entries, SCHEMA_VERSION, Space, Store, StoreError, WriteFailure, WriteObserver,
 };
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
-/// The state stamp ([`Store::state_stamp`]): an id of sled's generator, big-endian.
+/// The state stamp ([`Store::state_stamp`]), big-endian: random, so that a store restored
+/// from a backup, whose id generator goes back with it, cannot write a stamp again.
 const STATE_STAMP_KEY: &[u8] = b"state_stamp";
+
+/// Adds a new state stamp and the journal entry of `changed` to `b`; returns the stamp.
+fn stamp_into(db: &sled::Db, b: &mut sled::Batch, changed: &ChangedKeys) -> sled::Result<u64> {
+    let before = db
+        .get(key_of(Space::Meta, STATE_STAMP_KEY))?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes);
+    let stamp = loop {
+        let s: u64 = rand::random();
+        if Some(s) != before {
+            break s;
+        }
+    };
+    // The generator's ids increase: entries are read in the order they were written.
+    let seq = db.generate_id()?;
+    b.insert(
+        key_of(Space::Journal, &seq.to_be_bytes()),
+        changed.entry(before, stamp),
+    );
+    b.insert(key_of(Space::Meta, STATE_STAMP_KEY), &stamp.to_be_bytes());
+    Ok(stamp)
+}
 /// The first wait before reopening a store whose write failed; it doubles up to the maximum.
 const REOPEN_FIRST: Duration = Duration::from_secs(1);
 const REOPEN_MAX: Duration = Duration::from_secs(30);
@@ -40,6 +64,11 @@ pub struct SledStore {
     observer: OnceLock<Arc<dyn WriteObserver>>,
     /// The size last measured, reported while the database is closed.
     size: AtomicU64,
+    /// Held by commits that write a new state stamp: each reads the stamp before it, and
+    /// the journal's chain needs them one after another.
+    stamping: Mutex<()>,
+    /// Keys named in the journal by this process's commits.
+    journaled: AtomicU64,
 }
 
 struct Slot {
@@ -157,6 +186,8 @@ impl SledStore {
             health: Mutex::new(Health::default()),
             observer: OnceLock::new(),
             size: AtomicU64::new(0),
+            stamping: Mutex::new(()),
+            journaled: AtomicU64::new(0),
         })
     }
 
@@ -496,26 +527,37 @@ impl Store for SledStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let stamped = batch.ops.iter().any(|(space, _, _)| space.is_state());
+        let mut changed: Option<ChangedKeys> = None;
         let mut b = sled::Batch::default();
         for (space, key, value) in batch.ops {
+            if space.is_state() {
+                changed.get_or_insert_default().push(space, &key);
+            }
             let k = key_of(space, &key);
             match value {
                 Some(v) => b.insert(k, v),
                 None => b.remove(k),
             }
         }
+        let _one_at_a_time = changed
+            .is_some()
+            .then(|| self.stamping.lock().unwrap_or_else(PoisonError::into_inner));
         self.run(|db| {
-            if stamped {
-                // sled's ids never repeat, not even after a crash: no two states of the
-                // state spaces share a stamp.
-                let stamp = db.generate_id()?;
-                b.insert(key_of(Space::Meta, STATE_STAMP_KEY), &stamp.to_be_bytes());
+            if let Some(changed) = &changed {
+                stamp_into(db, &mut b, changed)?;
             }
             db.apply_batch(b)?;
             db.flush()?;
             Ok(())
-        })
+        })?;
+        if let Some(changed) = &changed {
+            self.journaled.fetch_add(changed.len(), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn state_keys_journaled(&self) -> u64 {
+        self.journaled.load(Ordering::Relaxed)
     }
 
     fn state_stamp(&self) -> Result<Option<u64>, StoreError> {
@@ -534,9 +576,11 @@ impl Store for SledStore {
     }
 
     fn renew_state_stamp(&self) -> Result<u64, StoreError> {
+        let _one_at_a_time = self.stamping.lock().unwrap_or_else(PoisonError::into_inner);
         self.run(|db| {
-            let stamp = db.generate_id()?;
-            db.insert(key_of(Space::Meta, STATE_STAMP_KEY), &stamp.to_be_bytes())?;
+            let mut b = sled::Batch::default();
+            let stamp = stamp_into(db, &mut b, &ChangedKeys::default())?;
+            db.apply_batch(b)?;
             db.flush()?;
             Ok(stamp)
         })
