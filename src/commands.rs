@@ -388,6 +388,7 @@ fn offline_engine(cfg: &Config, rules: RuleSet) -> anyhow::Result<crate::engine:
         rules,
         Arc::new(std::sync::Mutex::new(crate::notify::Outbox::default())),
         Arc::new(crate::metrics::Metrics::new()),
+        None,
     )?;
     Ok(engine)
 }
@@ -398,6 +399,7 @@ pub(crate) fn open_engine(
     rules: RuleSet,
     outbox: Arc<std::sync::Mutex<crate::notify::Outbox>>,
     metrics: Arc<crate::metrics::Metrics>,
+    snapshot: Option<PathBuf>,
 ) -> anyhow::Result<(crate::engine::Engine, Arc<dyn crate::store::Store>)> {
     let pseudo = daemon::pseudonymizer(cfg)?;
     let lines = rules.effective_lines(&cfg.lines);
@@ -413,7 +415,7 @@ pub(crate) fn open_engine(
         metrics,
         pseudo,
         lines,
-        None,
+        snapshot,
     )?;
     Ok((engine, store))
 }
