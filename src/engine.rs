@@ -139,6 +139,10 @@ pub struct EvalReport {
     pub notifications: u64,
 }
 
+/// The least time between two snapshots written because the changes grew (see
+/// [`Engine::snapshot_if_due`]).
+const SNAPSHOT_SPACING: std::time::Duration = std::time::Duration::from_secs(300);
+
 impl Engine {
     #[allow(clippy::too_many_arguments)]
     pub fn open(
@@ -327,8 +331,10 @@ impl Engine {
 
     /// Writes the state snapshot when it is due, so that a start after a crash reads it
     /// too: at the first call after a start that loaded the store, then once the interval
-    /// has passed with the state changed, or sooner when the changes since the last one
-    /// approach what a start would read again ([`crate::state::snapshot::catch_up_limit`]).
+    /// has passed with the state changed, or sooner (but not within [`SNAPSHOT_SPACING`]
+    /// of the last, so that a bulk ingest is not slowed by a write at every tick) when the
+    /// changes since the last one approach what a start would read again
+    /// ([`crate::state::snapshot::catch_up_limit`]).
     pub fn snapshot_if_due(&mut self) -> Result<bool, crate::state::snapshot::SnapshotError> {
         let Some(every) = self.snapshot_every else {
             return Ok(false);
@@ -339,7 +345,10 @@ impl Engine {
                 let changes = self.snapshot_backlog
                     + self.store.state_keys_journaled().saturating_sub(journaled);
                 let limit = crate::state::snapshot::catch_up_limit(self.world.n_households());
-                changes > 0 && (at.elapsed() >= every || changes >= limit as u64 / 2)
+                changes > 0
+                    && (at.elapsed() >= every
+                        || (changes >= limit as u64 / 2
+                            && at.elapsed() >= SNAPSHOT_SPACING.min(every)))
             }
         };
         if !due {

@@ -241,6 +241,7 @@ proptest! {
         wages in proptest::collection::vec((0usize..10, 0u32..8, 1i64..6000, 0usize..40), 1..50),
         page in 1usize..7,
         snapshot_after in 0usize..12,
+        late_households in 0usize..3,
     ) {
         let records = wage_records(&wages, 2 * households);
         let dir = tempfile::tempdir().unwrap();
@@ -255,6 +256,15 @@ proptest! {
             if i == snapshot_after {
                 prop_assert!(engine.save_snapshot().unwrap(), "written");
                 written = true;
+                if late_households > 0 {
+                    // After the snapshot: new households, and a member joins the first.
+                    let mut roster = roster_records(households + late_households);
+                    if let Observation::Roster(e) = &mut roster[0].observation {
+                        e.members.push(PersonKey([250; 16]));
+                    }
+                    roster[0].id = "r0-again".into();
+                    engine.ingest(&f.roster, mapped(&roster), now()).unwrap();
+                }
             }
             engine.ingest(&f.wages, mapped(chunk), now()).unwrap();
             engine.evaluate_touched(now()).unwrap();
@@ -268,7 +278,32 @@ proptest! {
         let store = store::open(dir.path()).unwrap();
         let from_file = guardline::state::snapshot::load(&path, &store, 24);
         prop_assert!(from_file.is_some(), "current, or brought up by the journal");
-        same_world(&from_file.unwrap().world, &World::load(&store, 24).unwrap())?;
+        let loaded = from_file.unwrap();
+        if written && late_households > 0 {
+            prop_assert!(loaded.caught_up > 0, "the roster came after the snapshot");
+        }
+        let mut from_store = World::load(&store, 24).unwrap();
+        let mut from_file = loaded.world;
+        same_world(&from_file, &from_store)?;
+        // The person index: a wage of each member joins the same household in both.
+        let members: Vec<PersonKey> =
+            from_store.households().flat_map(|h| h.members.clone()).collect();
+        prop_assert!(late_households == 0 || !written || members.contains(&PersonKey([250; 16])));
+        from_file.begin();
+        from_store.begin();
+        for (i, m) in members.iter().enumerate() {
+            let probe = Record {
+                id: format!("probe{i}"),
+                observation: Observation::Sample {
+                    subject: Subject::Person(*m),
+                    month: "2026-10".parse().unwrap(),
+                    values: vec![(Indicator::WageIncome, 1)],
+                },
+            };
+            prop_assert!(from_file.apply("wages", &probe, now()).is_ok());
+            prop_assert!(from_store.apply("wages", &probe, now()).is_ok());
+        }
+        same_world(&from_file, &from_store)?;
     }
 }
 

@@ -25,7 +25,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::{CountyValue, Household, Months, Village, World};
 use crate::store::journal::StateChanges;
@@ -86,14 +86,14 @@ pub fn path_in(data_dir: &Path) -> PathBuf {
 }
 
 /// Writes `world` to `path`, stamped with the store's state stamp, which `world` must
-/// reflect (all its changes committed). Atomic: a temporary file, synced, then renamed.
+/// reflect (all its changes committed). Atomic: a temporary file, synced, then renamed
+/// over the old snapshot, which serves (with the journal) until then: a crash or a failed
+/// write leaves it in place, and the disk holds both for the seconds of the write.
 pub fn save(world: &World, store: &dyn Store, path: &Path) -> Result<(), SnapshotError> {
     let stamp = match store.state_stamp()? {
         Some(s) => s,
         None => store.renew_state_stamp()?,
     };
-    // The old one first: the disk never holds two, and a write that fails leaves none.
-    remove(path);
     let tmp = temporary(path);
     let written = write(world, stamp, &tmp, path);
     if written.is_err() {
@@ -103,7 +103,7 @@ pub fn save(world: &World, store: &dyn Store, path: &Path) -> Result<(), Snapsho
     // The journal's entries up to this stamp are in the file now. Failing to forget them
     // costs space, not correctness: the next snapshot forgets them.
     match store.forget_state_changes_through(stamp) {
-        Ok(n) => debug!(
+        Ok(n) => info!(
             entries = n,
             "state journal entries covered by the snapshot forgotten"
         ),
@@ -212,11 +212,14 @@ pub fn load(path: &Path, store: &dyn Store, retention_months: u32) -> Option<Loa
     };
     // A temporary file is what a write cut short left.
     remove(&temporary(path));
+    let began = std::time::Instant::now();
     let outcome = read(path, store, stamp, retention_months);
     match outcome {
         Ok(Outcome::Loaded(loaded)) => {
             info!(file = %path.display(), households = loaded.world.n_households(),
-                  caught_up = loaded.caught_up, "working set loaded from the state snapshot");
+                  caught_up = loaded.caught_up, seconds = began.elapsed().as_secs_f64(),
+                  catch_up_seconds = loaded.catch_up_seconds,
+                  "working set loaded from the state snapshot");
             // Kept: until the next one replaces it, it serves every start, each bringing
             // it up to the store with the journal.
             Some(*loaded)
@@ -225,6 +228,11 @@ pub fn load(path: &Path, store: &dyn Store, retention_months: u32) -> Option<Loa
         Ok(Outcome::Stale(reason)) => {
             info!(file = %path.display(), reason, "state snapshot not current; loading the store");
             remove(path);
+            None
+        }
+        Err(SnapshotError::Store(e)) => {
+            // The store's fault, not the file's: kept for the next start.
+            warn!(error = %e, "cannot read the store's journal; loading the store");
             None
         }
         Err(e) => {
@@ -241,6 +249,8 @@ pub struct Loaded {
     /// How many changed keys were read again from the store to bring it up to date (they
     /// stay in the journal until the next snapshot).
     pub caught_up: usize,
+    /// The seconds that took.
+    pub catch_up_seconds: f64,
 }
 
 enum Outcome {
@@ -334,6 +344,7 @@ fn read(
     if frames.input.read(&mut rest).map_err(|e| frames.io(e))? != 0 {
         return Err(frames.damaged("bytes after the last frame"));
     }
+    let began = std::time::Instant::now();
     if changed.is_empty() {
         w.recompute_latest();
     } else {
@@ -342,6 +353,7 @@ fn read(
     Ok(Outcome::Loaded(Box::new(Loaded {
         world: w,
         caught_up: changed.len(),
+        catch_up_seconds: began.elapsed().as_secs_f64(),
     })))
 }
 

@@ -558,25 +558,71 @@ fn a_damaged_or_foreign_state_snapshot_is_set_aside() {
 }
 
 #[test]
-fn writing_a_snapshot_replaces_the_old_one_and_leaves_nothing_when_it_fails() {
+fn writing_a_snapshot_replaces_the_old_one_which_serves_when_the_write_fails() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
-    let (w, _) = thousands_of_households(&store);
+    let (mut w, _) = thousands_of_households(&store);
     let path = snapshot::path_in(dir.path());
     std::fs::write(&path, b"an old snapshot").unwrap();
     snapshot::save(&w, &store, &path).unwrap();
     assert!(std::fs::read(&path).unwrap().starts_with(b"GLSTATE"));
+    w.begin();
+    w.set_village_name("632522100201".parse::<VillageCode>().unwrap(), "新村");
+    store.commit(w.take_batch().0).unwrap();
     // The temporary file cannot be created: a folder stands in its way.
     let tmp = path.with_extension("snapshot.tmp");
     std::fs::create_dir(&tmp).unwrap();
     assert!(snapshot::save(&w, &store, &path).is_err());
-    assert!(!path.exists(), "the old one went first");
     std::fs::remove_dir(&tmp).unwrap();
     let files: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect();
-    assert_eq!(files, vec![std::ffi::OsString::from("store")], "{files:?}");
+    assert_eq!(files, vec!["state.snapshot", "store"]);
+    // The old one, with the journal the failed write did not forget, is still the state.
+    let loaded = snapshot::load(&path, &store, 24).expect("the old snapshot");
+    assert_eq!(loaded.caught_up, 1);
+    assert_same_world(&loaded.world, &w);
+}
+
+#[test]
+fn forgetting_the_journal_keeps_the_entries_after_the_stamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let (mut w, _) = thousands_of_households(&store);
+    let path = snapshot::path_in(dir.path());
+    snapshot::save(&w, &store, &path).unwrap();
+    let at_snapshot = store.state_stamp().unwrap().unwrap();
+    for round in 0..3 {
+        w.begin();
+        w.set_village_name(
+            "632522100201".parse::<VillageCode>().unwrap(),
+            &format!("村{round}"),
+        );
+        store.commit(w.take_batch().0).unwrap();
+    }
+    let middle = store.state_stamp().unwrap().unwrap();
+    w.begin();
+    w.set_at_risk(CountyCode::new(632_522).unwrap(), Month::of(now()), 3);
+    store.commit(w.take_batch().0).unwrap();
+    assert_eq!(store.scan(Space::Journal).unwrap().len(), 4);
+    // Up to `middle`: three entries go, the last stays; the snapshot taken before them is no
+    // longer brought up (its part of the chain is gone), one taken at `middle` would be.
+    assert_eq!(store.forget_state_changes_through(middle).unwrap(), 3);
+    assert_eq!(store.scan(Space::Journal).unwrap().len(), 1);
+    assert!(matches!(
+        store.state_changes_since(middle, 100).unwrap(),
+        crate::store::journal::StateChanges::Keys(k) if k.len() == 1
+    ));
+    assert_eq!(
+        store.state_changes_since(at_snapshot, 100).unwrap(),
+        crate::store::journal::StateChanges::Unknown
+    );
+    // A stamp no entry wrote and that is not current: nothing goes.
+    assert_eq!(store.forget_state_changes_through(at_snapshot).unwrap(), 0);
+    assert_eq!(store.scan(Space::Journal).unwrap().len(), 1);
 }
 
 /// The frames are postcard of the state's types, which says nothing of their fields: a

@@ -326,7 +326,7 @@ pub trait Store: Send + Sync {
         let mut going = true;
         self.for_each(Space::Journal, &mut |k, v| {
             if going {
-                going = chain.push(&journal::Entry::decode(k, v)?);
+                going = chain.push(k, v)?;
             }
             Ok(())
         })?;
@@ -337,26 +337,30 @@ pub trait Store: Send + Sync {
         0
     }
     /// Forgets the journal's entries up to the one that wrote stamp `through` (a state
-    /// snapshot with that stamp now covers them); returns how many. Nothing when no entry
-    /// wrote it.
+    /// snapshot with that stamp now covers them); returns how many. When no entry wrote it
+    /// (a stamp written by a migration), all entries go if `through` is the current stamp,
+    /// as all are older; otherwise none. Entries are only looked at, so a damaged one is
+    /// forgotten like any other.
     fn forget_state_changes_through(&self, through: u64) -> Result<usize, StoreError> {
         let mut doomed = Vec::new();
         let mut found = false;
         self.for_each(Space::Journal, &mut |k, v| {
             if !found {
                 doomed.push(k.to_vec());
-                found = journal::Entry::decode(k, v)?.stamp == through;
+                found = journal::Entry::stamps(k, v).is_ok_and(|(_, stamp)| stamp == through);
             }
             Ok(())
         })?;
-        if !found {
+        if !found && self.state_stamp()? != Some(through) {
             return Ok(0);
         }
-        let mut batch = Batch::default();
-        for k in &doomed {
-            batch.delete(Space::Journal, k.clone());
+        for part in doomed.chunks(4096) {
+            let mut batch = Batch::default();
+            for k in part {
+                batch.delete(Space::Journal, k.clone());
+            }
+            self.commit(batch)?;
         }
-        self.commit(batch)?;
         Ok(doomed.len())
     }
     /// A new id, unique and increasing over the store's lifetime (also across restarts).

@@ -1,0 +1,48 @@
+//! `guardline bench` at a small size: the whole measurement runs through, and its three
+//! restarts behave as the bench demands (it fails otherwise). The one after a kill starts
+//! from the snapshot its predecessor wrote at its first tick, with a page of records
+//! committed since by another process: the state journal must bring it up to the store.
+//! No figure of time is asserted.
+
+mod support;
+
+use support::*;
+
+#[test]
+fn a_small_bench_runs_through_and_its_restart_after_a_kill_reads_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench = dir.path().join("bench");
+    let out = offline(&[
+        "bench",
+        "--households",
+        "3000",
+        "--runs",
+        "1",
+        "--json",
+        "--dir",
+        bench.to_str().unwrap(),
+    ]);
+    let f: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(f["households"], 3000, "{f}");
+    assert!(f["records"].as_u64().unwrap() > 50_000, "{f}");
+    assert_eq!(f["incremental_records"], 10_000, "{f}");
+    assert!(f["incremental_alerts"].as_u64().unwrap() > 0, "{f}");
+    assert!(f["evaluation_checks"].as_u64().unwrap() > 0, "{f}");
+    // The page of 10,000 wage records touched at least this many month keys.
+    let caught_up = f["restart_after_crash_caught_up_keys"].as_u64().unwrap();
+    assert!(caught_up >= 1_000, "{caught_up} keys read again\n{f}");
+    assert!(f["daemon_peak_rss_bytes"].as_u64().unwrap() > 0, "{f}");
+    assert!(f["scrape_bytes"].as_u64().unwrap() > 10_000, "{f}");
+    // Every daemon's log says which way it loaded.
+    let logs: Vec<String> = (0..3)
+        .map(|i| std::fs::read_to_string(bench.join(format!("daemon-{i}.log"))).unwrap())
+        .collect();
+    assert!(!logs[0].contains("working set loaded from the state snapshot"));
+    assert!(logs[0].contains("state journal entries covered by the snapshot forgotten"));
+    assert!(
+        logs[1].contains(&format!("caught_up={caught_up}")),
+        "{}",
+        logs[1]
+    );
+    assert!(logs[2].contains("caught_up=0"), "{}", logs[2]);
+}
