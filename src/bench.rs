@@ -364,7 +364,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
         let mut child = std::process::Command::new(&exe)
             .args(["run", "--config"])
             .arg(&config_path)
-            .env("GUARDLINE_LOG", "warn,guardline::state::snapshot=info")
+            .env(
+                "GUARDLINE_LOG",
+                "warn,guardline::state::snapshot=info,guardline::daemon=debug",
+            )
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(
                 opts.dir.join(format!("daemon-{run}.log")),

@@ -545,25 +545,39 @@ impl World {
     }
 
     /// Rebuilds the person index and the newest month per indicator from the households.
+    ///
+    /// Two walks over all households, one on another thread: at a start they are about a
+    /// second for 600,000 households, on the way to ready.
     fn recompute_latest(&mut self) {
-        self.latest = [None; Indicator::COUNT];
-        self.persons.clear();
-        // Sized once: growing a map of millions of persons rehashes it again and again.
-        self.persons
-            .reserve(self.households.values().map(|h| h.members.len()).sum());
-        for h in self.households.values() {
-            for m in &h.members {
-                self.persons.insert(*m, h.id.clone());
-            }
-            for b in &h.months {
-                for ind in Indicator::ALL {
-                    if b.has(ind) {
-                        let l = &mut self.latest[ind.index()];
-                        *l = Some(l.map_or(b.month(), |x| x.max(b.month())));
+        let households = &self.households;
+        let persons = &mut self.persons;
+        let latest = std::thread::scope(|s| {
+            let walk = s.spawn(|| {
+                let mut latest = [None; Indicator::COUNT];
+                for h in households.values() {
+                    for b in &h.months {
+                        for ind in Indicator::ALL {
+                            if b.has(ind) {
+                                let l: &mut Option<Month> = &mut latest[ind.index()];
+                                *l = Some(l.map_or(b.month(), |x| x.max(b.month())));
+                            }
+                        }
                     }
                 }
+                latest
+            });
+            persons.clear();
+            // Sized once: growing a map of millions of persons rehashes it again and again.
+            persons.reserve(households.values().map(|h| h.members.len()).sum());
+            for h in households.values() {
+                for m in &h.members {
+                    persons.insert(*m, h.id.clone());
+                }
             }
-        }
+            // A panic of the walk (a bug) is this thread's.
+            walk.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        });
+        self.latest = latest;
     }
 
     pub fn household(&self, id: &HouseholdId) -> Option<&Household> {
