@@ -150,6 +150,18 @@ impl Templates {
         escalation: bool,
         receiver: Option<&str>,
     ) -> Result<(String, String), minijinja::Error> {
+        self.render_context(&self.context(alert, status, escalation), receiver)
+    }
+
+    /// Whether `receiver` has templates of its own.
+    pub fn has_own(&self, receiver: &str) -> bool {
+        self.env
+            .get_template(&format!("receiver:{receiver}.subject"))
+            .is_ok()
+    }
+
+    /// What the templates see of an alert.
+    fn context(&self, alert: &Alert, status: Status, escalation: bool) -> serde_json::Value {
         let fired = alert.fired_at.unwrap_or(alert.active_since);
         let severity = match (self.lang, alert.severity.as_str()) {
             ("zh", "critical") => "严重",
@@ -166,7 +178,7 @@ impl Templates {
         };
         let village_name = text_of("village_name");
         let sources = text_of("sources");
-        let ctx = json!({
+        json!({
             "status": status.name(),
             "summary": alert.summary,
             "description": alert.description,
@@ -187,26 +199,28 @@ impl Templates {
             "sources": sources,
             "escalation": escalation,
             "ack": alert.ack.as_ref().map(|a| a.disposition.name_zh()).unwrap_or_default(),
-        });
+        })
+    }
+
+    /// Renders `ctx` ([`Templates::context`]) with `receiver`'s own templates if it has
+    /// them, else the built-in ones.
+    fn render_context(
+        &self,
+        ctx: &serde_json::Value,
+        receiver: Option<&str>,
+    ) -> Result<(String, String), minijinja::Error> {
         let prefix = match receiver {
-            Some(r)
-                if self
-                    .env
-                    .get_template(&format!("receiver:{r}.subject"))
-                    .is_ok() =>
-            {
-                format!("receiver:{r}")
-            }
+            Some(r) if self.has_own(r) => format!("receiver:{r}"),
             _ => self.lang.to_string(),
         };
         let subject = self
             .env
             .get_template(&format!("{prefix}.subject"))?
-            .render(&ctx)?;
+            .render(ctx)?;
         let body = self
             .env
             .get_template(&format!("{prefix}.body"))?
-            .render(&ctx)?;
+            .render(ctx)?;
         Ok((subject.trim().replace('\n', " "), body))
     }
 }
@@ -394,8 +408,10 @@ fn build(
     now: i64,
     batch: &mut Batch,
 ) -> Result<Vec<Notification>, NotifyError> {
+    // Rendered once per alert: receivers without templates of their own share the texts.
+    let ctx = templates.context(alert, status, escalation);
     let (default_subject, default_body) = templates
-        .render_with(alert, status, escalation)
+        .render_context(&ctx, None)
         .map_err(|e| NotifyError::Template(e.to_string()))?;
     let mut key = format!(
         "{}.{}.{}",
@@ -414,10 +430,13 @@ fn build(
     let mut out = Vec::new();
     for t in targets {
         let (receiver, route) = (t.receiver.clone(), t.route.clone());
-        let (subject, body) = templates
-            .render_for(alert, status, escalation, Some(&receiver))
-            .map_err(|e| NotifyError::Template(e.to_string()))
-            .unwrap_or_else(|_| (default_subject.clone(), default_body.clone()));
+        let (subject, body) = if templates.has_own(&receiver) {
+            templates
+                .render_context(&ctx, Some(&receiver))
+                .unwrap_or_else(|_| (default_subject.clone(), default_body.clone()))
+        } else {
+            (default_subject.clone(), default_body.clone())
+        };
         let n = Notification {
             id: store.next_id()?,
             receiver: receiver.clone(),
@@ -879,6 +898,42 @@ mod tests {
         );
         assert!(outbox.lock().unwrap().is_empty());
         assert_eq!(delivered(&store, 10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_receiver_with_its_own_templates_gets_them_and_the_others_share_the_built_in_texts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
+        let cfg = test_config(crate::dispatch::Route {
+            path: "root".into(),
+            matchers: vec![],
+            receivers: vec!["mail".into(), "hook".into(), "own".into()],
+            cont: true,
+            routes: vec![],
+            grouping: crate::dispatch::Grouping::default(),
+        });
+        let own: BTreeMap<String, (String, String)> = [(
+            "own".to_string(),
+            (
+                "[{{ county_name }}] {{ status }}".to_string(),
+                "{{ fingerprint }}".to_string(),
+            ),
+        )]
+        .into();
+        let t = Templates::with_receivers(Language::Zh, &own).unwrap();
+        let mut b = Batch::default();
+        let n =
+            notifications_for(&Transition::Fired(alert()), &cfg, &t, &store, 1, &mut b).unwrap();
+        let by: BTreeMap<&str, (&str, &str)> = n
+            .iter()
+            .map(|n| (n.receiver.as_str(), (n.subject.as_str(), n.body.as_str())))
+            .collect();
+        assert_eq!(by["own"], ("[同德县] firing", "00ff"));
+        let built_in = t.render(&alert(), Status::Firing).unwrap();
+        assert!(built_in.0.starts_with("【返贫风险预警"), "{}", built_in.0);
+        for r in ["mail", "hook"] {
+            assert_eq!(by[r], (built_in.0.as_str(), built_in.1.as_str()), "{r}");
+        }
     }
 
     #[test]
