@@ -1246,21 +1246,23 @@ struct AtRisk {
 
 impl AtRisk {
     fn of(alerts: &Alerts) -> Self {
-        // Borrowed keys: the walk runs after every pass, over every firing alert.
-        let mut county: BTreeSet<(crate::model::CountyCode, &str)> = BTreeSet::new();
-        let mut risk: BTreeSet<(crate::model::CountyCode, crate::model::RiskCategory, &str)> =
-            BTreeSet::new();
-        for (c, r, household) in alerts.firing_household_refs() {
-            county.insert((c, household));
-            risk.insert((c, r, household));
+        // Borrowed keys, sorted once: the walk runs after every pass, over every firing
+        // alert (a set of tens of thousands of string keys cost tens of milliseconds).
+        let mut risk: Vec<(crate::model::CountyCode, crate::model::RiskCategory, &str)> =
+            alerts.firing_household_refs().collect();
+        risk.sort_unstable();
+        risk.dedup();
+        let mut per_risk = BTreeMap::new();
+        for (c, r, _) in &risk {
+            *per_risk.entry((*c, *r)).or_default() += 1;
         }
+        let mut county: Vec<(crate::model::CountyCode, &str)> =
+            risk.into_iter().map(|(c, _, h)| (c, h)).collect();
+        county.sort_unstable();
+        county.dedup();
         let mut per_county = BTreeMap::new();
         for (c, _) in county {
             *per_county.entry(c).or_default() += 1;
-        }
-        let mut per_risk = BTreeMap::new();
-        for (c, r, _) in risk {
-            *per_risk.entry((c, r)).or_default() += 1;
         }
         Self {
             per_county,

@@ -526,12 +526,14 @@ impl Alerts {
 
     /// Counts per (county, rule, severity, status), for metrics.
     pub fn counts(&self) -> BTreeMap<(Option<CountyCode>, &str, &str, Status), u64> {
-        let mut m = BTreeMap::new();
+        // Hashed while counting (every pass walks every alert), ordered once at the end:
+        // there are far fewer label sets than alerts.
+        let mut m: std::collections::HashMap<_, u64> = std::collections::HashMap::new();
         for a in self.alerts.values() {
             *m.entry((a.county, a.rule.as_str(), a.severity.as_str(), a.status))
                 .or_default() += 1;
         }
-        m
+        m.into_iter().collect()
     }
 }
 
