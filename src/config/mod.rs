@@ -545,32 +545,22 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
             ),
         ));
     }
-    let log_retention = parse_duration(&d.log_retention).unwrap_or_else(|e| {
-        problems.push(src.problem(&dp.key("log_retention"), e));
-        MIN_LOG_RETENTION
-    });
-    if log_retention < MIN_LOG_RETENTION {
-        problems.push(src.problem(
-            &dp.key("log_retention"),
-            format!(
-                "{:?} is too short: keep the notification and audit logs at least 180 days (180d)",
-                d.log_retention
-            ),
-        ));
-    }
-    let snapshot_interval = parse_duration(&d.snapshot_interval).unwrap_or_else(|e| {
-        problems.push(src.problem(&dp.key("snapshot_interval"), e));
-        MIN_SNAPSHOT_INTERVAL
-    });
-    if snapshot_interval < MIN_SNAPSHOT_INTERVAL {
-        problems.push(src.problem(
-            &dp.key("snapshot_interval"),
-            format!(
-                "{:?} is too short: writing the snapshot holds the engine about 3 s per million households; give at least 1m",
-                d.snapshot_interval
-            ),
-        ));
-    }
+    let log_retention = duration_at_least(
+        src,
+        &dp.key("log_retention"),
+        &d.log_retention,
+        MIN_LOG_RETENTION,
+        "keep the notification and audit logs at least 180 days (180d)",
+        &mut problems,
+    );
+    let snapshot_interval = duration_at_least(
+        src,
+        &dp.key("snapshot_interval"),
+        &d.snapshot_interval,
+        MIN_SNAPSHOT_INTERVAL,
+        "writing the snapshot holds the engine about 3 s per million households; give at least 1m",
+        &mut problems,
+    );
     let language = match d.language.as_str() {
         "zh" => Language::Zh,
         "en" => Language::En,
@@ -1265,6 +1255,25 @@ fn duration_field(
     })
 }
 
+/// A duration of at least `min`; `why` says why a shorter one is refused.
+fn duration_at_least(
+    src: &Source,
+    path: &FieldPath,
+    text: &str,
+    min: Duration,
+    why: &str,
+    problems: &mut Vec<Problem>,
+) -> Duration {
+    let d = parse_duration(text).unwrap_or_else(|e| {
+        problems.push(src.problem(path, e));
+        min
+    });
+    if d < min {
+        problems.push(src.problem(path, format!("{text:?} is too short: {why}")));
+    }
+    d
+}
+
 fn validate_mapping(
     src: &Source,
     mp: &FieldPath,
@@ -1464,6 +1473,31 @@ mod tests {
             parse_duration("1500ms").unwrap(),
             Duration::from_millis(1500)
         );
+    }
+
+    #[test]
+    fn snapshot_interval_defaults_to_an_hour_and_refuses_less_than_a_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |body: &str| {
+            let p = dir.path().join("g.toml");
+            std::fs::write(&p, body).unwrap();
+            Config::load(&p)
+        };
+        let c = load("[daemon]\n").unwrap();
+        assert_eq!(c.daemon.snapshot_interval, Duration::from_secs(3600));
+        let c = load("[daemon]\nsnapshot_interval = \"10m\"\n").unwrap();
+        assert_eq!(c.daemon.snapshot_interval, Duration::from_secs(600));
+        let err = load("[daemon]\n\nsnapshot_interval = \"10s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("daemon.snapshot_interval"), "{err}");
+        assert!(err.contains(":3:"), "the line: {err}");
+        assert!(err.contains("at least 1m"), "{err}");
+        let err = load("[daemon]\nsnapshot_interval = \"hourly\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("daemon.snapshot_interval"), "{err}");
+        assert!(!err.contains("too short"), "one problem, not two: {err}");
     }
 
     #[test]
