@@ -225,6 +225,24 @@ fn merge_by_id<T>(a: Vec<(Vec<u8>, T)>, b: Vec<(Vec<u8>, T)>) -> Vec<(Vec<u8>, T
     out
 }
 
+/// The id or code in `part` of the stored `key` of `space`, parsed; `what` names it in the
+/// error.
+fn parse_key<T: std::str::FromStr>(
+    space: Space,
+    key: &[u8],
+    part: &[u8],
+    what: &str,
+) -> Result<T, StoreError> {
+    std::str::from_utf8(part)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| StoreError::Decode {
+            space,
+            key: String::from_utf8_lossy(key).into_owned(),
+            detail: what.to_string(),
+        })
+}
+
 /// The in-memory working set.
 pub struct World {
     households: HashMap<HouseholdId, Household>,
@@ -431,10 +449,7 @@ impl World {
             let value = store.get(*space, key)?;
             match space {
                 Space::Household => {
-                    let id = std::str::from_utf8(key)
-                        .ok()
-                        .and_then(|s| s.parse::<HouseholdId>().ok())
-                        .ok_or_else(|| damaged(*space, key, "not a household id"))?;
+                    let id: HouseholdId = parse_key(*space, key, key, "not a household id")?;
                     match value {
                         Some(v) => {
                             let mut h: Household =
@@ -454,10 +469,7 @@ impl World {
                 }
                 Space::HouseholdMonth => {
                     let (month, id) = split_month_key(key)?;
-                    let id = std::str::from_utf8(id)
-                        .ok()
-                        .and_then(|s| s.parse::<HouseholdId>().ok())
-                        .ok_or_else(|| damaged(*space, key, "not a household id"))?;
+                    let id: HouseholdId = parse_key(*space, key, id, "not a household id")?;
                     let bucket: Option<values::MonthBucket> = value
                         .map(|v| codec::decode(HOUSEHOLD_MONTH_VERSION, *space, key, &v))
                         .transpose()?;
@@ -478,10 +490,7 @@ impl World {
                     }
                 }
                 Space::Village => {
-                    let code = std::str::from_utf8(key)
-                        .ok()
-                        .and_then(|s| s.parse::<VillageCode>().ok())
-                        .ok_or_else(|| damaged(*space, key, "not a village code"))?;
+                    let code: VillageCode = parse_key(*space, key, key, "not a village code")?;
                     match value {
                         Some(v) => {
                             let village: Village = codec::decode(VILLAGE_VERSION, *space, key, &v)?;
@@ -493,10 +502,7 @@ impl World {
                     }
                 }
                 Space::County => {
-                    let code = std::str::from_utf8(key)
-                        .ok()
-                        .and_then(|s| s.parse::<CountyCode>().ok())
-                        .ok_or_else(|| damaged(*space, key, "not a county code"))?;
+                    let code: CountyCode = parse_key(*space, key, key, "not a county code")?;
                     match value {
                         Some(v) => {
                             let c: CountyValue = codec::decode(COUNTY_VERSION, *space, key, &v)?;

@@ -135,10 +135,6 @@ impl<'a> Entry<'a> {
             Some((Space::of_prefix(prefix)?, key))
         })
     }
-
-    pub fn n_keys(&self) -> usize {
-        self.keys().count()
-    }
 }
 
 /// What the journal tells of the changes since a stamp.
@@ -187,11 +183,8 @@ impl Chain {
             let e = Entry::decode(key, value)?;
             self.started = true;
             self.at = stamp;
-            for (space, key) in e.keys() {
-                if !self.keys.contains(&(space, key.to_vec())) {
-                    self.keys.insert((space, key.to_vec()));
-                }
-            }
+            self.keys
+                .extend(e.keys().map(|(space, key)| (space, key.to_vec())));
             self.lost = self.keys.len() > self.limit;
         } else if self.started {
             // A commit whose entry does not continue the chain: a gap.
@@ -267,7 +260,7 @@ mod tests {
         );
         let empty = entry(None, 3, &[]);
         let first = Entry::decode(b"k", &empty).unwrap();
-        assert_eq!((first.before, first.n_keys()), (None, 0));
+        assert_eq!((first.before, first.keys().count()), (None, 0));
     }
 
     #[test]
