@@ -82,28 +82,63 @@ pub trait Sink {
     fn poll_done(&self, feed: &str, caught_up: bool) -> impl Future<Output = ()> + Send;
 }
 
-/// Maps decoded records, keeping failures to report.
+/// Below this many records a page is mapped on the calling thread.
+const PARALLEL_MIN_RECORDS: usize = 2048;
+
+/// Maps decoded records, keeping failures to report, in the page's order. Records map
+/// independently (field paths, parsing, pseudonymizing), so a large page is mapped on every
+/// core, each thread over a contiguous share.
 pub fn map_page(
     feed: &FeedConfig,
     records: Vec<Result<Value, MapError>>,
     pseudo: &Pseudonymizer,
 ) -> Vec<Mapped> {
-    records
-        .into_iter()
-        .map(|r| match r {
-            Ok(v) => {
-                let result = map_record(&feed.mapping, &v, pseudo);
-                Mapped {
-                    raw: Some(v),
-                    result,
-                }
+    let map_one = |r: Result<Value, MapError>| match r {
+        Ok(v) => {
+            let result = map_record(&feed.mapping, &v, pseudo);
+            Mapped {
+                raw: Some(v),
+                result,
             }
-            Err(e) => Mapped {
-                raw: None,
-                result: Err(e),
-            },
-        })
-        .collect()
+        }
+        Err(e) => Mapped {
+            raw: None,
+            result: Err(e),
+        },
+    };
+    let threads = if records.len() < PARALLEL_MIN_RECORDS {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+    };
+    if threads == 1 {
+        return records.into_iter().map(map_one).collect();
+    }
+    let share = records.len().div_ceil(threads);
+    let mut shares: Vec<Vec<Result<Value, MapError>>> = Vec::with_capacity(threads);
+    let mut rest = records;
+    while rest.len() > share {
+        let tail = rest.split_off(share);
+        shares.push(rest);
+        rest = tail;
+    }
+    shares.push(rest);
+    let map_one = &map_one;
+    std::thread::scope(|scope| {
+        let running: Vec<_> = shares
+            .into_iter()
+            .map(|part| scope.spawn(move || part.into_iter().map(map_one).collect::<Vec<_>>()))
+            .collect();
+        let mut out = Vec::new();
+        for t in running {
+            match t.join() {
+                Ok(part) => out.extend(part),
+                // A panic while mapping is a bug: carry it to the caller as it is.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
 }
 
 fn with_params(base: &reqwest::Url, params: &[(&str, String)]) -> reqwest::Url {
