@@ -929,7 +929,13 @@ impl Engine {
         let began = Instant::now();
         let mut report = EvalReport::default();
         let rules = Arc::clone(&self.rules);
-        let firing = self.alerts.firing_households();
+        // Only county rules read the firing households, and only county entities have them:
+        // a poll's pass (households and villages) skips the walk over every alert.
+        let firing = if entities.iter().any(|e| matches!(e, EntityRef::County(_))) {
+            self.alerts.firing_households()
+        } else {
+            Vec::new()
+        };
         let (checks, transitions) = {
             let ctx = EvalContext {
                 world: &self.world,
@@ -1238,32 +1244,15 @@ impl Engine {
 }
 
 /// Households with a firing alert, each counted once per county and once per (county,
-/// risk category): one walk over the alerts feeds the county values and the gauges.
+/// risk category), as the alerts' tally keeps them: for the county values and the gauges.
 struct AtRisk {
-    per_county: BTreeMap<crate::model::CountyCode, usize>,
-    per_risk: BTreeMap<(crate::model::CountyCode, crate::model::RiskCategory), usize>,
+    per_county: BTreeMap<crate::model::CountyCode, u64>,
+    per_risk: BTreeMap<(crate::model::CountyCode, crate::model::RiskCategory), u64>,
 }
 
 impl AtRisk {
     fn of(alerts: &Alerts) -> Self {
-        // Borrowed keys, sorted once: the walk runs after every pass, over every firing
-        // alert (a set of tens of thousands of string keys cost tens of milliseconds).
-        let mut risk: Vec<(crate::model::CountyCode, crate::model::RiskCategory, &str)> =
-            alerts.firing_household_refs().collect();
-        risk.sort_unstable();
-        risk.dedup();
-        let mut per_risk = BTreeMap::new();
-        for (c, r, _) in &risk {
-            *per_risk.entry((*c, *r)).or_default() += 1;
-        }
-        let mut county: Vec<(crate::model::CountyCode, &str)> =
-            risk.into_iter().map(|(c, _, h)| (c, h)).collect();
-        county.sort_unstable();
-        county.dedup();
-        let mut per_county = BTreeMap::new();
-        for (c, _) in county {
-            *per_county.entry(c).or_default() += 1;
-        }
+        let (per_county, per_risk) = alerts.households_at_risk();
         Self {
             per_county,
             per_risk,

@@ -19,6 +19,9 @@ use crate::rules::{
 use crate::state::EntityRef;
 use crate::store::{Batch, Space, Store, StoreError, codec};
 
+mod tally;
+use tally::Tally;
+
 const ALERT_VERSION: u8 = 1;
 /// Resolved alerts are kept this long for history, then forgotten.
 pub const RESOLVED_RETENTION_SECS: i64 = 30 * 86_400;
@@ -74,7 +77,7 @@ pub struct Alert {
 }
 
 /// What an operator found (处置结果).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Disposition {
     /// 纳入监测: enrolled as a monitored object.
     Enrolled,
@@ -176,12 +179,72 @@ pub enum AlertError {
     },
 }
 
+/// A finding made ready for the lifecycle: its county and the alert's texts and labels,
+/// rendered from the rule's templates. It does not touch the alerts, so that the checks of a
+/// pass (and their rendering) can run on several threads.
+struct Found {
+    county: Option<CountyCode>,
+    summary: String,
+    description: String,
+    evidence: String,
+    labels: BTreeMap<String, String>,
+}
+
+impl Found {
+    fn of(rules: &RuleSet, rule: &Rule, f: &Finding) -> Result<Self, AlertError> {
+        let ctx = full_context(rule, f);
+        // Converted once for both templates.
+        let values = minijinja::Value::from_serialize(&ctx);
+        let render = |field: &str| {
+            rules
+                .render(&rule.name, field, &values)
+                .map_err(|source| AlertError::Template {
+                    rule: rule.name.clone(),
+                    source,
+                })
+        };
+        let summary = render("summary")?;
+        let description = render("description")?;
+        let mut labels = rule.labels.clone();
+        labels.insert("rule".into(), rule.name.clone());
+        if let Some(c) = f.county {
+            labels.insert("county".into(), c.to_string());
+        }
+        labels.insert("severity".into(), rule.severity.name().into());
+        labels.insert("risk_category".into(), rule.risk.name_zh().into());
+        labels.extend(f.labels.clone());
+        Ok(Self {
+            county: f.county,
+            summary,
+            description,
+            evidence: ctx.to_string(),
+            labels,
+        })
+    }
+}
+
+/// A check whose outcome may move an alert: something was found, or the rule's alert on
+/// the entity is active. Checks that found nothing on an entity without an active alert
+/// change nothing and are only counted.
+struct Checked {
+    rule: usize,
+    entity: usize,
+    fingerprint: String,
+    found: Option<Result<Found, AlertError>>,
+}
+
+/// Below this many entities a pass runs on the calling thread: starting threads would cost
+/// more than it saves.
+const PARALLEL_MIN_ENTITIES: usize = 256;
+
 /// All alerts that are pending, firing, or recently resolved.
 #[derive(Default)]
 pub struct Alerts {
     alerts: HashMap<String, Alert>,
     changed: HashSet<String>,
     removed: HashSet<String>,
+    /// Counts for the gauges, kept as the alerts change (see `tally`).
+    tally: Tally,
 }
 
 impl Alerts {
@@ -191,6 +254,7 @@ impl Alerts {
             let alert: Alert = codec::decode(ALERT_VERSION, Space::Alert, &k, &v)?;
             a.alerts.insert(alert.fingerprint.clone(), alert);
         }
+        a.tally = Tally::of(a.alerts.values());
         Ok(a)
     }
 
@@ -221,66 +285,56 @@ impl Alerts {
         now: DateTime<FixedOffset>,
     ) -> Result<Option<Transition>, AlertError> {
         let fp = fingerprint(&rule.name, entity);
-        self.observe_fingerprint(rules, rule, entity, fp, finding, now)
+        let found = finding.map(|f| Found::of(rules, rule, f)).transpose()?;
+        Ok(self.observe_found(rule, entity, fp, found, now))
     }
 
-    /// [`Alerts::observe`] with the fingerprint already computed.
-    fn observe_fingerprint(
+    /// [`Alerts::observe`] with the fingerprint computed and the finding's texts rendered.
+    fn observe_found(
         &mut self,
-        rules: &RuleSet,
         rule: &Rule,
         entity: &EntityRef,
         fp: String,
-        finding: Option<&Finding>,
+        found: Option<Found>,
         now: DateTime<FixedOffset>,
-    ) -> Result<Option<Transition>, AlertError> {
+    ) -> Option<Transition> {
         let t = now.timestamp();
         let existing = self.alerts.get(&fp);
         let active = existing.is_some_and(|a| a.status != Status::Resolved);
-        match (finding, active) {
-            (None, false) => Ok(None),
+        match (found, active) {
+            (None, false) => None,
             (None, true) => {
                 // Invariant: `active` implies the alert exists.
-                let Some(a) = self.alerts.get_mut(&fp) else {
-                    return Ok(None);
-                };
+                let a = self.alerts.get_mut(&fp)?;
+                self.tally.remove(a);
                 if a.status == Status::Pending {
                     self.alerts.remove(&fp);
                     self.changed.remove(&fp);
                     self.removed.insert(fp);
-                    return Ok(None);
+                    return None;
                 }
                 a.status = Status::Resolved;
                 a.resolved_at = Some(t);
                 a.history.push((t, Status::Resolved));
+                self.tally.add(a);
                 let out = a.clone();
                 self.changed.insert(fp);
-                Ok(Some(Transition::Resolved(out)))
+                Some(Transition::Resolved(out))
             }
             (Some(f), _) => {
-                let ctx = full_context(rule, f);
-                let render = |field: &str| {
-                    rules
-                        .render(&rule.name, field, &ctx)
-                        .map_err(|source| AlertError::Template {
-                            rule: rule.name.clone(),
-                            source,
-                        })
-                };
-                let summary = render("summary")?;
-                let description = render("description")?;
-                let evidence = ctx.to_string();
-                let mut labels = rule.labels.clone();
-                labels.insert("rule".into(), rule.name.clone());
-                if let Some(c) = f.county {
-                    labels.insert("county".into(), c.to_string());
-                }
-                labels.insert("severity".into(), rule.severity.name().into());
-                labels.insert("risk_category".into(), rule.risk.name_zh().into());
-                labels.extend(f.labels.clone());
+                let Found {
+                    county,
+                    summary,
+                    description,
+                    evidence,
+                    labels,
+                } = f;
                 let a = match self.alerts.get_mut(&fp) {
                     Some(a) if a.status != Status::Resolved => a,
                     previous => {
+                        if let Some(p) = &previous {
+                            self.tally.remove(p);
+                        }
                         let history = previous.map(|p| p.history.clone()).unwrap_or_default();
                         let mut history = history;
                         history.push((t, Status::Pending));
@@ -290,7 +344,7 @@ impl Alerts {
                                 fingerprint: fp.clone(),
                                 rule: rule.name.clone(),
                                 entity: entity.key(),
-                                county: f.county,
+                                county,
                                 severity: rule.severity.name().into(),
                                 risk_category: rule.risk.name_zh().into(),
                                 status: Status::Pending,
@@ -311,7 +365,9 @@ impl Alerts {
                         );
                         self.removed.remove(&fp);
                         // Invariant: inserted just above.
-                        self.alerts.get_mut(&fp).expect("inserted")
+                        let a = self.alerts.get_mut(&fp).expect("inserted");
+                        self.tally.add(a);
+                        a
                     }
                 };
                 let content_changed = a.summary != summary || a.description != description;
@@ -321,6 +377,7 @@ impl Alerts {
                 a.labels = labels;
                 let mut transition = None;
                 if a.status == Status::Pending && t - a.active_since >= rule.hold.as_secs() as i64 {
+                    self.tally.remove(a);
                     a.status = Status::Firing;
                     a.fired_at = Some(t);
                     a.notified_at = Some(t);
@@ -329,12 +386,13 @@ impl Alerts {
                     a.ack = None;
                     a.escalated_at = None;
                     a.history.push((t, Status::Firing));
+                    self.tally.add(a);
                     transition = Some(Transition::Fired(a.clone()));
                 }
                 if transition.is_some() || content_changed || a.status == Status::Pending {
                     self.changed.insert(fp);
                 }
-                Ok(transition)
+                transition
             }
         }
     }
@@ -342,7 +400,9 @@ impl Alerts {
     /// Records an operator's disposition on an alert; the change is written with the next batch.
     pub fn acknowledge(&mut self, fingerprint: &str, ack: Ack) -> Option<Alert> {
         let a = self.alerts.get_mut(fingerprint)?;
+        self.tally.remove(a);
         a.ack = Some(ack);
+        self.tally.add(a);
         self.changed.insert(fingerprint.to_string());
         Some(a.clone())
     }
@@ -402,17 +462,23 @@ impl Alerts {
         out
     }
 
-    /// Dispositions per (rule, disposition), for precision.
     /// Counts of recorded dispositions per (county, rule, disposition), for metrics.
     pub fn dispositions(&self) -> BTreeMap<(Option<CountyCode>, &str, Disposition), u64> {
-        let mut m = BTreeMap::new();
-        for a in self.alerts.values() {
-            if let Some(ack) = &a.ack {
-                *m.entry((a.county, a.rule.as_str(), ack.disposition))
-                    .or_default() += 1;
-            }
-        }
-        m
+        self.tally.dispositions()
+    }
+
+    /// Households with a firing alert per county, and per (county, risk category); those
+    /// without any are absent.
+    pub fn households_at_risk(
+        &self,
+    ) -> (
+        BTreeMap<CountyCode, u64>,
+        BTreeMap<(CountyCode, RiskCategory), u64>,
+    ) {
+        (
+            self.tally.households_per_county(),
+            self.tally.households_per_risk(),
+        )
     }
 
     /// Forgets resolved alerts older than the retention.
@@ -428,7 +494,9 @@ impl Alerts {
             .map(|a| a.fingerprint.clone())
             .collect();
         for fp in old {
-            self.alerts.remove(&fp);
+            if let Some(a) = self.alerts.remove(&fp) {
+                self.tally.remove(&a);
+            }
             self.changed.remove(&fp);
             self.removed.insert(fp);
         }
@@ -468,10 +536,8 @@ impl Alerts {
     }
 
     /// [`Alerts::firing_households`] without copying the entity keys: (county, risk
-    /// category, entity key). Each evaluation pass tallies them for the county gauges.
-    pub fn firing_household_refs(
-        &self,
-    ) -> impl Iterator<Item = (CountyCode, RiskCategory, &str)> + '_ {
+    /// category, entity key).
+    fn firing_household_refs(&self) -> impl Iterator<Item = (CountyCode, RiskCategory, &str)> + '_ {
         self.alerts
             .values()
             .filter(|a| a.status == Status::Firing && a.entity.starts_with("household/"))
@@ -480,6 +546,10 @@ impl Alerts {
 
     /// Evaluates the rules that pass `filter` on the entities of their kind and moves the
     /// alerts; returns the number of checks and the transitions to announce.
+    ///
+    /// The checks, and the rendering of what they find, read only the state and the alerts:
+    /// they run on every core, each thread over a contiguous share of `entities`. The alerts
+    /// then move on this thread, so the outcome does not depend on the number of threads.
     pub fn pass(
         &mut self,
         rules: &RuleSet,
@@ -487,36 +557,57 @@ impl Alerts {
         entities: &[EntityRef],
         filter: impl Fn(&Rule) -> bool,
     ) -> (u64, Vec<Transition>) {
-        let mut checks = 0;
         let on: Vec<(usize, &Rule)> = rules
             .rules
             .iter()
             .enumerate()
             .filter(|(_, r)| filter(r))
             .collect();
-        // Entity by entity, so that an entity's data is read once into the cache for all its
-        // rules; the transitions are then put in rule order and entity order, as announced,
-        // whatever the order of `entities`.
+        let threads = if entities.len() < PARALLEL_MIN_ENTITIES {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+        };
+        let share = entities.len().div_ceil(threads).max(1);
+        let check = |first: usize| self.check(rules, ctx, entities, first, share, &on);
+        let shares: Vec<(u64, Vec<Checked>)> = if threads == 1 {
+            vec![check(0)]
+        } else {
+            std::thread::scope(|scope| {
+                let running: Vec<_> = (0..entities.len())
+                    .step_by(share)
+                    .map(|first| scope.spawn(move || check(first)))
+                    .collect();
+                running
+                    .into_iter()
+                    .map(|t| match t.join() {
+                        Ok(done) => done,
+                        // A panic in a check is a bug: carry it to the caller as it is.
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    })
+                    .collect()
+            })
+        };
+        let mut checks = 0;
         let mut transitions: Vec<(usize, usize, Transition)> = Vec::new();
-        for (ei, entity) in entities.iter().enumerate() {
-            let kind = entity_kind(entity);
-            for &(ri, rule) in on.iter().filter(|(_, r)| r.kind.entity() == kind) {
-                checks += 1;
-                let fp = fingerprint(&rule.name, entity);
-                let active = self
-                    .alerts
-                    .get(&fp)
-                    .is_some_and(|a| a.status != Status::Resolved);
-                let finding = evaluate(rule, ctx, entity, active);
-                match self.observe_fingerprint(rules, rule, entity, fp, finding.as_ref(), ctx.now) {
-                    Ok(Some(t)) => transitions.push((ri, ei, t)),
-                    Ok(None) => {}
+        for (n, share) in shares {
+            checks += n;
+            for c in share {
+                let (ri, rule) = on[c.rule];
+                let found = match c.found.transpose() {
+                    Ok(found) => found,
                     Err(e) => {
-                        tracing::warn!(rule = %rule.name, error = %e, "rule evaluation failed")
+                        tracing::warn!(rule = %rule.name, error = %e, "rule evaluation failed");
+                        continue;
                     }
+                };
+                let entity = &entities[c.entity];
+                if let Some(t) = self.observe_found(rule, entity, c.fingerprint, found, ctx.now) {
+                    transitions.push((ri, c.entity, t));
                 }
             }
         }
+        // In rule order and entity order, as announced, whatever the order of `entities`.
         transitions.sort_by(|a, b| {
             a.0.cmp(&b.0)
                 .then_with(|| entities[a.1].cmp(&entities[b.1]))
@@ -524,16 +615,51 @@ impl Alerts {
         (checks, transitions.into_iter().map(|(_, _, t)| t).collect())
     }
 
+    /// The checks of `entities[first..first + len]` (clamped) with the rules `on`: their
+    /// number, and those that may move an alert, in entity order. Entity by entity, so that
+    /// an entity's data is read once into the cache for all its rules.
+    fn check(
+        &self,
+        rules: &RuleSet,
+        ctx: &EvalContext<'_>,
+        entities: &[EntityRef],
+        first: usize,
+        len: usize,
+        on: &[(usize, &Rule)],
+    ) -> (u64, Vec<Checked>) {
+        let mut checks = 0;
+        let mut out = Vec::new();
+        let last = entities.len().min(first + len);
+        for (ei, entity) in entities.iter().enumerate().take(last).skip(first) {
+            let kind = entity_kind(entity);
+            for (oi, (_, rule)) in on.iter().enumerate() {
+                if rule.kind.entity() != kind {
+                    continue;
+                }
+                checks += 1;
+                let fp = fingerprint(&rule.name, entity);
+                let active = self
+                    .alerts
+                    .get(&fp)
+                    .is_some_and(|a| a.status != Status::Resolved);
+                let finding = evaluate(rule, ctx, entity, active);
+                if finding.is_none() && !active {
+                    continue;
+                }
+                out.push(Checked {
+                    rule: oi,
+                    entity: ei,
+                    fingerprint: fp,
+                    found: finding.map(|f| Found::of(rules, rule, &f)),
+                });
+            }
+        }
+        (checks, out)
+    }
+
     /// Counts per (county, rule, severity, status), for metrics.
     pub fn counts(&self) -> BTreeMap<(Option<CountyCode>, &str, &str, Status), u64> {
-        // Hashed while counting (every pass walks every alert), ordered once at the end:
-        // there are far fewer label sets than alerts.
-        let mut m: std::collections::HashMap<_, u64> = std::collections::HashMap::new();
-        for a in self.alerts.values() {
-            *m.entry((a.county, a.rule.as_str(), a.severity.as_str(), a.status))
-                .or_default() += 1;
-        }
-        m.into_iter().collect()
+        self.tally.counts()
     }
 }
 

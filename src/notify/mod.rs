@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tracing::{error, info, warn};
 
 pub use receivers::{Receiver, SendError, am_alert, push_alertmanager};
@@ -160,8 +159,9 @@ impl Templates {
             .is_ok()
     }
 
-    /// What the templates see of an alert.
-    fn context(&self, alert: &Alert, status: Status, escalation: bool) -> serde_json::Value {
+    /// What the templates see of an alert, converted once for all the templates rendered
+    /// with it.
+    fn context(&self, alert: &Alert, status: Status, escalation: bool) -> minijinja::Value {
         let fired = alert.fired_at.unwrap_or(alert.active_since);
         let severity = match (self.lang, alert.severity.as_str()) {
             ("zh", "critical") => "严重",
@@ -169,44 +169,44 @@ impl Templates {
             ("zh", _) => "提示",
             (_, s) => s,
         };
-        let evidence = alert.evidence.parse::<serde_json::Value>().ok();
-        let text_of = |k: &str| {
-            evidence
-                .as_ref()
-                .and_then(|v| v.get(k).and_then(|n| n.as_str()).map(str::to_string))
-                .unwrap_or_default()
+        // Of the evidence, only two texts: the other fields are skipped, not built.
+        let evidence: EvidenceTexts = serde_json::from_str(&alert.evidence).unwrap_or_default();
+        let text_of = |v: Option<serde_json::Value>| match v {
+            Some(serde_json::Value::String(s)) => s,
+            _ => String::new(),
         };
-        let village_name = text_of("village_name");
-        let sources = text_of("sources");
-        json!({
-            "status": status.name(),
-            "summary": alert.summary,
-            "description": alert.description,
-            "risk_category": alert.risk_category,
-            "severity": severity,
-            "county": alert.county.map(|c| c.to_string()).unwrap_or_default(),
-            "county_name": alert.county.map(county_name).unwrap_or_default(),
-            "village": alert.labels.get("village").cloned().unwrap_or_default(),
-            "village_name": village_name,
-            "household": alert.labels.get("household").cloned().unwrap_or_default(),
-            "township": alert.labels.get("township").cloned().unwrap_or_default(),
-            "feed": alert.labels.get("feed").cloned().unwrap_or_default(),
-            "rule": alert.rule,
-            "fired_at": format_time(fired),
-            "resolved_at": alert.resolved_at.map(format_time).unwrap_or_default(),
-            "deadline": format_time(fired + IDENTIFICATION_DAYS * 86_400).get(..10).unwrap_or_default().to_string(),
-            "fingerprint": alert.fingerprint,
-            "sources": sources,
-            "escalation": escalation,
-            "ack": alert.ack.as_ref().map(|a| a.disposition.name_zh()).unwrap_or_default(),
-        })
+        let village_name = text_of(evidence.village_name);
+        let sources = text_of(evidence.sources);
+        let label = |k: &str| alert.labels.get(k).cloned().unwrap_or_default();
+        minijinja::context! {
+            status => status.name(),
+            summary => &alert.summary,
+            description => &alert.description,
+            risk_category => &alert.risk_category,
+            severity => severity,
+            county => alert.county.map(|c| c.to_string()).unwrap_or_default(),
+            county_name => alert.county.map(county_name).unwrap_or_default(),
+            village => label("village"),
+            village_name => village_name,
+            household => label("household"),
+            township => label("township"),
+            feed => label("feed"),
+            rule => &alert.rule,
+            fired_at => format_time(fired),
+            resolved_at => alert.resolved_at.map(format_time).unwrap_or_default(),
+            deadline => format_time(fired + IDENTIFICATION_DAYS * 86_400).get(..10).unwrap_or_default().to_string(),
+            fingerprint => &alert.fingerprint,
+            sources => sources,
+            escalation => escalation,
+            ack => alert.ack.as_ref().map(|a| a.disposition.name_zh()).unwrap_or_default(),
+        }
     }
 
     /// Renders `ctx` ([`Templates::context`]) with `receiver`'s own templates if it has
     /// them, else the built-in ones.
     fn render_context(
         &self,
-        ctx: &serde_json::Value,
+        ctx: &minijinja::Value,
         receiver: Option<&str>,
     ) -> Result<(String, String), minijinja::Error> {
         let prefix = match receiver {
@@ -223,6 +223,16 @@ impl Templates {
             .render(ctx)?;
         Ok((subject.trim().replace('\n', " "), body))
     }
+}
+
+/// The texts of an alert's evidence that its notifications show; a field that is missing or
+/// not text shows as empty.
+#[derive(Default, Deserialize)]
+struct EvidenceTexts {
+    #[serde(default)]
+    village_name: Option<serde_json::Value>,
+    #[serde(default)]
+    sources: Option<serde_json::Value>,
 }
 
 /// Notifications waiting for delivery; mirrors the store's outbox space.

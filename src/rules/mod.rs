@@ -455,11 +455,12 @@ impl RuleSet {
     }
 
     /// Renders a rule's summary or description for a finding's context.
+    /// `ctx` is best a `minijinja::Value` converted once, when it serves several templates.
     pub fn render(
         &self,
         rule: &str,
         field: &str,
-        ctx: &serde_json::Value,
+        ctx: &impl serde::Serialize,
     ) -> Result<String, minijinja::Error> {
         if self.language == Language::En
             && let Ok(t) = self.env.get_template(&format!("{rule}.{field}_en"))
