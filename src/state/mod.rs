@@ -309,6 +309,50 @@ fn month_key(id: &HouseholdId, month: Month) -> Vec<u8> {
 const VILLAGE_VERSION: u8 = 1;
 const COUNTY_VERSION: u8 = 1;
 
+/// Below this many changed households a batch is encoded on the calling thread.
+const PARALLEL_MIN_HOUSEHOLDS: usize = 1024;
+
+/// The store's writes for one household changed since `before`: its roster part if that
+/// changed, the months that changed or are gone; everything goes if it is gone (`now`).
+fn household_ops(
+    batch: &mut Batch,
+    id: &HouseholdId,
+    before: Option<&Household>,
+    now: Option<&Household>,
+) {
+    let none = Months::default();
+    let old_months = before.map_or(&none, |b| &b.months);
+    match now {
+        Some(h) => {
+            if before.is_none_or(|b| !b.same_roster_part(h)) {
+                batch.put(
+                    Space::Household,
+                    id.as_str().as_bytes().to_vec(),
+                    codec::encode(HOUSEHOLD_VERSION, h),
+                );
+            }
+            // Only the months that changed; months pruned for retention go.
+            let (changed, gone) = h.months.changes_since(old_months);
+            for b in changed {
+                batch.put(
+                    Space::HouseholdMonth,
+                    month_key(id, b.month()),
+                    codec::encode(HOUSEHOLD_MONTH_VERSION, &b.to_bucket()),
+                );
+            }
+            for month in gone {
+                batch.delete(Space::HouseholdMonth, month_key(id, month));
+            }
+        }
+        None => {
+            batch.delete(Space::Household, id.as_str().as_bytes().to_vec());
+            for o in old_months {
+                batch.delete(Space::HouseholdMonth, month_key(id, o.month()));
+            }
+        }
+    }
+}
+
 /// A stable 64-bit tag of a record id within a feed (FNV-1a), kept for idempotent ingest.
 ///
 /// The top byte identifies the feed ([`feed_byte`]), so that evidence can name the records
@@ -846,40 +890,41 @@ impl World {
     pub fn take_batch(&mut self) -> (Batch, Touched) {
         let mut batch = Batch::default();
         let mut touched = Touched::default();
-        for (id, before) in self.undo_households.drain() {
-            let none = Months::default();
-            let old_months = before.as_ref().map_or(&none, |b| &b.months);
-            match self.households.get(&id) {
-                Some(h) => {
-                    if before.as_ref().is_none_or(|b| !b.same_roster_part(h)) {
-                        batch.put(
-                            Space::Household,
-                            id.as_str().as_bytes().to_vec(),
-                            codec::encode(HOUSEHOLD_VERSION, h),
-                        );
-                    }
-                    // Only the months that changed; months pruned for retention go.
-                    let (changed, gone) = h.months.changes_since(old_months);
-                    for b in changed {
-                        batch.put(
-                            Space::HouseholdMonth,
-                            month_key(&id, b.month()),
-                            codec::encode(HOUSEHOLD_MONTH_VERSION, &b.to_bucket()),
-                        );
-                    }
-                    for month in gone {
-                        batch.delete(Space::HouseholdMonth, month_key(&id, month));
-                    }
-                }
-                None => {
-                    batch.delete(Space::Household, id.as_str().as_bytes().to_vec());
-                    for o in old_months {
-                        batch.delete(Space::HouseholdMonth, month_key(&id, o.month()));
-                    }
-                }
+        // Each household's keys encode apart from the others': a large change (a page of a
+        // bulk feed) is encoded on every core, each thread over a contiguous share.
+        let undone: Vec<(HouseholdId, Option<Household>)> = self.undo_households.drain().collect();
+        let threads = if undone.len() < PARALLEL_MIN_HOUSEHOLDS {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+        };
+        let households = &self.households;
+        let encode = |part: &[(HouseholdId, Option<Household>)]| {
+            let mut b = Batch::default();
+            for (id, before) in part {
+                household_ops(&mut b, id, before.as_ref(), households.get(id));
             }
-            touched.households.push(id);
+            b
+        };
+        if threads == 1 {
+            batch = encode(&undone);
+        } else {
+            let share = undone.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let running: Vec<_> = undone
+                    .chunks(share)
+                    .map(|part| scope.spawn(move || encode(part)))
+                    .collect();
+                for t in running {
+                    match t.join() {
+                        Ok(b) => batch.ops.extend(b.ops),
+                        // A panic while encoding is a bug: carry it to the caller as it is.
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
+                }
+            });
         }
+        touched.households = undone.into_iter().map(|(id, _)| id).collect();
         for (code, _) in self.undo_villages.drain() {
             if let Some(v) = self.villages.get(&code) {
                 batch.put(
