@@ -16,6 +16,7 @@ pub mod feeds;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod parallel;
 pub mod pseudonym;
 pub mod quarantine;
 pub mod regions;

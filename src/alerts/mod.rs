@@ -233,8 +233,7 @@ struct Checked {
     found: Option<Result<Found, AlertError>>,
 }
 
-/// Below this many entities a pass runs on the calling thread: starting threads would cost
-/// more than it saves.
+/// Below this many entities a pass runs on the calling thread (`parallel::in_shares`).
 const PARALLEL_MIN_ENTITIES: usize = 256;
 
 /// All alerts that are pending, firing, or recently resolved.
@@ -563,31 +562,9 @@ impl Alerts {
             .enumerate()
             .filter(|(_, r)| filter(r))
             .collect();
-        let threads = if entities.len() < PARALLEL_MIN_ENTITIES {
-            1
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
-        };
-        let share = entities.len().div_ceil(threads).max(1);
-        let check = |first: usize| self.check(rules, ctx, entities, first, share, &on);
-        let shares: Vec<(u64, Vec<Checked>)> = if threads == 1 {
-            vec![check(0)]
-        } else {
-            std::thread::scope(|scope| {
-                let running: Vec<_> = (0..entities.len())
-                    .step_by(share)
-                    .map(|first| scope.spawn(move || check(first)))
-                    .collect();
-                running
-                    .into_iter()
-                    .map(|t| match t.join() {
-                        Ok(done) => done,
-                        // A panic in a check is a bug: carry it to the caller as it is.
-                        Err(panic) => std::panic::resume_unwind(panic),
-                    })
-                    .collect()
-            })
-        };
+        let shares = crate::parallel::in_shares(entities, PARALLEL_MIN_ENTITIES, |first, part| {
+            self.check(rules, ctx, first, part, &on)
+        });
         let mut checks = 0;
         let mut transitions: Vec<(usize, usize, Transition)> = Vec::new();
         for (n, share) in shares {
@@ -615,22 +592,20 @@ impl Alerts {
         (checks, transitions.into_iter().map(|(_, _, t)| t).collect())
     }
 
-    /// The checks of `entities[first..first + len]` (clamped) with the rules `on`: their
-    /// number, and those that may move an alert, in entity order. Entity by entity, so that
-    /// an entity's data is read once into the cache for all its rules.
+    /// The checks of a share of a pass's entities (the first at index `first`) with the rules
+    /// `on`: their number, and those that may move an alert, in entity order. Entity by
+    /// entity, so that an entity's data is read once into the cache for all its rules.
     fn check(
         &self,
         rules: &RuleSet,
         ctx: &EvalContext<'_>,
-        entities: &[EntityRef],
         first: usize,
-        len: usize,
+        entities: &[EntityRef],
         on: &[(usize, &Rule)],
     ) -> (u64, Vec<Checked>) {
         let mut checks = 0;
         let mut out = Vec::new();
-        let last = entities.len().min(first + len);
-        for (ei, entity) in entities.iter().enumerate().take(last).skip(first) {
+        for (ei, entity) in (first..).zip(entities) {
             let kind = entity_kind(entity);
             for (oi, (_, rule)) in on.iter().enumerate() {
                 if rule.kind.entity() != kind {

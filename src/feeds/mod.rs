@@ -93,52 +93,27 @@ pub fn map_page(
     records: Vec<Result<Value, MapError>>,
     pseudo: &Pseudonymizer,
 ) -> Vec<Mapped> {
-    let map_one = |r: Result<Value, MapError>| match r {
-        Ok(v) => {
-            let result = map_record(&feed.mapping, &v, pseudo);
-            Mapped {
+    let map = |v: &Value| map_record(&feed.mapping, v, pseudo);
+    // The records that decoded, mapped; `None` for those that did not.
+    let mapped = crate::parallel::in_shares(&records, PARALLEL_MIN_RECORDS, |_, part| {
+        part.iter()
+            .map(|r| r.as_ref().ok().map(map))
+            .collect::<Vec<_>>()
+    });
+    records
+        .into_iter()
+        .zip(mapped.into_iter().flatten())
+        .map(|(r, result)| match r {
+            Ok(v) => Mapped {
+                result: result.unwrap_or_else(|| map(&v)),
                 raw: Some(v),
-                result,
-            }
-        }
-        Err(e) => Mapped {
-            raw: None,
-            result: Err(e),
-        },
-    };
-    let threads = if records.len() < PARALLEL_MIN_RECORDS {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
-    };
-    if threads == 1 {
-        return records.into_iter().map(map_one).collect();
-    }
-    let share = records.len().div_ceil(threads);
-    let mut shares: Vec<Vec<Result<Value, MapError>>> = Vec::with_capacity(threads);
-    let mut rest = records;
-    while rest.len() > share {
-        let tail = rest.split_off(share);
-        shares.push(rest);
-        rest = tail;
-    }
-    shares.push(rest);
-    let map_one = &map_one;
-    std::thread::scope(|scope| {
-        let running: Vec<_> = shares
-            .into_iter()
-            .map(|part| scope.spawn(move || part.into_iter().map(map_one).collect::<Vec<_>>()))
-            .collect();
-        let mut out = Vec::new();
-        for t in running {
-            match t.join() {
-                Ok(part) => out.extend(part),
-                // A panic while mapping is a bug: carry it to the caller as it is.
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        out
-    })
+            },
+            Err(e) => Mapped {
+                raw: None,
+                result: Err(e),
+            },
+        })
+        .collect()
 }
 
 fn with_params(base: &reqwest::Url, params: &[(&str, String)]) -> reqwest::Url {

@@ -893,36 +893,16 @@ impl World {
         // Each household's keys encode apart from the others': a large change (a page of a
         // bulk feed) is encoded on every core, each thread over a contiguous share.
         let undone: Vec<(HouseholdId, Option<Household>)> = self.undo_households.drain().collect();
-        let threads = if undone.len() < PARALLEL_MIN_HOUSEHOLDS {
-            1
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
-        };
         let households = &self.households;
-        let encode = |part: &[(HouseholdId, Option<Household>)]| {
+        let parts = crate::parallel::in_shares(&undone, PARALLEL_MIN_HOUSEHOLDS, |_, part| {
             let mut b = Batch::default();
             for (id, before) in part {
                 household_ops(&mut b, id, before.as_ref(), households.get(id));
             }
             b
-        };
-        if threads == 1 {
-            batch = encode(&undone);
-        } else {
-            let share = undone.len().div_ceil(threads);
-            std::thread::scope(|scope| {
-                let running: Vec<_> = undone
-                    .chunks(share)
-                    .map(|part| scope.spawn(move || encode(part)))
-                    .collect();
-                for t in running {
-                    match t.join() {
-                        Ok(b) => batch.ops.extend(b.ops),
-                        // A panic while encoding is a bug: carry it to the caller as it is.
-                        Err(panic) => std::panic::resume_unwind(panic),
-                    }
-                }
-            });
+        });
+        for part in parts {
+            batch.ops.extend(part.ops);
         }
         touched.households = undone.into_iter().map(|(id, _)| id).collect();
         for (code, _) in self.undo_villages.drain() {
