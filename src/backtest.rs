@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::alerts::{Alerts, Transition};
 use crate::config::Lines;
-use crate::model::{CountyCode, Month};
+use crate::model::Month;
 use crate::rules::{EvalContext, RuleKind, RuleSet};
 use crate::state::{EntityRef, World};
 
@@ -104,14 +104,8 @@ pub fn replay(
             }
         }
         // County rules compare with earlier months, as the live daemon records them.
-        let mut per_county: BTreeMap<CountyCode, BTreeSet<String>> = BTreeMap::new();
-        for f in alerts.firing_households() {
-            per_county.entry(f.county).or_default().insert(f.household);
-        }
         world.begin();
-        for (c, s) in per_county {
-            world.set_at_risk(c, Month::of(t), s.len() as u32);
-        }
+        world.record_at_risk(Month::of(t), &alerts.households_at_risk().0);
         t += step;
     }
     done.extend(open.into_values());

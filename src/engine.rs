@@ -1171,9 +1171,8 @@ impl Engine {
     /// Households with a firing alert per county, for the county value of this month.
     fn record_at_risk(&mut self, at_risk: &AtRisk, now: DateTime<FixedOffset>) {
         self.world.begin();
-        for (c, n) in &at_risk.per_county {
-            self.world.set_at_risk(*c, Month::of(now), *n as u32);
-        }
+        self.world
+            .record_at_risk(Month::of(now), &at_risk.per_county);
     }
 
     fn update_gauges(&self) {

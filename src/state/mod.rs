@@ -876,6 +876,17 @@ impl World {
             .name = name.to_string();
     }
 
+    /// Records, for every county, how many of its households have a firing alert this month:
+    /// `per_county`'s number, or 0 for a county it does not name (its last one resolved).
+    pub fn record_at_risk(&mut self, month: Month, per_county: &BTreeMap<CountyCode, u64>) {
+        let mut codes: BTreeSet<CountyCode> = self.counties.keys().copied().collect();
+        codes.extend(per_county.keys());
+        for code in codes {
+            let n = per_county.get(&code).copied().unwrap_or(0);
+            self.set_at_risk(code, month, u32::try_from(n).unwrap_or(u32::MAX));
+        }
+    }
+
     /// Records how many households of a county have a firing alert this month.
     pub fn set_at_risk(&mut self, code: CountyCode, month: Month, n: u32) {
         let c = self.county_mut(code);

@@ -686,3 +686,35 @@ fn a_store_of_schema_version_2_gets_a_new_stamp_so_no_earlier_snapshot_passes_fo
     assert!(snapshot::load(&path, &store, 24).is_none());
     assert_same_world(&World::load(&store, 24).unwrap(), &w);
 }
+
+/// A county whose last household with a firing alert resolved is recorded with 0 for the
+/// month, not left at its last number: county rules compare with earlier months.
+#[test]
+fn a_county_without_firing_households_is_recorded_with_zero() {
+    let mut w = World::new(24);
+    let (a, b) = (
+        CountyCode::new(632_522).unwrap(),
+        CountyCode::new(632_523).unwrap(),
+    );
+    let month = Month::of(now());
+    w.begin();
+    w.record_at_risk(month, &BTreeMap::from([(a, 3), (b, 2)]));
+    let _ = w.take_batch();
+    w.begin();
+    w.record_at_risk(month, &BTreeMap::from([(a, 1)]));
+    let (batch, _) = w.take_batch();
+    let at = |c: CountyCode| {
+        w.counties()
+            .find(|v| v.code == c)
+            .unwrap()
+            .at_risk_in(month)
+    };
+    assert_eq!((at(a), at(b)), (Some(1), Some(0)));
+    assert_eq!(batch.ops.len(), 2, "both counties changed and are written");
+    w.begin();
+    w.record_at_risk(month, &BTreeMap::from([(a, 1)]));
+    assert!(
+        w.take_batch().0.is_empty(),
+        "nothing changed, nothing is written"
+    );
+}
