@@ -993,8 +993,7 @@ impl Engine {
             )?);
         }
         self.alerts.write_changes(&mut batch);
-        let at_risk = AtRisk::of(&self.alerts);
-        self.record_at_risk(&at_risk, now);
+        self.record_at_risk(now);
         let (state_batch, _) = self.world.take_batch();
         batch.ops.extend(state_batch.ops);
         if let Err(e) = self.store.commit(batch) {
@@ -1012,7 +1011,7 @@ impl Engine {
             .rule_checks
             .with_label_values(&[trigger])
             .inc_by(report.checks);
-        self.set_gauges(&at_risk);
+        self.update_gauges();
         if report.checks > 0 {
             info!(
                 trigger,
@@ -1169,17 +1168,14 @@ impl Engine {
     }
 
     /// Households with a firing alert per county, for the county value of this month.
-    fn record_at_risk(&mut self, at_risk: &AtRisk, now: DateTime<FixedOffset>) {
+    fn record_at_risk(&mut self, now: DateTime<FixedOffset>) {
+        let (per_county, _) = self.alerts.households_at_risk();
         self.world.begin();
-        self.world
-            .record_at_risk(Month::of(now), &at_risk.per_county);
+        self.world.record_at_risk(Month::of(now), &per_county);
     }
 
     fn update_gauges(&self) {
-        self.set_gauges(&AtRisk::of(&self.alerts));
-    }
-
-    fn set_gauges(&self, at_risk: &AtRisk) {
+        let (per_county, per_risk) = self.alerts.households_at_risk();
         let m = &self.metrics;
         m.alerts.reset();
         for ((county, rule, severity, status), n) in self.alerts.counts() {
@@ -1236,12 +1232,12 @@ impl Engine {
                 .with_label_values(&[rule])
                 .set(enrolled as f64 / total as f64);
         }
-        for (county, n) in &at_risk.per_county {
+        for (county, n) in &per_county {
             m.households_alerted
                 .with_label_values(&[county.to_string().as_str()])
                 .set(*n as i64);
         }
-        for ((county, risk), n) in &at_risk.per_risk {
+        for ((county, risk), n) in &per_risk {
             m.households_at_risk
                 .with_label_values(&[county.to_string().as_str(), risk.slug()])
                 .set(*n as i64);
@@ -1254,23 +1250,6 @@ impl Engine {
                     .with_label_values(&[c.code.to_string().as_str(), cat.slug()])
                     .set(i64::from(n));
             }
-        }
-    }
-}
-
-/// Households with a firing alert, each counted once per county and once per (county,
-/// risk category), as the alerts' tally keeps them: for the county values and the gauges.
-struct AtRisk {
-    per_county: BTreeMap<crate::model::CountyCode, u64>,
-    per_risk: BTreeMap<(crate::model::CountyCode, crate::model::RiskCategory), u64>,
-}
-
-impl AtRisk {
-    fn of(alerts: &Alerts) -> Self {
-        let (per_county, per_risk) = alerts.households_at_risk();
-        Self {
-            per_county,
-            per_risk,
         }
     }
 }
