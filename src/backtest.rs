@@ -105,7 +105,8 @@ pub fn replay(
         }
         // County rules compare with earlier months, as the live daemon records them.
         world.begin();
-        world.record_at_risk(Month::of(t), &alerts.households_at_risk().0);
+        let sets = rules.at_risk_sets();
+        world.record_at_risk(Month::of(t), &sets, &alerts.households_in_sets(&sets));
         t += step;
     }
     done.extend(open.into_values());

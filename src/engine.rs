@@ -1169,9 +1169,10 @@ impl Engine {
 
     /// Households with a firing alert per county, for the county value of this month.
     fn record_at_risk(&mut self, now: DateTime<FixedOffset>) {
-        let (per_county, _) = self.alerts.households_at_risk();
+        let sets = self.rules.at_risk_sets();
+        let counts = self.alerts.households_in_sets(&sets);
         self.world.begin();
-        self.world.record_at_risk(Month::of(now), &per_county);
+        self.world.record_at_risk(Month::of(now), &sets, &counts);
     }
 
     fn update_gauges(&self) {

@@ -396,6 +396,50 @@ impl FromStr for RiskCategory {
     }
 }
 
+/// A set of risk categories, one bit per category in the order of [`RiskCategory::ALL`]:
+/// what a county rule watches, and what a county's recorded at-risk numbers count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RiskSet(u16);
+
+impl RiskSet {
+    pub const EMPTY: RiskSet = RiskSet(0);
+    /// Every category.
+    pub const ALL: RiskSet = RiskSet((1 << RiskCategory::ALL.len()) - 1);
+
+    pub fn of(categories: impl IntoIterator<Item = RiskCategory>) -> Self {
+        categories
+            .into_iter()
+            .fold(Self::EMPTY, |s, c| s.with(c, true))
+    }
+
+    /// The variants are declared in the order of [`RiskCategory::ALL`].
+    fn bit(c: RiskCategory) -> u16 {
+        1 << (c as u16)
+    }
+
+    /// This set with `c` added (`true`) or taken out.
+    #[must_use]
+    pub fn with(self, c: RiskCategory, present: bool) -> Self {
+        if present {
+            Self(self.0 | Self::bit(c))
+        } else {
+            Self(self.0 & !Self::bit(c))
+        }
+    }
+
+    pub fn contains(self, c: RiskCategory) -> bool {
+        self.0 & Self::bit(c) != 0
+    }
+
+    pub fn intersects(self, o: RiskSet) -> bool {
+        self.0 & o.0 != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
 /// A monthly numeric indicator kept per household in monthly buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Indicator {

@@ -105,7 +105,9 @@ struct OutageInput {
 #[serde(deny_unknown_fields)]
 struct CountyInput {
     code: String,
-    /// Households with a firing alert in earlier months (for increases).
+    /// Households with a firing alert in earlier months (for increases), in any risk
+    /// category: a county rule that watches some categories compares with this number for
+    /// the months where it has none of its own.
     #[serde(default)]
     at_risk: BTreeMap<String, u32>,
 }
@@ -356,6 +358,7 @@ fn run_test(t: &Test, rules: &RuleSet, lines: &Lines) -> Result<(), String> {
                 code,
                 m.parse()
                     .map_err(|e: crate::model::IdError| e.to_string())?,
+                crate::model::RiskSet::ALL,
                 *n,
             );
         }
@@ -435,13 +438,9 @@ fn run_test(t: &Test, rules: &RuleSet, lines: &Lines) -> Result<(), String> {
         let entities: Vec<EntityRef> = entities.into_iter().collect();
         alerts.pass(rules, &ctx, &entities, under_test);
         // County rules see this step's firing households at the next evaluation, as live.
-        let mut per_county: BTreeMap<crate::model::CountyCode, BTreeSet<String>> = BTreeMap::new();
-        for f in alerts.firing_households() {
-            per_county.entry(f.county).or_default().insert(f.household);
-        }
-        for (c, s) in per_county {
-            b.world.set_at_risk(c, Month::of(now), s.len() as u32);
-        }
+        let sets = rules.at_risk_sets();
+        let counts = alerts.households_in_sets(&sets);
+        b.world.record_at_risk(Month::of(now), &sets, &counts);
         let got: BTreeSet<(String, String)> = alerts
             .iter()
             .filter(|a| a.status == Status::Firing)

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, FixedOffset, TimeZone};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CountyCode, RiskCategory, china_offset};
+use crate::model::{CountyCode, RiskCategory, RiskSet, china_offset};
 use crate::rules::{
     EntityKind, EvalContext, Finding, FiringHousehold, Rule, RuleSet, evaluate, full_context,
 };
@@ -478,6 +478,18 @@ impl Alerts {
             self.tally.households_per_county(),
             self.tally.households_per_risk(),
         )
+    }
+
+    /// Households with a firing alert in any category of each of `sets`, per (county, set);
+    /// those without any are absent.
+    pub fn households_in_sets(&self, sets: &[RiskSet]) -> BTreeMap<(CountyCode, RiskSet), u64> {
+        let mut out = BTreeMap::new();
+        for set in sets {
+            for (county, n) in self.tally.households_in(*set) {
+                out.insert((county, *set), n);
+            }
+        }
+        out
     }
 
     /// Forgets resolved alerts older than the retention.

@@ -1,8 +1,8 @@
 //! Running counts of the alerts for the gauges and the county values.
 //!
 //! Every pass reports how many alerts there are per (county, rule, severity, status), the
-//! recorded dispositions, and how many households have a firing alert per county and per
-//! (county, risk category). Counting them by walking every alert cost a pass tens of
+//! recorded dispositions, and how many households have a firing alert per county, per
+//! (county, risk category), and per county in any set of risk categories (county rules). Counting them by walking every alert cost a pass tens of
 //! milliseconds at province scale whatever its size; the tally is kept as alerts change, so
 //! a pass pays for its transitions only.
 //!
@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 
 use super::{Alert, Disposition, Status};
-use crate::model::{CountyCode, RiskCategory};
+use crate::model::{CountyCode, RiskCategory, RiskSet};
 
 #[derive(Debug, Default, PartialEq)]
 pub(super) struct Tally {
@@ -26,8 +26,12 @@ pub(super) struct Tally {
     /// Firing alerts per (county, risk category, household entity): a household may fire
     /// several rules of one category.
     firing: HashMap<(CountyCode, RiskCategory, String), u64>,
-    /// Risk categories firing per (county, household entity).
-    households: HashMap<(CountyCode, String), u64>,
+    /// The risk categories firing per (county, household entity).
+    households: HashMap<(CountyCode, String), RiskSet>,
+    /// Households per (county, the exact set of their firing risk categories). Households
+    /// fire in few combinations, so the households of a county in any set of categories are
+    /// a sum over a few entries.
+    per_mask: HashMap<(CountyCode, RiskSet), u64>,
     /// Households with a firing alert per (county, risk category), and per county.
     per_risk: HashMap<(CountyCode, RiskCategory), u64>,
     per_county: HashMap<CountyCode, u64>,
@@ -74,7 +78,21 @@ impl Tally {
         // however many of its alerts fire.
         if step(&mut self.firing, (county, risk, a.entity.clone()), add) {
             step(&mut self.per_risk, (county, risk), add);
-            if step(&mut self.households, (county, a.entity.clone()), add) {
+            let key = (county, a.entity.clone());
+            let before = self.households.get(&key).copied().unwrap_or(RiskSet::EMPTY);
+            let after = before.with(risk, add);
+            if after.is_empty() {
+                self.households.remove(&key);
+            } else {
+                self.households.insert(key, after);
+            }
+            if !before.is_empty() {
+                step(&mut self.per_mask, (county, before), false);
+            }
+            if !after.is_empty() {
+                step(&mut self.per_mask, (county, after), true);
+            }
+            if before.is_empty() != after.is_empty() {
                 step(&mut self.per_county, county, add);
             }
         }
@@ -99,6 +117,18 @@ impl Tally {
     /// Households with a firing alert per county; counties without any are absent.
     pub(super) fn households_per_county(&self) -> BTreeMap<CountyCode, u64> {
         self.per_county.iter().map(|(k, n)| (*k, *n)).collect()
+    }
+
+    /// Households with a firing alert in any category of `set`, per county; counties
+    /// without any are absent.
+    pub(super) fn households_in(&self, set: RiskSet) -> BTreeMap<CountyCode, u64> {
+        let mut out: BTreeMap<CountyCode, u64> = BTreeMap::new();
+        for ((county, mask), n) in &self.per_mask {
+            if mask.intersects(set) {
+                *out.entry(*county).or_default() += n;
+            }
+        }
+        out
     }
 
     /// Households with a firing alert per (county, risk category); absent when none.

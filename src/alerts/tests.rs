@@ -222,4 +222,28 @@ description = "d"
     assert!(!distinct.is_empty(), "households fire at the end");
     assert_eq!(per_county.values().sum::<u64>(), distinct.len() as u64);
     assert_eq!(per_risk.values().sum::<u64>(), distinct_risk.len() as u64);
+    // Households in a set of categories count once, however many of its categories fire.
+    let water = RiskSet::of([RiskCategory::DrinkingWater]);
+    let both = RiskSet::of([RiskCategory::DrinkingWater, RiskCategory::Illness]);
+    let in_sets = a.households_in_sets(&[water, both, RiskSet::ALL]);
+    let count = |set: RiskSet| {
+        distinct_risk
+            .iter()
+            .filter(|(_, r)| set.contains(r.parse().unwrap()))
+            .map(|(h, _)| h)
+            .collect::<HashSet<_>>()
+            .len() as u64
+    };
+    for set in [water, both, RiskSet::ALL] {
+        let got: u64 = in_sets
+            .iter()
+            .filter(|((_, s), _)| *s == set)
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(got, count(set), "{set:?}");
+    }
+    assert!(
+        count(both) < count(water) + count(RiskSet::of([RiskCategory::Illness])),
+        "a household fires in both categories at the end"
+    );
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::{Aggregate, Baseline, Group, Limit, Rule, RuleKind, ValueSpec};
 use crate::config::Lines;
-use crate::model::{CountyCode, Fen, Month, RiskCategory, china_offset, format_yuan};
+use crate::model::{CountyCode, Fen, Month, RiskCategory, RiskSet, china_offset, format_yuan};
 use crate::regions::county_name;
 use crate::state::{EntityRef, Household, Village, World};
 
@@ -653,7 +653,15 @@ pub fn evaluate(
                 return None;
             }
             let month = Month::of(ctx.now);
-            let earlier = cv.at_risk_in(month.minus(*increase_months));
+            // Compared with the households in the same categories then. A month recorded
+            // before the rule watched these categories (or before guardline counted sets)
+            // has only the number over every category, which is at least as large: the
+            // increase is understated until the rule's own months come.
+            let then = month.minus(*increase_months);
+            let set = super::watched_risks(risk_categories.as_ref());
+            let earlier = cv
+                .at_risk_in(then, set)
+                .or_else(|| cv.at_risk_in(then, RiskSet::ALL));
             let increase = earlier
                 .filter(|e| *e > 0)
                 .map(|e| (f64::from(n) - f64::from(e)) / f64::from(e) * 100.0);

@@ -18,7 +18,7 @@ pub use eval::{EvalContext, EvidenceSource, Finding, FiringHousehold, evaluate, 
 use crate::config::source::{FieldPath, Problem, Problems, Source};
 use crate::config::{Language, Lines};
 use crate::model::{
-    CountyCode, EventKind, Fen, HouseholdCategory, Indicator, IntervalKind, RiskCategory,
+    CountyCode, EventKind, Fen, HouseholdCategory, Indicator, IntervalKind, RiskCategory, RiskSet,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -171,6 +171,11 @@ pub enum RuleKind {
     Absent { feed: String, longer_than: Duration },
 }
 
+/// The risk categories a county rule counts households of: those it names, or every one.
+pub fn watched_risks(risk_categories: Option<&BTreeSet<RiskCategory>>) -> RiskSet {
+    risk_categories.map_or(RiskSet::ALL, |s| RiskSet::of(s.iter().copied()))
+}
+
 impl RuleKind {
     pub fn entity(&self) -> EntityKind {
         match self {
@@ -301,6 +306,24 @@ impl std::fmt::Debug for RuleSet {
 }
 
 impl RuleSet {
+    /// The sets of risk categories whose at-risk households a county records each month:
+    /// every category, and those of each county rule, each once. County rules compare
+    /// their count now with the count of the same set months earlier.
+    pub fn at_risk_sets(&self) -> Vec<RiskSet> {
+        let mut sets = vec![RiskSet::ALL];
+        for r in &self.rules {
+            if let RuleKind::County {
+                risk_categories, ..
+            } = &r.kind
+            {
+                sets.push(watched_risks(risk_categories.as_ref()));
+            }
+        }
+        sets.sort_unstable();
+        sets.dedup();
+        sets
+    }
+
     /// Loads every `*.toml` file of `dir` (not recursing), in name order.
     pub fn load_dir(dir: &Path) -> Result<RuleSet, Problems> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)

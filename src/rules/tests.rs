@@ -281,3 +281,96 @@ description = "ok"
     let ok = text.replace("2000000000", "-1");
     assert!(RuleSet::from_sources(&[Source::from_text(Path::new("a.toml"), ok)]).is_ok());
 }
+
+/// A county rule compares its households now with the households of the same risk
+/// categories months earlier, not with those of every category; a month recorded before it
+/// had its own number falls back to every category's.
+#[test]
+fn a_county_rule_compares_the_same_risk_categories_as_months_earlier() {
+    use crate::model::{Month, RiskSet};
+    let rules = default_rules();
+    let rule = rules.rule("county_relapse_surge").unwrap();
+    let RuleKind::County {
+        risk_categories, ..
+    } = &rule.kind
+    else {
+        panic!("county_relapse_surge is a county rule");
+    };
+    let watched = watched_risks(risk_categories.as_ref());
+    assert_ne!(
+        watched,
+        RiskSet::ALL,
+        "the demo's rule watches some categories"
+    );
+    assert!(watched.contains(RiskCategory::UnstableEmployment));
+    assert_eq!(rules.at_risk_sets(), vec![watched, RiskSet::ALL]);
+    let county: CountyCode = "632522".parse().unwrap();
+    let then = Month::of(now()).minus(3);
+    // 300 households on the roster; `earlier`: what was recorded three months ago.
+    let world = |earlier: &[(RiskSet, u32)]| {
+        let mut w = World::new(24);
+        for i in 0..300u32 {
+            let mut key = [0u8; 16];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            w.apply(
+                "roster",
+                &Record {
+                    id: format!("r{i}"),
+                    observation: Observation::Roster(RosterEntry {
+                        household: format!("H{i}").parse().unwrap(),
+                        village: "632522100201".parse().unwrap(),
+                        village_name: "测试村".into(),
+                        category: HouseholdCategory::Lifted,
+                        head_masked: "王*".into(),
+                        members: vec![PersonKey(key)],
+                        income_per_capita: 1_000_000,
+                    }),
+                },
+                now(),
+            )
+            .unwrap();
+        }
+        for (set, n) in earlier {
+            w.set_at_risk(county, then, *set, *n);
+        }
+        w
+    };
+    // Now 30 households warned in a watched category: 10 % of the roster.
+    let firing: Vec<FiringHousehold> = (0..30)
+        .map(|i| FiringHousehold {
+            county,
+            household: format!("household/H{i}"),
+            risk: RiskCategory::UnstableEmployment,
+        })
+        .collect();
+    let lines = crate::config::Lines::default();
+    let last = std::collections::BTreeMap::new();
+    let sources = Default::default();
+    let check = |w: &World| {
+        let ctx = EvalContext {
+            world: w,
+            now: now(),
+            lines: &lines,
+            data_until: None,
+            firing: &firing,
+            feed_last_data: &last,
+            started_at: now().timestamp(),
+            sources: &sources,
+        };
+        evaluate(rule, &ctx, &EntityRef::County(county), false)
+    };
+    // Three months ago 100 households were warned, 15 of them in the watched categories:
+    // 30 against 15 is a surge.
+    let f = check(&world(&[(RiskSet::ALL, 100), (watched, 15)]))
+        .expect("30 against 15 in the same categories is a surge");
+    assert_eq!(f.context["earlier"], 15);
+    assert_eq!(f.context["increase_percent"], 100);
+    assert!(
+        check(&world(&[(RiskSet::ALL, 15), (watched, 25)])).is_none(),
+        "30 against 25 in the same categories is no surge, whatever every category's number"
+    );
+    // A month recorded before the rule had a number of its own: every category's.
+    assert!(check(&world(&[(RiskSet::ALL, 100)])).is_none());
+    let f = check(&world(&[(RiskSet::ALL, 15)])).expect("compared with every category's 15");
+    assert_eq!(f.context["earlier"], 15);
+}

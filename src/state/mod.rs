@@ -27,7 +27,7 @@ pub use values::{
 
 use crate::model::{
     CountyCode, HouseholdCategory, HouseholdId, Indicator, Month, Observation, PersonKey, Record,
-    Subject, VillageCode,
+    RiskSet, Subject, VillageCode,
 };
 use crate::store::{Batch, Space, Store, StoreError, codec};
 
@@ -307,7 +307,17 @@ fn month_key(id: &HouseholdId, month: Month) -> Vec<u8> {
     k
 }
 const VILLAGE_VERSION: u8 = 1;
-const COUNTY_VERSION: u8 = 1;
+/// 2: at-risk numbers per set of risk categories (1 counted every category; still read).
+const COUNTY_VERSION: u8 = 2;
+
+/// Decodes a county value of either version.
+fn decode_county(space: Space, key: &[u8], bytes: &[u8]) -> Result<CountyValue, StoreError> {
+    if bytes.first() == Some(&1) {
+        let v1: values::CountyValueV1 = codec::decode(1, space, key, bytes)?;
+        return Ok(v1.into());
+    }
+    codec::decode(COUNTY_VERSION, space, key, bytes)
+}
 
 /// Below this many changed households a batch is encoded on the calling thread.
 const PARALLEL_MIN_HOUSEHOLDS: usize = 1024;
@@ -549,7 +559,7 @@ impl World {
                     let code: CountyCode = parse_key(*space, key, key, "not a county code")?;
                     match value {
                         Some(v) => {
-                            let c: CountyValue = codec::decode(COUNTY_VERSION, *space, key, &v)?;
+                            let c = decode_county(*space, key, &v)?;
                             self.counties.insert(code, c);
                         }
                         None => {
@@ -573,7 +583,7 @@ impl World {
         }
         self.villages_of_households();
         for (k, v) in store.scan(Space::County)? {
-            let c: CountyValue = codec::decode(COUNTY_VERSION, Space::County, &k, &v)?;
+            let c = decode_county(Space::County, &k, &v)?;
             self.counties.insert(c.code, c);
         }
         self.recompute_latest();
@@ -876,24 +886,34 @@ impl World {
             .name = name.to_string();
     }
 
-    /// Records, for every county, how many of its households have a firing alert this month:
-    /// `per_county`'s number, or 0 for a county it does not name (its last one resolved).
-    pub fn record_at_risk(&mut self, month: Month, per_county: &BTreeMap<CountyCode, u64>) {
+    /// Records, for every county and each of `sets`, how many of its households have a
+    /// firing alert in a category of the set this month: `counts`' number, or 0 where it
+    /// names none (the county's last one resolved).
+    pub fn record_at_risk(
+        &mut self,
+        month: Month,
+        sets: &[RiskSet],
+        counts: &BTreeMap<(CountyCode, RiskSet), u64>,
+    ) {
         let mut codes: BTreeSet<CountyCode> = self.counties.keys().copied().collect();
-        codes.extend(per_county.keys());
+        codes.extend(counts.keys().map(|(c, _)| *c));
         for code in codes {
-            let n = per_county.get(&code).copied().unwrap_or(0);
-            self.set_at_risk(code, month, u32::try_from(n).unwrap_or(u32::MAX));
+            for set in sets {
+                let n = counts.get(&(code, *set)).copied().unwrap_or(0);
+                self.set_at_risk(code, month, *set, u32::try_from(n).unwrap_or(u32::MAX));
+            }
         }
     }
 
-    /// Records how many households of a county have a firing alert this month.
-    pub fn set_at_risk(&mut self, code: CountyCode, month: Month, n: u32) {
-        let c = self.county_mut(code);
-        if c.at_risk_in(month) != Some(n) {
-            c.set_at_risk(month, n, 24);
-        } else {
-            self.dirty_counties.remove(&code);
+    /// Records how many households of a county have a firing alert in a category of `set`
+    /// this month.
+    pub fn set_at_risk(&mut self, code: CountyCode, month: Month, set: RiskSet, n: u32) {
+        let same = self
+            .counties
+            .get(&code)
+            .is_some_and(|c| c.at_risk_in(month, set) == Some(n));
+        if !same {
+            self.county_mut(code).set_at_risk(month, set, n, 24);
         }
     }
 

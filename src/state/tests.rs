@@ -404,7 +404,12 @@ fn a_state_snapshot_loads_the_same_world_as_the_store_and_catches_up_with_later_
     let (mut w, _) = thousands_of_households(&store);
     w.begin();
     w.set_village_name("632522100201".parse::<VillageCode>().unwrap(), "村");
-    w.set_at_risk(CountyCode::new(632_522).unwrap(), Month::of(now()), 7);
+    w.set_at_risk(
+        CountyCode::new(632_522).unwrap(),
+        Month::of(now()),
+        RiskSet::ALL,
+        7,
+    );
     store.commit(w.take_batch().0).unwrap();
     let path = snapshot::path_in(dir.path());
     assert!(snapshot::load(&path, &store, 24).is_none(), "no file yet");
@@ -427,7 +432,12 @@ fn a_state_snapshot_loads_the_same_world_as_the_store_and_catches_up_with_later_
             "632522100201".parse::<VillageCode>().unwrap(),
             &format!("村{round}"),
         );
-        w.set_at_risk(CountyCode::new(632_522).unwrap(), Month::of(now()), round);
+        w.set_at_risk(
+            CountyCode::new(632_522).unwrap(),
+            Month::of(now()),
+            RiskSet::ALL,
+            round,
+        );
         let id = format!("N{round:05}");
         w.apply("roster", &roster(&id, &[200 + round as u8]), now())
             .unwrap();
@@ -605,7 +615,12 @@ fn forgetting_the_journal_keeps_the_entries_after_the_stamp() {
     }
     let middle = store.state_stamp().unwrap().unwrap();
     w.begin();
-    w.set_at_risk(CountyCode::new(632_522).unwrap(), Month::of(now()), 3);
+    w.set_at_risk(
+        CountyCode::new(632_522).unwrap(),
+        Month::of(now()),
+        RiskSet::ALL,
+        3,
+    );
     store.commit(w.take_batch().0).unwrap();
     assert_eq!(store.scan(Space::Journal).unwrap().len(), 4);
     // Up to `middle`: three entries go, the last stays; the snapshot taken before them is no
@@ -639,7 +654,12 @@ fn the_snapshot_format_is_pinned() {
     let month = Month::of(now()).minus(1).to_string();
     w.apply("wages", &wage("w1", 7, &month, 3200), now())
         .unwrap();
-    w.set_at_risk(CountyCode::new(632_522).unwrap(), Month::of(now()), 1);
+    w.set_at_risk(
+        CountyCode::new(632_522).unwrap(),
+        Month::of(now()),
+        RiskSet::ALL,
+        1,
+    );
     store.commit(w.take_batch().0).unwrap();
     let path = snapshot::path_in(dir.path());
     snapshot::save(&w, &store, &path).unwrap();
@@ -647,9 +667,11 @@ fn the_snapshot_format_is_pinned() {
     // The header holds the store's stamp, which varies: pin what follows it.
     let header_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
     let body = &bytes[16 + header_len..];
+    // County values went to version 2 (at-risk numbers per set of risk categories), which
+    // the header's value versions carry: snapshots of version 1 are set aside.
     assert_eq!(
         (body.len(), crc32fast::hash(body)),
-        (145, 4_161_148_645),
+        (147, 2_802_790_470),
         "the snapshot's frames changed: raise FORMAT in state/snapshot.rs, then pin the new bytes here"
     );
 }
@@ -688,7 +710,8 @@ fn a_store_of_schema_version_2_gets_a_new_stamp_so_no_earlier_snapshot_passes_fo
 }
 
 /// A county whose last household with a firing alert resolved is recorded with 0 for the
-/// month, not left at its last number: county rules compare with earlier months.
+/// month, not left at its last number: county rules compare with earlier months. Each set
+/// of risk categories is recorded on its own.
 #[test]
 fn a_county_without_firing_households_is_recorded_with_zero() {
     let mut w = World::new(24);
@@ -696,25 +719,72 @@ fn a_county_without_firing_households_is_recorded_with_zero() {
         CountyCode::new(632_522).unwrap(),
         CountyCode::new(632_523).unwrap(),
     );
+    let illness = RiskSet::of([crate::model::RiskCategory::Illness]);
+    let sets = [RiskSet::ALL, illness];
     let month = Month::of(now());
     w.begin();
-    w.record_at_risk(month, &BTreeMap::from([(a, 3), (b, 2)]));
+    w.record_at_risk(
+        month,
+        &sets,
+        &BTreeMap::from([
+            ((a, RiskSet::ALL), 3),
+            ((a, illness), 2),
+            ((b, RiskSet::ALL), 2),
+        ]),
+    );
     let _ = w.take_batch();
-    w.begin();
-    w.record_at_risk(month, &BTreeMap::from([(a, 1)]));
-    let (batch, _) = w.take_batch();
-    let at = |c: CountyCode| {
+    let at = |w: &World, c: CountyCode, set: RiskSet| {
         w.counties()
             .find(|v| v.code == c)
             .unwrap()
-            .at_risk_in(month)
+            .at_risk_in(month, set)
     };
-    assert_eq!((at(a), at(b)), (Some(1), Some(0)));
+    assert_eq!((at(&w, a, illness), at(&w, b, illness)), (Some(2), Some(0)));
+    w.begin();
+    w.record_at_risk(month, &sets, &BTreeMap::from([((a, RiskSet::ALL), 1)]));
+    let (batch, _) = w.take_batch();
+    assert_eq!(
+        (at(&w, a, RiskSet::ALL), at(&w, b, RiskSet::ALL)),
+        (Some(1), Some(0))
+    );
+    assert_eq!(at(&w, a, illness), Some(0));
     assert_eq!(batch.ops.len(), 2, "both counties changed and are written");
     w.begin();
-    w.record_at_risk(month, &BTreeMap::from([(a, 1)]));
+    w.record_at_risk(month, &sets, &BTreeMap::from([((a, RiskSet::ALL), 1)]));
     assert!(
         w.take_batch().0.is_empty(),
         "nothing changed, nothing is written"
     );
+}
+
+/// County values stored before sets of risk categories were counted (version 1) are read,
+/// their numbers as those of every category.
+#[test]
+fn a_version_1_county_value_is_read_as_every_category() {
+    #[derive(serde::Serialize)]
+    struct V1 {
+        code: CountyCode,
+        households_by_category: [u32; HouseholdCategory::ALL.len()],
+        at_risk: Vec<(Month, u32)>,
+    }
+    let code = CountyCode::new(632_522).unwrap();
+    let month = Month::of(now());
+    let old = V1 {
+        code,
+        households_by_category: [5; HouseholdCategory::ALL.len()],
+        at_risk: vec![(month.minus(3), 40), (month, 9)],
+    };
+    let bytes = codec::encode(1, &old);
+    let c = decode_county(Space::County, b"632522", &bytes).unwrap();
+    assert_eq!(c.households_by_category, old.households_by_category);
+    assert_eq!(c.at_risk_in(month.minus(3), RiskSet::ALL), Some(40));
+    assert_eq!(c.at_risk_in(month, RiskSet::ALL), Some(9));
+    assert_eq!(
+        c.at_risk_in(month, RiskSet::of([crate::model::RiskCategory::Other])),
+        None
+    );
+    // Written back, it is version 2.
+    let again = codec::encode(COUNTY_VERSION, &c);
+    assert_eq!(again[0], 2);
+    assert_eq!(decode_county(Space::County, b"632522", &again).unwrap(), c);
 }

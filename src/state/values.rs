@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 pub use super::months::{Bucket, Months};
 use crate::model::{
     CountyCode, EventKind, Fen, HouseholdCategory, HouseholdId, Indicator, IntervalKind, Month,
-    PersonKey, RosterEntry, VillageCode,
+    PersonKey, RiskSet, RosterEntry, VillageCode,
 };
 
 /// One calendar month of a household's indicators.
@@ -293,8 +293,32 @@ impl Village {
 pub struct CountyValue {
     pub code: CountyCode,
     pub households_by_category: [u32; HouseholdCategory::ALL.len()],
-    /// Households with a firing alert, per month (newest last).
-    pub at_risk: Vec<(Month, u32)>,
+    /// Households with a firing alert in any category of a set, per (month, set), in order:
+    /// the set of every category, and the sets that county rules watch.
+    pub at_risk: Vec<(Month, RiskSet, u32)>,
+}
+
+/// [`CountyValue`] as stored before it counted sets of risk categories (value version 1):
+/// its numbers counted every category.
+#[derive(Deserialize)]
+pub struct CountyValueV1 {
+    code: CountyCode,
+    households_by_category: [u32; HouseholdCategory::ALL.len()],
+    at_risk: Vec<(Month, u32)>,
+}
+
+impl From<CountyValueV1> for CountyValue {
+    fn from(v: CountyValueV1) -> Self {
+        Self {
+            code: v.code,
+            households_by_category: v.households_by_category,
+            at_risk: v
+                .at_risk
+                .into_iter()
+                .map(|(m, n)| (m, RiskSet::ALL, n))
+                .collect(),
+        }
+    }
 }
 
 impl CountyValue {
@@ -306,21 +330,28 @@ impl CountyValue {
         }
     }
 
-    pub fn at_risk_in(&self, month: Month) -> Option<u32> {
+    /// The number recorded for `set` in `month`, if any.
+    pub fn at_risk_in(&self, month: Month, set: RiskSet) -> Option<u32> {
         self.at_risk
             .iter()
-            .find(|(m, _)| *m == month)
-            .map(|(_, n)| *n)
+            .find(|(m, s, _)| *m == month && *s == set)
+            .map(|(_, _, n)| *n)
     }
 
-    pub fn set_at_risk(&mut self, month: Month, n: u32, keep_months: u32) {
-        match self.at_risk.iter_mut().find(|(m, _)| *m == month) {
-            Some(e) => e.1 = n,
+    /// Records `n` for `set` in `month`, and forgets months `keep_months` or more before it.
+    pub fn set_at_risk(&mut self, month: Month, set: RiskSet, n: u32, keep_months: u32) {
+        match self
+            .at_risk
+            .iter_mut()
+            .find(|(m, s, _)| *m == month && *s == set)
+        {
+            Some(e) => e.2 = n,
             None => {
-                self.at_risk.push((month, n));
+                self.at_risk.push((month, set, n));
                 self.at_risk.sort();
             }
         }
-        self.at_risk.retain(|(m, _)| month.since(*m) < keep_months);
+        self.at_risk
+            .retain(|(m, _, _)| month.since(*m) < keep_months);
     }
 }
