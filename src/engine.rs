@@ -1167,7 +1167,8 @@ impl Engine {
         Ok(crate::notify::delivered(self.store.as_ref(), limit)?)
     }
 
-    /// Households with a firing alert per county, for the county value of this month.
+    /// Households with a firing alert per county, in any risk category and in those of each
+    /// county rule, for the county values of this month.
     fn record_at_risk(&mut self, now: DateTime<FixedOffset>) {
         let sets = self.rules.at_risk_sets();
         let counts = self.alerts.households_in_sets(&sets);

@@ -2,9 +2,10 @@
 //!
 //! Every pass reports how many alerts there are per (county, rule, severity, status), the
 //! recorded dispositions, and how many households have a firing alert per county, per
-//! (county, risk category), and per county in any set of risk categories (county rules). Counting them by walking every alert cost a pass tens of
-//! milliseconds at province scale whatever its size; the tally is kept as alerts change, so
-//! a pass pays for its transitions only.
+//! (county, risk category), and per county in any set of risk categories (county rules).
+//! Counting them by walking every alert cost a pass tens of milliseconds at province scale
+//! whatever its size; the tally is kept as alerts change, so a pass pays for its
+//! transitions only.
 //!
 //! Invariant: the tally equals [`Tally::of`] over the alerts at all times. [`super::Alerts`]
 //! takes an alert out before it changes a counted field (status, disposition) or removes it,
