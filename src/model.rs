@@ -396,15 +396,17 @@ impl FromStr for RiskCategory {
     }
 }
 
-/// A set of risk categories, one bit per category in the order of [`RiskCategory::ALL`]:
-/// what a county rule watches, and what a county's recorded at-risk numbers count.
+/// A set of risk categories, one bit per category: what a county rule watches, and what a
+/// county's recorded at-risk numbers count. Stored (county values), so a category's bit never
+/// changes: a new category takes the next free bit, and [`RiskSet::ALL`] has every bit set,
+/// so that it still means every category then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RiskSet(u16);
 
 impl RiskSet {
     pub const EMPTY: RiskSet = RiskSet(0);
-    /// Every category.
-    pub const ALL: RiskSet = RiskSet((1 << RiskCategory::ALL.len()) - 1);
+    /// Every category, including any added later.
+    pub const ALL: RiskSet = RiskSet(u16::MAX);
 
     pub fn of(categories: impl IntoIterator<Item = RiskCategory>) -> Self {
         categories
@@ -412,9 +414,21 @@ impl RiskSet {
             .fold(Self::EMPTY, |s, c| s.with(c, true))
     }
 
-    /// The variants are declared in the order of [`RiskCategory::ALL`].
+    /// The category's bit, fixed: stored sets depend on it.
     fn bit(c: RiskCategory) -> u16 {
-        1 << (c as u16)
+        1 << match c {
+            RiskCategory::Illness => 0,
+            RiskCategory::Disability => 1,
+            RiskCategory::Schooling => 2,
+            RiskCategory::NaturalDisaster => 3,
+            RiskCategory::Accident => 4,
+            RiskCategory::IndustryFailure => 5,
+            RiskCategory::UnstableEmployment => 6,
+            RiskCategory::LackOfLabour => 7,
+            RiskCategory::Housing => 8,
+            RiskCategory::DrinkingWater => 9,
+            RiskCategory::Other => 10,
+        }
     }
 
     /// This set with `c` added (`true`) or taken out.
@@ -782,5 +796,37 @@ mod tests {
             RiskCategory::UnstableEmployment
         );
         assert!("穷".parse::<RiskCategory>().is_err());
+    }
+
+    /// County values store sets of risk categories as bits: each category's bit is pinned.
+    #[test]
+    fn risk_set_bits_are_pinned() {
+        let bits: Vec<u16> = RiskCategory::ALL
+            .iter()
+            .map(|c| postcard_u16(RiskSet::of([*c])))
+            .collect();
+        assert_eq!(
+            bits,
+            vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
+            "a category's bit changed: stored county values would mean other categories"
+        );
+        assert_eq!(postcard_u16(RiskSet::ALL), u16::MAX);
+        for c in RiskCategory::ALL {
+            assert!(RiskSet::ALL.contains(c));
+            assert!(!RiskSet::EMPTY.contains(c));
+            assert_eq!(RiskSet::of([c]).with(c, false), RiskSet::EMPTY);
+        }
+        let water = RiskSet::of([RiskCategory::DrinkingWater]);
+        assert!(water.intersects(RiskSet::of([
+            RiskCategory::DrinkingWater,
+            RiskCategory::Other
+        ])));
+        assert!(!water.intersects(RiskSet::of([RiskCategory::Other])));
+    }
+
+    /// The stored number of a set.
+    fn postcard_u16(s: RiskSet) -> u16 {
+        let bytes = postcard::to_allocvec(&s).unwrap();
+        postcard::from_bytes(&bytes).unwrap()
     }
 }

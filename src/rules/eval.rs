@@ -662,9 +662,13 @@ pub fn evaluate(
             let earlier = cv
                 .at_risk_in(then, set)
                 .or_else(|| cv.at_risk_in(then, RiskSet::ALL));
-            let increase = earlier
-                .filter(|e| *e > 0)
-                .map(|e| (f64::from(n) - f64::from(e)) / f64::from(e) * 100.0);
+            // From none to some is beyond any percentage: the surge the rule is for (its
+            // share and household thresholds keep a few households from firing it).
+            let increase = earlier.map(|e| match (e, n) {
+                (0, 0) => 0.0,
+                (0, _) => f64::INFINITY,
+                (e, n) => (f64::from(n) - f64::from(e)) / f64::from(e) * 100.0,
+            });
             if let Some(p) = min_increase_percent
                 && !increase.is_some_and(|i| i >= *p)
             {
@@ -682,7 +686,10 @@ pub fn evaluate(
                     "share_percent": (share * 1000.0).round() / 10.0,
                     "increase_months": increase_months,
                     "earlier": earlier,
-                    "increase_percent": increase.map(|i| i.round() as i64),
+                    // None from zero: templates say so instead of a percentage.
+                    "increase_percent": increase
+                        .filter(|i| i.is_finite())
+                        .map(|i| i.round() as i64),
                 }),
             })
         }

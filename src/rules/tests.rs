@@ -373,4 +373,20 @@ fn a_county_rule_compares_the_same_risk_categories_as_months_earlier() {
     assert!(check(&world(&[(RiskSet::ALL, 100)])).is_none());
     let f = check(&world(&[(RiskSet::ALL, 15)])).expect("compared with every category's 15");
     assert_eq!(f.context["earlier"], 15);
+    let text = |f: &Finding| {
+        rules
+            .render(&rule.name, "description", &full_context(rule, f))
+            .unwrap()
+    };
+    assert!(
+        text(&f).contains("3 个月前为 15 户，增加 100%。"),
+        "{}",
+        text(&f)
+    );
+    // Ten households warned three months ago, none in the watched categories: from none
+    // to 30 is a surge, and the message says so without a percentage.
+    let f = check(&world(&[(RiskSet::ALL, 10), (watched, 0)])).expect("from none to 30");
+    assert_eq!(f.context["earlier"], 0);
+    assert!(f.context["increase_percent"].is_null());
+    assert!(text(&f).contains("3 个月前为 0 户。"), "{}", text(&f));
 }
