@@ -243,12 +243,70 @@ fn parse_key<T: std::str::FromStr>(
         })
 }
 
+/// Records that household `id` lists person `m` (see [`World`]'s `persons`).
+fn list_person(
+    persons: &mut HashMap<PersonKey, HouseholdId>,
+    shared: &mut HashMap<PersonKey, BTreeSet<HouseholdId>>,
+    m: PersonKey,
+    id: &HouseholdId,
+) {
+    use std::collections::hash_map::Entry;
+    match persons.entry(m) {
+        Entry::Vacant(e) => {
+            e.insert(id.clone());
+        }
+        Entry::Occupied(mut e) => {
+            if e.get() == id {
+                return;
+            }
+            let listing = shared
+                .entry(m)
+                .or_insert_with(|| BTreeSet::from([e.get().clone()]));
+            listing.insert(id.clone());
+            if let Some(least) = listing.first() {
+                e.insert(least.clone());
+            }
+        }
+    }
+}
+
+/// Records that household `id` no longer lists person `m`.
+fn unlist_person(
+    persons: &mut HashMap<PersonKey, HouseholdId>,
+    shared: &mut HashMap<PersonKey, BTreeSet<HouseholdId>>,
+    m: PersonKey,
+    id: &HouseholdId,
+) {
+    match shared.get_mut(&m) {
+        Some(listing) => {
+            listing.remove(id);
+            if let Some(least) = listing.first() {
+                persons.insert(m, least.clone());
+            }
+            if listing.len() < 2 {
+                shared.remove(&m);
+            }
+        }
+        None => {
+            if persons.get(&m) == Some(id) {
+                persons.remove(&m);
+            }
+        }
+    }
+}
+
 /// The in-memory working set.
 pub struct World {
     households: HashMap<HouseholdId, Household>,
     villages: HashMap<VillageCode, Village>,
     counties: BTreeMap<CountyCode, CountyValue>,
+    /// The household of each person: the one roster entry that lists them, or of several
+    /// (a roster error, such as a household split on paper before the old entry drops
+    /// them) the least household id, so that the index does not depend on the order in
+    /// which entries were applied or households are walked at a start.
     persons: HashMap<PersonKey, HouseholdId>,
+    /// Persons listed by more than one household, with those households.
+    shared: HashMap<PersonKey, BTreeSet<HouseholdId>>,
     latest: [Option<Month>; Indicator::COUNT],
     retention_months: u32,
     undo_households: HashMap<HouseholdId, Option<Household>>,
@@ -393,6 +451,7 @@ impl World {
             villages: HashMap::new(),
             counties: BTreeMap::new(),
             persons: HashMap::new(),
+            shared: HashMap::new(),
             latest: [None; Indicator::COUNT],
             retention_months,
             undo_households: HashMap::new(),
@@ -611,6 +670,7 @@ impl World {
     fn recompute_latest(&mut self) {
         let households = &self.households;
         let persons = &mut self.persons;
+        let shared = &mut self.shared;
         let latest = std::thread::scope(|s| {
             let walk = s.spawn(|| {
                 let mut latest = [None; Indicator::COUNT];
@@ -627,11 +687,12 @@ impl World {
                 latest
             });
             persons.clear();
+            shared.clear();
             // Sized once: growing a map of millions of persons rehashes it again and again.
             persons.reserve(households.values().map(|h| h.members.len()).sum());
             for h in households.values() {
                 for m in &h.members {
-                    persons.insert(*m, h.id.clone());
+                    list_person(persons, shared, *m, &h.id);
                 }
             }
             // A panic of the walk (a bug) is this thread's.
@@ -720,12 +781,10 @@ impl World {
                     .collect();
                 h.set_roster(entry);
                 for m in removed {
-                    if self.persons.get(&m) == Some(&id) {
-                        self.persons.remove(&m);
-                    }
+                    unlist_person(&mut self.persons, &mut self.shared, m, &id);
                 }
                 for m in &entry.members {
-                    self.persons.insert(*m, id.clone());
+                    list_person(&mut self.persons, &mut self.shared, *m, &id);
                 }
                 if let Some((county, cat)) = old_category {
                     self.county_mut(county).households_by_category[cat.index()] =
