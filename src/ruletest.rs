@@ -110,6 +110,17 @@ struct CountyInput {
     /// the months where it has none of its own.
     #[serde(default)]
     at_risk: BTreeMap<String, u32>,
+    /// The same for sets of risk categories: what a county rule that watches those
+    /// categories compares with.
+    #[serde(default)]
+    at_risk_sets: Vec<AtRiskSetInput>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AtRiskSetInput {
+    risk_categories: Vec<String>,
+    at_risk: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -361,6 +372,23 @@ fn run_test(t: &Test, rules: &RuleSet, lines: &Lines) -> Result<(), String> {
                 crate::model::RiskSet::ALL,
                 *n,
             );
+        }
+        for set in &c.at_risk_sets {
+            let risks = set
+                .risk_categories
+                .iter()
+                .map(|r| r.parse::<crate::model::RiskCategory>())
+                .collect::<Result<Vec<_>, _>>()?;
+            let risks = crate::model::RiskSet::of(risks);
+            for (m, n) in &set.at_risk {
+                b.world.set_at_risk(
+                    code,
+                    m.parse()
+                        .map_err(|e: crate::model::IdError| e.to_string())?,
+                    risks,
+                    *n,
+                );
+            }
         }
     }
     let feed_last_data: BTreeMap<String, i64> = t
