@@ -200,9 +200,12 @@ pub async fn run(
     for r in &config.receivers {
         receivers.insert(r.name().to_string(), Receiver::build(r)?);
     }
+    let loading = std::time::Instant::now();
     let outbox = Arc::new(Mutex::new(Outbox::load(store.as_ref())?));
+    debug!(seconds = loading.elapsed().as_secs_f64(), "outbox loaded");
     let wake = Arc::new(tokio::sync::Notify::new());
     let rules = Arc::new(rules);
+    let loading = std::time::Instant::now();
     let mut engine = Engine::open(
         Arc::clone(&store),
         config.daemon.retention_months,
@@ -217,6 +220,11 @@ pub async fn run(
         rules.effective_lines(&config.lines),
         Some(crate::state::snapshot::path_in(&config.daemon.data_dir)),
     )?;
+    debug!(
+        seconds = loading.elapsed().as_secs_f64(),
+        alerts = engine.alerts().iter().count(),
+        "working set and alerts loaded"
+    );
     engine.set_feeds(&config.feeds);
     engine.set_log_retention(config.daemon.log_retention);
     engine.set_snapshot_interval(config.daemon.snapshot_interval);

@@ -160,18 +160,29 @@ impl Engine {
         lines: Lines,
         snapshot: Option<PathBuf>,
     ) -> Result<Self, EngineError> {
-        let from_snapshot = snapshot
-            .as_deref()
-            .and_then(|p| crate::state::snapshot::load(p, store.as_ref(), retention_months));
-        let (world, snapshot_taken, snapshot_backlog) = match from_snapshot {
-            Some(l) => (
-                l.world,
-                Some((Instant::now(), store.state_keys_journaled())),
-                l.caught_up as u64,
-            ),
-            None => (World::load(store.as_ref(), retention_months)?, None, 0),
-        };
-        let alerts = Alerts::load(store.as_ref())?;
+        // The alerts load on another core meanwhile: at province scale both take seconds of
+        // the start (tens of thousands of alerts with their texts).
+        let (loaded, alerts) = std::thread::scope(|s| {
+            let alerts = s.spawn(|| Alerts::load(store.as_ref()));
+            let from_snapshot = snapshot
+                .as_deref()
+                .and_then(|p| crate::state::snapshot::load(p, store.as_ref(), retention_months));
+            let loaded = match from_snapshot {
+                Some(l) => Ok((
+                    l.world,
+                    Some((Instant::now(), store.state_keys_journaled())),
+                    l.caught_up as u64,
+                )),
+                None => World::load(store.as_ref(), retention_months).map(|w| (w, None, 0)),
+            };
+            // A panic of the load (a bug) is this thread's.
+            let alerts = alerts
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (loaded, alerts)
+        });
+        let (world, snapshot_taken, snapshot_backlog) = loaded?;
+        let alerts = alerts?;
         let waiting = quarantine::waiting(store.as_ref())?
             .into_iter()
             .map(|w| (w.id.clone(), w))
