@@ -222,7 +222,6 @@ pub async fn run(
     )?;
     debug!(
         seconds = loading.elapsed().as_secs_f64(),
-        alerts = engine.alerts().iter().count(),
         "working set and alerts loaded"
     );
     engine.set_feeds(&config.feeds);

@@ -364,23 +364,18 @@ fn run_test(t: &Test, rules: &RuleSet, lines: &Lines) -> Result<(), String> {
             .code
             .parse()
             .map_err(|e: crate::model::IdError| e.to_string())?;
-        for (m, n) in &c.at_risk {
-            b.world.set_at_risk(
-                code,
-                m.parse()
-                    .map_err(|e: crate::model::IdError| e.to_string())?,
-                crate::model::RiskSet::ALL,
-                *n,
-            );
-        }
+        // `at_risk` counts every category; `at_risk_sets` the categories they name.
+        let mut history = vec![(crate::model::RiskSet::ALL, &c.at_risk)];
         for set in &c.at_risk_sets {
             let risks = set
                 .risk_categories
                 .iter()
                 .map(|r| r.parse::<crate::model::RiskCategory>())
                 .collect::<Result<Vec<_>, _>>()?;
-            let risks = crate::model::RiskSet::of(risks);
-            for (m, n) in &set.at_risk {
+            history.push((crate::model::RiskSet::of(risks), &set.at_risk));
+        }
+        for (risks, months) in history {
+            for (m, n) in months {
                 b.world.set_at_risk(
                     code,
                     m.parse()

@@ -16,26 +16,27 @@ fn now() -> chrono::DateTime<chrono::FixedOffset> {
         .unwrap()
 }
 
+/// A roster record of household `id` in village 632522100201, income in yuan.
+fn roster(id: &str, members: Vec<PersonKey>, income: i64) -> Record {
+    Record {
+        id: format!("r-{id}"),
+        observation: Observation::Roster(RosterEntry {
+            household: id.parse().unwrap(),
+            village: "632522100201".parse().unwrap(),
+            village_name: "测试村".into(),
+            category: HouseholdCategory::Lifted,
+            head_masked: "王*".into(),
+            members,
+            income_per_capita: income * 100,
+        }),
+    }
+}
+
 fn world_with(wages: &[i64], oop: &[(&str, i64)], members: usize, income: i64) -> World {
     let mut w = World::new(24);
     let keys: Vec<PersonKey> = (0..members).map(|i| PersonKey([i as u8; 16])).collect();
-    w.apply(
-        "roster",
-        &Record {
-            id: "r".into(),
-            observation: Observation::Roster(RosterEntry {
-                household: "H1".parse().unwrap(),
-                village: "632522100201".parse().unwrap(),
-                village_name: "测试村".into(),
-                category: HouseholdCategory::Lifted,
-                head_masked: "王*".into(),
-                members: keys.clone(),
-                income_per_capita: income * 100,
-            }),
-        },
-        now(),
-    )
-    .unwrap();
+    w.apply("roster", &roster("H1", keys.clone(), income), now())
+        .unwrap();
     let last: crate::model::Month = "2026-10".parse().unwrap();
     for (i, yuan) in wages.iter().enumerate() {
         let m = last.minus((wages.len() - 1 - i) as u32);
@@ -314,18 +315,7 @@ fn a_county_rule_compares_the_same_risk_categories_as_months_earlier() {
             key[..4].copy_from_slice(&i.to_be_bytes());
             w.apply(
                 "roster",
-                &Record {
-                    id: format!("r{i}"),
-                    observation: Observation::Roster(RosterEntry {
-                        household: format!("H{i}").parse().unwrap(),
-                        village: "632522100201".parse().unwrap(),
-                        village_name: "测试村".into(),
-                        category: HouseholdCategory::Lifted,
-                        head_masked: "王*".into(),
-                        members: vec![PersonKey(key)],
-                        income_per_capita: 1_000_000,
-                    }),
-                },
+                &roster(&format!("H{i}"), vec![PersonKey(key)], 10_000),
                 now(),
             )
             .unwrap();
