@@ -1,8 +1,6 @@
 use super::*;
-use crate::model::{
-    HouseholdCategory, IntervalKind, Observation, PersonKey, Record, RosterEntry, Subject,
-    china_offset,
-};
+use crate::model::{IntervalKind, Observation, PersonKey, Record, Subject, china_offset};
+use crate::state::tests::roster_record;
 use crate::state::{EntityRef, World};
 use chrono::TimeZone;
 
@@ -16,26 +14,10 @@ fn now() -> chrono::DateTime<chrono::FixedOffset> {
         .unwrap()
 }
 
-/// A roster record of household `id` in village 632522100201, income in yuan.
-fn roster(id: &str, members: Vec<PersonKey>, income: i64) -> Record {
-    Record {
-        id: format!("r-{id}"),
-        observation: Observation::Roster(RosterEntry {
-            household: id.parse().unwrap(),
-            village: "632522100201".parse().unwrap(),
-            village_name: "测试村".into(),
-            category: HouseholdCategory::Lifted,
-            head_masked: "王*".into(),
-            members,
-            income_per_capita: income * 100,
-        }),
-    }
-}
-
 fn world_with(wages: &[i64], oop: &[(&str, i64)], members: usize, income: i64) -> World {
     let mut w = World::new(24);
     let keys: Vec<PersonKey> = (0..members).map(|i| PersonKey([i as u8; 16])).collect();
-    w.apply("roster", &roster("H1", keys.clone(), income), now())
+    w.apply("roster", &roster_record("H1", keys.clone(), income), now())
         .unwrap();
     let last: crate::model::Month = "2026-10".parse().unwrap();
     for (i, yuan) in wages.iter().enumerate() {
@@ -315,7 +297,7 @@ fn a_county_rule_compares_the_same_risk_categories_as_months_earlier() {
             key[..4].copy_from_slice(&i.to_be_bytes());
             w.apply(
                 "roster",
-                &roster(&format!("H{i}"), vec![PersonKey(key)], 10_000),
+                &roster_record(&format!("H{i}"), vec![PersonKey(key)], 10_000),
                 now(),
             )
             .unwrap();

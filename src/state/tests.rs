@@ -10,6 +10,16 @@ fn now() -> DateTime<FixedOffset> {
 }
 
 fn roster(id: &str, members: &[u8]) -> Record {
+    roster_record(
+        id,
+        members.iter().map(|m| PersonKey([*m; 16])).collect(),
+        10_000,
+    )
+}
+
+/// A roster record of household `id` in village 632522100201, income in yuan (the rules'
+/// tests use it too).
+pub(crate) fn roster_record(id: &str, members: Vec<PersonKey>, income: i64) -> Record {
     Record {
         id: format!("r-{id}"),
         observation: Observation::Roster(RosterEntry {
@@ -18,8 +28,8 @@ fn roster(id: &str, members: &[u8]) -> Record {
             village_name: "测试村".into(),
             category: HouseholdCategory::Lifted,
             head_masked: "张*".into(),
-            members: members.iter().map(|m| PersonKey([*m; 16])).collect(),
-            income_per_capita: 1_000_000,
+            members,
+            income_per_capita: income * 100,
         }),
     }
 }
