@@ -309,9 +309,29 @@ pub struct World {
     shared: HashMap<PersonKey, BTreeSet<HouseholdId>>,
     latest: [Option<Month>; Indicator::COUNT],
     retention_months: u32,
-    undo_households: HashMap<HouseholdId, Option<Household>>,
+    undo_households: HashMap<HouseholdId, Undo>,
     undo_villages: HashMap<VillageCode, Option<Village>>,
     dirty_counties: BTreeSet<CountyCode>,
+}
+
+/// What the first change of a batch to a household kept of it: what the batch encodes the
+/// changes against, and what a rollback puts back.
+#[derive(Debug)]
+enum Undo {
+    /// Only the household's months changed: its months before. A record's change packs a
+    /// new run of months anyway, so keeping the old run costs no copy.
+    Months(Months),
+    /// Its roster part changed (or it is new): the whole household before, if any.
+    Whole(Option<Household>),
+}
+
+impl Undo {
+    fn months(&self) -> Option<&Months> {
+        match self {
+            Undo::Months(m) => Some(m),
+            Undo::Whole(h) => h.as_ref().map(|h| &h.months),
+        }
+    }
 }
 
 /// Entities changed by a batch, for incremental evaluation.
@@ -382,17 +402,16 @@ const PARALLEL_MIN_HOUSEHOLDS: usize = 1024;
 
 /// The store's writes for one household changed since `before`: its roster part if that
 /// changed, the months that changed or are gone; everything goes if it is gone (`now`).
-fn household_ops(
-    batch: &mut Batch,
-    id: &HouseholdId,
-    before: Option<&Household>,
-    now: Option<&Household>,
-) {
+fn household_ops(batch: &mut Batch, id: &HouseholdId, before: &Undo, now: Option<&Household>) {
     let none = Months::default();
-    let old_months = before.map_or(&none, |b| &b.months);
+    let old_months = before.months().unwrap_or(&none);
     match now {
         Some(h) => {
-            if before.is_none_or(|b| !b.same_roster_part(h)) {
+            let roster_changed = match before {
+                Undo::Months(_) => false,
+                Undo::Whole(b) => b.as_ref().is_none_or(|b| !b.same_roster_part(h)),
+            };
+            if roster_changed {
                 batch.put(
                     Space::Household,
                     id.as_str().as_bytes().to_vec(),
@@ -739,11 +758,19 @@ impl World {
         self.dirty_counties.clear();
     }
 
+    /// Keeps the whole household for the batch's undo log before its roster part changes.
     fn touch_household(&mut self, id: &HouseholdId) {
-        if !self.undo_households.contains_key(id) {
-            let before = self.households.get(id).cloned();
-            self.undo_households.insert(id.clone(), before);
-        }
+        let whole = match self.undo_households.get_mut(id) {
+            Some(Undo::Whole(_)) => return,
+            // Only its months changed so far: the household before is today's roster part
+            // with those months.
+            Some(Undo::Months(months)) => self.households.get(id).map(|h| Household {
+                months: std::mem::take(months),
+                ..h.clone()
+            }),
+            None => self.households.get(id).cloned(),
+        };
+        self.undo_households.insert(id.clone(), Undo::Whole(whole));
     }
 
     fn touch_village(&mut self, code: VillageCode) {
@@ -897,7 +924,7 @@ impl World {
         month: Month,
         tag: u64,
         now: DateTime<FixedOffset>,
-        f: impl FnOnce(&mut Household),
+        f: impl FnOnce(&mut Household) -> Months,
     ) -> Result<Applied, Rejection> {
         if month > Month::of(now) {
             return Err(Rejection::FutureMonth(month));
@@ -911,7 +938,7 @@ impl World {
             Subject::Household(h) => h.clone(),
             Subject::Village(_) => return Err(Rejection::VillageSample),
         };
-        let Some(h) = self.households.get(&id) else {
+        let Some(h) = self.households.get_mut(&id) else {
             return Err(Rejection::UnknownHousehold(id));
         };
         if Month::of(now).since(month) > self.retention_months {
@@ -920,12 +947,10 @@ impl World {
         if h.has_record(month, tag) {
             return Ok(Applied::Duplicate);
         }
-        self.touch_household(&id);
-        let h = self
-            .households
-            .get_mut(&id)
-            .ok_or(Rejection::UnknownHousehold(id))?;
-        f(h);
+        let before = f(h);
+        self.undo_households
+            .entry(id)
+            .or_insert(Undo::Months(before));
         Ok(Applied::Changed)
     }
 
@@ -982,12 +1007,12 @@ impl World {
         let mut touched = Touched::default();
         // Each household's keys encode apart from the others': a large change (a page of a
         // bulk feed) is encoded on every core, each thread over a contiguous share.
-        let undone: Vec<(HouseholdId, Option<Household>)> = self.undo_households.drain().collect();
+        let undone: Vec<(HouseholdId, Undo)> = self.undo_households.drain().collect();
         let households = &self.households;
         let parts = crate::parallel::in_shares(&undone, PARALLEL_MIN_HOUSEHOLDS, |_, part| {
             let mut b = Batch::default();
             for (id, before) in part {
-                household_ops(&mut b, id, before.as_ref(), households.get(id));
+                household_ops(&mut b, id, before, households.get(id));
             }
             b
         });
@@ -1023,9 +1048,18 @@ impl World {
     pub fn rollback(&mut self) {
         for (id, before) in self.undo_households.drain() {
             match before {
-                Some(h) => self.households.insert(id, h),
-                None => self.households.remove(&id),
-            };
+                Undo::Months(months) => {
+                    if let Some(h) = self.households.get_mut(&id) {
+                        h.months = months;
+                    }
+                }
+                Undo::Whole(Some(h)) => {
+                    self.households.insert(id, h);
+                }
+                Undo::Whole(None) => {
+                    self.households.remove(&id);
+                }
+            }
         }
         for (code, before) in self.undo_villages.drain() {
             match before {

@@ -234,38 +234,56 @@ impl Months {
     }
 
     /// Edits the bucket of `month` (a new empty one if there is none), then drops buckets
-    /// more than `retention` months older than the newest.
-    pub fn update(&mut self, month: Month, retention: u32, edit: impl FnOnce(&mut MonthBucket)) {
-        let mut before = 0;
-        let mut owned = MonthBucket::new(month);
-        let mut after = self.0.len();
+    /// more than `retention` months older than the newest. Returns the buckets before: the
+    /// edit packs a new run of words anyway, so keeping the old one for an undo log costs
+    /// no copy.
+    #[must_use = "the months before the edit, for an undo log; drop them if not needed"]
+    pub fn update(
+        &mut self,
+        month: Month,
+        retention: u32,
+        edit: impl FnOnce(&mut MonthBucket),
+    ) -> Months {
+        // One walk finds the month's place (`before`: where its bucket starts or would go,
+        // `after`: where the buckets after it start) and the newest month.
+        let (mut before, mut after) = (None, None);
+        let mut owned = None;
+        let mut newest = month;
+        let mut offset = 0;
         for b in self.iter() {
-            if b.month() < month {
-                before += b.0.len();
-            } else {
-                if b.month() == month {
-                    owned = b.to_bucket();
-                    after = before + b.0.len();
-                } else {
-                    after = before;
-                }
-                break;
+            let (m, end) = (b.month(), offset + b.0.len());
+            if m == month {
+                owned = Some(b.to_bucket());
+                (before, after) = (Some(offset), Some(end));
+            } else if m > month && before.is_none() {
+                (before, after) = (Some(offset), Some(offset));
             }
+            newest = newest.max(m);
+            offset = end;
         }
+        let (before, after) = (before.unwrap_or(offset), after.unwrap_or(offset));
+        let mut owned = owned.unwrap_or_else(|| MonthBucket::new(month));
         edit(&mut owned);
-        let newest = self.newest().map_or(month, |n| n.max(month));
         let keep = |m: Month| newest.since(m) <= retention;
+        // Buckets are in month order: when the oldest is kept, all are, and the runs before
+        // and after the month are copied whole.
+        let all_kept = self.iter().next().is_none_or(|b| keep(b.month()));
         let mut words = Vec::with_capacity(self.0.len() + 4);
-        for b in Iter(&self.0[..before]).filter(|b| keep(b.month())) {
-            words.extend_from_slice(b.0);
-        }
+        let copy = |words: &mut Vec<u64>, run: &[u64]| {
+            if all_kept {
+                words.extend_from_slice(run);
+            } else {
+                for b in Iter(run).filter(|b| keep(b.month())) {
+                    words.extend_from_slice(b.0);
+                }
+            }
+        };
+        copy(&mut words, &self.0[..before]);
         if keep(month) {
             encode(&owned, &mut words);
         }
-        for b in Iter(&self.0[after..]).filter(|b| keep(b.month())) {
-            words.extend_from_slice(b.0);
-        }
-        self.0 = words.into_boxed_slice();
+        copy(&mut words, &self.0[after..]);
+        Months(std::mem::replace(&mut self.0, words.into_boxed_slice()))
     }
 }
 
@@ -427,18 +445,55 @@ mod tests {
     fn update_inserts_in_order_edits_in_place_and_prunes_past_the_retention() {
         let mut months = Months::default();
         for k in [5, 1, 3] {
-            months.update(m(k), 24, |b| b.records.push(u64::from(k)));
+            let copy = months.clone();
+            assert_eq!(
+                months.update(m(k), 24, |b| b.records.push(u64::from(k))),
+                copy,
+                "update returns the months before"
+            );
         }
         let order: Vec<Month> = months.iter().map(|b| b.month()).collect();
         assert_eq!(order, vec![m(1), m(3), m(5)]);
-        months.update(m(3), 24, |b| b.records.push(30));
+        let before = months.update(m(3), 24, |b| b.records.push(30));
         assert_eq!(months.find(m(3)).unwrap().records(), &[3, 30]);
+        assert_eq!(before.find(m(3)).unwrap().records(), &[3]);
         // A month 24 past the first drops it; one older than the retention is not kept.
-        months.update(m(25), 22, |b| b.records.push(25));
+        let before = months.update(m(25), 22, |b| b.records.push(25));
         let order: Vec<Month> = months.iter().map(|b| b.month()).collect();
         assert_eq!(order, vec![m(3), m(5), m(25)]);
-        months.update(m(0), 22, |b| b.records.push(0));
+        assert_eq!(before.len(), 3, "the months before keep the pruned one");
+        let _ = months.update(m(0), 22, |b| b.records.push(0));
         assert!(months.find(m(0)).is_none());
+    }
+
+    proptest::proptest! {
+        /// `update` against the plain form: the buckets as a sorted list, edited, then
+        /// those more than `retention` months older than the newest dropped.
+        #[test]
+        fn update_matches_editing_a_sorted_list_of_buckets(
+            steps in proptest::collection::vec((0u32..40, 1u32..30), 1..60)
+        ) {
+            let mut months = Months::default();
+            let mut plain: Vec<MonthBucket> = Vec::new();
+            for (i, (k, retention)) in steps.into_iter().enumerate() {
+                let tag = i as u64;
+                let before = months.clone();
+                let returned = months.update(m(k), retention, |b| b.records.push(tag));
+                proptest::prop_assert_eq!(returned, before);
+                match plain.iter_mut().find(|b| b.month == m(k)) {
+                    Some(b) => b.records.push(tag),
+                    None => {
+                        let mut b = MonthBucket::new(m(k));
+                        b.records.push(tag);
+                        plain.push(b);
+                    }
+                }
+                plain.sort_by_key(|b| b.month);
+                let newest = plain.iter().map(|b| b.month).max().unwrap();
+                plain.retain(|b| newest.since(b.month) <= retention);
+                proptest::prop_assert_eq!(&months, &Months::from_buckets(&plain));
+            }
+        }
     }
 
     #[test]

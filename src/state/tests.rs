@@ -853,3 +853,58 @@ fn a_person_in_two_households_belongs_to_the_least_id_in_any_order() {
         assert_same_world(&World::load(&store, 24).unwrap(), &w);
     }
 }
+
+/// A batch's undo log keeps only the months of a household whose records changed, and the
+/// whole household once its roster entry changes too, in either order: the batch written
+/// to the store and a rollback must both come out as if the whole household were kept.
+#[test]
+fn a_batch_of_records_and_roster_changes_to_one_household_commits_and_rolls_back_whole() {
+    let month = Month::of(now()).minus(1).to_string();
+    let earlier = Month::of(now()).minus(2).to_string();
+    let steps: [&[Record]; 3] = [
+        &[wage("w2", 1, &month, 100), roster("H1", &[1, 2])],
+        &[roster("H1", &[1, 3]), wage("w3", 3, &month, 50)],
+        &[wage("w4", 1, &month, 7), wage("w5", 1, &earlier, 9)],
+    ];
+    for records in steps {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut w = World::new(24);
+        w.begin();
+        w.apply("roster", &roster("H1", &[1]), now()).unwrap();
+        w.apply("wages", &wage("w1", 1, &earlier, 3000), now())
+            .unwrap();
+        store.commit(w.take_batch().0).unwrap();
+        let before = World::load(&store, 24).unwrap();
+
+        // Rolled back, the household is as before, months and roster part.
+        w.begin();
+        for r in records {
+            w.apply("feed", r, now()).unwrap();
+        }
+        w.rollback();
+        assert_same_world(&w, &before);
+
+        // Committed, a start from the store sees what memory holds.
+        w.begin();
+        for r in records {
+            assert_eq!(w.apply("feed", r, now()), Ok(Applied::Changed));
+        }
+        let (batch, touched) = w.take_batch();
+        let roster_written = batch.ops.iter().any(|(s, _, _)| *s == Space::Household);
+        let roster_changed = records
+            .iter()
+            .any(|r| matches!(r.observation, Observation::Roster(_)));
+        assert_eq!(
+            roster_written, roster_changed,
+            "the roster part is written only when it changed"
+        );
+        assert_eq!(touched.households, vec!["H1".parse().unwrap()]);
+        store.commit(batch).unwrap();
+        assert_same_world(&World::load(&store, 24).unwrap(), &w);
+        assert_ne!(
+            w.household(&"H1".parse().unwrap()),
+            before.household(&"H1".parse().unwrap())
+        );
+    }
+}

@@ -29,7 +29,7 @@ pub struct EventCount {
     pub amount: Fen,
 }
 
-/// Adds an event to its month's bucket.
+/// Adds an event to its month's bucket; returns the months before.
 pub(crate) fn add_event(
     months: &mut Months,
     month: Month,
@@ -37,7 +37,7 @@ pub(crate) fn add_event(
     kind: EventKind,
     amount: Option<Fen>,
     retention: u32,
-) {
+) -> Months {
     months.update(month, retention, |b| {
         match b.events.iter_mut().find(|e| e.kind == kind) {
             Some(e) => {
@@ -51,7 +51,7 @@ pub(crate) fn add_event(
             }),
         }
         b.records.push(tag);
-    });
+    })
 }
 
 /// Events of a kind over the `n` months ending with `last`: (count, amount sum).
@@ -165,21 +165,22 @@ impl Household {
             .is_some_and(|b| b.records().contains(&tag))
     }
 
-    /// Adds a record's values to its month and drops months beyond the retention window.
+    /// Adds a record's values to its month and drops months beyond the retention window;
+    /// returns the months before.
     pub fn add_sample(
         &mut self,
         month: Month,
         tag: u64,
         values: &[(Indicator, Fen)],
         retention: u32,
-    ) {
+    ) -> Months {
         self.months.update(month, retention, |b| {
             for (ind, v) in values {
                 b.values[ind.index()] += v;
                 b.present |= 1 << ind.index();
             }
             b.records.push(tag);
-        });
+        })
     }
 
     /// Events of a kind over `n` months ending with `last`: (count, amount sum).
