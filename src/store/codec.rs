@@ -8,13 +8,17 @@ use serde::de::DeserializeOwned;
 
 use super::{Space, StoreError};
 
+/// Room for most values (a month's bucket is tens of bytes) without growing the vector
+/// byte by byte; larger ones grow from there. The store copies the bytes, so the spare
+/// capacity is not kept.
+const FIRST_CAPACITY: usize = 128;
+
 pub fn encode<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
-    let mut out = vec![version];
+    let mut out = Vec::with_capacity(FIRST_CAPACITY);
+    out.push(version);
     // Invariant: postcard serialization into a Vec only fails for types serde cannot
     // describe (maps with non-string keys are fine); guardline's value types are all plain.
-    let body = postcard::to_allocvec(value).expect("guardline values serialize");
-    out.extend_from_slice(&body);
-    out
+    postcard::to_extend(value, out).expect("guardline values serialize")
 }
 
 pub fn decode<T: DeserializeOwned>(
