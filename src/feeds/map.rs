@@ -3,7 +3,8 @@
 //! Invariant: ID numbers are pseudonymised here and names masked here; neither the raw
 //! values nor any other field value appears in a [`MapError`], so errors can be logged.
 
-use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone};
+use chrono::format::{Parsed, StrftimeItems};
+use chrono::{DateTime, FixedOffset, TimeZone};
 use serde_json::Value;
 
 use crate::config::{AmountUnit, EventSource, Mapping, MappingTarget, SubjectField, TimeField};
@@ -131,13 +132,22 @@ pub fn time(rec: &Value, field: &str, format: &str) -> Result<DateTime<FixedOffs
             .map(|d| d.with_timezone(&tz))
             .map_err(|_| bad());
     }
-    if let Ok(dt) = NaiveDateTime::parse_from_str(&s, format) {
-        return tz.from_local_datetime(&dt).single().ok_or_else(bad);
-    }
-    let date = NaiveDate::parse_from_str(&s, format)
-        .or_else(|_| NaiveDate::parse_from_str(&format!("{s}|01"), &format!("{format}|%d")))
-        .map_err(|_| bad())?;
-    let dt = date.and_hms_opt(0, 0, 0).ok_or_else(bad)?;
+    // One parse, then the most the fields give: a date and time, a date (midnight), or a
+    // month (its first day, for formats such as `%Y-%m`).
+    let mut parsed = Parsed::new();
+    chrono::format::parse(&mut parsed, &s, StrftimeItems::new(format)).map_err(|_| bad())?;
+    let dt = match parsed.to_naive_datetime_with_offset(0) {
+        Ok(dt) => dt,
+        Err(_) => {
+            let date = parsed.to_naive_date().or_else(|_| {
+                parsed.set_day(1)?;
+                parsed.to_naive_date()
+            });
+            date.ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .ok_or_else(bad)?
+        }
+    };
     tz.from_local_datetime(&dt).single().ok_or_else(bad)
 }
 
@@ -427,5 +437,29 @@ mod tests {
             Month::of(time(&r, "d", "%Y%m").unwrap()).to_string(),
             "2026-03"
         );
+        let t = |value: &str, format: &str| {
+            time(&json!({ "t": value }), "t", format).map(|d| d.to_rfc3339())
+        };
+        assert_eq!(
+            t("2026-03-05 23:30:15", "%Y-%m-%d %H:%M:%S").unwrap(),
+            "2026-03-05T23:30:15+08:00"
+        );
+        assert_eq!(t("2026-03", "%Y-%m").unwrap(), "2026-03-01T00:00:00+08:00");
+        assert_eq!(
+            t("2026-03-01", "%Y-%m-%d").unwrap(),
+            "2026-03-01T00:00:00+08:00"
+        );
+        // Not a time: each is refused, none panics.
+        for (value, format) in [
+            ("2026-13", "%Y-%m"),
+            ("2026-02-30", "%Y-%m-%d"),
+            ("2026-03", "%Y-%m-%d"),
+            ("2026-03-05", "%Y-%m"),
+            ("20260305x", "%Y%m%d"),
+            ("23:30", "%H:%M"),
+        ] {
+            let e = t(value, format).unwrap_err();
+            assert_eq!(e.reason, "bad_time", "{value:?} as {format:?}");
+        }
     }
 }
