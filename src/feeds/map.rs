@@ -3,6 +3,8 @@
 //! Invariant: ID numbers are pseudonymised here and names masked here; neither the raw
 //! values nor any other field value appears in a [`MapError`], so errors can be logged.
 
+use std::borrow::Cow;
+
 use chrono::format::{Parsed, StrftimeItems};
 use chrono::{DateTime, FixedOffset, TimeZone};
 use serde_json::Value;
@@ -54,11 +56,12 @@ fn present<'a>(rec: &'a Value, field: &str) -> Result<&'a Value, MapError> {
 }
 
 /// A field as text: strings as they are, numbers printed.
-fn text(rec: &Value, field: &str) -> Result<String, MapError> {
+/// The field as trimmed text, borrowed from the record where it is a string.
+fn text<'a>(rec: &'a Value, field: &str) -> Result<Cow<'a, str>, MapError> {
     match present(rec, field)? {
-        Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        Value::String(s) if !s.trim().is_empty() => Ok(Cow::Borrowed(s.trim())),
         Value::String(_) => Err(err("missing_field", field, "is empty")),
-        Value::Number(n) => Ok(n.to_string()),
+        Value::Number(n) => Ok(Cow::Owned(n.to_string())),
         other => Err(err(
             "wrong_type",
             field,
@@ -180,16 +183,14 @@ pub fn map_record(m: &Mapping, rec: &Value, pseudo: &Pseudonymizer) -> Result<Re
             format!("record is a {} instead of an object", type_name(rec)),
         ));
     }
-    let id = text(rec, &m.record_id)?;
-    map_observation(m, rec, pseudo)
-        .map(|observation| Record {
-            id: id.clone(),
-            observation,
-        })
-        .map_err(|e| MapError {
+    let id = text(rec, &m.record_id)?.into_owned();
+    match map_observation(m, rec, pseudo) {
+        Ok(observation) => Ok(Record { id, observation }),
+        Err(e) => Err(MapError {
             record: Some(id),
             ..e
-        })
+        }),
+    }
 }
 
 fn map_observation(
@@ -234,7 +235,7 @@ fn map_observation(
                     Value::Object(_) => text(member, member_id).map_err(|e| {
                         err(e.reason, &format!("{members}[].{member_id}"), e.detail)
                     })?,
-                    Value::String(s) => s.clone(),
+                    Value::String(s) => Cow::Borrowed(s.as_str()),
                     other => {
                         return Err(err(
                             "wrong_type",
@@ -254,6 +255,7 @@ fn map_observation(
                 village_name: village_name
                     .as_deref()
                     .and_then(|f| text(rec, f).ok())
+                    .map(Cow::into_owned)
                     .unwrap_or_default(),
                 category,
                 head_masked: mask_name(&text(rec, head_name)?),
@@ -289,7 +291,7 @@ fn map_observation(
                 EventSource::Fixed(k) => *k,
                 EventSource::Field { field, values } => {
                     let v = text(rec, field)?;
-                    *values.get(&v).ok_or_else(|| {
+                    *values.get(v.as_ref()).ok_or_else(|| {
                         err(
                             "unknown_event_value",
                             field,
@@ -327,7 +329,7 @@ fn map_observation(
             };
             Observation::Interval {
                 village: village_code,
-                id: text(rec, interval_id)?,
+                id: text(rec, interval_id)?.into_owned(),
                 kind: *kind,
                 start: time(rec, start, time_format)?,
                 end,
