@@ -55,8 +55,7 @@ fn present<'a>(rec: &'a Value, field: &str) -> Result<&'a Value, MapError> {
     }
 }
 
-/// A field as text: strings as they are, numbers printed.
-/// The field as trimmed text, borrowed from the record where it is a string.
+/// A field as text: strings trimmed and borrowed from the record, numbers printed.
 fn text<'a>(rec: &'a Value, field: &str) -> Result<Cow<'a, str>, MapError> {
     match present(rec, field)? {
         Value::String(s) if !s.trim().is_empty() => Ok(Cow::Borrowed(s.trim())),
