@@ -321,18 +321,7 @@ fn read(
     w.households
         .try_reserve(n.min(frames.len / 8))
         .map_err(|_| frames.damaged("a household count beyond memory"))?;
-    while w.households.len() < n {
-        let chunk: Vec<(Household, Months)> = frames.next()?;
-        if chunk.is_empty() {
-            return Err(frames.damaged("an empty frame of households"));
-        }
-        for (mut h, months) in chunk {
-            h.months = months;
-            if w.households.insert(h.id.clone(), h).is_some() {
-                return Err(frames.damaged("a household twice"));
-            }
-        }
-    }
+    let mut frames = read_households(frames, n, &mut w)?;
     if w.households.len() != n {
         return Err(frames.damaged("more households than its header says"));
     }
@@ -355,6 +344,55 @@ fn read(
         caught_up: changed.len(),
         catch_up_seconds: began.elapsed().as_secs_f64(),
     })))
+}
+
+/// Reads the frames of `n` households into `w`. A second thread reads and decodes the
+/// frames (most of the time, with the memory the households take) while this one puts
+/// each decoded frame's households in the map, a few frames behind. The first damage in
+/// the file's order is the error: the map's errors come from frames before the one the
+/// reader stopped at.
+fn read_households<'a>(
+    mut frames: Frames<'a>,
+    n: usize,
+    w: &mut World,
+) -> Result<Frames<'a>, SnapshotError> {
+    let damaged = |detail: &str| SnapshotError::Damaged {
+        path: frames.path.to_path_buf(),
+        detail: detail.to_string(),
+    };
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(Household, Months)>>(4);
+    let (read, inserted) = std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            let mut read = 0;
+            while read < n {
+                let chunk: Vec<(Household, Months)> = frames.next()?;
+                if chunk.is_empty() {
+                    return Err(frames.damaged("an empty frame of households"));
+                }
+                read += chunk.len();
+                if tx.send(chunk).is_err() {
+                    break; // the map refused a household: its error is the one to report
+                }
+            }
+            Ok(frames)
+        });
+        let mut inserted = Ok(());
+        'frames: for chunk in rx {
+            for (mut h, months) in chunk {
+                h.months = months;
+                if w.households.insert(h.id.clone(), h).is_some() {
+                    inserted = Err(damaged("a household twice"));
+                    break 'frames;
+                }
+            }
+        }
+        let read = reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (read, inserted)
+    });
+    inserted?;
+    read
 }
 
 struct Frames<'a> {

@@ -565,6 +565,12 @@ fn a_damaged_or_foreign_state_snapshot_is_set_aside() {
     let crc = crc32fast::hash(&huge[16..16 + new_len]);
     huge[12..16].copy_from_slice(&crc.to_le_bytes());
     cases.push(("a household count beyond memory", huge));
+    // The first frame of households twice, the header's count unchanged.
+    let first = 16 + header_len;
+    let first_len = u32::from_le_bytes(good[first..first + 4].try_into().unwrap()) as usize;
+    let frame = &good[first..first + 8 + first_len];
+    let twice = [&good[..first], frame, &good[first..]].concat();
+    cases.push(("a household twice", twice));
     for (what, bytes) in cases {
         std::fs::write(&path, bytes).unwrap();
         assert!(snapshot::load(&path, &store, 24).is_none(), "{what}");
