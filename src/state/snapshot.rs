@@ -347,8 +347,8 @@ fn read(
 }
 
 /// Reads the frames of `n` households into `w`. A second thread reads and decodes the
-/// frames (most of the time, with the memory the households take) while this one puts
-/// each decoded frame's households in the map, a few frames behind. The first damage in
+/// frames (most of the time: decoding allocates the households' memory) while this one
+/// puts each decoded frame's households in the map, a few frames behind. The first damage in
 /// the file's order is the error: the map's errors come from frames before the one the
 /// reader stopped at.
 fn read_households<'a>(
