@@ -183,11 +183,10 @@ pub fn evaluate(
             if !in_scope(rule, h) {
                 return None;
             }
-            let (amount, value_ctx) = match value {
-                ValueSpec::IncomePerCapita => {
-                    (h.income_per_capita, json!({"indicator": "人均纯收入"}))
-                }
-                ValueSpec::AnnualIncome => (h.annual_income(), json!({"indicator": "家庭年收入"})),
+            // The evidence is built only for a limit that is crossed: most checks cross none.
+            let (amount, window) = match value {
+                ValueSpec::IncomePerCapita => (h.income_per_capita, None),
+                ValueSpec::AnnualIncome => (h.annual_income(), None),
                 ValueSpec::Indicator {
                     indicator,
                     aggregate,
@@ -205,30 +204,23 @@ pub fn evaluate(
                         Aggregate::Max => *present.iter().max()?,
                         Aggregate::Count => present.len() as Fen * 100,
                     };
-                    (
-                        v,
-                        json!({"indicator": indicator.name_zh(), "first_month": first.to_string(), "last_month": last.to_string(), "window_months": window_months}),
-                    )
+                    (v, Some((indicator, first, last, window_months)))
                 }
             };
             let year = ctx.now.year();
             let relax = if active { *resolve_margin } else { 0.0 };
-            let mut crossed = None;
+            // The crossed limit nearest the value: (limit, above, which, its poverty line).
+            let mut crossed: Option<(Fen, bool, &Limit, Option<&crate::config::LineEntry>)> = None;
             for l in limits {
-                let (limit, above, basis, extra) = match l {
-                    Limit::Above(x) => (*x, true, "fixed".to_string(), json!({})),
-                    Limit::Below(x) => (*x, false, "fixed".to_string(), json!({})),
+                let (limit, above, line) = match l {
+                    Limit::Above(x) => (*x, true, None),
+                    Limit::Below(x) => (*x, false, None),
                     Limit::AboveIncomeShare(s) => {
                         let income = h.annual_income();
                         if income <= 0 {
                             continue;
                         }
-                        (
-                            (income as f64 * s).round() as Fen,
-                            true,
-                            "income_share".to_string(),
-                            json!({"income_share_percent": (s * 100.0).round() as i64}),
-                        )
+                        ((income as f64 * s).round() as Fen, true, None)
                     }
                     Limit::Line {
                         name,
@@ -240,8 +232,7 @@ pub fn evaluate(
                         (
                             (line.value as f64 * factor).round() as Fen,
                             *above,
-                            format!("line:{name}"),
-                            json!({"line": name, "line_year": line.year, "line_value": format_yuan(line.value), "line_factor_percent": (factor * 100.0).round() as i64}),
+                            Some(line),
                         )
                     }
                 };
@@ -256,17 +247,34 @@ pub fn evaluate(
                     (amount as f64) < effective
                 };
                 if holds {
-                    let better = crossed.as_ref().is_none_or(
-                        |(l, a, _, _): &(Fen, bool, String, Value)| {
-                            if *a { limit < *l } else { limit > *l }
-                        },
-                    );
+                    let better = crossed
+                        .as_ref()
+                        .is_none_or(|(l, a, _, _)| if *a { limit < *l } else { limit > *l });
                     if better {
-                        crossed = Some((limit, above, basis, extra));
+                        crossed = Some((limit, above, l, line));
                     }
                 }
             }
-            let (limit, above, basis, extra) = crossed?;
+            let (limit, above, which, line) = crossed?;
+            let value_ctx = match (value, window) {
+                (ValueSpec::IncomePerCapita, _) => json!({"indicator": "人均纯收入"}),
+                (ValueSpec::AnnualIncome, _) => json!({"indicator": "家庭年收入"}),
+                (_, Some((indicator, first, last, window_months))) => {
+                    json!({"indicator": indicator.name_zh(), "first_month": first.to_string(), "last_month": last.to_string(), "window_months": window_months})
+                }
+                (ValueSpec::Indicator { .. }, None) => json!({}),
+            };
+            let (basis, extra) = match (which, line) {
+                (Limit::AboveIncomeShare(s), _) => (
+                    "income_share".to_string(),
+                    json!({"income_share_percent": (s * 100.0).round() as i64}),
+                ),
+                (Limit::Line { name, factor, .. }, Some(line)) => (
+                    format!("line:{name}"),
+                    json!({"line": name, "line_year": line.year, "line_value": format_yuan(line.value), "line_factor_percent": (factor * 100.0).round() as i64}),
+                ),
+                _ => ("fixed".to_string(), json!({})),
+            };
             let value_text = match value {
                 ValueSpec::Indicator {
                     aggregate: Aggregate::Count,
