@@ -204,7 +204,7 @@ pub fn evaluate(
                         Aggregate::Max => *present.iter().max()?,
                         Aggregate::Count => present.len() as Fen * 100,
                     };
-                    (v, Some((indicator, first, last, window_months)))
+                    (v, Some((first, last)))
                 }
             };
             let year = ctx.now.year();
@@ -256,24 +256,31 @@ pub fn evaluate(
                 }
             }
             let (limit, above, which, line) = crossed?;
-            let value_ctx = match (value, window) {
-                (ValueSpec::IncomePerCapita, _) => json!({"indicator": "人均纯收入"}),
-                (ValueSpec::AnnualIncome, _) => json!({"indicator": "家庭年收入"}),
-                (_, Some((indicator, first, last, window_months))) => {
+            let value_ctx = match value {
+                ValueSpec::IncomePerCapita => json!({"indicator": "人均纯收入"}),
+                ValueSpec::AnnualIncome => json!({"indicator": "家庭年收入"}),
+                ValueSpec::Indicator {
+                    indicator,
+                    window_months,
+                    ..
+                } => {
+                    let (first, last) = window?;
                     json!({"indicator": indicator.name_zh(), "first_month": first.to_string(), "last_month": last.to_string(), "window_months": window_months})
                 }
-                (ValueSpec::Indicator { .. }, None) => json!({}),
             };
-            let (basis, extra) = match (which, line) {
-                (Limit::AboveIncomeShare(s), _) => (
+            let (basis, extra) = match which {
+                Limit::Above(_) | Limit::Below(_) => ("fixed".to_string(), json!({})),
+                Limit::AboveIncomeShare(s) => (
                     "income_share".to_string(),
                     json!({"income_share_percent": (s * 100.0).round() as i64}),
                 ),
-                (Limit::Line { name, factor, .. }, Some(line)) => (
-                    format!("line:{name}"),
-                    json!({"line": name, "line_year": line.year, "line_value": format_yuan(line.value), "line_factor_percent": (factor * 100.0).round() as i64}),
-                ),
-                _ => ("fixed".to_string(), json!({})),
+                Limit::Line { name, factor, .. } => {
+                    let line = line?;
+                    (
+                        format!("line:{name}"),
+                        json!({"line": name, "line_year": line.year, "line_value": format_yuan(line.value), "line_factor_percent": (factor * 100.0).round() as i64}),
+                    )
+                }
             };
             let value_text = match value {
                 ValueSpec::Indicator {
