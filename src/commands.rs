@@ -355,7 +355,8 @@ pub async fn feeds_test(config: &Path, name: &str, n: usize) -> anyhow::Result<S
             (first.display().to_string(), body)
         }
     };
-    let decoded = decode::decode(&body, feed, &origin)?;
+    let text = decode::to_text(&body, feed.encoding, &origin)?;
+    let decoded = decode::decode(&text, feed, &origin)?;
     let total = decoded.records.len();
     let mapped = map_page(feed, decoded.records.into_iter().take(n).collect(), &pseudo);
     let mut out = format!(
@@ -483,12 +484,12 @@ pub fn quarantine(config: &Path, action: QuarantineAction) -> anyhow::Result<Str
                     skipped += 1;
                     continue;
                 };
-                let Ok(value) = serde_json::from_str::<serde_json::Value>(raw) else {
+                let Ok(record) = crate::feeds::json::Json::parse(raw) else {
                     skipped += 1;
                     continue;
                 };
                 // Person fields hold pk: tokens, which map to themselves.
-                let mapped = crate::feeds::map_page(fc, vec![Ok(value)], &pseudo);
+                let mapped = crate::feeds::map_page(fc, vec![Ok(record)], &pseudo);
                 let counts = engine.ingest(fc, mapped, crate::model::now())?;
                 if counts.rejected == 0 {
                     ok += 1;

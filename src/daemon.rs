@@ -102,7 +102,11 @@ impl Sink for EngineSink {
             .map_err(poll_error)
     }
 
-    async fn ingest(&self, feed: &FeedConfig, records: Vec<Mapped>) -> Result<Counts, PollError> {
+    async fn ingest(
+        &self,
+        feed: &FeedConfig,
+        records: Vec<Mapped<'_>>,
+    ) -> Result<Counts, PollError> {
         self.store_writable()?;
         self.engine
             .lock()

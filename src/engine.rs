@@ -127,8 +127,6 @@ impl AuditEntry {
 
 /// At most this many records wait for the roster; more are quarantined at once.
 pub const MAX_WAITING: usize = 200_000;
-/// From this many records on, a page's decoded records are freed on another thread.
-const DROP_APART_MIN_RECORDS: usize = 2048;
 /// A record waits this long for its person to appear on the roster.
 pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
@@ -435,7 +433,7 @@ impl Engine {
     pub fn ingest(
         &mut self,
         feed: &FeedConfig,
-        records: Vec<Mapped>,
+        records: Vec<Mapped<'_>>,
         now: DateTime<FixedOffset>,
     ) -> Result<Counts, EngineError> {
         let mut counts = Counts::default();
@@ -446,8 +444,6 @@ impl Engine {
         let mut newest: Option<i64> = None;
         self.reload_if_stale()?;
         self.world.begin();
-        // The decoded records of those applied: dropped after the commit, see below.
-        let mut spent = Vec::with_capacity(records.len());
         for (i, mut m) in records.into_iter().enumerate() {
             let outcome = match &m.result {
                 Err(e) => Err((e.reason, e.to_string())),
@@ -465,7 +461,8 @@ impl Engine {
             let raw = || {
                 decoded
                     .as_ref()
-                    .map(|r| quarantine::redact(r, &feed.mapping, &self.pseudo).to_string())
+                    .and_then(|r| serde_json::to_value(r).ok())
+                    .map(|v| quarantine::redact(&v, &feed.mapping, &self.pseudo).to_string())
             };
             if outcome.is_ok()
                 && let Ok(rec) = &m.result
@@ -523,7 +520,6 @@ impl Engine {
                     new_quarantine.push(e);
                 }
             }
-            spent.extend(decoded);
         }
         let (mut batch, touched) = self.world.take_batch();
         batch.ops.extend(extra.ops);
@@ -549,14 +545,6 @@ impl Engine {
         if let Err(e) = self.store.commit(batch) {
             self.stale = true;
             return Err(e.into());
-        }
-        // Freeing a large page's decoded records (maps of strings) costs about a tenth of
-        // applying them; another thread frees them while detection goes on.
-        // Should no thread start, they are freed here, as the closure goes.
-        if spent.len() >= DROP_APART_MIN_RECORDS {
-            let _ = std::thread::Builder::new()
-                .name("free-page".into())
-                .spawn(move || drop(spent));
         }
         if counts.accepted > 0 {
             self.feed_last_data

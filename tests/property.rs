@@ -127,7 +127,7 @@ fn wage_records(wages: &[(usize, u32, i64, usize)], persons: usize) -> Vec<Recor
         .collect()
 }
 
-fn mapped(records: &[Record]) -> Vec<Mapped> {
+fn mapped(records: &[Record]) -> Vec<Mapped<'static>> {
     records
         .iter()
         .map(|r| Mapped {

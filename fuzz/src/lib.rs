@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use guardline::config::source::Source;
 use guardline::config::{Config, FeedConfig, Lines};
-use guardline::feeds::decode::decode;
+use guardline::feeds::decode::{decode, to_text};
 use guardline::feeds::{Mapped, map_page, until_next};
 use guardline::pseudonym::Pseudonymizer;
 use guardline::rules::RuleSet;
@@ -45,17 +45,17 @@ pub fn run(target: &str, data: &[u8]) -> bool {
 /// A page of a JSON feed (records at `records_path`, next cursor at `next_cursor_path`),
 /// decoded and mapped. The first byte chooses the options, see [`split_options`].
 pub fn decode_json(data: &[u8]) {
-    let _ = decode_and_map(Format::Json, data);
+    let _ = decode_and_map(Format::Json, data, |_| ());
 }
 
 /// An NDJSON page (one record per line), decoded and mapped.
 pub fn decode_ndjson(data: &[u8]) {
-    let _ = decode_and_map(Format::Ndjson, data);
+    let _ = decode_and_map(Format::Ndjson, data, |_| ());
 }
 
 /// A CSV export with a header row, decoded and mapped.
 pub fn decode_csv(data: &[u8]) {
-    let _ = decode_and_map(Format::Csv, data);
+    let _ = decode_and_map(Format::Csv, data, |_| ());
 }
 
 /// `guardline.toml` text through the parser and the validator. The folder the file is taken
@@ -314,7 +314,8 @@ fn fixed_now() -> chrono::DateTime<chrono::FixedOffset> {
         .with_timezone(&guardline::model::china_offset())
 }
 
-fn decode_and_map(format: Format, data: &[u8]) -> Option<Vec<Mapped>> {
+/// Decodes and maps an input as the daemon does a page, and gives its records to `then`.
+fn decode_and_map<T>(format: Format, data: &[u8], then: impl FnOnce(&[Mapped]) -> T) -> Option<T> {
     let (o, body) = split_options(data)?;
     let feed = feed(format, o);
     let mut bytes = Vec::with_capacity(body.len() + 3);
@@ -322,7 +323,8 @@ fn decode_and_map(format: Format, data: &[u8]) -> Option<Vec<Mapped>> {
         bytes.extend_from_slice(b"\xEF\xBB\xBF");
     }
     bytes.extend_from_slice(body);
-    let decoded = decode(&bytes, feed, "fuzz").ok()?;
+    let text = to_text(&bytes, feed.encoding, "fuzz").ok()?;
+    let decoded = decode(&text, feed, "fuzz").ok()?;
     let mapped = map_page(feed, decoded.records, pseudonymizer());
     for m in &mapped {
         if let Err(e) = &m.result {
@@ -330,7 +332,7 @@ fn decode_and_map(format: Format, data: &[u8]) -> Option<Vec<Mapped>> {
             let _ = e.to_string();
         }
     }
-    Some(mapped)
+    Some(then(&mapped))
 }
 
 /// Whether the first record of a decoder input maps without error (`None`: the input does
@@ -342,6 +344,5 @@ pub fn first_record_maps(target: &str, data: &[u8]) -> Option<bool> {
         "decode_csv" => Format::Csv,
         _ => return None,
     };
-    let mapped = decode_and_map(format, data)?;
-    Some(mapped.first()?.result.is_ok())
+    decode_and_map(format, data, |mapped| Some(mapped.first()?.result.is_ok()))?
 }

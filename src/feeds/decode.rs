@@ -2,34 +2,48 @@
 //!
 //! A document that cannot be read at all (wrong encoding, invalid JSON document) is a poll
 //! error; a single bad line of NDJSON or CSV is a rejected record, and the rest is kept.
+//!
+//! Records are [`Json`] values that borrow their strings from the page's text, so the text
+//! ([`to_text`]) outlives them: decoding allocates one vector per object, not every key and
+//! string. A CSV row becomes an object of its header's names and its cells (empty cells
+//! null).
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 use super::fetch::PollError;
-use super::map::{MapError, lookup};
+use super::json::Json;
+use super::map::MapError;
 use crate::config::{FeedConfig, Format, TextEncoding};
 
 /// The records of a page (a bad line is an `Err`) and the next cursor found in the body.
 #[derive(Debug)]
-pub struct Decoded {
-    pub records: Vec<Result<Value, MapError>>,
+pub struct Decoded<'a> {
+    pub records: Vec<Result<Json<'a>, MapError>>,
     pub next: Option<String>,
 }
 
-/// Turns bytes into text in the feed's encoding; a UTF-8 byte-order mark is dropped.
-pub fn to_text(body: &[u8], encoding: TextEncoding, origin: &str) -> Result<String, PollError> {
+/// Turns bytes into text in the feed's encoding; a UTF-8 byte-order mark is dropped. UTF-8
+/// is borrowed from the bytes.
+pub fn to_text<'b>(
+    body: &'b [u8],
+    encoding: TextEncoding,
+    origin: &str,
+) -> Result<Cow<'b, str>, PollError> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     match encoding {
-        TextEncoding::Utf8 => String::from_utf8(body.to_vec()).map_err(|e| PollError::Encoding {
-            origin: origin.to_string(),
-            detail: format!(
-                "invalid UTF-8 at byte {} (is the feed GBK? set encoding = \"gbk\")",
-                e.utf8_error().valid_up_to()
-            ),
-        }),
+        TextEncoding::Utf8 => {
+            std::str::from_utf8(body)
+                .map(Cow::Borrowed)
+                .map_err(|e| PollError::Encoding {
+                    origin: origin.to_string(),
+                    detail: format!(
+                        "invalid UTF-8 at byte {} (is the feed GBK? set encoding = \"gbk\")",
+                        e.valid_up_to()
+                    ),
+                })
+        }
         TextEncoding::Gb18030 => encoding_rs::GB18030
             .decode_without_bom_handling_and_without_replacement(body)
-            .map(|c| c.into_owned())
             .ok_or_else(|| PollError::Encoding {
                 origin: origin.to_string(),
                 detail: "bytes that are not GBK/GB18030".into(),
@@ -46,25 +60,29 @@ fn line_error(reason: &'static str, line: usize, detail: String) -> MapError {
     }
 }
 
-pub fn decode(body: &[u8], feed: &FeedConfig, origin: &str) -> Result<Decoded, PollError> {
-    let text = to_text(body, feed.encoding, origin)?;
+/// Decodes a page's text (see [`to_text`]) in the feed's format.
+pub fn decode<'a>(
+    text: &'a str,
+    feed: &FeedConfig,
+    origin: &str,
+) -> Result<Decoded<'a>, PollError> {
     match feed.format {
         Format::Json => {
-            let mut doc: Value =
-                serde_json::from_str(&text).map_err(|e| PollError::InvalidJson {
-                    url: origin.to_string(),
-                    detail: e.to_string(),
-                })?;
-            let next = match lookup(&doc, &feed.next_cursor_path) {
-                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-                Some(Value::Number(n)) => Some(n.to_string()),
+            let mut doc = Json::parse(text).map_err(|e| PollError::InvalidJson {
+                url: origin.to_string(),
+                detail: e.to_string(),
+            })?;
+            let next = match doc.lookup(&feed.next_cursor_path) {
+                Some(Json::String(s)) if !s.is_empty() => Some(s.to_string()),
+                Some(Json::Number(n)) => Some(n.to_string()),
                 _ => None,
             };
             let records =
-                take_at(&mut doc, &feed.records_path).ok_or_else(|| PollError::NoRecords {
-                    url: origin.to_string(),
-                    path: feed.records_path.clone(),
-                })?;
+                doc.take_list(&feed.records_path)
+                    .ok_or_else(|| PollError::NoRecords {
+                        url: origin.to_string(),
+                        path: feed.records_path.clone(),
+                    })?;
             Ok(Decoded {
                 records: records.into_iter().map(Ok).collect(),
                 next,
@@ -76,7 +94,7 @@ pub fn decode(body: &[u8], feed: &FeedConfig, origin: &str) -> Result<Decoded, P
                 .enumerate()
                 .filter(|(_, l)| !l.trim().is_empty())
                 .map(|(i, l)| {
-                    serde_json::from_str::<Value>(l).map_err(|e| {
+                    Json::parse(l).map_err(|e| {
                         line_error("invalid_json", i + 1, format!("not a JSON record: {e}"))
                     })
                 })
@@ -103,16 +121,19 @@ pub fn decode(body: &[u8], feed: &FeedConfig, origin: &str) -> Result<Decoded, P
                 .map(|(i, row)| {
                     let row =
                         row.map_err(|e| line_error("invalid_csv", i + 2, format!("row: {e}")))?;
-                    let mut obj = Map::new();
-                    for (h, v) in headers.iter().zip(row.iter()) {
-                        let v = if v.is_empty() {
-                            Value::Null
-                        } else {
-                            Value::String(v.to_string())
-                        };
-                        obj.insert(h.clone(), v);
-                    }
-                    Ok(Value::Object(obj))
+                    let members = headers
+                        .iter()
+                        .zip(row.iter())
+                        .map(|(h, v)| {
+                            let v = if v.is_empty() {
+                                Json::Null
+                            } else {
+                                Json::String(Cow::Owned(v.to_string()))
+                            };
+                            (Cow::Owned(h.clone()), v)
+                        })
+                        .collect();
+                    Ok(Json::Object(members))
                 })
                 .collect();
             Ok(Decoded {
@@ -123,26 +144,24 @@ pub fn decode(body: &[u8], feed: &FeedConfig, origin: &str) -> Result<Decoded, P
     }
 }
 
-fn take_at(doc: &mut Value, path: &str) -> Option<Vec<Value>> {
-    let mut cur = doc;
-    if !path.is_empty() {
-        for seg in path.split('.') {
-            cur = match cur {
-                Value::Object(m) => m.get_mut(seg)?,
-                _ => return None,
-            };
-        }
-    }
-    match cur.take() {
-        Value::Array(a) => Some(a),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
+    use serde_json::Value;
+
+    /// A decoded record as a `serde_json::Value`.
+    fn value(r: &Result<Json, MapError>) -> Value {
+        serde_json::to_value(r.as_ref().unwrap()).unwrap()
+    }
+
+    fn decode_bytes<'a>(bytes: &'a [u8], feed: &FeedConfig) -> Result<Decoded<'a>, PollError> {
+        // The UTF-8 feeds of these tests borrow the bytes.
+        match to_text(bytes, feed.encoding, "t")? {
+            Cow::Borrowed(text) => decode(text, feed, "t"),
+            Cow::Owned(_) => panic!("a GBK feed: use to_text and decode"),
+        }
+    }
 
     fn feed(format: &str, encoding: &str) -> FeedConfig {
         let dir = tempfile::tempdir().unwrap();
@@ -161,13 +180,15 @@ mod tests {
     fn gbk_csv_with_chinese_headers() {
         let text = "记录编号,户编号,鉴定等级,日期\r\nZJ1,632522100201001,C,2026-03-05\r\nZJ2,632522100201002,\"A\",2026-03-06\r\n";
         let bytes = encoding_rs::GBK.encode(text).0;
-        let d = decode(&bytes, &feed("csv", "gbk"), "t").unwrap();
+        let gbk = feed("csv", "gbk");
+        let text = to_text(&bytes, gbk.encoding, "t").unwrap();
+        let d = decode(&text, &gbk, "t").unwrap();
         assert_eq!(d.records.len(), 2);
-        let r = d.records[0].as_ref().unwrap();
+        let r = value(&d.records[0]);
         assert_eq!(r["户编号"], "632522100201001");
         assert_eq!(r["鉴定等级"], "C");
         // The same bytes as UTF-8 are refused with a hint.
-        let e = decode(&bytes, &feed("csv", "utf-8"), "t")
+        let e = decode_bytes(&bytes, &feed("csv", "utf-8"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("encoding = \"gbk\""), "{e}");
@@ -176,10 +197,10 @@ mod tests {
     #[test]
     fn utf8_csv_with_bom_and_a_bad_row() {
         let text = "\u{feff}记录编号,户编号,日期\nA,1,2026-01-01\nB,2\nC,3,2026-01-03\n";
-        let d = decode(text.as_bytes(), &feed("csv", "utf-8"), "t").unwrap();
+        let d = decode_bytes(text.as_bytes(), &feed("csv", "utf-8")).unwrap();
         assert_eq!(d.records.len(), 3);
         assert_eq!(
-            d.records[0].as_ref().unwrap()["记录编号"],
+            value(&d.records[0])["记录编号"],
             "A",
             "the BOM is not part of the header"
         );
@@ -190,8 +211,55 @@ mod tests {
     #[test]
     fn ndjson_keeps_good_lines() {
         let text = "{\"a\":1}\n\n{broken\n{\"a\":3}\n";
-        let d = decode(text.as_bytes(), &feed("ndjson", "utf-8"), "t").unwrap();
+        let d = decode_bytes(text.as_bytes(), &feed("ndjson", "utf-8")).unwrap();
         assert_eq!(d.records.len(), 3);
         assert_eq!(d.records[1].as_ref().unwrap_err().field, "line 3");
+    }
+
+    #[test]
+    fn json_records_and_cursor_at_dotted_paths() {
+        let mut f = feed("json", "utf-8");
+        f.records_path = "data.items".into();
+        f.next_cursor_path = "data.next".into();
+        // A key given twice counts by its last value: here not a list, so no records.
+        let text = r#"{"data": {"items": [{"a": 1}], "next": 42, "items": "later"}}"#;
+        let e = decode_bytes(text.as_bytes(), &f).unwrap_err();
+        assert!(matches!(e, PollError::NoRecords { .. }), "{e}");
+
+        let text =
+            r#" {"data": {"next": 42, "items": [{"a": 1}, {"a": "二", "b": [1, {"c": null}]}]}} "#;
+        let d = decode_bytes(text.as_bytes(), &f).unwrap();
+        assert_eq!(d.next.as_deref(), Some("42"));
+        assert_eq!(d.records.len(), 2);
+        assert_eq!(value(&d.records[0]), serde_json::json!({"a": 1}));
+        assert_eq!(
+            value(&d.records[1]),
+            serde_json::json!({"a": "二", "b": [1, {"c": null}]})
+        );
+
+        // A cursor in a list, by its index; an empty or missing cursor is none.
+        f.next_cursor_path = "data.cursors.1".into();
+        let d = decode_bytes(br#"{"data": {"items": [], "cursors": ["a", "b"]}}"#, &f).unwrap();
+        assert_eq!((d.records.len(), d.next.as_deref()), (0, Some("b")));
+        for body in [
+            r#"{"data": {"items": [], "cursors": ["a", ""]}}"#,
+            r#"{"data": {"items": [], "cursors": ["a"]}}"#,
+            r#"{"data": {"items": []}}"#,
+        ] {
+            assert_eq!(
+                decode_bytes(body.as_bytes(), &f).unwrap().next,
+                None,
+                "{body}"
+            );
+        }
+
+        // The document is read whole: an error after the records fails the page.
+        let e = decode_bytes(br#"{"data": {"items": [{"a": 1}]}, "x": [1,]}"#, &f).unwrap_err();
+        assert!(matches!(e, PollError::InvalidJson { .. }), "{e}");
+        // The whole document as the list.
+        f.records_path = String::new();
+        let d = decode_bytes(br#"[{"a": 1}, 2]"#, &f).unwrap();
+        assert_eq!(d.records.len(), 2);
+        assert_eq!(value(&d.records[1]), serde_json::json!(2));
     }
 }

@@ -69,14 +69,21 @@ pub async fn poll_dir<S: Sink + Sync>(
             .await
             .map_err(|e| io_err(&path, e))?
             .len();
-        let outcome = if size > feed.max_body_bytes {
-            Err(format!(
+        let origin = path.display().to_string();
+        let bytes = match size > feed.max_body_bytes {
+            true => None,
+            false => Some(tokio::fs::read(&path).await.map_err(|e| io_err(&path, e))?),
+        };
+        let text = bytes
+            .as_deref()
+            .map(|b| decode::to_text(b, feed.encoding, &origin));
+        let outcome = match &text {
+            None => Err(format!(
                 "the file has {size} bytes, more than max_body_bytes = {}",
                 feed.max_body_bytes
-            ))
-        } else {
-            let bytes = tokio::fs::read(&path).await.map_err(|e| io_err(&path, e))?;
-            match decode::decode(&bytes, feed, &path.display().to_string()) {
+            )),
+            Some(Err(e)) => Err(e.to_string()),
+            Some(Ok(text)) => match decode::decode(text, feed, &origin) {
                 Err(e) => Err(e.to_string()),
                 Ok(d) if d.records.len() as u64 > feed.max_records_per_poll => Err(format!(
                     "the file has {} records, more than max_records_per_poll = {}",
@@ -84,7 +91,7 @@ pub async fn poll_dir<S: Sink + Sync>(
                     feed.max_records_per_poll
                 )),
                 Ok(d) => Ok(d),
-            }
+            },
         };
         match outcome {
             Ok(decoded) => {

@@ -1,4 +1,5 @@
-//! Mapping a decoded record (JSON value) to an observation, as the feed's `map` says.
+//! Mapping a decoded record (its [`Json`], borrowed from the record's text) to an
+//! observation, as the feed's `map` says.
 //!
 //! Invariant: ID numbers are pseudonymised here and names masked here; neither the raw
 //! values nor any other field value appears in a [`MapError`], so errors can be logged.
@@ -7,8 +8,8 @@ use std::borrow::Cow;
 
 use chrono::format::{Parsed, StrftimeItems};
 use chrono::{DateTime, FixedOffset, TimeZone};
-use serde_json::Value;
 
+use super::json::Json;
 use crate::config::{AmountUnit, EventSource, Mapping, MappingTarget, SubjectField, TimeField};
 use crate::model::{
     Fen, HouseholdCategory, Month, Observation, Record, RosterEntry, Subject, china_offset,
@@ -36,56 +37,33 @@ fn err(reason: &'static str, field: &str, detail: impl Into<String>) -> MapError
     }
 }
 
-/// Looks up a dotted path (`a.b.c`) in a JSON value; an empty path is the value itself.
-pub fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    if path.is_empty() {
-        return Some(v);
-    }
-    path.split('.').try_fold(v, |cur, seg| match cur {
-        Value::Object(m) => m.get(seg),
-        Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
-        _ => None,
-    })
-}
-
-fn present<'a>(rec: &'a Value, field: &str) -> Result<&'a Value, MapError> {
-    match lookup(rec, field) {
-        None | Some(Value::Null) => Err(err("missing_field", field, "is missing")),
+fn present<'a, 'b>(rec: &'a Json<'b>, field: &str) -> Result<&'a Json<'b>, MapError> {
+    match rec.lookup(field) {
+        None | Some(Json::Null) => Err(err("missing_field", field, "is missing")),
         Some(v) => Ok(v),
     }
 }
 
 /// A field as text: strings trimmed and borrowed from the record, numbers printed.
-fn text<'a>(rec: &'a Value, field: &str) -> Result<Cow<'a, str>, MapError> {
+fn text<'a>(rec: &'a Json<'_>, field: &str) -> Result<Cow<'a, str>, MapError> {
     match present(rec, field)? {
-        Value::String(s) if !s.trim().is_empty() => Ok(Cow::Borrowed(s.trim())),
-        Value::String(_) => Err(err("missing_field", field, "is empty")),
-        Value::Number(n) => Ok(Cow::Owned(n.to_string())),
+        Json::String(s) if !s.trim().is_empty() => Ok(Cow::Borrowed(s.trim())),
+        Json::String(_) => Err(err("missing_field", field, "is empty")),
+        Json::Number(n) => Ok(Cow::Owned(n.to_string())),
         other => Err(err(
             "wrong_type",
             field,
-            format!("is a {} instead of text", type_name(other)),
+            format!("is a {} instead of text", other.type_name()),
         )),
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "list",
-        Value::Object(_) => "object",
-    }
-}
-
 /// An amount in yuan or fen, as a number or a numeric string; never negative.
-pub fn amount(rec: &Value, field: &str, unit: AmountUnit) -> Result<Fen, MapError> {
+pub fn amount(rec: &Json<'_>, field: &str, unit: AmountUnit) -> Result<Fen, MapError> {
     let v = present(rec, field)?;
     let x = match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().replace(',', "").parse::<f64>().ok(),
+        Json::Number(n) => n.as_f64(),
+        Json::String(s) => s.trim().replace(',', "").parse::<f64>().ok(),
         _ => None,
     }
     .filter(|x| x.is_finite())
@@ -93,7 +71,7 @@ pub fn amount(rec: &Value, field: &str, unit: AmountUnit) -> Result<Fen, MapErro
         err(
             "not_a_number",
             field,
-            format!("is a {} that is not a number", type_name(v)),
+            format!("is a {} that is not a number", v.type_name()),
         )
     })?;
     if x < 0.0 {
@@ -110,7 +88,7 @@ pub fn amount(rec: &Value, field: &str, unit: AmountUnit) -> Result<Fen, MapErro
 }
 
 /// Parses a time with a chrono format, `rfc3339` or `epoch`; local times are China Standard Time.
-pub fn time(rec: &Value, field: &str, format: &str) -> Result<DateTime<FixedOffset>, MapError> {
+pub fn time(rec: &Json<'_>, field: &str, format: &str) -> Result<DateTime<FixedOffset>, MapError> {
     let bad = || {
         err(
             "bad_time",
@@ -121,8 +99,8 @@ pub fn time(rec: &Value, field: &str, format: &str) -> Result<DateTime<FixedOffs
     let tz = china_offset();
     if format == "epoch" {
         let secs = match present(rec, field)? {
-            Value::Number(n) => n.as_i64(),
-            Value::String(s) => s.trim().parse::<i64>().ok(),
+            Json::Number(n) => n.as_i64(),
+            Json::String(s) => s.trim().parse::<i64>().ok(),
             _ => None,
         }
         .ok_or_else(bad)?;
@@ -153,11 +131,15 @@ pub fn time(rec: &Value, field: &str, format: &str) -> Result<DateTime<FixedOffs
     tz.from_local_datetime(&dt).single().ok_or_else(bad)
 }
 
-fn month(rec: &Value, tf: &TimeField) -> Result<Month, MapError> {
+fn month(rec: &Json<'_>, tf: &TimeField) -> Result<Month, MapError> {
     Ok(Month::of(time(rec, &tf.field, &tf.format)?))
 }
 
-fn subject_of(s: &SubjectField, rec: &Value, pseudo: &Pseudonymizer) -> Result<Subject, MapError> {
+fn subject_of(
+    s: &SubjectField,
+    rec: &Json<'_>,
+    pseudo: &Pseudonymizer,
+) -> Result<Subject, MapError> {
     Ok(match s {
         SubjectField::Person(f) => Subject::Person(pseudo.person_key(&text(rec, f)?)),
         SubjectField::Household(f) => Subject::Household(
@@ -174,12 +156,12 @@ fn subject_of(s: &SubjectField, rec: &Value, pseudo: &Pseudonymizer) -> Result<S
 }
 
 /// Maps one record. `rec` is one element of the feed's record list.
-pub fn map_record(m: &Mapping, rec: &Value, pseudo: &Pseudonymizer) -> Result<Record, MapError> {
-    if !rec.is_object() {
+pub fn map_record(m: &Mapping, rec: &Json<'_>, pseudo: &Pseudonymizer) -> Result<Record, MapError> {
+    if !matches!(rec, Json::Object(_)) {
         return Err(err(
             "wrong_type",
             "",
-            format!("record is a {} instead of an object", type_name(rec)),
+            format!("record is a {} instead of an object", rec.type_name()),
         ));
     }
     let id = text(rec, &m.record_id)?.into_owned();
@@ -194,7 +176,7 @@ pub fn map_record(m: &Mapping, rec: &Value, pseudo: &Pseudonymizer) -> Result<Re
 
 fn map_observation(
     m: &Mapping,
-    rec: &Value,
+    rec: &Json<'_>,
     pseudo: &Pseudonymizer,
 ) -> Result<Observation, MapError> {
     let observation = match &m.target {
@@ -219,27 +201,27 @@ fn map_observation(
                 .parse::<HouseholdCategory>()
                 .map_err(|e| err("invalid_category", category, e))?;
             let list = match present(rec, members)? {
-                Value::Array(a) => a,
+                Json::Array(a) => a,
                 other => {
                     return Err(err(
                         "wrong_type",
                         members,
-                        format!("is a {} instead of a list", type_name(other)),
+                        format!("is a {} instead of a list", other.type_name()),
                     ));
                 }
             };
             let mut keys = Vec::with_capacity(list.len());
             for member in list {
                 let raw = match member {
-                    Value::Object(_) => text(member, member_id).map_err(|e| {
+                    Json::Object(_) => text(member, member_id).map_err(|e| {
                         err(e.reason, &format!("{members}[].{member_id}"), e.detail)
                     })?,
-                    Value::String(s) => Cow::Borrowed(s.as_str()),
+                    Json::String(s) => Cow::Borrowed(s.as_ref()),
                     other => {
                         return Err(err(
                             "wrong_type",
                             members,
-                            format!("has a {} member", type_name(other)),
+                            format!("has a {} member", other.type_name()),
                         ));
                     }
                 };
@@ -321,9 +303,9 @@ fn map_observation(
             let village_code = text(rec, village)?
                 .parse()
                 .map_err(|_| err("invalid_code", village, "is not a 12-digit village code"))?;
-            let end = match lookup(rec, end) {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) if s.trim().is_empty() => None,
+            let end = match rec.lookup(end) {
+                None | Some(Json::Null) => None,
+                Some(Json::String(s)) if s.trim().is_empty() => None,
                 Some(_) => Some(time(rec, end, time_format)?),
             };
             Observation::Interval {
@@ -367,10 +349,16 @@ mod tests {
         Pseudonymizer::from_key(b"test key of sixteen+ bytes")
     }
 
+    /// Maps a record written as a `serde_json::Value`, through its text as decoding keeps it.
+    fn map(m: &Mapping, rec: &serde_json::Value) -> Result<Record, MapError> {
+        let text = rec.to_string();
+        map_record(m, &Json::parse(&text).unwrap(), &p())
+    }
+
     #[test]
     fn maps_a_wage_record() {
         let rec = json!({"record_id": "RS-1", "id_number": "632522199001011234", "month": "2026-09", "amount": "3,010.50"});
-        let r = map_record(&wages(), &rec, &p()).unwrap();
+        let r = map(&wages(), &rec).unwrap();
         assert_eq!(r.id, "RS-1");
         match r.observation {
             Observation::Sample {
@@ -412,7 +400,7 @@ mod tests {
             (json!([1, 2]), "wrong_type"),
         ];
         for (rec, reason) in cases {
-            let e = map_record(&m, &rec, &p()).unwrap_err();
+            let e = map(&m, &rec).unwrap_err();
             assert_eq!(e.reason, reason, "{rec}");
             assert!(!e.to_string().contains("632522199001011234"));
         }
@@ -421,7 +409,9 @@ mod tests {
     #[test]
     fn time_formats() {
         let r =
-            json!({"a": "20260305", "b": "2026-03-05T23:30:00Z", "c": 1772726400, "d": "202603"});
+            json!({"a": "20260305", "b": "2026-03-05T23:30:00Z", "c": 1772726400, "d": "202603"})
+                .to_string();
+        let r = Json::parse(&r).unwrap();
         assert_eq!(
             time(&r, "a", "%Y%m%d").unwrap().to_rfc3339(),
             "2026-03-05T00:00:00+08:00"
@@ -439,7 +429,8 @@ mod tests {
             "2026-03"
         );
         let t = |value: &str, format: &str| {
-            time(&json!({ "t": value }), "t", format).map(|d| d.to_rfc3339())
+            let text = json!({ "t": value }).to_string();
+            time(&Json::parse(&text).unwrap(), "t", format).map(|d| d.to_rfc3339())
         };
         assert_eq!(
             t("2026-03-05 23:30:15", "%Y-%m-%d %H:%M:%S").unwrap(),

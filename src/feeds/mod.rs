@@ -9,11 +9,11 @@
 pub mod decode;
 mod dir;
 pub mod fetch;
+pub mod json;
 pub mod map;
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tracing::{debug, info, warn};
 
 pub use fetch::{FeedClient, Fetched, PollError, Validators};
@@ -42,10 +42,11 @@ impl Counts {
     }
 }
 
-/// A decoded record with what mapping made of it. `raw` is kept for the quarantine.
+/// A decoded record with what mapping made of it. `raw`, the decoded record (borrowing from
+/// the page's text), is kept for the quarantine.
 #[derive(Debug)]
-pub struct Mapped {
-    pub raw: Option<Value>,
+pub struct Mapped<'a> {
+    pub raw: Option<json::Json<'a>>,
     pub result: Result<Record, MapError>,
 }
 
@@ -73,7 +74,7 @@ pub trait Sink {
     fn ingest(
         &self,
         feed: &FeedConfig,
-        records: Vec<Mapped>,
+        records: Vec<Mapped<'_>>,
     ) -> impl Future<Output = Result<Counts, PollError>> + Send;
     /// Called before a poll starts: until it completes, the feed's data may be partial.
     fn poll_started(&self, feed: &str) -> impl Future<Output = ()> + Send;
@@ -88,12 +89,12 @@ const PARALLEL_MIN_RECORDS: usize = 2048;
 /// Maps decoded records, keeping failures to report, in the page's order. Records map
 /// independently (field paths, parsing, pseudonymizing), so a large page is mapped on every
 /// core, each thread over a contiguous share.
-pub fn map_page(
+pub fn map_page<'a>(
     feed: &FeedConfig,
-    records: Vec<Result<Value, MapError>>,
+    records: Vec<Result<json::Json<'a>, MapError>>,
     pseudo: &Pseudonymizer,
-) -> Vec<Mapped> {
-    let map = |v: &Value| map_record(&feed.mapping, v, pseudo);
+) -> Vec<Mapped<'a>> {
+    let map = |rec: &json::Json| map_record(&feed.mapping, rec, pseudo);
     // The records that decoded, mapped; `None` for those that did not.
     let mapped = crate::parallel::in_shares(&records, PARALLEL_MIN_RECORDS, |_, part| {
         part.iter()
@@ -104,9 +105,9 @@ pub fn map_page(
         .into_iter()
         .zip(mapped.into_iter().flatten())
         .map(|(r, result)| match r {
-            Ok(v) => Mapped {
-                result: result.unwrap_or_else(|| map(&v)),
-                raw: Some(v),
+            Ok(rec) => Mapped {
+                result: result.unwrap_or_else(|| map(&rec)),
+                raw: Some(rec),
             },
             Err(e) => Mapped {
                 raw: None,
@@ -128,10 +129,10 @@ fn with_params(base: &reqwest::Url, params: &[(&str, String)]) -> reqwest::Url {
 }
 
 /// A fingerprint of a page's records, to notice a feed that serves the same page again.
-fn page_fingerprint(records: &[Result<Value, MapError>]) -> Option<String> {
-    let first = records.first()?.as_ref().ok()?;
-    let last = records.last()?.as_ref().ok()?;
-    Some(format!("{}|{}|{}", records.len(), first, last))
+fn page_fingerprint(records: &[Result<json::Json, MapError>]) -> Option<String> {
+    let first = serde_json::to_string(records.first()?.as_ref().ok()?).ok()?;
+    let last = serde_json::to_string(records.last()?.as_ref().ok()?).ok()?;
+    Some(format!("{}|{first}|{last}", records.len()))
 }
 
 /// Polls a feed: from its saved cursor (or from the start) until the end of the feed.
@@ -205,8 +206,8 @@ pub async fn poll<S: Sink + Sync>(
         }
         let mut shown = url.clone();
         shown.set_query(None);
-        let page = decode::decode(&body, feed, shown.as_str())?;
-        drop(body);
+        let text = decode::to_text(&body, feed.encoding, shown.as_str())?;
+        let page = decode::decode(&text, feed, shown.as_str())?;
         let n = page.records.len();
         if seen + n as u64 > feed.max_records_per_poll {
             return Err(PollError::TooManyRecords {
@@ -221,29 +222,29 @@ pub async fn poll<S: Sink + Sync>(
                 cursor: cursor.unwrap_or_default(),
             });
         }
-        let next_cursor = match feed.paging {
-            Paging::Cursor => match &feed.cursor_field {
-                Some(f) => page.records.iter().rev().find_map(|r| {
-                    r.as_ref()
-                        .ok()
-                        .and_then(|v| map::lookup(v, f))
-                        .map(|v| match v {
-                            Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        })
-                }),
-                None => page.next.clone(),
-            },
-            Paging::Offset => Some(
-                (cursor
-                    .as_deref()
-                    .and_then(|c| c.parse::<u64>().ok())
-                    .unwrap_or(0)
-                    + n as u64)
-                    .to_string(),
-            ),
-            _ => None,
-        };
+        let next_cursor =
+            match feed.paging {
+                Paging::Cursor => match &feed.cursor_field {
+                    // The last record with the field as text or a number gives the cursor.
+                    Some(f) => page.records.iter().rev().find_map(|r| {
+                        match r.as_ref().ok()?.lookup(f)? {
+                            json::Json::String(s) => Some(s.to_string()),
+                            json::Json::Number(n) => Some(n.to_string()),
+                            _ => None,
+                        }
+                    }),
+                    None => page.next.clone(),
+                },
+                Paging::Offset => Some(
+                    (cursor
+                        .as_deref()
+                        .and_then(|c| c.parse::<u64>().ok())
+                        .unwrap_or(0)
+                        + n as u64)
+                        .to_string(),
+                ),
+                _ => None,
+            };
         if feed.paging == Paging::Cursor && n > 0 && next_cursor.is_some() && next_cursor == cursor
         {
             return Err(PollError::CursorStuck {
