@@ -298,7 +298,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
         let body = wage_page(&wages_sample, &format!("BENCH{run}"), run * 10_000, month)?;
         let before = outbox.lock().map(|o| o.len()).unwrap_or(0);
         let t = Instant::now();
-        let text = feeds::decode::to_text(&body, wages.encoding, "bench")?;
+        let text = feeds::decode::to_text(body, wages.encoding, "bench")?;
         let decoded = feeds::decode::decode(&text, wages, "bench")?;
         let mapped = feeds::map_page(wages, decoded.records, &pseudo);
         engine.ingest(wages, mapped, now())?;
@@ -356,7 +356,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
             )?;
             let skip = (opts.runs.max(1) + run) as usize * 10_000;
             let body = wage_page(&wages_sample, &format!("CRASH{run}"), skip, month)?;
-            let text = feeds::decode::to_text(&body, wages.encoding, "bench")?;
+            let text = feeds::decode::to_text(body, wages.encoding, "bench")?;
             let decoded = feeds::decode::decode(&text, wages, "bench")?;
             let mapped = feeds::map_page(wages, decoded.records, &pseudo);
             engine.ingest(wages, mapped, now())?;

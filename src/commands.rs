@@ -355,7 +355,7 @@ pub async fn feeds_test(config: &Path, name: &str, n: usize) -> anyhow::Result<S
             (first.display().to_string(), body)
         }
     };
-    let text = decode::to_text(&body, feed.encoding, &origin)?;
+    let text = decode::to_text(body, feed.encoding, &origin)?;
     let decoded = decode::decode(&text, feed, &origin)?;
     let total = decoded.records.len();
     let mapped = map_page(feed, decoded.records.into_iter().take(n).collect(), &pseudo);

@@ -323,7 +323,7 @@ fn decode_and_map<T>(format: Format, data: &[u8], then: impl FnOnce(&[Mapped]) -
         bytes.extend_from_slice(b"\xEF\xBB\xBF");
     }
     bytes.extend_from_slice(body);
-    let text = to_text(&bytes, feed.encoding, "fuzz").ok()?;
+    let text = to_text(bytes, feed.encoding, "fuzz").ok()?;
     let decoded = decode(&text, feed, "fuzz").ok()?;
     let mapped = map_page(feed, decoded.records, pseudonymizer());
     for m in &mapped {

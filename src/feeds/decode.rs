@@ -23,31 +23,36 @@ pub struct Decoded<'a> {
 }
 
 /// Turns bytes into text in the feed's encoding; a UTF-8 byte-order mark is dropped. UTF-8
-/// is borrowed from the bytes.
-pub fn to_text<'b>(
-    body: &'b [u8],
+/// keeps the bytes' buffer.
+pub fn to_text(
+    mut body: Vec<u8>,
     encoding: TextEncoding,
     origin: &str,
-) -> Result<Cow<'b, str>, PollError> {
-    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+) -> Result<String, PollError> {
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
     match encoding {
         TextEncoding::Utf8 => {
-            std::str::from_utf8(body)
-                .map(Cow::Borrowed)
-                .map_err(|e| PollError::Encoding {
+            if body.starts_with(BOM) {
+                body.drain(..BOM.len());
+            }
+            String::from_utf8(body).map_err(|e| PollError::Encoding {
+                origin: origin.to_string(),
+                detail: format!(
+                    "invalid UTF-8 at byte {} (is the feed GBK? set encoding = \"gbk\")",
+                    e.utf8_error().valid_up_to()
+                ),
+            })
+        }
+        TextEncoding::Gb18030 => {
+            let body = body.strip_prefix(BOM).unwrap_or(&body);
+            encoding_rs::GB18030
+                .decode_without_bom_handling_and_without_replacement(body)
+                .map(|c| c.into_owned())
+                .ok_or_else(|| PollError::Encoding {
                     origin: origin.to_string(),
-                    detail: format!(
-                        "invalid UTF-8 at byte {} (is the feed GBK? set encoding = \"gbk\")",
-                        e.valid_up_to()
-                    ),
+                    detail: "bytes that are not GBK/GB18030".into(),
                 })
         }
-        TextEncoding::Gb18030 => encoding_rs::GB18030
-            .decode_without_bom_handling_and_without_replacement(body)
-            .ok_or_else(|| PollError::Encoding {
-                origin: origin.to_string(),
-                detail: "bytes that are not GBK/GB18030".into(),
-            }),
     }
 }
 
@@ -155,12 +160,9 @@ mod tests {
         serde_json::to_value(r.as_ref().unwrap()).unwrap()
     }
 
-    fn decode_bytes<'a>(bytes: &'a [u8], feed: &FeedConfig) -> Result<Decoded<'a>, PollError> {
-        // The UTF-8 feeds of these tests borrow the bytes.
-        match to_text(bytes, feed.encoding, "t")? {
-            Cow::Borrowed(text) => decode(text, feed, "t"),
-            Cow::Owned(_) => panic!("a GBK feed: use to_text and decode"),
-        }
+    /// The text of a page of `feed`.
+    fn page_text(bytes: &[u8], feed: &FeedConfig) -> String {
+        to_text(bytes.to_vec(), feed.encoding, "t").unwrap()
     }
 
     fn feed(format: &str, encoding: &str) -> FeedConfig {
@@ -181,14 +183,14 @@ mod tests {
         let text = "记录编号,户编号,鉴定等级,日期\r\nZJ1,632522100201001,C,2026-03-05\r\nZJ2,632522100201002,\"A\",2026-03-06\r\n";
         let bytes = encoding_rs::GBK.encode(text).0;
         let gbk = feed("csv", "gbk");
-        let text = to_text(&bytes, gbk.encoding, "t").unwrap();
-        let d = decode(&text, &gbk, "t").unwrap();
+        let t = page_text(&bytes, &gbk);
+        let d = decode(&t, &gbk, "t").unwrap();
         assert_eq!(d.records.len(), 2);
         let r = value(&d.records[0]);
         assert_eq!(r["户编号"], "632522100201001");
         assert_eq!(r["鉴定等级"], "C");
         // The same bytes as UTF-8 are refused with a hint.
-        let e = decode_bytes(&bytes, &feed("csv", "utf-8"))
+        let e = to_text(bytes.to_vec(), TextEncoding::Utf8, "t")
             .unwrap_err()
             .to_string();
         assert!(e.contains("encoding = \"gbk\""), "{e}");
@@ -197,7 +199,9 @@ mod tests {
     #[test]
     fn utf8_csv_with_bom_and_a_bad_row() {
         let text = "\u{feff}记录编号,户编号,日期\nA,1,2026-01-01\nB,2\nC,3,2026-01-03\n";
-        let d = decode_bytes(text.as_bytes(), &feed("csv", "utf-8")).unwrap();
+        let csv = feed("csv", "utf-8");
+        let t = page_text(text.as_bytes(), &csv);
+        let d = decode(&t, &csv, "t").unwrap();
         assert_eq!(d.records.len(), 3);
         assert_eq!(
             value(&d.records[0])["记录编号"],
@@ -211,7 +215,7 @@ mod tests {
     #[test]
     fn ndjson_keeps_good_lines() {
         let text = "{\"a\":1}\n\n{broken\n{\"a\":3}\n";
-        let d = decode_bytes(text.as_bytes(), &feed("ndjson", "utf-8")).unwrap();
+        let d = decode(text, &feed("ndjson", "utf-8"), "t").unwrap();
         assert_eq!(d.records.len(), 3);
         assert_eq!(d.records[1].as_ref().unwrap_err().field, "line 3");
     }
@@ -223,12 +227,12 @@ mod tests {
         f.next_cursor_path = "data.next".into();
         // A key given twice counts by its last value: here not a list, so no records.
         let text = r#"{"data": {"items": [{"a": 1}], "next": 42, "items": "later"}}"#;
-        let e = decode_bytes(text.as_bytes(), &f).unwrap_err();
+        let e = decode(text, &f, "t").unwrap_err();
         assert!(matches!(e, PollError::NoRecords { .. }), "{e}");
 
         let text =
             r#" {"data": {"next": 42, "items": [{"a": 1}, {"a": "二", "b": [1, {"c": null}]}]}} "#;
-        let d = decode_bytes(text.as_bytes(), &f).unwrap();
+        let d = decode(text, &f, "t").unwrap();
         assert_eq!(d.next.as_deref(), Some("42"));
         assert_eq!(d.records.len(), 2);
         assert_eq!(value(&d.records[0]), serde_json::json!({"a": 1}));
@@ -239,26 +243,22 @@ mod tests {
 
         // A cursor in a list, by its index; an empty or missing cursor is none.
         f.next_cursor_path = "data.cursors.1".into();
-        let d = decode_bytes(br#"{"data": {"items": [], "cursors": ["a", "b"]}}"#, &f).unwrap();
+        let d = decode(r#"{"data": {"items": [], "cursors": ["a", "b"]}}"#, &f, "t").unwrap();
         assert_eq!((d.records.len(), d.next.as_deref()), (0, Some("b")));
         for body in [
             r#"{"data": {"items": [], "cursors": ["a", ""]}}"#,
             r#"{"data": {"items": [], "cursors": ["a"]}}"#,
             r#"{"data": {"items": []}}"#,
         ] {
-            assert_eq!(
-                decode_bytes(body.as_bytes(), &f).unwrap().next,
-                None,
-                "{body}"
-            );
+            assert_eq!(decode(body, &f, "t").unwrap().next, None, "{body}");
         }
 
         // The document is read whole: an error after the records fails the page.
-        let e = decode_bytes(br#"{"data": {"items": [{"a": 1}]}, "x": [1,]}"#, &f).unwrap_err();
+        let e = decode(r#"{"data": {"items": [{"a": 1}]}, "x": [1,]}"#, &f, "t").unwrap_err();
         assert!(matches!(e, PollError::InvalidJson { .. }), "{e}");
         // The whole document as the list.
         f.records_path = String::new();
-        let d = decode_bytes(br#"[{"a": 1}, 2]"#, &f).unwrap();
+        let d = decode(r#"[{"a": 1}, 2]"#, &f, "t").unwrap();
         assert_eq!(d.records.len(), 2);
         assert_eq!(value(&d.records[1]), serde_json::json!(2));
     }

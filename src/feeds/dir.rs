@@ -74,9 +74,7 @@ pub async fn poll_dir<S: Sink + Sync>(
             true => None,
             false => Some(tokio::fs::read(&path).await.map_err(|e| io_err(&path, e))?),
         };
-        let text = bytes
-            .as_deref()
-            .map(|b| decode::to_text(b, feed.encoding, &origin));
+        let text = bytes.map(|b| decode::to_text(b, feed.encoding, &origin));
         let outcome = match &text {
             None => Err(format!(
                 "the file has {size} bytes, more than max_body_bytes = {}",

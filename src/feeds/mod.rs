@@ -5,14 +5,22 @@
 //!   next cron slot after the poll ended (missed slots are not replayed one by one).
 //! - A page's records are handed to the sink and committed before the cursor that follows
 //!   them is saved; a poll that fails half-way keeps the cursor of the last committed page.
+//! - Pages are applied in order, one at a time. While one is applied (on a blocking thread),
+//!   the next is fetched, decoded and mapped; its own commit waits for the one before, and
+//!   an error in it is returned only after the page before is committed and its cursor saved.
 
 pub mod decode;
 mod dir;
 pub mod fetch;
 pub mod json;
 pub mod map;
+#[cfg(test)]
+mod tests;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use self_cell::self_cell;
 
 use tracing::{debug, info, warn};
 
@@ -135,9 +143,87 @@ fn page_fingerprint(records: &[Result<json::Json, MapError>]) -> Option<String> 
     Some(format!("{}|{first}|{last}", records.len()))
 }
 
+/// A page's records, mapped, and what the page says about the pages after it.
+struct PageRecords<'a> {
+    records: Vec<Mapped<'a>>,
+    info: PageInfo,
+}
+
+self_cell!(
+    /// A page's text and the records mapped from it, which borrow from the text: so that a
+    /// page can be applied on another thread while the next one is mapped.
+    struct MappedPage {
+        owner: String,
+        #[covariant]
+        dependent: PageRecords,
+    }
+);
+
+/// What a fetched page says about the pages that follow it.
+struct PageInfo {
+    records: usize,
+    /// The cursor to save once the page is committed (cursor and offset paging).
+    next_cursor: Option<String>,
+    fingerprint: Option<String>,
+    next_link: Option<reqwest::Url>,
+}
+
+/// A page being applied on a blocking thread, and the cursor to save once it is committed.
+struct Applying {
+    task: tokio::task::JoinHandle<Result<Counts, PollError>>,
+    page: u32,
+    records: usize,
+    cursor: Option<String>,
+}
+
+impl Applying {
+    /// Starts applying `page` through `sink`, on a thread of the blocking pool.
+    fn start<S: Sink + Clone + Send + Sync + 'static>(
+        feed: &Arc<FeedConfig>,
+        sink: &S,
+        mut page: MappedPage,
+        index: u32,
+    ) -> Self {
+        let info = &page.borrow_dependent().info;
+        let (records, cursor) = (info.records, info.next_cursor.clone());
+        let (feed, sink) = (Arc::clone(feed), sink.clone());
+        let runtime = tokio::runtime::Handle::current();
+        let task = tokio::task::spawn_blocking(move || {
+            page.with_dependent_mut(|_, page| {
+                runtime.block_on(sink.ingest(&feed, std::mem::take(&mut page.records)))
+            })
+        });
+        Applying {
+            task,
+            page: index,
+            records,
+            cursor: cursor.filter(|_| records > 0),
+        }
+    }
+
+    /// Waits until the page is committed, then saves the cursor that follows it.
+    async fn finish<S: Sink>(
+        self,
+        feed: &FeedConfig,
+        sink: &S,
+        total: &mut Counts,
+    ) -> Result<(), PollError> {
+        let counts = self
+            .task
+            .await
+            .map_err(|e| PollError::Store(format!("applying page {}: {e}", self.page)))??;
+        total.add(counts);
+        if let Some(next) = &self.cursor {
+            sink.save_cursor(&feed.name, next).await?;
+        }
+        debug!(feed = %feed.name, page = self.page, records = self.records, "page applied");
+        Ok(())
+    }
+}
+
 /// Polls a feed: from its saved cursor (or from the start) until the end of the feed.
 /// Returns the counts and whether the end was reached (not a page limit).
-pub async fn poll<S: Sink + Sync>(
+pub async fn poll<S: Sink + Clone + Send + Sync + 'static>(
     feed: &FeedConfig,
     client: &FeedClient,
     pseudo: &Pseudonymizer,
@@ -147,6 +233,7 @@ pub async fn poll<S: Sink + Sync>(
         FeedSource::Dir(path) => return dir::poll_dir(feed, path, pseudo, sink).await,
         FeedSource::Http(url) => url,
     };
+    let shared = Arc::new(feed.clone());
     let mut cursor = sink.cursor(&feed.name).await?;
     let validators = if feed.conditional {
         sink.validators(&feed.name).await?
@@ -159,6 +246,8 @@ pub async fn poll<S: Sink + Sync>(
     let mut link: Option<reqwest::Url> = None;
     let mut last_page: Option<String> = None;
     let mut fresh_validators = None;
+    // The page before, still being applied.
+    let mut applying: Option<Applying> = None;
     for i in 0..feed.max_pages_per_poll {
         let page_no = u64::from(i) + 1;
         let url = match feed.paging {
@@ -191,77 +280,51 @@ pub async fn poll<S: Sink + Sync>(
                 .unwrap_or_else(|| with_params(base, &[(feed.limit_param.as_str(), size.clone())])),
             Paging::None => base.clone(),
         };
-        let (body, headers) = match client
-            .get(feed, &url, if i == 0 { validators.as_ref() } else { None })
-            .await?
-        {
-            Fetched::NotModified => {
-                debug!(feed = %feed.name, "not modified since the last poll");
-                return Ok((total, true));
-            }
-            Fetched::Body { body, headers } => (body, headers),
-        };
-        if i == 0 && feed.conditional {
-            fresh_validators = Some(Validators::of(&headers));
-        }
-        let mut shown = url.clone();
-        shown.set_query(None);
-        let text = decode::to_text(&body, feed.encoding, shown.as_str())?;
-        let page = decode::decode(&text, feed, shown.as_str())?;
-        let n = page.records.len();
-        if seen + n as u64 > feed.max_records_per_poll {
-            return Err(PollError::TooManyRecords {
-                records: n as u64,
-                limit: feed.max_records_per_poll,
-            });
-        }
-        seen += n as u64;
-        let fingerprint = page_fingerprint(&page.records);
-        if fingerprint.is_some() && fingerprint == last_page {
-            return Err(PollError::CursorStuck {
-                cursor: cursor.unwrap_or_default(),
-            });
-        }
-        let next_cursor =
-            match feed.paging {
-                Paging::Cursor => match &feed.cursor_field {
-                    // The last record with the field as text or a number gives the cursor.
-                    Some(f) => page.records.iter().rev().find_map(|r| {
-                        match r.as_ref().ok()?.lookup(f)? {
-                            json::Json::String(s) => Some(s.to_string()),
-                            json::Json::Number(n) => Some(n.to_string()),
-                            _ => None,
-                        }
-                    }),
-                    None => page.next.clone(),
-                },
-                Paging::Offset => Some(
-                    (cursor
-                        .as_deref()
-                        .and_then(|c| c.parse::<u64>().ok())
-                        .unwrap_or(0)
-                        + n as u64)
-                        .to_string(),
-                ),
-                _ => None,
+        // Fetched, decoded and mapped while the page before is applied; `None`: not modified.
+        let fetched = async {
+            let (body, headers) = match client
+                .get(feed, &url, if i == 0 { validators.as_ref() } else { None })
+                .await?
+            {
+                Fetched::NotModified => return Ok(None),
+                Fetched::Body { body, headers } => (body, headers),
             };
-        if feed.paging == Paging::Cursor && n > 0 && next_cursor.is_some() && next_cursor == cursor
-        {
-            return Err(PollError::CursorStuck {
-                cursor: cursor.unwrap_or_default(),
-            });
+            if i == 0 && feed.conditional {
+                fresh_validators = Some(Validators::of(&headers));
+            }
+            let mut shown = url.clone();
+            shown.set_query(None);
+            let text = decode::to_text(body, feed.encoding, shown.as_str())?;
+            let page = MappedPage::try_new(text, |text| {
+                let page = decode::decode(text, feed, shown.as_str())?;
+                let mut info = check_page(feed, &page, &cursor, &mut seen, &last_page)?;
+                info.next_link = fetch::link_next(&headers, &url);
+                Ok::<_, PollError>(PageRecords {
+                    records: map_page(feed, page.records, pseudo),
+                    info,
+                })
+            })?;
+            Ok(Some(page))
         }
-        let next_link = fetch::link_next(&headers, &url);
-        let mapped = map_page(feed, page.records, pseudo);
-        total.add(sink.ingest(feed, mapped).await?);
+        .await;
+        if let Some(before) = applying.take() {
+            before.finish(feed, sink, &mut total).await?;
+        }
+        let Some(page) = fetched? else {
+            debug!(feed = %feed.name, "not modified since the last poll");
+            return Ok((total, true));
+        };
+        let info = &page.borrow_dependent().info;
+        let n = info.records;
+        let next_cursor = info.next_cursor.clone();
+        let next_link = info.next_link.clone();
+        last_page = info.fingerprint.clone();
+        applying = Some(Applying::start(&shared, sink, page, i));
         if let Some(next) = &next_cursor
             && n > 0
         {
-            sink.save_cursor(&feed.name, next).await?;
             cursor = Some(next.clone());
         }
-        debug!(feed = %feed.name, page = i, records = n, "page applied");
-        last_page = fingerprint;
         let done = match feed.paging {
             Paging::Cursor => n < feed.page_size as usize || next_cursor.is_none(),
             Paging::Page | Paging::Offset => n < feed.page_size as usize,
@@ -269,6 +332,9 @@ pub async fn poll<S: Sink + Sync>(
                 if let Some(next) = &next_link
                     && *next == url
                 {
+                    if let Some(before) = applying.take() {
+                        before.finish(feed, sink, &mut total).await?;
+                    }
                     return Err(PollError::CursorStuck {
                         cursor: next.to_string(),
                     });
@@ -279,13 +345,80 @@ pub async fn poll<S: Sink + Sync>(
             Paging::None => true,
         };
         if done {
+            if let Some(last) = applying.take() {
+                last.finish(feed, sink, &mut total).await?;
+            }
             if let Some(v) = fresh_validators.filter(|v| !v.is_empty()) {
                 sink.save_validators(&feed.name, &v).await?;
             }
             return Ok((total, true));
         }
     }
+    if let Some(last) = applying.take() {
+        last.finish(feed, sink, &mut total).await?;
+    }
     Ok((total, false))
+}
+
+/// Checks a decoded page against the poll so far (record limit, a repeated page, a cursor
+/// that does not move) and works out the cursor that follows it.
+fn check_page(
+    feed: &FeedConfig,
+    page: &decode::Decoded,
+    cursor: &Option<String>,
+    seen: &mut u64,
+    last_page: &Option<String>,
+) -> Result<PageInfo, PollError> {
+    let n = page.records.len();
+    if *seen + n as u64 > feed.max_records_per_poll {
+        return Err(PollError::TooManyRecords {
+            records: n as u64,
+            limit: feed.max_records_per_poll,
+        });
+    }
+    *seen += n as u64;
+    let fingerprint = page_fingerprint(&page.records);
+    if fingerprint.is_some() && fingerprint == *last_page {
+        return Err(PollError::CursorStuck {
+            cursor: cursor.clone().unwrap_or_default(),
+        });
+    }
+    let next_cursor = match feed.paging {
+        Paging::Cursor => match &feed.cursor_field {
+            // The last record with the field as text or a number gives the cursor.
+            Some(f) => {
+                page.records
+                    .iter()
+                    .rev()
+                    .find_map(|r| match r.as_ref().ok()?.lookup(f)? {
+                        json::Json::String(s) => Some(s.to_string()),
+                        json::Json::Number(n) => Some(n.to_string()),
+                        _ => None,
+                    })
+            }
+            None => page.next.clone(),
+        },
+        Paging::Offset => Some(
+            (cursor
+                .as_deref()
+                .and_then(|c| c.parse::<u64>().ok())
+                .unwrap_or(0)
+                + n as u64)
+                .to_string(),
+        ),
+        _ => None,
+    };
+    if feed.paging == Paging::Cursor && n > 0 && next_cursor.is_some() && next_cursor == *cursor {
+        return Err(PollError::CursorStuck {
+            cursor: cursor.clone().unwrap_or_default(),
+        });
+    }
+    Ok(PageInfo {
+        records: n,
+        next_cursor,
+        fingerprint,
+        next_link: None,
+    })
 }
 
 /// The time from `now` to the feed's next cron slot.
@@ -368,7 +501,7 @@ pub struct FeedTask<S> {
 
 /// Runs one feed forever: a poll right away (a start catches up once, not once per missed
 /// slot), then one poll per cron slot. Stops when `shutdown` fires, never mid-poll.
-pub async fn run_feed<S: Sink + Sync>(task: FeedTask<S>) {
+pub async fn run_feed<S: Sink + Clone + Send + Sync + 'static>(task: FeedTask<S>) {
     let FeedTask {
         feed,
         client,
