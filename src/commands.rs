@@ -792,6 +792,16 @@ pub fn report(config: &Path, json: bool) -> anyhow::Result<String> {
 
 /// `guardline bench`: prints the figures as a table (or JSON) on stdout.
 pub async fn bench(opts: crate::bench::BenchOptions, json: bool) -> anyhow::Result<()> {
+    // The allocator reads its settings when the process starts: set, it takes a new one.
+    let (name, value) = crate::bench::ALLOCATOR_SETTING;
+    if std::env::var_os(name).is_none() {
+        let status = std::process::Command::new(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .env(name, value)
+            .status()
+            .with_context(|| format!("running the bench again with {name}={value}"))?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
     let f = crate::bench::run(&opts).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&f)?);
