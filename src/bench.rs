@@ -73,9 +73,9 @@ pub struct Figures {
 
 /// The allocator setting of the shipped systemd unit: mimalloc keeps the pages it frees
 /// instead of handing them back to the system a second later. sled copies and frees B-tree
-/// nodes at a high rate, and faulting fresh pages in again (zeroed by the kernel) took a
-/// sixth of the bench's CPU time; with the pages kept, ingest was 20 % faster at 600,000
-/// households (BENCHMARKS.md). The bench measures guardline as it ships: without the
+/// nodes at a high rate; the kernel took a sixth of the bench's CPU time during ingest,
+/// most of it faulting in and zeroing fresh pages. With the pages kept, ingest was 20 %
+/// faster at 600,000 households (BENCHMARKS.md). The bench measures guardline as it ships: without the
 /// variable it runs itself again with it.
 pub const ALLOCATOR_SETTING: (&str, &str) = ("MIMALLOC_PURGE_DELAY", "-1");
 
