@@ -261,6 +261,20 @@ impl Engine {
         Ok(())
     }
 
+    /// Writes the months' base when the runs since the last one have grown enough (see
+    /// `state::month_log`), after a commit: a bulk ingest pays for it now and then, a start
+    /// never reads more than half a base of runs.
+    fn write_base_if_due(&mut self) {
+        if !self.world.base_due() {
+            return;
+        }
+        if let Err(e) = self.world.write_base(self.store.as_ref()) {
+            // Memory may no longer say which base the store holds: read it again.
+            self.stale = true;
+            warn!(error = %e, "months' base not written; the runs after the last one stay, and it is tried again after a later commit");
+        }
+    }
+
     /// From now on, `tick` deletes entries of the notification and audit logs older than
     /// `keep` (`daemon.log_retention`).
     pub fn set_log_retention(&mut self, keep: std::time::Duration) {
@@ -546,6 +560,7 @@ impl Engine {
             self.stale = true;
             return Err(e.into());
         }
+        self.write_base_if_due();
         if counts.accepted > 0 {
             self.feed_last_data
                 .insert(feed.name.clone(), now.timestamp());
@@ -635,6 +650,7 @@ impl Engine {
             self.stale = true;
             return Err(e.into());
         }
+        self.write_base_if_due();
         for id in done {
             self.waiting.remove(&id);
         }

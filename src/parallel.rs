@@ -15,7 +15,11 @@ const MAX_THREADS: usize = 8;
 /// run on the calling thread as one share.
 ///
 /// A panic in `work` is a bug: it reaches the caller as it was.
-pub fn in_shares<T, R>(items: &[T], min: usize, work: impl Fn(usize, &[T]) -> R + Sync) -> Vec<R>
+pub fn in_shares<'a, T, R>(
+    items: &'a [T],
+    min: usize,
+    work: impl Fn(usize, &'a [T]) -> R + Sync,
+) -> Vec<R>
 where
     T: Sync,
     R: Send,

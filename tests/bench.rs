@@ -30,9 +30,10 @@ fn a_small_bench_runs_through_and_its_restart_after_a_kill_reads_the_journal() {
     assert_eq!(f["incremental_records"], 10_000, "{f}");
     assert!(f["incremental_alerts"].as_u64().unwrap() > 0, "{f}");
     assert!(f["evaluation_checks"].as_u64().unwrap() > 0, "{f}");
-    // The page of 10,000 wage records touched at least this many month keys.
+    // The page of 10,000 wage records is one run of months: its key, and whatever else the
+    // page changed, are read again.
     let caught_up = f["restart_after_crash_caught_up_keys"].as_u64().unwrap();
-    assert!(caught_up >= 1_000, "{caught_up} keys read again\n{f}");
+    assert!(caught_up >= 1, "{caught_up} keys read again\n{f}");
     assert!(f["daemon_peak_rss_bytes"].as_u64().unwrap() > 0, "{f}");
     assert!(f["scrape_bytes"].as_u64().unwrap() > 10_000, "{f}");
     // Every daemon's log says which way it loaded.

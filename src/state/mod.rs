@@ -10,6 +10,7 @@
 //! - Monthly buckets more than `retention_months` before the current month are refused, and
 //!   those more than `retention_months` before a household's newest month are dropped.
 
+mod month_log;
 mod months;
 pub mod snapshot;
 mod values;
@@ -209,6 +210,75 @@ fn load_months(
         .collect())
 }
 
+/// Schema 3: reads the months stored one key per household ([`Space::HouseholdMonth`])
+/// into `w`'s households, to be moved into a base.
+fn load_household_months(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
+    // The months are most of the store: each range of households is read and packed on
+    // its own thread, month by month.
+    let Some(newest) = store
+        .last_key(Space::HouseholdMonth)?
+        .map(|k| split_month_key(&k).map(|(m, _)| m))
+        .transpose()?
+    else {
+        return Ok(());
+    };
+    let retention_months = w.retention_months;
+    // Every 1,024th household id, to split the months into ranges of equal size.
+    let mut ids: Vec<&str> = w.households.keys().map(HouseholdId::as_str).collect();
+    ids.sort_unstable();
+    let samples: Vec<&[u8]> = ids.iter().step_by(1024).map(|id| id.as_bytes()).collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, 4);
+    let bounds: Vec<&[u8]> = (1..threads)
+        .filter_map(|i| samples.get(i * samples.len() / threads).copied())
+        .collect();
+    let ranges: Vec<(&[u8], Option<&[u8]>)> = (0..=bounds.len())
+        .map(|i| {
+            let from: &[u8] = if i == 0 { &[] } else { bounds[i - 1] };
+            (from, bounds.get(i).copied())
+        })
+        .collect();
+    let packed: Vec<Result<PackedMonths, StoreError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ranges
+            .iter()
+            .map(|&(from, to)| {
+                s.spawn(move || load_months(store, from, to, newest, retention_months))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(StoreError::Decode {
+                        space: Space::HouseholdMonth,
+                        key: String::new(),
+                        detail: "a thread loading months panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    for part in packed {
+        for (id, months) in part? {
+            let household = std::str::from_utf8(&id)
+                .ok()
+                .and_then(|s| s.parse::<HouseholdId>().ok());
+            match household.and_then(|h| w.households.get_mut(&h)) {
+                Some(h) => h.months = months,
+                None => {
+                    return Err(StoreError::Decode {
+                        space: Space::HouseholdMonth,
+                        key: String::from_utf8_lossy(&id).into_owned(),
+                        detail: "months of a household that is not stored".into(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Merges two lists sorted by id (with no id in both) into one.
 fn merge_by_id<T>(a: Vec<(Vec<u8>, T)>, b: Vec<(Vec<u8>, T)>) -> Vec<(Vec<u8>, T)> {
     if a.is_empty() {
@@ -308,6 +378,8 @@ pub struct World {
     /// Persons listed by more than one household, with those households.
     shared: Map<PersonKey, BTreeSet<HouseholdId>>,
     latest: [Option<Month>; Indicator::COUNT],
+    /// Where the months' runs and base stand in the store ([`month_log`]).
+    log: month_log::LogState,
     retention_months: u32,
     undo_households: Map<HouseholdId, Undo>,
     undo_villages: Map<VillageCode, Option<Village>>,
@@ -382,8 +454,9 @@ impl Touched {
 const HOUSEHOLD_VERSION: u8 = 2;
 const HOUSEHOLD_MONTH_VERSION: u8 = 1;
 
-/// The key of one month of a household: the month (big-endian, so keys sort by month), then
-/// the id ([`Space::HouseholdMonth`]).
+/// The key of one month of a household in schema 3: the month (big-endian, so keys sort by
+/// month), then the id ([`Space::HouseholdMonth`]).
+#[cfg(test)]
 fn month_key(id: &HouseholdId, month: Month) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.as_str().len() + 4);
     k.extend_from_slice(&month.ordinal().to_be_bytes());
@@ -407,8 +480,15 @@ fn decode_county(space: Space, key: &[u8], bytes: &[u8]) -> Result<CountyValue, 
 const PARALLEL_MIN_HOUSEHOLDS: usize = 1024;
 
 /// The store's writes for one household changed since `before`: its roster part if that
-/// changed, the months that changed or are gone; everything goes if it is gone (`now`).
-fn household_ops(batch: &mut Batch, id: &HouseholdId, before: &Undo, now: Option<&Household>) {
+/// changed (or its deletion if it is gone, `now`), and the entries of its months for the
+/// batch's run: the months that changed or are gone, all of them if it is gone.
+fn household_ops<'a>(
+    batch: &mut Batch,
+    entries: &mut Vec<month_log::RunEntry<'a>>,
+    id: &'a HouseholdId,
+    before: &Undo,
+    now: Option<&Household>,
+) {
     let none = Months::default();
     let old_months = before.months().unwrap_or(&none);
     match now {
@@ -424,26 +504,10 @@ fn household_ops(batch: &mut Batch, id: &HouseholdId, before: &Undo, now: Option
                     codec::encode(HOUSEHOLD_VERSION, h),
                 );
             }
-            // Only the months that changed; months pruned for retention go.
-            let (changed, gone) = h.months.changes_since(old_months);
-            for b in changed {
-                batch.put(
-                    Space::HouseholdMonth,
-                    month_key(id, b.month()),
-                    codec::encode(HOUSEHOLD_MONTH_VERSION, &b.to_bucket()),
-                );
-            }
-            for month in gone {
-                batch.delete(Space::HouseholdMonth, month_key(id, month));
-            }
         }
-        None => {
-            batch.delete(Space::Household, id.as_str().as_bytes().to_vec());
-            for o in old_months {
-                batch.delete(Space::HouseholdMonth, month_key(id, o.month()));
-            }
-        }
+        None => batch.delete(Space::Household, id.as_str().as_bytes().to_vec()),
     }
+    month_log::household_entries(entries, id, old_months, now);
 }
 
 /// A stable 64-bit tag of a record id within a feed (FNV-1a), kept for idempotent ingest.
@@ -478,6 +542,7 @@ impl World {
             persons: Map::default(),
             shared: Map::default(),
             latest: [None; Indicator::COUNT],
+            log: month_log::LogState::default(),
             retention_months,
             undo_households: Map::default(),
             undo_villages: Map::default(),
@@ -489,76 +554,13 @@ impl World {
     pub fn load(store: &dyn Store, retention_months: u32) -> Result<Self, StoreError> {
         let started = std::time::Instant::now();
         let mut w = Self::new(retention_months);
-        // Every 1,024th household key, to split the months into ranges of equal size.
-        let mut samples: Vec<Vec<u8>> = Vec::new();
         store.for_each(Space::Household, &mut |k, v| {
             let h: Household = codec::decode(HOUSEHOLD_VERSION, Space::Household, k, v)?;
-            if w.households.len().is_multiple_of(1024) {
-                samples.push(k.to_vec());
-            }
             w.households.insert(h.id.clone(), h);
             Ok(())
         })?;
-        // The months are most of the store: each range of households is read and packed on
-        // its own thread, month by month.
-        let Some(newest) = store
-            .last_key(Space::HouseholdMonth)?
-            .map(|k| split_month_key(&k).map(|(m, _)| m))
-            .transpose()?
-        else {
-            return w.load_rest(store);
-        };
         let households_done = started.elapsed();
-        let threads = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .clamp(1, 4);
-        let bounds: Vec<&[u8]> = (1..threads)
-            .filter_map(|i| samples.get(i * samples.len() / threads))
-            .map(Vec::as_slice)
-            .collect();
-        let ranges: Vec<(&[u8], Option<&[u8]>)> = (0..=bounds.len())
-            .map(|i| {
-                let from: &[u8] = if i == 0 { &[] } else { bounds[i - 1] };
-                (from, bounds.get(i).copied())
-            })
-            .collect();
-        let packed: Vec<Result<PackedMonths, StoreError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = ranges
-                .iter()
-                .map(|&(from, to)| {
-                    s.spawn(move || load_months(store, from, to, newest, retention_months))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(StoreError::Decode {
-                            space: Space::HouseholdMonth,
-                            key: String::new(),
-                            detail: "a thread loading months panicked".into(),
-                        })
-                    })
-                })
-                .collect()
-        });
-        for part in packed {
-            for (id, months) in part? {
-                let household = std::str::from_utf8(&id)
-                    .ok()
-                    .and_then(|s| s.parse::<HouseholdId>().ok());
-                match household.and_then(|h| w.households.get_mut(&h)) {
-                    Some(h) => h.months = months,
-                    None => {
-                        return Err(StoreError::Decode {
-                            space: Space::HouseholdMonth,
-                            key: String::from_utf8_lossy(&id).into_owned(),
-                            detail: "months of a household that is not stored".into(),
-                        });
-                    }
-                }
-            }
-        }
+        month_log::load(&mut w, store)?;
         let months_done = started.elapsed();
         let w = w.load_rest(store)?;
         debug!(
@@ -605,26 +607,11 @@ impl World {
                         }
                     }
                 }
-                Space::HouseholdMonth => {
-                    let (month, id) = split_month_key(key)?;
-                    let id: HouseholdId = parse_key(*space, key, id, "not a household id")?;
-                    let bucket: Option<values::MonthBucket> = value
-                        .map(|v| codec::decode(HOUSEHOLD_MONTH_VERSION, *space, key, &v))
-                        .transpose()?;
-                    if bucket.as_ref().is_some_and(|b| b.month != month) {
-                        return Err(damaged(*space, key, "a month under another month's key"));
-                    }
-                    match (self.households.get_mut(&id), &bucket) {
-                        (Some(h), _) => h.months.set(month, bucket.as_ref()),
-                        // The months of a household that is gone went with it.
-                        (None, None) => {}
-                        (None, Some(_)) => {
-                            return Err(damaged(
-                                *space,
-                                key,
-                                "months of a household that is not stored",
-                            ));
-                        }
+                Space::MonthRun => {
+                    // A run deleted since is one a new base holds: the snapshot's reader
+                    // refuses to catch up across a new base, so none is left to apply.
+                    if let Some(v) = value {
+                        month_log::apply_run(&mut self.households, key, &v)?;
                     }
                 }
                 Space::Village => {
@@ -656,6 +643,25 @@ impl World {
         }
         self.villages_of_households();
         self.recompute_latest();
+        self.log = month_log::LogState::read(store)?;
+        Ok(())
+    }
+
+    /// Whether the months' runs since their base have grown enough that a start would read
+    /// more than it should: then [`World::write_base`] is due.
+    pub fn base_due(&self) -> bool {
+        self.log.base_due()
+    }
+
+    /// Writes the months of every household as a new base and deletes the runs it holds
+    /// (see [`month_log`]). Only when the world is what the store holds (no batch open).
+    pub fn write_base(&mut self, store: &dyn Store) -> Result<(), StoreError> {
+        month_log::write_base(self, store)
+    }
+
+    /// Reads where the months' runs and base stand, for a world read from a snapshot.
+    pub(crate) fn read_log_state(&mut self, store: &dyn Store) -> Result<(), StoreError> {
+        self.log = month_log::LogState::read(store)?;
         Ok(())
     }
 
@@ -1011,20 +1017,25 @@ impl World {
     pub fn take_batch(&mut self) -> (Batch, Touched) {
         let mut batch = Batch::default();
         let mut touched = Touched::default();
-        // Each household's keys encode apart from the others': a large change (a page of a
-        // bulk feed) is encoded on every core, each thread over a contiguous share.
+        // Each household's changes encode apart from the others': a large change (a page of
+        // a bulk feed) is encoded on every core, each thread over a contiguous share.
         let undone: Vec<(HouseholdId, Undo)> = self.undo_households.drain().collect();
         let households = &self.households;
         let parts = crate::parallel::in_shares(&undone, PARALLEL_MIN_HOUSEHOLDS, |_, part| {
             let mut b = Batch::default();
+            let mut entries = Vec::new();
             for (id, before) in part {
-                household_ops(&mut b, id, before, households.get(id));
+                household_ops(&mut b, &mut entries, id, before, households.get(id));
             }
-            b
+            (b, entries)
         });
-        for part in parts {
+        let mut entries = Vec::new();
+        for (part, part_entries) in parts {
             batch.ops.extend(part.ops);
+            entries.extend(part_entries);
         }
+        month_log::put_run(&mut batch, &mut self.log, &entries);
+        drop(entries);
         touched.households = undone.into_iter().map(|(id, _)| id).collect();
         for (code, _) in self.undo_villages.drain() {
             if let Some(v) = self.villages.get(&code) {

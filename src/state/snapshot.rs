@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use super::{CountyValue, Household, Months, Village, World};
 use crate::store::journal::StateChanges;
-use crate::store::{SCHEMA_VERSION, Store, StoreError};
+use crate::store::{SCHEMA_VERSION, Space, Store, StoreError};
 
 /// The file's name in the data directory.
 pub const FILE_NAME: &str = "state.snapshot";
@@ -316,6 +316,11 @@ fn read(
             }
         },
     };
+    if changed.iter().any(|(space, _)| *space == Space::MonthBase) {
+        return Ok(Outcome::Stale(
+            "the months' base was written again since it was written",
+        ));
+    }
     let mut w = World::new(retention_months);
     // A count its file cannot hold is damage, not a reservation to try.
     w.households
@@ -336,6 +341,7 @@ fn read(
     let began = std::time::Instant::now();
     if changed.is_empty() {
         w.recompute_latest();
+        w.read_log_state(store)?;
     } else {
         w.catch_up(store, &changed)?;
     }

@@ -195,7 +195,7 @@ fn intervals_replace_by_id() {
 }
 
 #[test]
-fn months_are_stored_one_key_each_and_pruned_months_leave_the_store() {
+fn a_commit_writes_its_months_as_one_run_and_a_base_holds_them_without_the_pruned_ones() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     let mut w = World::new(6);
@@ -216,31 +216,37 @@ fn months_are_stored_one_key_each_and_pruned_months_leave_the_store() {
         )
         .unwrap();
         let (batch, _) = w.take_batch();
-        // The roster part is unchanged: only this month is written (and old ones deleted).
+        // The roster part is unchanged: only the run is written.
         let puts: Vec<Space> = batch
             .ops
             .iter()
             .filter(|(_, _, v)| v.is_some())
             .map(|(s, _, _)| *s)
             .collect();
-        assert_eq!(puts, vec![Space::HouseholdMonth], "month {m}");
+        assert_eq!(puts, vec![Space::MonthRun], "month {m}");
         store.commit(batch).unwrap();
     }
-    let stored = store.scan(Space::HouseholdMonth).unwrap();
+    assert_eq!(store.scan(Space::MonthRun).unwrap().len(), months.len());
     let id: HouseholdId = "H1".parse().unwrap();
     let in_memory = w.household(&id).unwrap().clone();
-    assert_eq!(
-        stored.len(),
-        in_memory.months.len(),
-        "pruned months left the store"
-    );
     assert!(in_memory.months.len() <= 7, "{}", in_memory.months.len());
+    // From the runs, pruned months deleted in order.
     let again = World::load(&store, 6).unwrap();
     assert_eq!(again.household(&id), Some(&in_memory));
     assert_eq!(
         again.latest_month(Indicator::WageIncome),
         Some(Month::of(now()))
     );
+    // From a base: the runs it holds are gone, and it holds the months kept.
+    w.write_base(&store).unwrap();
+    assert!(store.scan(Space::MonthRun).unwrap().is_empty());
+    let base = store.scan(Space::MonthBase).unwrap();
+    assert_eq!(base.len(), 1);
+    let part: Vec<(String, Months)> =
+        codec::decode(1, Space::MonthBase, &base[0].0, &base[0].1).unwrap();
+    assert_eq!(part, vec![("H1".to_string(), in_memory.months.clone())]);
+    let again = World::load(&store, 6).unwrap();
+    assert_eq!(again.household(&id), Some(&in_memory));
 }
 
 #[test]
@@ -318,38 +324,119 @@ fn assert_same_households(a: &World, b: &World) {
     }
 }
 
+/// Rewrites the store's months as schema 3 kept them: one key per household and month
+/// (the month, then the id), with no run and no base.
+fn store_months_per_household(store: &SledStore, w: &World) {
+    let mut b = Batch::default();
+    for space in [Space::MonthRun, Space::MonthBase] {
+        for (k, _) in store.scan(space).unwrap() {
+            b.delete(space, k);
+        }
+    }
+    b.delete(Space::Meta, month_log::BASE_KEY.to_vec());
+    for h in w.households() {
+        for m in &h.months {
+            b.put(
+                Space::HouseholdMonth,
+                month_key(&h.id, m.month()),
+                codec::encode(HOUSEHOLD_MONTH_VERSION, &m.to_bucket()),
+            );
+        }
+    }
+    store.commit(b).unwrap();
+}
+
 #[test]
-fn a_store_of_thousands_of_households_loads_the_same_on_several_threads() {
+fn a_store_of_thousands_of_households_loads_the_same_from_runs_and_from_a_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let (mut w, _) = thousands_of_households(&store);
+    assert_same_households(&w, &World::load(&store, 24).unwrap());
+    // Two bases: the second deletes the first's keys, and keys of a generation that a
+    // write cut short left behind are never read, then deleted.
+    w.write_base(&store).unwrap();
+    let first: Vec<Vec<u8>> = store
+        .scan(Space::MonthBase)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        first.len(),
+        4_000usize.div_ceil(month_log::BASE_HOUSEHOLDS_PER_KEY)
+    );
+    let mut b = Batch::default();
+    b.put(
+        Space::MonthBase,
+        [&7u32.to_be_bytes()[..], &0u32.to_be_bytes()].concat(),
+        vec![1, 2, 3],
+    );
+    store.commit(b).unwrap();
+    assert_same_households(&w, &World::load(&store, 24).unwrap());
+    w.write_base(&store).unwrap();
+    let second: Vec<Vec<u8>> = store
+        .scan(Space::MonthBase)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(second.len(), first.len());
+    assert!(
+        second.iter().all(|k| k.starts_with(&2u32.to_be_bytes())),
+        "only generation 2 is left"
+    );
+    // A base, then runs after it.
+    w.begin();
+    w.apply("roster", &roster("N1", &[201]), now()).unwrap();
+    let month = Month::of(now()).to_string();
+    w.apply("wages", &wage("n1", 201, &month, 900), now())
+        .unwrap();
+    store.commit(w.take_batch().0).unwrap();
+    let again = World::load(&store, 24).unwrap();
+    assert_eq!(again.n_households(), 5_001);
+    assert_same_households(&w, &again);
+}
+
+#[test]
+fn months_stored_per_household_are_moved_into_a_base_and_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     let (w, keys) = thousands_of_households(&store);
-    // Month keys sort by month first: a month's records append at the end of the space.
-    let mut months = Vec::new();
-    store
-        .for_each(Space::HouseholdMonth, &mut |k, _| {
-            months.push(u32::from_be_bytes(k[..4].try_into().unwrap()));
-            Ok(())
-        })
-        .unwrap();
-    assert_eq!(months.len(), keys);
-    assert!(months.is_sorted());
+    store_months_per_household(&store, &w);
     assert_eq!(
-        months.last().copied(),
-        Some(Month::of(now()).ordinal()),
-        "the newest month is last"
+        store.count_prefix_for_tests(Space::HouseholdMonth.prefix()),
+        keys
     );
-    // Ranges of households read month by month give what one range gives, each key once.
+    // Several threads read ranges of households month by month: as one range does.
     let newest = Month::of(now());
     let whole = load_months(&store, b"", None, newest, 24).unwrap();
     let mut split = load_months(&store, b"", Some(b"H02000"), newest, 24).unwrap();
     split.extend(load_months(&store, b"H02000", None, newest, 24).unwrap());
     assert_eq!(split, whole);
     assert_eq!(whole.len(), 5_000 - 5_000 / 5, "households with months");
-    let n: usize = whole.iter().map(|(_, m)| m.len()).sum();
-    assert_eq!(n, keys);
     let again = World::load(&store, 24).unwrap();
-    assert_eq!(again.n_households(), 5_000);
     assert_same_households(&w, &again);
+    assert_eq!(
+        store.count_prefix_for_tests(Space::HouseholdMonth.prefix()),
+        0,
+        "moved and deleted"
+    );
+    assert!(!store.scan(Space::MonthBase).unwrap().is_empty());
+    assert_same_households(&w, &World::load(&store, 24).unwrap());
+    // A move that stopped after the base was written deletes the rest at the next load,
+    // and the base is what counts.
+    let mut b = Batch::default();
+    b.put(
+        Space::HouseholdMonth,
+        month_key(&"H00003".parse().unwrap(), Month::of(now())),
+        codec::encode(HOUSEHOLD_MONTH_VERSION, &MonthBucket::new(Month::of(now()))),
+    );
+    store.commit(b).unwrap();
+    assert_same_households(&w, &World::load(&store, 24).unwrap());
+    assert_eq!(
+        store.count_prefix_for_tests(Space::HouseholdMonth.prefix()),
+        0
+    );
 }
 
 #[test]
@@ -360,6 +447,7 @@ fn a_store_of_schema_version_1_is_migrated_when_opened_and_loads_the_same() {
     // once it had written the new version (which it does first).
     for (keep, version) in [(0, 1), (2_500, 1), (2_500, 2)] {
         let store = SledStore::open(dir.path()).unwrap();
+        store_months_per_household(&store, &w);
         assert_eq!(store.downgrade_months_for_tests(keep), keys - keep);
         assert_eq!(store.count_prefix_for_tests(b'H'), keys - keep);
         store.write_schema_version_for_tests(version).unwrap();
@@ -375,6 +463,10 @@ fn a_store_of_schema_version_1_is_migrated_when_opened_and_loads_the_same() {
             keys
         );
         assert_same_households(&w, &World::load(&store, 24).unwrap());
+        assert_eq!(
+            store.count_prefix_for_tests(Space::HouseholdMonth.prefix()),
+            0
+        );
     }
 }
 
@@ -476,15 +568,15 @@ fn a_state_snapshot_loads_the_same_world_as_the_store_and_catches_up_with_later_
     w.apply("wages", &far_wage, later).unwrap();
     let (batch, _) = w.take_batch();
     assert!(
-        batch.ops.iter().any(|(_, _, v)| v.is_none()),
-        "months leave"
+        batch.ops.iter().any(|(s, _, _)| *s == Space::MonthRun),
+        "the new month and the old ones it pushed out are a run"
     );
     store.commit(batch).unwrap();
 
     let loaded = snapshot::load(&path, &store, 24).expect("brought up by the journal");
-    // The village, the county, three households with a month each, and one household's
-    // new month and the old one it pushed out: each key once, however often it changed.
-    assert_eq!(loaded.caught_up, 10);
+    // The village, the county, three households, and four runs: each key once, however
+    // often it changed.
+    assert_eq!(loaded.caught_up, 9);
     assert_same_world(&loaded.world, &World::load(&store, 24).unwrap());
     assert_same_world(&loaded.world, &w);
 
@@ -498,6 +590,38 @@ fn a_state_snapshot_loads_the_same_world_as_the_store_and_catches_up_with_later_
         store.scan(Space::Journal).unwrap().is_empty(),
         "the snapshot covers the journal"
     );
+}
+
+#[test]
+fn a_snapshot_taken_before_a_new_base_is_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let (mut w, _) = thousands_of_households(&store);
+    let path = snapshot::path_in(dir.path());
+    snapshot::save(&w, &store, &path).unwrap();
+    assert_eq!(snapshot::load(&path, &store, 24).unwrap().caught_up, 0);
+    // The runs the snapshot was brought up with are gone into the base.
+    w.write_base(&store).unwrap();
+    assert!(snapshot::load(&path, &store, 24).is_none());
+    assert!(!path.exists(), "set aside");
+    assert_same_households(&w, &World::load(&store, 24).unwrap());
+    // One taken after it serves, and catches up with the runs after the base.
+    snapshot::save(&w, &store, &path).unwrap();
+    w.begin();
+    let month = Month::of(now()).to_string();
+    let late = Record {
+        id: "late".into(),
+        observation: Observation::Sample {
+            subject: Subject::Person(PersonKey(2u128.to_le_bytes())),
+            month: month.parse().unwrap(),
+            values: vec![(Indicator::WageIncome, 77)],
+        },
+    };
+    assert_eq!(w.apply("wages", &late, now()), Ok(Applied::Changed));
+    store.commit(w.take_batch().0).unwrap();
+    let loaded = snapshot::load(&path, &store, 24).expect("brought up by the journal");
+    assert_eq!(loaded.caught_up, 1, "the run");
+    assert_same_households(&loaded.world, &w);
 }
 
 #[test]

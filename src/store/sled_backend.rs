@@ -30,6 +30,18 @@ const STATE_STAMP_KEY: &[u8] = b"state_stamp";
 
 /// Adds a new state stamp and the journal entry of `changed` to `b`; returns the stamp.
 fn stamp_into(db: &sled::Db, b: &mut sled::Batch, changed: &ChangedKeys) -> sled::Result<u64> {
+    let (before, stamp) = next_stamp(db)?;
+    // The generator's ids increase: entries are read in the order they were written.
+    let seq = db.generate_id()?;
+    b.insert(
+        key_of(Space::Journal, &seq.to_be_bytes()),
+        changed.entry(before, stamp),
+    );
+    b.insert(key_of(Space::Meta, STATE_STAMP_KEY), &stamp.to_be_bytes());
+    Ok(stamp)
+}
+/// The current state stamp and a new one, never equal to it.
+fn next_stamp(db: &sled::Db) -> sled::Result<(Option<u64>, u64)> {
     let before = db
         .get(key_of(Space::Meta, STATE_STAMP_KEY))?
         .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
@@ -40,15 +52,9 @@ fn stamp_into(db: &sled::Db, b: &mut sled::Batch, changed: &ChangedKeys) -> sled
             break s;
         }
     };
-    // The generator's ids increase: entries are read in the order they were written.
-    let seq = db.generate_id()?;
-    b.insert(
-        key_of(Space::Journal, &seq.to_be_bytes()),
-        changed.entry(before, stamp),
-    );
-    b.insert(key_of(Space::Meta, STATE_STAMP_KEY), &stamp.to_be_bytes());
-    Ok(stamp)
+    Ok((before, stamp))
 }
+
 /// The first wait before reopening a store whose write failed; it doubles up to the maximum.
 const REOPEN_FIRST: Duration = Duration::from_secs(1);
 const REOPEN_MAX: Duration = Duration::from_secs(30);
@@ -432,11 +438,13 @@ fn check_schema(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
                     detail: format!("{} bytes instead of 4", v.len()),
                 })?;
             let found = u32::from_be_bytes(bytes);
-            if found == 1 || found == 2 {
+            if (1..SCHEMA_VERSION).contains(&found) {
                 // The new version first, so that an older guardline refuses a store whose
-                // migration has begun; the keys left are moved at this and every later open.
+                // migration has begun; the keys left are moved at this and every later open
+                // (months keyed by household, by `state::World::load`).
                 // With it a new state stamp: versions before 3 did not stamp their commits,
-                // so no state snapshot taken before can pass for current.
+                // and no state snapshot of version 3 knows the months' runs, so none
+                // taken before can pass for current.
                 // Without a journal entry: no snapshot can be brought across it.
                 let stamp: u64 = rand::random();
                 let mut b = sled::Batch::default();
@@ -584,6 +592,25 @@ impl Store for SledStore {
             db.apply_batch(b)?;
             db.flush()?;
             Ok(stamp)
+        })
+    }
+
+    fn commit_unjournaled(&self, batch: Batch) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (space, key, value) in batch.ops {
+            let k = key_of(space, &key);
+            match value {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        let _one_at_a_time = self.stamping.lock().unwrap_or_else(PoisonError::into_inner);
+        self.run(|db| {
+            let (_, stamp) = next_stamp(db)?;
+            b.insert(key_of(Space::Meta, STATE_STAMP_KEY), &stamp.to_be_bytes());
+            db.apply_batch(b)?;
+            db.flush()?;
+            Ok(())
         })
     }
 

@@ -1,0 +1,410 @@
+//! The months in the store: runs and a base.
+//!
+//! sled's cost is per key (about 6 µs to insert one), and a page of a bulk feed changes
+//! thousands of households' months. So a commit writes the months it changed as one key, a
+//! *run* ([`Space::MonthRun`]), and the *base* ([`Space::MonthBase`]) holds every household's
+//! months in keys of [`BASE_HOUSEHOLDS_PER_KEY`] households, as of one run. A start reads the
+//! base, then the runs after it, in order.
+//!
+//! Invariants:
+//! - A run's key is its sequence number, then the bytes of the runs since the base, this one
+//!   included (both big-endian u64), so the last key tells a start where the log stands
+//!   without reading the runs.
+//! - The base's keys begin with its generation. A new base is written from memory, under a
+//!   new generation, in several commits; the meta key [`BASE_KEY`] names the current
+//!   generation and the last run it holds, and changes in the commit that deletes those runs.
+//!   Keys of any other generation are what a write cut short or the base before left behind:
+//!   they are never read, and the next base deletes them.
+//! - Months stored one key per household (schema 3, [`Space::HouseholdMonth`]) are read only
+//!   when there is no base yet, then moved into one and deleted.
+
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use super::{Household, Map, MonthBucket, Months, World};
+use crate::model::{HouseholdId, Month};
+use crate::store::{Batch, Space, Store, StoreError, codec};
+
+/// The version of a run's value.
+const RUN_VERSION: u8 = 1;
+/// The version of a base key's value.
+const BASE_VERSION: u8 = 1;
+/// The meta key naming the current base: [`BaseInfo`].
+pub(super) const BASE_KEY: &[u8] = b"month_base";
+/// Households per key of the base: a few MB per value at 24 months each.
+pub(super) const BASE_HOUSEHOLDS_PER_KEY: usize = 4096;
+/// Keys of the base per commit while a base is written.
+const BASE_KEYS_PER_COMMIT: usize = 16;
+/// A new base is written once the runs after the current one hold more bytes than half of
+/// it, and at least this many: each start reads at most half again the base, and a bulk
+/// ingest writes the base about twice over in all.
+const MIN_RUN_BYTES: u64 = 64 << 20;
+/// … or once there are this many runs after it (small feeds' commits).
+const MAX_RUNS: u64 = 20_000;
+
+/// What the meta key [`BASE_KEY`] holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct BaseInfo {
+    pub generation: u32,
+    /// The last run the base holds: runs up to it are deleted with it.
+    pub through: u64,
+    /// The bytes of the base's values.
+    pub bytes: u64,
+}
+
+/// Where the month log stands: the base, and the runs since.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct LogState {
+    pub base: BaseInfo,
+    /// The sequence number of the last run written (the base's `through` if none since).
+    pub last_run: u64,
+    /// The bytes of the runs since the base.
+    pub run_bytes: u64,
+}
+
+impl LogState {
+    /// Whether the runs since the base have grown enough to write a new one.
+    pub fn base_due(&self) -> bool {
+        self.run_bytes > (self.base.bytes / 2).max(MIN_RUN_BYTES)
+            || self.last_run.saturating_sub(self.base.through) > MAX_RUNS
+    }
+
+    /// Reads where the log stands from the store: the base's meta key and the last run's key.
+    pub fn read(store: &dyn Store) -> Result<Self, StoreError> {
+        let base = match store.get(Space::Meta, BASE_KEY)? {
+            Some(v) => codec::decode(BASE_VERSION, Space::Meta, BASE_KEY, &v)?,
+            None => BaseInfo::default(),
+        };
+        let mut state = LogState {
+            base,
+            last_run: base.through,
+            run_bytes: 0,
+        };
+        if let Some(k) = store.last_key(Space::MonthRun)? {
+            let (seq, bytes) = split_run_key(&k)?;
+            if seq > base.through {
+                state.last_run = seq;
+                state.run_bytes = bytes;
+            }
+        }
+        Ok(state)
+    }
+}
+
+/// One month of one household in a run: the household id, the month, the bucket (`None`:
+/// the month is gone).
+pub(super) type RunEntry<'a> = (&'a str, u32, Option<MonthBucket>);
+type OwnedRunEntry = (String, u32, Option<MonthBucket>);
+
+fn run_key(seq: u64, bytes: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&bytes.to_be_bytes());
+    k
+}
+
+fn split_run_key(k: &[u8]) -> Result<(u64, u64), StoreError> {
+    match (k.get(..8), k.get(8..16)) {
+        (Some(seq), Some(bytes)) if k.len() == 16 => Ok((
+            u64::from_be_bytes(seq.try_into().unwrap_or_default()),
+            u64::from_be_bytes(bytes.try_into().unwrap_or_default()),
+        )),
+        _ => Err(damaged(
+            Space::MonthRun,
+            k,
+            "a run key of another length than 16",
+        )),
+    }
+}
+
+fn base_key(generation: u32, index: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8);
+    k.extend_from_slice(&generation.to_be_bytes());
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn damaged(space: Space, key: &[u8], detail: &str) -> StoreError {
+    StoreError::Decode {
+        space,
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Encodes the months that changed as the next run, if any did; advances `state`.
+pub(super) fn put_run(batch: &mut Batch, state: &mut LogState, entries: &[RunEntry<'_>]) {
+    if entries.is_empty() {
+        return;
+    }
+    let value = codec::encode(RUN_VERSION, &entries);
+    state.last_run += 1;
+    state.run_bytes += value.len() as u64;
+    batch.put(
+        Space::MonthRun,
+        run_key(state.last_run, state.run_bytes),
+        value,
+    );
+}
+
+/// The run entries of one household changed since `old`: the months that changed, and
+/// those gone (all of them if the household is gone).
+pub(super) fn household_entries<'a>(
+    entries: &mut Vec<RunEntry<'a>>,
+    id: &'a HouseholdId,
+    old: &Months,
+    now: Option<&Household>,
+) {
+    match now {
+        Some(h) => {
+            let (changed, gone) = h.months.changes_since(old);
+            entries.extend(
+                changed
+                    .iter()
+                    .map(|b| (id.as_str(), b.month().ordinal(), Some(b.to_bucket()))),
+            );
+            entries.extend(gone.into_iter().map(|m| (id.as_str(), m.ordinal(), None)));
+        }
+        None => entries.extend(old.iter().map(|b| (id.as_str(), b.month().ordinal(), None))),
+    }
+}
+
+/// Applies one run's entries to the households.
+pub(super) fn apply_run(
+    households: &mut Map<HouseholdId, Household>,
+    key: &[u8],
+    value: &[u8],
+) -> Result<(), StoreError> {
+    let entries: Vec<OwnedRunEntry> = codec::decode(RUN_VERSION, Space::MonthRun, key, value)?;
+    for (id, month, bucket) in entries {
+        let month = Month::from_ordinal(month);
+        if bucket.as_ref().is_some_and(|b| b.month != month) {
+            return Err(damaged(
+                Space::MonthRun,
+                key,
+                "a bucket under another month",
+            ));
+        }
+        // A household that is gone went with its months: a later run deleted them, and
+        // the runs before it may still name them.
+        if let Some(h) = id
+            .parse::<HouseholdId>()
+            .ok()
+            .and_then(|h| households.get_mut(&h))
+        {
+            h.months.set(month, bucket.as_ref());
+        }
+    }
+    Ok(())
+}
+
+/// Reads the months into `w`'s households: the base, then the runs after it. Months stored
+/// one key per household (schema 3) are moved into a base first.
+pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let mut state = LogState::read(store)?;
+    let per_household =
+        state.base.generation == 0 && store.first_key_from(Space::HouseholdMonth, &[])?.is_some();
+    if per_household {
+        super::load_household_months(w, store)?;
+    } else {
+        let generation = state.base.generation.to_be_bytes();
+        let next = state.base.generation.checked_add(1).map(u32::to_be_bytes);
+        let households = &mut w.households;
+        store.for_each_in(
+            Space::MonthBase,
+            &generation,
+            next.as_ref().map(|n| &n[..]),
+            &mut |k, v| {
+                let part: Vec<(String, Months)> =
+                    codec::decode(BASE_VERSION, Space::MonthBase, k, v)?;
+                for (id, months) in part {
+                    // A household gone since the base: the runs after it delete its months.
+                    if let Some(h) = id
+                        .parse::<HouseholdId>()
+                        .ok()
+                        .and_then(|id| households.get_mut(&id))
+                    {
+                        h.months = months;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+    }
+    let households = &mut w.households;
+    let after = run_key(state.base.through.saturating_add(1), 0);
+    store.for_each_in(Space::MonthRun, &after, None, &mut |k, v| {
+        apply_run(households, k, v)
+    })?;
+    if per_household {
+        w.log = state;
+        write_base(w, store)?;
+        state = w.log;
+    }
+    w.log = state;
+    // What a move from schema 3 cut short left behind.
+    delete_household_months(store)?;
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        runs = state.last_run.saturating_sub(state.base.through),
+        "months loaded"
+    );
+    Ok(())
+}
+
+/// Writes a new base from `w`'s households, then deletes the runs it holds and the keys of
+/// other generations. Several commits: the base counts only once the last one names it.
+pub(super) fn write_base(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let state = w.log;
+    let generation = state.base.generation.wrapping_add(1).max(1);
+    let mut ids: Vec<&HouseholdId> = w
+        .households
+        .iter()
+        .filter(|(_, h)| !h.months.is_empty())
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort_unstable();
+    let mut bytes = 0u64;
+    let mut batch = Batch::default();
+    for (index, part) in ids.chunks(BASE_HOUSEHOLDS_PER_KEY).enumerate() {
+        let value: Vec<(&str, &Months)> = part
+            .iter()
+            .filter_map(|id| w.households.get(*id).map(|h| (id.as_str(), &h.months)))
+            .collect();
+        let value = codec::encode(BASE_VERSION, &value);
+        bytes += value.len() as u64;
+        let index = u32::try_from(index).map_err(|_| {
+            damaged(
+                Space::MonthBase,
+                &[],
+                "more keys in a base than a u32 counts",
+            )
+        })?;
+        batch.put(Space::MonthBase, base_key(generation, index), value);
+        if batch.len() == BASE_KEYS_PER_COMMIT {
+            store.commit(std::mem::take(&mut batch))?;
+        }
+    }
+    let base = BaseInfo {
+        generation,
+        through: state.last_run,
+        bytes,
+    };
+    batch.put(
+        Space::Meta,
+        BASE_KEY.to_vec(),
+        codec::encode(BASE_VERSION, &base),
+    );
+    let through = run_key(state.last_run.saturating_add(1), 0);
+    store.for_each_in(Space::MonthRun, &[], Some(&through), &mut |k, _| {
+        batch.delete(Space::MonthRun, k.to_vec());
+        Ok(())
+    })?;
+    store.commit(batch)?;
+    w.log = LogState {
+        base,
+        last_run: state.last_run,
+        run_bytes: 0,
+    };
+    // The keys of other generations go after: never read, so no hurry and no harm if a
+    // crash leaves them to the next base.
+    let mut stale = Batch::default();
+    store.for_each(Space::MonthBase, &mut |k, _| {
+        if !k.starts_with(&generation.to_be_bytes()) {
+            stale.delete(Space::MonthBase, k.to_vec());
+        }
+        Ok(())
+    })?;
+    for part in stale.ops.chunks(BASE_KEYS_PER_COMMIT * 16) {
+        store.commit(Batch { ops: part.to_vec() })?;
+    }
+    info!(
+        generation,
+        households = ids.len(),
+        bytes,
+        seconds = started.elapsed().as_secs_f64(),
+        "months' base written"
+    );
+    Ok(())
+}
+
+/// Deletes the months stored one key per household (schema 3) once a base holds them, month
+/// by month (their keys begin with the month), in commits of at most [`DELETES_PER_COMMIT`]
+/// keys without journal entries. Returns how many were deleted.
+fn delete_household_months(store: &dyn Store) -> Result<usize, StoreError> {
+    const DELETES_PER_COMMIT: usize = 100_000;
+    let old = Space::HouseholdMonth;
+    let mut deleted = 0;
+    while let Some(first) = store.first_key_from(old, &[])? {
+        let month = first
+            .get(..4)
+            .ok_or_else(|| damaged(old, &first, "a month key shorter than its month"))?;
+        let next = u32::from_be_bytes(month.try_into().unwrap_or_default())
+            .checked_add(1)
+            .map(u32::to_be_bytes);
+        let mut keys = Vec::new();
+        store.for_each_in(old, month, next.as_ref().map(|n| &n[..]), &mut |k, _| {
+            keys.push(k.to_vec());
+            Ok(())
+        })?;
+        for part in keys.chunks(DELETES_PER_COMMIT) {
+            let mut batch = Batch::default();
+            for k in part {
+                batch.delete(old, k.clone());
+            }
+            store.commit_unjournaled(batch)?;
+        }
+        deleted += keys.len();
+        if next.is_none() {
+            break;
+        }
+    }
+    if deleted > 0 {
+        info!(
+            keys = deleted,
+            "months stored per household (schema 3) deleted"
+        );
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_is_due_once_the_runs_outgrow_half_of_it_or_number_thousands() {
+        let mib = 1u64 << 20;
+        let state = |base_bytes: u64, run_bytes: u64, runs: u64| LogState {
+            base: BaseInfo {
+                generation: 1,
+                through: 10,
+                bytes: base_bytes,
+            },
+            last_run: 10 + runs,
+            run_bytes,
+        };
+        // Small stores wait for 64 MiB of runs.
+        assert!(!state(0, 64 * mib, 100).base_due());
+        assert!(state(0, 64 * mib + 1, 100).base_due());
+        // Large ones for half the base.
+        assert!(!state(400 * mib, 200 * mib, 100).base_due());
+        assert!(state(400 * mib, 200 * mib + 1, 100).base_due());
+        // Many small commits.
+        assert!(!state(400 * mib, mib, MAX_RUNS).base_due());
+        assert!(state(400 * mib, mib, MAX_RUNS + 1).base_due());
+    }
+
+    #[test]
+    fn run_keys_carry_the_sequence_then_the_bytes_since_the_base() {
+        let k = run_key(7, 123_456);
+        assert_eq!(split_run_key(&k).unwrap(), (7, 123_456));
+        assert!(
+            run_key(7, u64::MAX) < run_key(8, 0),
+            "keys sort by sequence"
+        );
+        assert!(split_run_key(&k[..15]).is_err());
+    }
+}
