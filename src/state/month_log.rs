@@ -11,7 +11,7 @@
 //!   included (both big-endian u64), so the last key tells a start where the log stands
 //!   without reading the runs.
 //! - The base's keys begin with its generation. A new base is written from memory, under a
-//!   new generation, in several commits; the meta key [`BASE_KEY`] names the current
+//!   generation above every one in the store, in several commits; the meta key [`BASE_KEY`] names the current
 //!   generation and the last run it holds, and changes in the commit that deletes those runs.
 //!   Keys of any other generation are what a write cut short or the base before left behind:
 //!   they are never read, and the next base deletes them.
@@ -258,7 +258,28 @@ pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
 pub(super) fn write_base(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
     let state = w.log;
-    let generation = state.base.generation.wrapping_add(1).max(1);
+    // Past every generation in the store: keys of a write cut short keep theirs, and must
+    // never become part of a base.
+    let highest = match store.last_key(Space::MonthBase)? {
+        Some(k) => k
+            .get(..4)
+            .and_then(|g| g.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| {
+                damaged(
+                    Space::MonthBase,
+                    &k,
+                    "a base key shorter than its generation",
+                )
+            })?,
+        None => 0,
+    };
+    let generation = state
+        .base
+        .generation
+        .max(highest)
+        .checked_add(1)
+        .ok_or_else(|| damaged(Space::MonthBase, &[], "no generation left after u32::MAX"))?;
     let mut ids: Vec<&HouseholdId> = w
         .households
         .iter()
