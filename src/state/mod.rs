@@ -643,7 +643,6 @@ impl World {
         }
         self.villages_of_households();
         self.recompute_latest();
-        self.log = month_log::LogState::read(store)?;
         Ok(())
     }
 

@@ -11,8 +11,9 @@
 //!   included (both big-endian u64), so the last key tells a start where the log stands
 //!   without reading the runs.
 //! - The base's keys begin with its generation. A new base is written from memory, under a
-//!   generation above every one in the store, in several commits; the meta key [`BASE_KEY`] names the current
-//!   generation and the last run it holds, and changes in the commit that deletes those runs.
+//!   generation above every one in the store, in several commits; the meta key [`BASE_KEY`]
+//!   names the current generation and the last run it holds, and changes in the commit that
+//!   deletes those runs.
 //!   Keys of any other generation are what a write cut short or the base before left behind:
 //!   they are never read, and the next base deletes them.
 //! - Months stored one key per household (schema 3, [`Space::HouseholdMonth`]) are read only
@@ -202,7 +203,7 @@ pub(super) fn apply_run(
 /// one key per household (schema 3) are moved into a base first.
 pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
-    let mut state = LogState::read(store)?;
+    let state = LogState::read(store)?;
     let per_household =
         state.base.generation == 0 && store.first_key_from(Space::HouseholdMonth, &[])?.is_some();
     if per_household {
@@ -237,17 +238,15 @@ pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
     store.for_each_in(Space::MonthRun, &after, None, &mut |k, v| {
         apply_run(households, k, v)
     })?;
-    if per_household {
-        w.log = state;
-        write_base(w, store)?;
-        state = w.log;
-    }
     w.log = state;
+    if per_household {
+        write_base(w, store)?;
+    }
     // What a move from schema 3 cut short left behind.
     delete_household_months(store)?;
     tracing::debug!(
         seconds = started.elapsed().as_secs_f64(),
-        runs = state.last_run.saturating_sub(state.base.through),
+        runs = w.log.last_run.saturating_sub(w.log.base.through),
         "months loaded"
     );
     Ok(())
@@ -280,20 +279,16 @@ pub(super) fn write_base(w: &mut World, store: &dyn Store) -> Result<(), StoreEr
         .max(highest)
         .checked_add(1)
         .ok_or_else(|| damaged(Space::MonthBase, &[], "no generation left after u32::MAX"))?;
-    let mut ids: Vec<&HouseholdId> = w
+    let mut households: Vec<(&str, &Months)> = w
         .households
         .iter()
         .filter(|(_, h)| !h.months.is_empty())
-        .map(|(id, _)| id)
+        .map(|(id, h)| (id.as_str(), &h.months))
         .collect();
-    ids.sort_unstable();
+    households.sort_unstable_by_key(|(id, _)| *id);
     let mut bytes = 0u64;
     let mut batch = Batch::default();
-    for (index, part) in ids.chunks(BASE_HOUSEHOLDS_PER_KEY).enumerate() {
-        let value: Vec<(&str, &Months)> = part
-            .iter()
-            .filter_map(|id| w.households.get(*id).map(|h| (id.as_str(), &h.months)))
-            .collect();
+    for (index, value) in households.chunks(BASE_HOUSEHOLDS_PER_KEY).enumerate() {
         let value = codec::encode(BASE_VERSION, &value);
         bytes += value.len() as u64;
         let index = u32::try_from(index).map_err(|_| {
@@ -330,20 +325,23 @@ pub(super) fn write_base(w: &mut World, store: &dyn Store) -> Result<(), StoreEr
         run_bytes: 0,
     };
     // The keys of other generations go after: never read, so no hurry and no harm if a
-    // crash leaves them to the next base.
+    // crash leaves them to the next base. All of them sort before this one's.
     let mut stale = Batch::default();
-    store.for_each(Space::MonthBase, &mut |k, _| {
-        if !k.starts_with(&generation.to_be_bytes()) {
+    store.for_each_in(
+        Space::MonthBase,
+        &[],
+        Some(&generation.to_be_bytes()),
+        &mut |k, _| {
             stale.delete(Space::MonthBase, k.to_vec());
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     for part in stale.ops.chunks(BASE_KEYS_PER_COMMIT * 16) {
         store.commit(Batch { ops: part.to_vec() })?;
     }
     info!(
         generation,
-        households = ids.len(),
+        households = households.len(),
         bytes,
         seconds = started.elapsed().as_secs_f64(),
         "months' base written"
@@ -359,14 +357,11 @@ fn delete_household_months(store: &dyn Store) -> Result<usize, StoreError> {
     let old = Space::HouseholdMonth;
     let mut deleted = 0;
     while let Some(first) = store.first_key_from(old, &[])? {
-        let month = first
-            .get(..4)
-            .ok_or_else(|| damaged(old, &first, "a month key shorter than its month"))?;
-        let next = u32::from_be_bytes(month.try_into().unwrap_or_default())
-            .checked_add(1)
-            .map(u32::to_be_bytes);
+        let (month, _) = super::split_month_key(&first)?;
+        let this = month.ordinal().to_be_bytes();
+        let next = month.ordinal().checked_add(1).map(u32::to_be_bytes);
         let mut keys = Vec::new();
-        store.for_each_in(old, month, next.as_ref().map(|n| &n[..]), &mut |k, _| {
+        store.for_each_in(old, &this, next.as_ref().map(|n| &n[..]), &mut |k, _| {
             keys.push(k.to_vec());
             Ok(())
         })?;

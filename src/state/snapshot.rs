@@ -341,10 +341,10 @@ fn read(
     let began = std::time::Instant::now();
     if changed.is_empty() {
         w.recompute_latest();
-        w.read_log_state(store)?;
     } else {
         w.catch_up(store, &changed)?;
     }
+    w.read_log_state(store)?;
     Ok(Outcome::Loaded(Box::new(Loaded {
         world: w,
         caught_up: changed.len(),

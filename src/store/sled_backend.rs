@@ -40,6 +40,15 @@ fn stamp_into(db: &sled::Db, b: &mut sled::Batch, changed: &ChangedKeys) -> sled
     b.insert(key_of(Space::Meta, STATE_STAMP_KEY), &stamp.to_be_bytes());
     Ok(stamp)
 }
+/// Adds one write or deletion of a [`Batch`] to a sled batch.
+fn put_op(b: &mut sled::Batch, space: Space, key: &[u8], value: Option<Vec<u8>>) {
+    let k = key_of(space, key);
+    match value {
+        Some(v) => b.insert(k, v),
+        None => b.remove(k),
+    }
+}
+
 /// The current state stamp and a new one, never equal to it.
 fn next_stamp(db: &sled::Db) -> sled::Result<(Option<u64>, u64)> {
     let before = db
@@ -542,11 +551,7 @@ impl Store for SledStore {
             if space.is_state() {
                 changed.get_or_insert_default().push(space, &key);
             }
-            let k = key_of(space, &key);
-            match value {
-                Some(v) => b.insert(k, v),
-                None => b.remove(k),
-            }
+            put_op(&mut b, space, &key, value);
         }
         let _one_at_a_time = changed
             .is_some()
@@ -598,11 +603,7 @@ impl Store for SledStore {
     fn commit_unjournaled(&self, batch: Batch) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         for (space, key, value) in batch.ops {
-            let k = key_of(space, &key);
-            match value {
-                Some(v) => b.insert(k, v),
-                None => b.remove(k),
-            }
+            put_op(&mut b, space, &key, value);
         }
         let _one_at_a_time = self.stamping.lock().unwrap_or_else(PoisonError::into_inner);
         self.run(|db| {
