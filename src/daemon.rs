@@ -231,6 +231,7 @@ pub async fn run(
     engine.set_feeds(&config.feeds);
     engine.set_log_retention(config.daemon.log_retention);
     engine.set_snapshot_interval(config.daemon.snapshot_interval);
+    engine.set_base_rewrite_bytes(config.daemon.base_rewrite_bytes);
     let report = engine.evaluate_all(now())?;
     info!(
         seconds = opening.elapsed().as_secs_f64(),

@@ -92,6 +92,10 @@ pub struct Engine {
     /// Changed keys the last snapshot lacks beyond those journaled since it was taken (those
     /// a start from it caught up).
     snapshot_backlog: u64,
+    /// The least bytes of months' runs worth a new base (`daemon.base_rewrite_bytes`).
+    base_rewrite_bytes: u64,
+    /// The least time between two snapshots written because the changes grew.
+    snapshot_spacing: std::time::Duration,
 }
 
 const LAST_DATA_SUFFIX: &str = "\0last_data";
@@ -237,6 +241,8 @@ impl Engine {
             snapshot_every: None,
             snapshot_taken,
             snapshot_backlog,
+            base_rewrite_bytes: crate::state::DEFAULT_BASE_REWRITE_BYTES,
+            snapshot_spacing: SNAPSHOT_SPACING,
         };
         e.update_gauges();
         e.update_quarantine_gauges();
@@ -265,14 +271,36 @@ impl Engine {
     /// `state::month_log`), after a commit: a bulk ingest pays for it now and then, a start
     /// never reads more than half a base of runs.
     fn write_base_if_due(&mut self) {
-        if !self.world.base_due() {
-            return;
+        if self.world.base_due(self.base_rewrite_bytes) {
+            let started = Instant::now();
+            let outcome = match self.world.write_base(self.store.as_ref()) {
+                Ok(()) => {
+                    // The last snapshot can no longer be brought up to the store (the runs
+                    // it would need are in the base now): a start after a crash would read
+                    // the store. Write the next one as soon as changes that many allow.
+                    let limit = crate::state::snapshot::catch_up_limit(self.world.n_households());
+                    self.snapshot_backlog = self.snapshot_backlog.max(limit as u64 + 1);
+                    "written"
+                }
+                Err(e) => {
+                    // Memory may no longer say which base the store holds: read it again.
+                    self.stale = true;
+                    warn!(error = %e, "months' base not written; the runs after the last one stay, and it is tried again after a later commit");
+                    "failed"
+                }
+            };
+            let m = &self.metrics;
+            m.base_writes.with_label_values(&[outcome]).inc();
+            m.base_write_duration
+                .observe(started.elapsed().as_secs_f64());
         }
-        if let Err(e) = self.world.write_base(self.store.as_ref()) {
-            // Memory may no longer say which base the store holds: read it again.
-            self.stale = true;
-            warn!(error = %e, "months' base not written; the runs after the last one stay, and it is tried again after a later commit");
-        }
+        self.metrics.run_bytes.set(self.world.run_bytes() as i64);
+    }
+
+    /// From now on, a base of the months is written once the runs since the last one hold
+    /// more than `bytes` and half the base (`daemon.base_rewrite_bytes`).
+    pub fn set_base_rewrite_bytes(&mut self, bytes: u64) {
+        self.base_rewrite_bytes = bytes;
     }
 
     /// From now on, `tick` deletes entries of the notification and audit logs older than
@@ -354,12 +382,19 @@ impl Engine {
         self.snapshot_every = Some(every);
     }
 
+    /// From now on, snapshots written because the changes grew are at least `spacing` apart
+    /// ([`SNAPSHOT_SPACING`] by default).
+    pub fn set_snapshot_spacing(&mut self, spacing: std::time::Duration) {
+        self.snapshot_spacing = spacing;
+    }
+
     /// Writes the state snapshot when it is due, so that a start after a crash reads it
     /// too: at the first call after a start that loaded the store, then once the interval
-    /// has passed with the state changed, or sooner (but not within [`SNAPSHOT_SPACING`]
-    /// of the last, so that a bulk ingest is not slowed by a write at every tick) when the
+    /// has passed with the state changed, or sooner (but not within the spacing,
+    /// [`SNAPSHOT_SPACING`] by default, of the last, so that a bulk ingest is not slowed by a write at every tick) when the
     /// changes since the last one approach what a start would read again
-    /// ([`crate::state::snapshot::catch_up_limit`]).
+    /// ([`crate::state::snapshot::catch_up_limit`]), or a base of the months was written
+    /// since (the runs the last one would need are gone).
     pub fn snapshot_if_due(&mut self) -> Result<bool, crate::state::snapshot::SnapshotError> {
         let Some(every) = self.snapshot_every else {
             return Ok(false);
@@ -373,7 +408,7 @@ impl Engine {
                 changes > 0
                     && (at.elapsed() >= every
                         || (changes >= limit as u64 / 2
-                            && at.elapsed() >= SNAPSHOT_SPACING.min(every)))
+                            && at.elapsed() >= self.snapshot_spacing.min(every)))
             }
         };
         if !due {
@@ -1194,6 +1229,7 @@ impl Engine {
     fn update_gauges(&self) {
         let (per_county, per_risk) = self.alerts.households_at_risk();
         let m = &self.metrics;
+        m.run_bytes.set(self.world.run_bytes() as i64);
         m.alerts.reset();
         for ((county, rule, severity, status), n) in self.alerts.counts() {
             m.alerts

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The reasons a poll fails (`PollError::reason`), for zero-initialised failure counters.
@@ -53,6 +53,9 @@ pub struct Metrics {
     pub store_size: IntGauge,
     pub store_writable: IntGauge,
     pub store_write_errors: IntCounterVec,
+    pub base_writes: IntCounterVec,
+    pub base_write_duration: Histogram,
+    pub run_bytes: IntGauge,
     pub notifications_suppressed: IntCounterVec,
     pub escalations: IntCounterVec,
     pub dispositions: IntGaugeVec,
@@ -278,6 +281,31 @@ impl Metrics {
                 "Store operations refused, and attempts to reopen the store after one, by reason (no_space, read_only, io).",
                 &["reason"],
             ),
+            base_writes: counter(
+                &r,
+                "guardline_months_base_writes_total",
+                "Bases of the households' months written to the store, by outcome (written, failed); each holds the engine while it is written.",
+                &["outcome"],
+            ),
+            base_write_duration: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "guardline_months_base_write_duration_seconds",
+                        "Time a base of the households' months took to write (the engine waits meanwhile).",
+                    )
+                    .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
+                )
+                .expect("valid metric"),
+            ),
+            run_bytes: reg(
+                &r,
+                IntGauge::new(
+                    "guardline_months_run_bytes",
+                    "Bytes of months' runs written since the last base: a start from the store reads them after the base, and a new base is written once they pass daemon.base_rewrite_bytes and half the base.",
+                )
+                .expect("valid metric"),
+            ),
             notifications_suppressed: counter(
                 &r,
                 "guardline_notifications_suppressed_total",
@@ -412,6 +440,9 @@ impl Metrics {
         }
         for outcome in ["success", "failure"] {
             m.reloads.with_label_values(&[outcome]);
+        }
+        for outcome in ["written", "failed"] {
+            m.base_writes.with_label_values(&[outcome]);
         }
         for f in crate::store::WriteFailure::ALL {
             m.store_write_errors.with_label_values(&[f.reason()]);

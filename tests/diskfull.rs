@@ -214,7 +214,9 @@ fn a_full_or_read_only_store_pauses_ingest_and_it_resumes_by_itself() {
         .replace(
             "create_pseudonym_key = true",
             &format!(
-                "create_pseudonym_key = true\ntokens_file = \"{}\"",
+                // Bases of the months from 64 KiB of runs on, so that bases are written
+                // (and may be the write that meets the full disk) in this small store.
+                "create_pseudonym_key = true\ntokens_file = \"{}\"\nbase_rewrite_bytes = 65536",
                 dir.path().join("tokens.toml").display()
             ),
         );
@@ -371,6 +373,20 @@ fn a_full_or_read_only_store_pauses_ingest_and_it_resumes_by_itself() {
     assert_eq!(status, 201, "{v}");
     let m = assert_serving(&mut d);
     assert_eq!(sum_of(&m, "guardline_households{"), 900.0, "{m}");
+    // Bases of the months were written (whether one met the full disk depends on the
+    // moment it filled: the count of failed ones says).
+    let bases = |outcome: &str| {
+        metric_value(
+            &m,
+            &format!("guardline_months_base_writes_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    eprintln!(
+        "diskfull: bases of the months written {}, failed {}",
+        bases("written"),
+        bases("failed")
+    );
+    assert!(bases("written") >= 1.0, "{m}");
     // Every record was applied and counted once: none of a refused batch stayed in memory
     // (fetched again, it would have been taken for a duplicate and never stored). A page
     // whose state was stored but whose cursor was refused is fetched again as duplicates.

@@ -340,3 +340,53 @@ fn full_evaluations_while_a_feed_is_busy_check_each_entity_once_when_it_catches_
     assert_eq!(before, 3 * reference, "each pass checks each entity once");
     assert_eq!(after, reference, "the deferred entities, each once");
 }
+
+#[test]
+fn a_base_of_the_months_makes_the_next_snapshot_due_at_once() {
+    // The last snapshot cannot be brought across a base (the runs it would need are in the
+    // base), so a start after a crash would read the store: the next snapshot is due as if
+    // the changes had passed the catch-up limit. A few hundred changed keys are not.
+    let dir = tempfile::tempdir().unwrap();
+    let f = feeds(dir.path());
+    let path = guardline::state::snapshot::path_in(dir.path());
+    let mut engine = open_with_snapshot(dir.path(), &f.cfg, Some(path));
+    engine.set_snapshot_interval(std::time::Duration::from_secs(3600));
+    engine.set_snapshot_spacing(std::time::Duration::ZERO);
+    engine.set_base_rewrite_bytes(64 << 10);
+    engine
+        .ingest(&f.roster, mapped(&roster_records(100)), now())
+        .unwrap();
+    assert!(engine.save_snapshot().unwrap());
+    let (mut pages_before, mut bases, mut pages_after) = (0, 0, 0);
+    for back in 0..24u32 {
+        let wages: Vec<(usize, u32, i64, usize)> = (0..200)
+            .map(|p| (p, back, 3000 + p as i64, back as usize * 1000 + p))
+            .collect();
+        let before = engine.world().run_bytes();
+        engine
+            .ingest(&f.wages, mapped(&wage_records(&wages, 200)), now())
+            .unwrap();
+        if engine.world().run_bytes() < before {
+            bases += 1;
+            assert!(
+                engine.snapshot_if_due().unwrap(),
+                "page {back}: a snapshot is due after a base"
+            );
+        } else {
+            assert!(
+                !engine.snapshot_if_due().unwrap(),
+                "page {back}: {} bytes of runs are not worth a snapshot",
+                engine.world().run_bytes()
+            );
+            if bases == 0 {
+                pages_before += 1;
+            } else {
+                pages_after += 1;
+            }
+        }
+    }
+    assert!(
+        pages_before > 1 && bases >= 1 && pages_after > 1,
+        "{pages_before} pages, {bases} bases, {pages_after} pages"
+    );
+}

@@ -102,6 +102,9 @@ pub struct DaemonConfig {
     pub log_retention: Duration,
     /// How often the running daemon writes the state snapshot while the state changes.
     pub snapshot_interval: Duration,
+    /// A base of the households' months is written once the runs since the last one hold
+    /// more than this many bytes and half the base.
+    pub base_rewrite_bytes: u64,
     pub language: Language,
     pub tokens_file: Option<PathBuf>,
 }
@@ -455,6 +458,10 @@ const MIN_LOG_RETENTION: Duration = Duration::from_secs(180 * 86_400);
 /// The shortest `daemon.snapshot_interval`.
 const MIN_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The least `daemon.base_rewrite_bytes`: below it a small store would write a base after
+/// nearly every commit.
+const MIN_BASE_REWRITE_BYTES: u64 = 64 << 10;
+
 /// A century: the longest duration a configuration or rule may give.
 const MAX_DURATION_SECS: u64 = 36_500 * 86_400;
 
@@ -561,6 +568,17 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
         "writing the snapshot holds the engine about 3 s per million households; give at least 1m",
         &mut problems,
     );
+    if d.base_rewrite_bytes < MIN_BASE_REWRITE_BYTES {
+        problems.push(src.problem(
+            &dp.key("base_rewrite_bytes"),
+            format!(
+                "{} is too small: a base of the months would be written after nearly every \
+                 commit; give at least {MIN_BASE_REWRITE_BYTES} (the default, 64 MiB, suits a \
+                 province)",
+                d.base_rewrite_bytes
+            ),
+        ));
+    }
     let language = match d.language.as_str() {
         "zh" => Language::Zh,
         "en" => Language::En,
@@ -582,6 +600,7 @@ fn validate(src: &Source, base: &Path, raw: raw::RawConfig) -> Result<Config, Pr
         retention_months: d.retention_months,
         log_retention,
         snapshot_interval,
+        base_rewrite_bytes: d.base_rewrite_bytes,
         language,
         tokens_file: d.tokens_file.as_deref().map(resolve),
     };
@@ -1498,6 +1517,30 @@ mod tests {
             .to_string();
         assert!(err.contains("daemon.snapshot_interval"), "{err}");
         assert!(!err.contains("too short"), "one problem, not two: {err}");
+    }
+
+    #[test]
+    fn base_rewrite_bytes_defaults_to_64_mib_and_refuses_less_than_64_kib() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |body: &str| {
+            let p = dir.path().join("g.toml");
+            std::fs::write(&p, body).unwrap();
+            Config::load(&p)
+        };
+        let c = load("[daemon]\n").unwrap();
+        assert_eq!(c.daemon.base_rewrite_bytes, 64 << 20);
+        let c = load("[daemon]\nbase_rewrite_bytes = 1048576\n").unwrap();
+        assert_eq!(c.daemon.base_rewrite_bytes, 1 << 20);
+        let err = load("[daemon]\n\nbase_rewrite_bytes = 4096\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("daemon.base_rewrite_bytes"), "{err}");
+        assert!(err.contains(":3:"), "the line: {err}");
+        assert!(err.contains("at least 65536"), "{err}");
+        let err = load("[daemon]\nbase_rewrite_bytes = \"64MiB\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("base_rewrite_bytes"), "{err}");
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub struct RawDaemon {
     pub log_retention: String,
     /// How often the running daemon writes the state snapshot.
     pub snapshot_interval: String,
+    /// The least bytes of months' runs worth a new base of the months.
+    pub base_rewrite_bytes: u64,
     pub language: String,
     /// API tokens (hashes only), roles and county scopes; no file, no API.
     pub tokens_file: Option<String>,
@@ -95,6 +97,7 @@ impl Default for RawDaemon {
             retention_months: 24,
             log_retention: "730d".into(),
             snapshot_interval: "1h".into(),
+            base_rewrite_bytes: crate::state::DEFAULT_BASE_REWRITE_BYTES,
             language: "zh".into(),
             tokens_file: None,
         }

@@ -11,6 +11,7 @@
 //!   those more than `retention_months` before a household's newest month are dropped.
 
 mod month_log;
+pub use month_log::DEFAULT_MIN_RUN_BYTES as DEFAULT_BASE_REWRITE_BYTES;
 mod months;
 pub mod snapshot;
 mod values;
@@ -647,9 +648,15 @@ impl World {
     }
 
     /// Whether the months' runs since their base have grown enough that a start would read
-    /// more than it should: then [`World::write_base`] is due.
-    pub fn base_due(&self) -> bool {
-        self.log.base_due()
+    /// more than it should: then [`World::write_base`] is due. `min_run_bytes`: the least
+    /// bytes of runs worth a new base ([`DEFAULT_BASE_REWRITE_BYTES`] by default).
+    pub fn base_due(&self, min_run_bytes: u64) -> bool {
+        self.log.base_due(min_run_bytes)
+    }
+
+    /// The bytes of the months' runs written since their base.
+    pub fn run_bytes(&self) -> u64 {
+        self.log.run_bytes
     }
 
     /// Writes the months of every household as a new base and deletes the runs it holds

@@ -37,9 +37,9 @@ pub(super) const BASE_HOUSEHOLDS_PER_KEY: usize = 4096;
 /// Keys of the base per commit while a base is written.
 const BASE_KEYS_PER_COMMIT: usize = 16;
 /// A new base is written once the runs after the current one hold more bytes than half of
-/// it, and at least this many: each start reads at most half again the base, and a bulk
-/// ingest writes the base about twice over in all.
-const MIN_RUN_BYTES: u64 = 64 << 20;
+/// it, and at least this many (`daemon.base_rewrite_bytes`): each start reads at most half
+/// again the base, and a bulk ingest writes the base about twice over in all.
+pub const DEFAULT_MIN_RUN_BYTES: u64 = 64 << 20;
 /// … or once there are this many runs after it (small feeds' commits).
 const MAX_RUNS: u64 = 20_000;
 
@@ -64,9 +64,10 @@ pub(super) struct LogState {
 }
 
 impl LogState {
-    /// Whether the runs since the base have grown enough to write a new one.
-    pub fn base_due(&self) -> bool {
-        self.run_bytes > (self.base.bytes / 2).max(MIN_RUN_BYTES)
+    /// Whether the runs since the base have grown enough to write a new one: more than
+    /// `min_run_bytes` and half the base, or more than [`MAX_RUNS`] runs.
+    pub fn base_due(&self, min_run_bytes: u64) -> bool {
+        self.run_bytes > (self.base.bytes / 2).max(min_run_bytes)
             || self.last_run.saturating_sub(self.base.through) > MAX_RUNS
     }
 
@@ -403,14 +404,18 @@ mod tests {
             run_bytes,
         };
         // Small stores wait for 64 MiB of runs.
-        assert!(!state(0, 64 * mib, 100).base_due());
-        assert!(state(0, 64 * mib + 1, 100).base_due());
+        assert!(!state(0, 64 * mib, 100).base_due(DEFAULT_MIN_RUN_BYTES));
+        assert!(state(0, 64 * mib + 1, 100).base_due(DEFAULT_MIN_RUN_BYTES));
         // Large ones for half the base.
-        assert!(!state(400 * mib, 200 * mib, 100).base_due());
-        assert!(state(400 * mib, 200 * mib + 1, 100).base_due());
+        assert!(!state(400 * mib, 200 * mib, 100).base_due(DEFAULT_MIN_RUN_BYTES));
+        assert!(state(400 * mib, 200 * mib + 1, 100).base_due(DEFAULT_MIN_RUN_BYTES));
         // Many small commits.
-        assert!(!state(400 * mib, mib, MAX_RUNS).base_due());
-        assert!(state(400 * mib, mib, MAX_RUNS + 1).base_due());
+        assert!(!state(400 * mib, mib, MAX_RUNS).base_due(DEFAULT_MIN_RUN_BYTES));
+        assert!(state(400 * mib, mib, MAX_RUNS + 1).base_due(DEFAULT_MIN_RUN_BYTES));
+        // A smaller least amount (`daemon.base_rewrite_bytes`) counts for small bases only.
+        assert!(state(0, mib + 1, 100).base_due(mib));
+        assert!(!state(0, mib, 100).base_due(mib));
+        assert!(!state(400 * mib, 100 * mib, 100).base_due(mib));
     }
 
     #[test]

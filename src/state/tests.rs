@@ -392,6 +392,113 @@ fn a_store_of_thousands_of_households_loads_the_same_from_runs_and_from_a_base()
     assert_same_households(&w, &again);
 }
 
+/// The store as a full disk leaves it: commits succeed until `ok` more have, then every
+/// write is refused; reads go on.
+struct DiskFillsAfter<'a> {
+    inner: &'a SledStore,
+    ok: std::sync::atomic::AtomicUsize,
+}
+
+impl DiskFillsAfter<'_> {
+    fn write(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        match self.ok.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(StoreError::NotWritable {
+                dir: "data".into(),
+                failure: crate::store::WriteFailure::NoSpace,
+                detail: "test: no space left".into(),
+            }),
+        }
+    }
+}
+
+impl Store for DiskFillsAfter<'_> {
+    fn scan(&self, space: Space) -> Result<crate::store::Entries, StoreError> {
+        self.inner.scan(space)
+    }
+    fn for_each_in(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: &mut crate::store::Visit<'_>,
+    ) -> Result<(), StoreError> {
+        self.inner.for_each_in(space, from, to, f)
+    }
+    fn last_key(&self, space: Space) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.last_key(space)
+    }
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(space, key)
+    }
+    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.commit(batch)
+    }
+    fn state_stamp(&self) -> Result<Option<u64>, StoreError> {
+        self.inner.state_stamp()
+    }
+    fn renew_state_stamp(&self) -> Result<u64, StoreError> {
+        self.write()?;
+        self.inner.renew_state_stamp()
+    }
+    fn commit_unjournaled(&self, batch: Batch) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.commit_unjournaled(batch)
+    }
+    fn next_id(&self) -> Result<u64, StoreError> {
+        self.inner.next_id()
+    }
+    fn size_on_disk(&self) -> u64 {
+        self.inner.size_on_disk()
+    }
+}
+
+#[test]
+fn a_base_cut_short_by_a_full_disk_changes_nothing_a_start_reads() {
+    // The disk fills after 0, 1, … commits of the base's write, until one is written
+    // whole: a start reads the same households each time, and once there is room again
+    // the next base leaves only its own keys and no run.
+    let mut cut_short = 0;
+    for ok in 0.. {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let (mut w, _) = thousands_of_households(&store);
+        w.write_base(&store).unwrap();
+        w.begin();
+        w.apply("roster", &roster("N1", &[201]), now()).unwrap();
+        let month = Month::of(now()).to_string();
+        w.apply("wages", &wage("n1", 201, &month, 900), now())
+            .unwrap();
+        store.commit(w.take_batch().0).unwrap();
+        assert_eq!(store.scan(Space::MonthRun).unwrap().len(), 1);
+        let full = DiskFillsAfter {
+            inner: &store,
+            ok: ok.into(),
+        };
+        let written = w.write_base(&full);
+        let mut again = World::load(&store, 24).unwrap();
+        assert_same_households(&w, &again);
+        if written.is_ok() {
+            break;
+        }
+        cut_short += 1;
+        // As the engine does after a failed write: memory is read again from the store.
+        again.write_base(&store).unwrap();
+        let keys = store.scan(Space::MonthBase).unwrap();
+        let newest = &keys.last().unwrap().0[..4];
+        assert!(
+            keys.iter().all(|(k, _)| &k[..4] == newest),
+            "one generation left after a base cut short by {ok} commits"
+        );
+        assert!(store.scan(Space::MonthRun).unwrap().is_empty());
+        assert_same_households(&w, &World::load(&store, 24).unwrap());
+    }
+    // Nothing written, and the base written but the old one's keys not yet deleted.
+    assert!(cut_short >= 2, "{cut_short}");
+}
+
 #[test]
 fn months_stored_per_household_are_moved_into_a_base_and_deleted() {
     let dir = tempfile::tempdir().unwrap();
