@@ -488,7 +488,7 @@ fn household_ops<'a>(
     entries: &mut Vec<month_log::RunEntry<'a>>,
     id: &'a HouseholdId,
     before: &Undo,
-    now: Option<&Household>,
+    now: Option<&'a Household>,
 ) {
     let none = Months::default();
     let old_months = before.months().unwrap_or(&none);

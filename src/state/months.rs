@@ -13,6 +13,7 @@
 //!
 //! `MonthBucket` stays the owned form: what the store encodes, and what a change edits.
 
+use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::values::{EventCount, MonthBucket};
@@ -336,18 +337,168 @@ impl std::fmt::Debug for Months {
     }
 }
 
-/// Stored as the list of owned buckets, so the encoding is that of a `Vec<MonthBucket>`.
+/// Stored as the list of owned buckets, so the encoding is that of a `Vec<MonthBucket>`,
+/// written from the packed words without building one.
 impl Serialize for Months {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let buckets: Vec<MonthBucket> = self.iter().map(|b| b.to_bucket()).collect();
-        buckets.serialize(s)
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.len()))?;
+        for b in self.iter() {
+            seq.serialize_element(&b)?;
+        }
+        seq.end()
     }
 }
 
+/// Encoded as its [`MonthBucket`] (field for field, the same bytes), without copying the
+/// record tags and events into vectors.
+impl Serialize for Bucket<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Events<'a>(Bucket<'a>);
+        impl Serialize for Events<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                // `chunks_exact` knows its length, which the encoding writes first.
+                s.collect_seq(self.0.events())
+            }
+        }
+        let (month, present, _, _) = self.parts();
+        let mut values = [0; Indicator::COUNT];
+        for ind in Indicator::ALL {
+            if let Some(v) = self.get(ind) {
+                values[ind.index()] = v;
+            }
+        }
+        let mut st = s.serialize_struct("MonthBucket", 5)?;
+        st.serialize_field("month", &month)?;
+        st.serialize_field("present", &present)?;
+        st.serialize_field("values", &values)?;
+        st.serialize_field("records", self.records())?;
+        st.serialize_field("events", &Events(*self))?;
+        st.end()
+    }
+}
+
+/// Read from the encoding of a `Vec<MonthBucket>` straight into the packed words, without
+/// building the buckets and their vectors (a start reads millions of months).
 impl<'de> Deserialize<'de> for Months {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let buckets = Vec::<MonthBucket>::deserialize(d)?;
-        Ok(Self::from_buckets(&buckets))
+        struct Buckets;
+        impl<'de> Visitor<'de> for Buckets {
+            type Value = Months;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of month buckets")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Months, A::Error> {
+                let mut words = Vec::new();
+                while seq.next_element_seed(PackBucket(&mut words))?.is_some() {}
+                Ok(Months(words.into_boxed_slice()))
+            }
+        }
+        d.deserialize_seq(Buckets)
+    }
+}
+
+/// Reads one [`MonthBucket`], field for field, and appends it to the words as
+/// [`Months::from_buckets`] would.
+struct PackBucket<'w>(&'w mut Vec<u64>);
+
+impl<'de> DeserializeSeed<'de> for PackBucket<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        const FIELDS: &[&str] = &["month", "present", "values", "records", "events"];
+        d.deserialize_struct("MonthBucket", FIELDS, self)
+    }
+}
+
+impl<'de> Visitor<'de> for PackBucket<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a month bucket")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let missing = |i: usize| serde::de::Error::invalid_length(i, &"a month bucket of 5 fields");
+        let month: Month = seq.next_element()?.ok_or_else(|| missing(0))?;
+        let present: u8 = seq.next_element()?.ok_or_else(|| missing(1))?;
+        let values: [Fen; Indicator::COUNT] = seq.next_element()?.ok_or_else(|| missing(2))?;
+        let words = self.0;
+        let at = words.len();
+        words.push(0);
+        for ind in Indicator::ALL {
+            if present & (1 << ind.index()) != 0 {
+                words.push(values[ind.index()] as u64);
+            }
+        }
+        let records = seq
+            .next_element_seed(PackTags(words))?
+            .ok_or_else(|| missing(3))?;
+        let events = seq
+            .next_element_seed(PackEvents(words))?
+            .ok_or_else(|| missing(4))?;
+        if events > EventKind::ALL.len() {
+            return Err(serde::de::Error::custom(format!(
+                "a month with {events} kinds of events, more than there are"
+            )));
+        }
+        words[at] = u64::from(month.ordinal())
+            | u64::from(present & 0xf) << PRESENT_SHIFT
+            | (events as u64) << EVENTS_SHIFT
+            | (records as u64) << RECORDS_SHIFT;
+        Ok(())
+    }
+}
+
+/// Appends a bucket's record tags (at most [`MAX_RECORDS`], as `encode` keeps); the number
+/// appended.
+struct PackTags<'w>(&'w mut Vec<u64>);
+
+impl<'de> DeserializeSeed<'de> for PackTags<'_> {
+    type Value = usize;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PackTags<'_> {
+    type Value = usize;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of record tags")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let mut n = 0;
+        while let Some(tag) = seq.next_element::<u64>()? {
+            if n < MAX_RECORDS {
+                self.0.push(tag);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Appends a bucket's events, two words each; the number appended.
+struct PackEvents<'w>(&'w mut Vec<u64>);
+
+impl<'de> DeserializeSeed<'de> for PackEvents<'_> {
+    type Value = usize;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PackEvents<'_> {
+    type Value = usize;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of event counts")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let mut n = 0;
+        while let Some(e) = seq.next_element::<EventCount>()? {
+            self.0.push(kind_index(e.kind) | u64::from(e.count) << 32);
+            self.0.push(e.amount as u64);
+            n += 1;
+        }
+        Ok(n)
     }
 }
 
@@ -416,6 +567,19 @@ mod tests {
         let packed = postcard::to_allocvec(&months).unwrap();
         assert_eq!(packed, postcard::to_allocvec(&buckets).unwrap());
         assert_eq!(postcard::from_bytes::<Months>(&packed).unwrap(), months);
+        // Cut short anywhere, the encoding is refused, not read in part.
+        for cut in 0..packed.len() {
+            assert!(
+                postcard::from_bytes::<Months>(&packed[..cut]).is_err(),
+                "{cut}"
+            );
+        }
+        for (b, owned) in months.iter().zip(&buckets) {
+            assert_eq!(
+                postcard::to_allocvec(&Some(b)).unwrap(),
+                postcard::to_allocvec(&Some(owned)).unwrap()
+            );
+        }
     }
 
     #[test]
