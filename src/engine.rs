@@ -96,6 +96,24 @@ pub struct Engine {
     base_rewrite_bytes: u64,
     /// The least time between two snapshots written because the changes grew.
     snapshot_spacing: std::time::Duration,
+    /// A base of the months being written on its own thread.
+    base_job: Option<BaseJob>,
+}
+
+/// A base of the months being written on its own thread (`Engine::write_base_if_due`).
+struct BaseJob {
+    handle: std::thread::JoinHandle<Result<crate::state::BaseWritten, StoreError>>,
+    started: Instant,
+}
+
+impl Drop for Engine {
+    /// No writer is left behind: a base being written is finished (or fails) before the
+    /// store can be opened again.
+    fn drop(&mut self) {
+        if let Some(job) = self.base_job.take() {
+            let _ = job.handle.join();
+        }
+    }
 }
 
 const LAST_DATA_SUFFIX: &str = "\0last_data";
@@ -243,6 +261,7 @@ impl Engine {
             snapshot_backlog,
             base_rewrite_bytes: crate::state::DEFAULT_BASE_REWRITE_BYTES,
             snapshot_spacing: SNAPSHOT_SPACING,
+            base_job: None,
         };
         e.update_gauges();
         e.update_quarantine_gauges();
@@ -254,6 +273,8 @@ impl Engine {
     /// `take_batch` has drained its undo log).
     fn reload_if_stale(&mut self) -> Result<(), EngineError> {
         if self.stale {
+            // A base still being written would change the store under the reload.
+            self.collect_base(true);
             self.world = World::load(self.store.as_ref(), self.retention_months)?;
             self.alerts = Alerts::load(self.store.as_ref())?;
             self.stale = false;
@@ -267,34 +288,74 @@ impl Engine {
         Ok(())
     }
 
-    /// Writes the months' base when the runs since the last one have grown enough (see
-    /// `state::month_log`), after a commit: a bulk ingest pays for it now and then, a start
-    /// never reads more than half a base of runs.
+    /// Starts writing the months' base when the runs since the last one have grown enough
+    /// (see `state::month_log`), after a commit, on a thread of its own: ingest and
+    /// evaluation go on meanwhile, and a start never reads more than half a base of runs.
+    /// First takes in a base written meanwhile.
     fn write_base_if_due(&mut self) {
-        if self.world.base_due(self.base_rewrite_bytes) {
-            let started = Instant::now();
-            let outcome = match self.world.write_base(self.store.as_ref()) {
-                Ok(()) => {
-                    // The last snapshot can no longer be brought up to the store (the runs
-                    // it would need are in the base now): a start after a crash would read
-                    // the store. Write the next one as soon as changes that many allow.
-                    let limit = crate::state::snapshot::catch_up_limit(self.world.n_households());
-                    self.snapshot_backlog = self.snapshot_backlog.max(limit as u64 + 1);
-                    "written"
+        self.collect_base(false);
+        if self.base_job.is_none() && self.world.base_due(self.base_rewrite_bytes) {
+            let source = self.world.base_source();
+            let store = Arc::clone(&self.store);
+            let spawned = std::thread::Builder::new()
+                .name("months-base".into())
+                .spawn(move || crate::state::write_base_from(&source, store.as_ref()));
+            match spawned {
+                Ok(handle) => {
+                    self.base_job = Some(BaseJob {
+                        handle,
+                        started: Instant::now(),
+                    })
                 }
                 Err(e) => {
-                    // Memory may no longer say which base the store holds: read it again.
-                    self.stale = true;
-                    warn!(error = %e, "months' base not written; the runs after the last one stay, and it is tried again after a later commit");
-                    "failed"
+                    warn!(error = %e, "no thread for the months' base; it is tried again after a later commit")
                 }
-            };
-            let m = &self.metrics;
-            m.base_writes.with_label_values(&[outcome]).inc();
-            m.base_write_duration
-                .observe(started.elapsed().as_secs_f64());
+            }
         }
         self.metrics.run_bytes.set(self.world.run_bytes() as i64);
+    }
+
+    /// Takes in the base being written on its thread, once it is done, or at once with
+    /// `wait` (before a snapshot or a reload, which must see the store's base).
+    fn collect_base(&mut self, wait: bool) {
+        let Some(job) = self.base_job.take() else {
+            return;
+        };
+        if !wait && !job.handle.is_finished() {
+            self.base_job = Some(job);
+            return;
+        }
+        let written = job
+            .handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let outcome = match written {
+            Ok(written) => {
+                self.world.base_written(written);
+                // The last snapshot can no longer be brought up to the store (the runs
+                // it would need are in the base now): a start after a crash would read
+                // the store. Write the next one as soon as changes that many allow.
+                let limit = crate::state::snapshot::catch_up_limit(self.world.n_households());
+                self.snapshot_backlog = self.snapshot_backlog.max(limit as u64 + 1);
+                "written"
+            }
+            Err(e) => {
+                // Memory may no longer say which base the store holds: read it again.
+                self.stale = true;
+                warn!(error = %e, "months' base not written; the runs after the last one stay, and it is tried again after a later commit");
+                "failed"
+            }
+        };
+        let m = &self.metrics;
+        m.base_writes.with_label_values(&[outcome]).inc();
+        m.base_write_duration
+            .observe(job.started.elapsed().as_secs_f64());
+        m.run_bytes.set(self.world.run_bytes() as i64);
+    }
+
+    /// Waits for a base of the months being written, if any (a clean stop, tests).
+    pub fn finish_base(&mut self) {
+        self.collect_base(true);
     }
 
     /// From now on, a base of the months is written once the runs since the last one hold
@@ -358,6 +419,11 @@ impl Engine {
     /// whether it wrote one: not without a snapshot path, nor while memory may differ from
     /// the store.
     pub fn save_snapshot(&mut self) -> Result<bool, crate::state::snapshot::SnapshotError> {
+        // A snapshot taken before a base that is then written would be set aside at the
+        // next start: wait for it.
+        if self.snapshot.is_some() {
+            self.collect_base(true);
+        }
         match &self.snapshot {
             Some(path) if !self.stale && self.world.is_settled() => {
                 // Also when the write fails: the next try waits for the interval.
@@ -858,6 +924,7 @@ impl Engine {
     /// The periodic pass: a full evaluation when a month begins; time-driven rules on their
     /// entities; entities with pending alerts (for `for`).
     pub fn tick(&mut self, now: DateTime<FixedOffset>) -> Result<EvalReport, EngineError> {
+        self.collect_base(false);
         self.reload_if_stale()?;
         let mut report = if self.last_full_month != Some(Month::of(now)) {
             self.evaluate_all(now)?

@@ -12,6 +12,7 @@
 
 mod month_log;
 pub use month_log::DEFAULT_MIN_RUN_BYTES as DEFAULT_BASE_REWRITE_BYTES;
+pub use month_log::{BaseSource, BaseWritten, write_base_from};
 mod months;
 pub mod snapshot;
 mod values;
@@ -656,7 +657,19 @@ impl World {
 
     /// The bytes of the months' runs written since their base.
     pub fn run_bytes(&self) -> u64 {
-        self.log.run_bytes
+        self.log.pending_bytes()
+    }
+
+    /// What a new base of the months is written from ([`month_log::write_base_from`], on
+    /// any thread): every household's months now, shared, not copied.
+    pub fn base_source(&self) -> BaseSource {
+        month_log::base_source(self)
+    }
+
+    /// Puts a base written from [`World::base_source`] in the log state: later runs stay
+    /// after it. A base older than the one known is ignored.
+    pub fn base_written(&mut self, written: BaseWritten) {
+        month_log::base_written(self, written);
     }
 
     /// Writes the months of every household as a new base and deletes the runs it holds

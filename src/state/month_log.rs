@@ -20,7 +20,7 @@
 //!   when there is no base yet, then moved into one and deleted.
 
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Bucket, Household, Map, MonthBucket, Months, World};
 use crate::model::{HouseholdId, Month};
@@ -59,19 +59,28 @@ pub(super) struct LogState {
     pub base: BaseInfo,
     /// The sequence number of the last run written (the base's `through` if none since).
     pub last_run: u64,
-    /// The bytes of the runs since the base.
+    /// A running count of the bytes of runs, as the last run's key carries it.
     pub run_bytes: u64,
+    /// The count at the base's last run: the runs since the base hold `run_bytes` less
+    /// this. (A base written while runs go on leaves the count running.)
+    pub base_offset: u64,
 }
 
 impl LogState {
+    /// The bytes of the runs since the base.
+    pub fn pending_bytes(&self) -> u64 {
+        self.run_bytes.saturating_sub(self.base_offset)
+    }
+
     /// Whether the runs since the base have grown enough to write a new one: more than
     /// `min_run_bytes` and half the base, or more than [`MAX_RUNS`] runs.
     pub fn base_due(&self, min_run_bytes: u64) -> bool {
-        self.run_bytes > (self.base.bytes / 2).max(min_run_bytes)
+        self.pending_bytes() > (self.base.bytes / 2).max(min_run_bytes)
             || self.last_run.saturating_sub(self.base.through) > MAX_RUNS
     }
 
-    /// Reads where the log stands from the store: the base's meta key and the last run's key.
+    /// Reads where the log stands from the store: the base's meta key, and the first and
+    /// last runs after it.
     pub fn read(store: &dyn Store) -> Result<Self, StoreError> {
         let base = match store.get(Space::Meta, BASE_KEY)? {
             Some(v) => codec::decode(BASE_VERSION, Space::Meta, BASE_KEY, &v)?,
@@ -81,12 +90,22 @@ impl LogState {
             base,
             last_run: base.through,
             run_bytes: 0,
+            base_offset: 0,
         };
         if let Some(k) = store.last_key(Space::MonthRun)? {
             let (seq, bytes) = split_run_key(&k)?;
             if seq > base.through {
                 state.last_run = seq;
                 state.run_bytes = bytes;
+                // The count before the first run after the base: its own, less its size.
+                let after = run_key(base.through.saturating_add(1), 0);
+                if let Some(first) = store.first_key_from(Space::MonthRun, &after)? {
+                    let (_, counted) = split_run_key(&first)?;
+                    let size = store
+                        .get(Space::MonthRun, &first)?
+                        .map_or(0, |v| v.len() as u64);
+                    state.base_offset = counted.saturating_sub(size);
+                }
             }
         }
         Ok(state)
@@ -253,11 +272,51 @@ pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Writes a new base from `w`'s households, then deletes the runs it holds and the keys of
-/// other generations. Several commits: the base counts only once the last one names it.
-pub(super) fn write_base(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
+/// What a base is written from: every household's months as they were after one run,
+/// shared with memory (a clone of [`Months`] costs a reference count), so that it can be
+/// written on another thread while ingest goes on.
+pub struct BaseSource {
+    households: Vec<(HouseholdId, Months)>,
+    state: LogState,
+}
+
+/// What a base written from a [`BaseSource`] changes in memory ([`World::base_written`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BaseWritten {
+    base: BaseInfo,
+    /// The running count of run bytes at the base's last run.
+    offset: u64,
+}
+
+/// The months of `w`'s households, sorted by id, and where the log stands.
+pub(super) fn base_source(w: &World) -> BaseSource {
+    let mut households: Vec<(HouseholdId, Months)> = w
+        .households
+        .iter()
+        .filter(|(_, h)| !h.months.is_empty())
+        .map(|(id, h)| (id.clone(), h.months.clone()))
+        .collect();
+    households.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    BaseSource {
+        households,
+        state: w.log,
+    }
+}
+
+/// Puts a written base in `w`'s log state. The runs written meanwhile stay after it.
+pub(super) fn base_written(w: &mut World, written: BaseWritten) {
+    if written.base.generation > w.log.base.generation {
+        w.log.base = written.base;
+        w.log.base_offset = written.offset;
+    }
+}
+
+/// Writes a new base from `source`, then deletes the runs it holds and the keys of other
+/// generations. Several commits: the base counts only once the one that names it in the
+/// meta key is done. Runs written meanwhile (by another thread) are after it and stay.
+pub fn write_base_from(source: &BaseSource, store: &dyn Store) -> Result<BaseWritten, StoreError> {
     let started = std::time::Instant::now();
-    let state = w.log;
+    let state = source.state;
     // Past every generation in the store: keys of a write cut short keep theirs, and must
     // never become part of a base.
     let highest = match store.last_key(Space::MonthBase)? {
@@ -280,20 +339,13 @@ pub(super) fn write_base(w: &mut World, store: &dyn Store) -> Result<(), StoreEr
         .max(highest)
         .checked_add(1)
         .ok_or_else(|| damaged(Space::MonthBase, &[], "no generation left after u32::MAX"))?;
-    let mut households: Vec<(&str, &Months)> = w
-        .households
-        .iter()
-        .filter(|(_, h)| !h.months.is_empty())
-        .map(|(id, h)| (id.as_str(), &h.months))
-        .collect();
-    households.sort_unstable_by_key(|(id, _)| *id);
+    let households = &source.households;
     // One thread encodes the keys while this one commits them: encoding is about two
     // fifths of a base's time, sled's commits the rest.
     let (mut batch, bytes) = std::thread::scope(|scope| {
         // A rendezvous: at most the batch being encoded and the one being committed are
         // held (16 keys of a few MB each).
         let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(0);
-        let households = &households;
         let encoder = scope.spawn(move || encode_base(households, generation, &tx));
         let mut committed = Ok(());
         for full in rx.iter() {
@@ -325,13 +377,35 @@ pub(super) fn write_base(w: &mut World, store: &dyn Store) -> Result<(), StoreEr
         Ok(())
     })?;
     store.commit(batch)?;
-    w.log = LogState {
+    let written = BaseWritten {
         base,
-        last_run: state.last_run,
-        run_bytes: 0,
+        offset: state.run_bytes,
     };
     // The keys of other generations go after: never read, so no hurry and no harm if a
-    // crash leaves them to the next base. All of them sort before this one's.
+    // crash or a failure leaves them to the next base. All of them sort before this one's.
+    if let Err(e) = delete_generations_below(store, generation) {
+        warn!(error = %e, generation, "keys of earlier bases of the months not deleted; the next base deletes them");
+    }
+    info!(
+        generation,
+        households = households.len(),
+        bytes,
+        seconds = started.elapsed().as_secs_f64(),
+        "months' base written"
+    );
+    Ok(written)
+}
+
+/// Writes a new base from `w`'s households on this thread (see [`write_base_from`]).
+pub(super) fn write_base(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
+    let source = base_source(w);
+    let written = write_base_from(&source, store)?;
+    base_written(w, written);
+    Ok(())
+}
+
+/// Deletes the base keys of generations below `generation`.
+fn delete_generations_below(store: &dyn Store, generation: u32) -> Result<(), StoreError> {
     let mut stale = Batch::default();
     store.for_each_in(
         Space::MonthBase,
@@ -345,13 +419,6 @@ pub(super) fn write_base(w: &mut World, store: &dyn Store) -> Result<(), StoreEr
     for part in stale.ops.chunks(BASE_KEYS_PER_COMMIT * 16) {
         store.commit(Batch { ops: part.to_vec() })?;
     }
-    info!(
-        generation,
-        households = households.len(),
-        bytes,
-        seconds = started.elapsed().as_secs_f64(),
-        "months' base written"
-    );
     Ok(())
 }
 
@@ -359,7 +426,7 @@ pub(super) fn write_base(w: &mut World, store: &dyn Store) -> Result<(), StoreEr
 /// sending each full commit's worth to `tx`; returns the last, partial batch and the bytes
 /// of all values. Stops early, with what it has, once the receiver is gone.
 fn encode_base(
-    households: &[(&str, &Months)],
+    households: &[(HouseholdId, Months)],
     generation: u32,
     tx: &std::sync::mpsc::SyncSender<Batch>,
 ) -> Result<(Batch, u64), StoreError> {
@@ -434,7 +501,9 @@ mod tests {
                 bytes: base_bytes,
             },
             last_run: 10 + runs,
-            run_bytes,
+            // The count runs on from before the base (a base written while runs went on).
+            run_bytes: 7 * mib + run_bytes,
+            base_offset: 7 * mib,
         };
         // Small stores wait for 64 MiB of runs.
         assert!(!state(0, 64 * mib, 100).base_due(DEFAULT_MIN_RUN_BYTES));

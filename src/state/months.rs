@@ -13,6 +13,8 @@
 //!
 //! `MonthBucket` stays the owned form: what the store encodes, and what a change edits.
 
+use std::sync::Arc;
+
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -27,9 +29,11 @@ const MAX_RECORDS: usize = (1 << 24) - 1;
 // Four bits hold the present indicators and the number of event kinds.
 const _: () = assert!(Indicator::COUNT <= 4 && EventKind::ALL.len() <= 15);
 
-/// The buckets of one entity, oldest first, only months with data.
+/// The buckets of one entity, oldest first, only months with data. Shared, not copied: a
+/// change packs new words anyway, so a clone (the undo log's, a base written on another
+/// thread) costs a reference count.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Months(Box<[u64]>);
+pub struct Months(Arc<[u64]>);
 
 /// One month of a [`Months`], read in place.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -165,7 +169,7 @@ impl Months {
         for b in buckets {
             encode(b, &mut words);
         }
-        Self(words.into_boxed_slice())
+        Self(Arc::from(words))
     }
 
     pub fn iter(&self) -> Iter<'_> {
@@ -231,7 +235,7 @@ impl Months {
         if !placed && let Some(new) = bucket {
             encode(new, &mut words);
         }
-        self.0 = words.into_boxed_slice();
+        self.0 = Arc::from(words);
     }
 
     /// Edits the bucket of `month` (a new empty one if there is none), then drops buckets
@@ -284,7 +288,7 @@ impl Months {
             encode(&owned, &mut words);
         }
         copy(&mut words, &self.0[after..]);
-        Months(std::mem::replace(&mut self.0, words.into_boxed_slice()))
+        Months(std::mem::replace(&mut self.0, Arc::from(words)))
     }
 }
 
@@ -319,7 +323,7 @@ impl MonthsBuilder {
     }
 
     pub fn finish(self) -> Months {
-        Months(self.words.into_boxed_slice())
+        Months(Arc::from(self.words))
     }
 }
 
@@ -392,7 +396,7 @@ impl<'de> Deserialize<'de> for Months {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Months, A::Error> {
                 let mut words = Vec::new();
                 while seq.next_element_seed(PackBucket(&mut words))?.is_some() {}
-                Ok(Months(words.into_boxed_slice()))
+                Ok(Months(Arc::from(words)))
             }
         }
         d.deserialize_seq(Buckets)

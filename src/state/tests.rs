@@ -457,9 +457,10 @@ impl Store for DiskFillsAfter<'_> {
 
 #[test]
 fn a_base_cut_short_by_a_full_disk_changes_nothing_a_start_reads() {
-    // The disk fills after 0, 1, … commits of the base's write, until one is written
-    // whole: a start reads the same households each time, and once there is room again
-    // the next base leaves only its own keys and no run.
+    // The disk fills after 0, 1, … commits of the base's write: a start reads the same
+    // households each time, and once there is room again the next base leaves only its own
+    // keys and no run. The first base that counts (its meta key written) is written
+    // whatever happens to the deletion of the older base's keys after it.
     let mut cut_short = 0;
     for ok in 0.. {
         let dir = tempfile::tempdir().unwrap();
@@ -481,6 +482,16 @@ fn a_base_cut_short_by_a_full_disk_changes_nothing_a_start_reads() {
         let mut again = World::load(&store, 24).unwrap();
         assert_same_households(&w, &again);
         if written.is_ok() {
+            // The older base's keys stayed (their deletion was refused); the next deletes
+            // them.
+            let generations = |store: &SledStore| -> BTreeSet<Vec<u8>> {
+                let keys = store.scan(Space::MonthBase).unwrap();
+                keys.iter().map(|(k, _)| k[..4].to_vec()).collect()
+            };
+            assert_eq!(generations(&store).len(), 2);
+            w.write_base(&store).unwrap();
+            assert_eq!(generations(&store).len(), 1);
+            assert_same_households(&w, &World::load(&store, 24).unwrap());
             break;
         }
         cut_short += 1;
@@ -495,8 +506,50 @@ fn a_base_cut_short_by_a_full_disk_changes_nothing_a_start_reads() {
         assert!(store.scan(Space::MonthRun).unwrap().is_empty());
         assert_same_households(&w, &World::load(&store, 24).unwrap());
     }
-    // Nothing written, and the base written but the old one's keys not yet deleted.
-    assert!(cut_short >= 2, "{cut_short}");
+    // Refused at once: a base of one key is written by the commit that names it.
+    assert_eq!(cut_short, 1);
+}
+
+#[test]
+fn runs_committed_while_a_base_is_written_stay_after_it() {
+    // The engine writes a base on a thread of its own from the months as they were, while
+    // ingest commits more runs: those stay, a start reads them after the base, and the
+    // bytes since the base count from the base's last run.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let (mut w, _) = thousands_of_households(&store);
+    let source = w.base_source();
+    w.begin();
+    w.apply("roster", &roster("N1", &[201]), now()).unwrap();
+    let month = Month::of(now()).to_string();
+    w.apply("wages", &wage("n1", 201, &month, 900), now())
+        .unwrap();
+    store.commit(w.take_batch().0).unwrap();
+    let pending = w.run_bytes();
+    let written = write_base_from(&source, &store).unwrap();
+    w.base_written(written);
+    assert_eq!(store.scan(Space::MonthRun).unwrap().len(), 1);
+    assert!(
+        0 < w.run_bytes() && w.run_bytes() < pending,
+        "{} {pending}",
+        w.run_bytes()
+    );
+    let again = World::load(&store, 24).unwrap();
+    assert_eq!(again.n_households(), 5_001);
+    assert_same_households(&w, &again);
+    assert_eq!(again.run_bytes(), w.run_bytes());
+    // One more run counts on from there, in memory and in the store alike.
+    w.begin();
+    w.apply("wages", &wage("n1b", 201, &month, 950), now())
+        .unwrap();
+    store.commit(w.take_batch().0).unwrap();
+    assert_eq!(World::load(&store, 24).unwrap().run_bytes(), w.run_bytes());
+    // A base older than the one the world has changes nothing.
+    w.write_base(&store).unwrap();
+    assert_eq!(w.run_bytes(), 0);
+    w.base_written(written);
+    assert_eq!(w.run_bytes(), 0);
+    assert_same_households(&w, &World::load(&store, 24).unwrap());
 }
 
 #[test]
