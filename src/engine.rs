@@ -353,7 +353,8 @@ impl Engine {
         m.run_bytes.set(self.world.run_bytes() as i64);
     }
 
-    /// Waits for a base of the months being written, if any (a clean stop, tests).
+    /// Waits for a base of the months being written, if any, and takes it in. (Writing a
+    /// snapshot, a reload and dropping the engine wait by themselves.)
     pub fn finish_base(&mut self) {
         self.collect_base(true);
     }
@@ -457,8 +458,9 @@ impl Engine {
     /// Writes the state snapshot when it is due, so that a start after a crash reads it
     /// too: at the first call after a start that loaded the store, then once the interval
     /// has passed with the state changed, or sooner (but not within the spacing,
-    /// [`SNAPSHOT_SPACING`] by default, of the last, so that a bulk ingest is not slowed by a write at every tick) when the
-    /// changes since the last one approach what a start would read again
+    /// [`SNAPSHOT_SPACING`] by default, of the last, so that a bulk ingest is not slowed
+    /// by a write at every tick) when the changes since the last one approach what a start
+    /// would read again
     /// ([`crate::state::snapshot::catch_up_limit`]), or a base of the months was written
     /// since (the runs the last one would need are gone).
     pub fn snapshot_if_due(&mut self) -> Result<bool, crate::state::snapshot::SnapshotError> {

@@ -115,13 +115,12 @@ fn key_of(space: Space, key: &[u8]) -> Vec<u8> {
 /// open that failed held sled's lock, so no other process is writing it.
 fn open_db(path: &Path) -> sled::Result<sled::Db> {
     let open = || {
-        // sled holds more than the capacity it is given. Since the months are stored as a
-        // few large keys, a smaller cache costs ingest nothing measurable, and a start from
-        // the store (which reads the whole base through it) peaks about 100 MB lower at
-        // 600,000 households than with 64 MiB (BENCHMARKS.md).
+        // 64 MiB: with 8 MiB a start from the store peaked about 100 MB lower at 600,000
+        // households, but the roster's one key per household ingested 25 % slower (2× at
+        // 3,000,000), and the feeds of months about 10 % slower (BENCHMARKS.md).
         sled::Config::new()
             .path(path)
-            .cache_capacity(8 * 1024 * 1024)
+            .cache_capacity(64 * 1024 * 1024)
             .open()
     };
     let began = Instant::now();
