@@ -1467,6 +1467,14 @@ fn validate_mapping(
 mod tests {
     use super::*;
 
+    /// Loads a configuration file of this text (relative paths resolve in a scratch folder).
+    fn load(body: &str) -> Result<Config, Problems> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.toml");
+        std::fs::write(&p, body).unwrap();
+        Config::load(&p)
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
@@ -1496,12 +1504,6 @@ mod tests {
 
     #[test]
     fn snapshot_interval_defaults_to_an_hour_and_refuses_less_than_a_minute() {
-        let dir = tempfile::tempdir().unwrap();
-        let load = |body: &str| {
-            let p = dir.path().join("g.toml");
-            std::fs::write(&p, body).unwrap();
-            Config::load(&p)
-        };
         let c = load("[daemon]\n").unwrap();
         assert_eq!(c.daemon.snapshot_interval, Duration::from_secs(3600));
         let c = load("[daemon]\nsnapshot_interval = \"10m\"\n").unwrap();
@@ -1521,12 +1523,6 @@ mod tests {
 
     #[test]
     fn base_rewrite_bytes_defaults_to_64_mib_and_refuses_less_than_64_kib() {
-        let dir = tempfile::tempdir().unwrap();
-        let load = |body: &str| {
-            let p = dir.path().join("g.toml");
-            std::fs::write(&p, body).unwrap();
-            Config::load(&p)
-        };
         let c = load("[daemon]\n").unwrap();
         assert_eq!(c.daemon.base_rewrite_bytes, 64 << 20);
         let c = load("[daemon]\nbase_rewrite_bytes = 1048576\n").unwrap();
@@ -1545,12 +1541,6 @@ mod tests {
 
     #[test]
     fn log_retention_defaults_to_two_years_and_refuses_less_than_six_months() {
-        let dir = tempfile::tempdir().unwrap();
-        let load = |body: &str| {
-            let p = dir.path().join("g.toml");
-            std::fs::write(&p, body).unwrap();
-            Config::load(&p)
-        };
         let c = load("[daemon]\n").unwrap();
         assert_eq!(c.daemon.log_retention, Duration::from_secs(730 * 86_400));
         let c = load("[daemon]\nlog_retention = \"180d\"\n").unwrap();
