@@ -284,7 +284,7 @@ impl Metrics {
             base_writes: counter(
                 &r,
                 "guardline_months_base_writes_total",
-                "Bases of the households' months written to the store, by outcome (written, failed); each holds the engine while it is written.",
+                "Bases of the households' months written to the store, by outcome (written, failed).",
                 &["outcome"],
             ),
             base_write_duration: reg(
@@ -292,7 +292,7 @@ impl Metrics {
                 Histogram::with_opts(
                     HistogramOpts::new(
                         "guardline_months_base_write_duration_seconds",
-                        "Time a base of the households' months took to write (the engine waits meanwhile).",
+                        "Time a base of the households' months took to write, on a thread of its own beside ingest.",
                     )
                     .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
                 )
