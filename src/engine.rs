@@ -22,7 +22,7 @@ use crate::alerts::{Alerts, Transition};
 use crate::config::{FeedConfig, Lines, NotifyConfig};
 use crate::feeds::{Counts, Mapped, Validators};
 use crate::metrics::Metrics;
-use crate::model::{HouseholdCategory, Month};
+use crate::model::{HouseholdCategory, Month, Observation};
 use crate::notify::{Outbox, Templates, notifications_for};
 use crate::pseudonym::Pseudonymizer;
 use crate::quarantine;
@@ -559,6 +559,9 @@ impl Engine {
         let mut new_waiting = Vec::new();
         let mut new_quarantine = Vec::new();
         let mut newest: Option<i64> = None;
+        // A sample's time is the start of its month: the newest month is kept, and turned
+        // into a time once, not for every record (a calendar conversion each).
+        let mut newest_month: Option<Month> = None;
         self.reload_if_stale()?;
         self.world.begin();
         for (i, mut m) in records.into_iter().enumerate() {
@@ -584,8 +587,12 @@ impl Engine {
             if outcome.is_ok()
                 && let Ok(rec) = &m.result
             {
-                let t = rec.observation.time().unwrap_or(now.timestamp());
-                newest = Some(newest.map_or(t, |n| n.max(t)));
+                if let Observation::Sample { month, .. } = &rec.observation {
+                    newest_month = Some(newest_month.map_or(*month, |n| n.max(*month)));
+                } else {
+                    let t = rec.observation.time().unwrap_or(now.timestamp());
+                    newest = Some(newest.map_or(t, |n| n.max(t)));
+                }
             }
             match outcome {
                 Ok(Applied::Changed) => counts.accepted += 1,
@@ -637,6 +644,9 @@ impl Engine {
                     new_quarantine.push(e);
                 }
             }
+        }
+        if let Some(t) = newest_month.map(Month::start_time) {
+            newest = Some(newest.map_or(t, |n| n.max(t)));
         }
         let (mut batch, touched) = self.world.take_batch();
         batch.ops.extend(extra.ops);

@@ -123,6 +123,12 @@ impl HouseholdId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Where the shared text lives: equal for clones of one id, different for two ids
+    /// read separately (whose texts may still be equal).
+    pub fn address(&self) -> usize {
+        std::sync::Arc::as_ptr(&self.0).cast::<u8>() as usize
+    }
 }
 
 impl FromStr for HouseholdId {
@@ -226,6 +232,15 @@ impl Month {
     pub fn from_ordinal(n: u32) -> Self {
         Self(n)
     }
+    /// The start of the month's first day in China Standard Time, as Unix time.
+    pub fn start_time(self) -> i64 {
+        self.first_day()
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc()
+            .timestamp()
+            - i64::from(china_offset().local_minus_utc())
+    }
+
     pub fn first_day(self) -> NaiveDate {
         let m = Self(self.0.min(Self::LAST));
         // Years 0 to 9999 are all dates chrono knows; the fallback is never taken.
@@ -699,11 +714,7 @@ impl Observation {
     /// describes the present.
     pub fn time(&self) -> Option<i64> {
         match self {
-            Self::Sample { month, .. } => month
-                .first_day()
-                .and_hms_opt(0, 0, 0)
-                .and_then(|t| t.and_local_timezone(china_offset()).single())
-                .map(|t| t.timestamp()),
+            Self::Sample { month, .. } => Some(month.start_time()),
             Self::Interval { start, end, .. } => Some(end.unwrap_or(*start).timestamp()),
             Self::Roster(_) => None,
             Self::Event { time, .. } => Some(time.timestamp()),
@@ -767,6 +778,22 @@ mod tests {
         let damaged = Month::from_ordinal(u32::MAX);
         assert_eq!(damaged.first_day().to_string(), "9999-12-01");
         assert_eq!(Month::from_ordinal(0).first_day().to_string(), "0000-01-01");
+    }
+
+    #[test]
+    fn a_months_start_time_is_midnight_of_its_first_day_in_china() {
+        let m: Month = "2026-09".parse().unwrap();
+        // 2026-09-01T00:00:00+08:00 is 2026-08-31T16:00:00Z.
+        assert_eq!(m.start_time(), 1_788_192_000);
+        for m in [Month::from_ordinal(0), m, Month::from_ordinal(u32::MAX)] {
+            let midnight = m
+                .first_day()
+                .and_hms_opt(0, 0, 0)
+                .unwrap()
+                .and_local_timezone(china_offset())
+                .unwrap();
+            assert_eq!(m.start_time(), midnight.timestamp(), "{m}");
+        }
     }
 
     #[test]
