@@ -313,7 +313,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
         let text = feeds::decode::to_text(body, wages.encoding, "bench")?;
         let decoded = feeds::decode::decode(&text, wages, "bench")?;
         let mapped = feeds::map_page(wages, decoded.records, &pseudo);
-        engine.ingest(wages, mapped, now())?;
+        engine.ingest(wages, mapped, now(), None)?;
         ingest_times.push(t.elapsed().as_secs_f64() * 1000.0);
         engine.evaluate_touched(now())?;
         times.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -371,7 +371,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
             let text = feeds::decode::to_text(body, wages.encoding, "bench")?;
             let decoded = feeds::decode::decode(&text, wages, "bench")?;
             let mapped = feeds::map_page(wages, decoded.records, &pseudo);
-            engine.ingest(wages, mapped, now())?;
+            engine.ingest(wages, mapped, now(), None)?;
             engine.evaluate_touched(now())?;
         }
         let t = Instant::now();

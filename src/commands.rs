@@ -490,7 +490,7 @@ pub fn quarantine(config: &Path, action: QuarantineAction) -> anyhow::Result<Str
                 };
                 // Person fields hold pk: tokens, which map to themselves.
                 let mapped = crate::feeds::map_page(fc, vec![Ok(record)], &pseudo);
-                let counts = engine.ingest(fc, mapped, crate::model::now())?;
+                let counts = engine.ingest(fc, mapped, crate::model::now(), None)?;
                 if counts.rejected == 0 {
                     ok += 1;
                     if counts.waiting == 0 {

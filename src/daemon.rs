@@ -106,20 +106,13 @@ impl Sink for EngineSink {
         &self,
         feed: &FeedConfig,
         records: Vec<Mapped<'_>>,
+        cursor: Option<&str>,
     ) -> Result<Counts, PollError> {
         self.store_writable()?;
         self.engine
             .lock()
             .await
-            .ingest(feed, records, now())
-            .map_err(poll_error)
-    }
-
-    async fn save_cursor(&self, feed: &str, cursor: &str) -> Result<(), PollError> {
-        self.engine
-            .lock()
-            .await
-            .save_cursor(feed, cursor)
+            .ingest(feed, records, now(), cursor)
             .map_err(poll_error)
     }
 

@@ -2,7 +2,7 @@
 //! through their lifecycle and queues the notifications they cause.
 //!
 //! Invariants:
-//! - State is committed before the cursor covering it (see `feeds`); alert states and the
+//! - State is committed with the cursor covering it, in one batch (see `feeds`); alert states and the
 //!   notifications they cause are committed in one batch, before anything is sent.
 //! - If a commit fails, the world and the alerts are reloaded from the store before the next
 //!   operation, so a retry starts from the durable state.
@@ -534,24 +534,16 @@ impl Engine {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    pub fn save_cursor(&self, feed: &str, cursor: &str) -> Result<(), StoreError> {
-        let mut b = Batch::default();
-        b.put(
-            Space::Cursor,
-            feed.as_bytes().to_vec(),
-            cursor.as_bytes().to_vec(),
-        );
-        self.store.commit(b)
-    }
-
-    /// Applies records and commits the changed state. Rejected records go to the quarantine
-    /// (logged and counted); records of persons not yet on the roster wait for the next
-    /// roster poll, up to [`MAX_WAITING`] of them.
+    /// Applies records and commits the changed state, and `cursor` (the feed's cursor after
+    /// these records) in the same commit. Rejected records go to the quarantine (logged and
+    /// counted); records of persons not yet on the roster wait for the next roster poll, up
+    /// to [`MAX_WAITING`] of them.
     pub fn ingest(
         &mut self,
         feed: &FeedConfig,
         records: Vec<Mapped<'_>>,
         now: DateTime<FixedOffset>,
+        cursor: Option<&str>,
     ) -> Result<Counts, EngineError> {
         let mut counts = Counts::default();
         let mut rejected: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -650,6 +642,13 @@ impl Engine {
         }
         let (mut batch, touched) = self.world.take_batch();
         batch.ops.extend(extra.ops);
+        if let Some(c) = cursor {
+            batch.put(
+                Space::Cursor,
+                feed.name.as_bytes().to_vec(),
+                c.as_bytes().to_vec(),
+            );
+        }
         if counts.accepted > 0 {
             batch.put(
                 Space::Cursor,

@@ -94,7 +94,7 @@ pub async fn poll_dir<S: Sink + Sync>(
         match outcome {
             Ok(decoded) => {
                 let mapped = map_page(feed, decoded.records, pseudo);
-                let counts = sink.ingest(feed, mapped).await?;
+                let counts = sink.ingest(feed, mapped, None).await?;
                 total.add(counts);
                 let to = destination(&done, &name);
                 tokio::fs::rename(&path, &to)

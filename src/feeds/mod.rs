@@ -3,11 +3,12 @@
 //! Invariants:
 //! - Runs of one feed never overlap: each feed has one task that polls, then waits for the
 //!   next cron slot after the poll ended (missed slots are not replayed one by one).
-//! - A page's records are handed to the sink and committed before the cursor that follows
-//!   them is saved; a poll that fails half-way keeps the cursor of the last committed page.
+//! - A page's records are handed to the sink with the cursor that follows them, and both are
+//!   committed in one batch; a poll that fails half-way keeps the cursor of the last
+//!   committed page.
 //! - Pages are applied in order, one at a time. While one is applied (on a blocking thread),
 //!   the next is fetched, decoded and mapped; its own commit waits for the one before, and
-//!   an error in it is returned only after the page before is committed and its cursor saved.
+//!   an error in it is returned only after the page before is committed.
 
 pub mod decode;
 mod dir;
@@ -62,12 +63,6 @@ pub struct Mapped<'a> {
 pub trait Sink {
     /// The saved cursor of a feed.
     fn cursor(&self, feed: &str) -> impl Future<Output = Result<Option<String>, PollError>> + Send;
-    /// Saves the cursor after the state it covers is durable.
-    fn save_cursor(
-        &self,
-        feed: &str,
-        cursor: &str,
-    ) -> impl Future<Output = Result<(), PollError>> + Send;
     /// The HTTP validators saved after the feed's last complete poll.
     fn validators(
         &self,
@@ -78,11 +73,14 @@ pub trait Sink {
         feed: &str,
         v: &Validators,
     ) -> impl Future<Output = Result<(), PollError>> + Send;
-    /// Applies mapped records, quarantines the rejected ones, commits durably.
+    /// Applies mapped records, quarantines the rejected ones, commits durably. `cursor`, the
+    /// feed's cursor after these records, is committed with them: a page and the cursor past
+    /// it are saved together or not at all.
     fn ingest(
         &self,
         feed: &FeedConfig,
         records: Vec<Mapped<'_>>,
+        cursor: Option<&str>,
     ) -> impl Future<Output = Result<Counts, PollError>> + Send;
     /// Called before a poll starts: until it completes, the feed's data may be partial.
     fn poll_started(&self, feed: &str) -> impl Future<Output = ()> + Send;
@@ -168,12 +166,11 @@ struct PageInfo {
     next_link: Option<reqwest::Url>,
 }
 
-/// A page being applied on a blocking thread, and the cursor to save once it is committed.
+/// A page being applied, with the cursor after it, on a blocking thread.
 struct Applying {
     task: tokio::task::JoinHandle<Result<Counts, PollError>>,
     page: u32,
     records: usize,
-    cursor: Option<String>,
 }
 
 impl Applying {
@@ -185,37 +182,31 @@ impl Applying {
         index: u32,
     ) -> Self {
         let info = &page.borrow_dependent().info;
-        let (records, cursor) = (info.records, info.next_cursor.clone());
+        let records = info.records;
+        // Saved with the page; an empty page moves no cursor.
+        let cursor = info.next_cursor.clone().filter(|_| records > 0);
         let (feed, sink) = (Arc::clone(feed), sink.clone());
         let runtime = tokio::runtime::Handle::current();
         let task = tokio::task::spawn_blocking(move || {
             page.with_dependent_mut(|_, page| {
-                runtime.block_on(sink.ingest(&feed, std::mem::take(&mut page.records)))
+                let records = std::mem::take(&mut page.records);
+                runtime.block_on(sink.ingest(&feed, records, cursor.as_deref()))
             })
         });
         Applying {
             task,
             page: index,
             records,
-            cursor: cursor.filter(|_| records > 0),
         }
     }
 
-    /// Waits until the page is committed, then saves the cursor that follows it.
-    async fn finish<S: Sink>(
-        self,
-        feed: &FeedConfig,
-        sink: &S,
-        total: &mut Counts,
-    ) -> Result<(), PollError> {
+    /// Waits until the page and the cursor after it are committed.
+    async fn finish(self, feed: &FeedConfig, total: &mut Counts) -> Result<(), PollError> {
         let counts = self
             .task
             .await
             .map_err(|e| PollError::Store(format!("applying page {}: {e}", self.page)))??;
         total.add(counts);
-        if let Some(next) = &self.cursor {
-            sink.save_cursor(&feed.name, next).await?;
-        }
         debug!(feed = %feed.name, page = self.page, records = self.records, "page applied");
         Ok(())
     }
@@ -308,7 +299,7 @@ pub async fn poll<S: Sink + Clone + Send + Sync + 'static>(
         }
         .await;
         if let Some(before) = applying.take() {
-            before.finish(feed, sink, &mut total).await?;
+            before.finish(feed, &mut total).await?;
         }
         let Some(page) = fetched? else {
             debug!(feed = %feed.name, "not modified since the last poll");
@@ -333,7 +324,7 @@ pub async fn poll<S: Sink + Clone + Send + Sync + 'static>(
                     && *next == url
                 {
                     if let Some(before) = applying.take() {
-                        before.finish(feed, sink, &mut total).await?;
+                        before.finish(feed, &mut total).await?;
                     }
                     return Err(PollError::CursorStuck {
                         cursor: next.to_string(),
@@ -346,7 +337,7 @@ pub async fn poll<S: Sink + Clone + Send + Sync + 'static>(
         };
         if done {
             if let Some(last) = applying.take() {
-                last.finish(feed, sink, &mut total).await?;
+                last.finish(feed, &mut total).await?;
             }
             if let Some(v) = fresh_validators.filter(|v| !v.is_empty()) {
                 sink.save_validators(&feed.name, &v).await?;
@@ -355,7 +346,7 @@ pub async fn poll<S: Sink + Clone + Send + Sync + 'static>(
         }
     }
     if let Some(last) = applying.take() {
-        last.finish(feed, sink, &mut total).await?;
+        last.finish(feed, &mut total).await?;
     }
     Ok((total, false))
 }

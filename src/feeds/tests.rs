@@ -46,11 +46,6 @@ impl Sink for Recorder {
         Ok(None)
     }
 
-    async fn save_cursor(&self, _feed: &str, cursor: &str) -> Result<(), PollError> {
-        self.push(format!("save {cursor}"));
-        Ok(())
-    }
-
     async fn validators(&self, _feed: &str) -> Result<Option<Validators>, PollError> {
         Ok(None)
     }
@@ -63,6 +58,7 @@ impl Sink for Recorder {
         &self,
         _feed: &FeedConfig,
         records: Vec<Mapped<'_>>,
+        cursor: Option<&str>,
     ) -> Result<Counts, PollError> {
         let ids: Vec<String> = records
             .iter()
@@ -84,6 +80,10 @@ impl Sink for Recorder {
             return Err(PollError::Store("disk full".into()));
         }
         self.push(format!("committed {first}"));
+        // The cursor after the page, committed with it.
+        if let Some(cursor) = cursor {
+            self.push(format!("save {cursor}"));
+        }
         Ok(Counts {
             accepted: ids.len() as u64,
             ..Counts::default()
@@ -177,7 +177,8 @@ async fn pages_commit_in_order_while_the_next_is_fetched() {
     );
     // The second page was fetched while the first was applied.
     assert!(rec.at("fetch c1") < rec.at("committed A1"), "{lines:#?}");
-    // Each cursor is saved after its page is committed, and before the next page is applied.
+    // Each cursor is committed with its page (the sink logs it after the page), and before
+    // the next page is applied.
     for (page, cursor, next) in [
         ("A1", "c1", Some("A3,A4")),
         ("A3", "c2", Some("A5")),
