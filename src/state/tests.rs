@@ -381,15 +381,20 @@ fn a_store_of_thousands_of_households_loads_the_same_from_runs_and_from_a_base()
         "only generation 3 is left"
     );
     // A base, then runs after it.
+    commit_one_more_household(&mut w, &store);
+    let again = World::load(&store, 24).unwrap();
+    assert_eq!(again.n_households(), 5_001);
+    assert_same_households(&w, &again);
+}
+
+/// Adds household N1 with a wage this month, committed as one run.
+fn commit_one_more_household(w: &mut World, store: &dyn Store) {
     w.begin();
     w.apply("roster", &roster("N1", &[201]), now()).unwrap();
     let month = Month::of(now()).to_string();
     w.apply("wages", &wage("n1", 201, &month, 900), now())
         .unwrap();
     store.commit(w.take_batch().0).unwrap();
-    let again = World::load(&store, 24).unwrap();
-    assert_eq!(again.n_households(), 5_001);
-    assert_same_households(&w, &again);
 }
 
 /// The store as a full disk leaves it: commits succeed until `ok` more have, then every
@@ -467,12 +472,7 @@ fn a_base_cut_short_by_a_full_disk_changes_nothing_a_start_reads() {
         let store = SledStore::open(dir.path()).unwrap();
         let (mut w, _) = thousands_of_households(&store);
         w.write_base(&store).unwrap();
-        w.begin();
-        w.apply("roster", &roster("N1", &[201]), now()).unwrap();
-        let month = Month::of(now()).to_string();
-        w.apply("wages", &wage("n1", 201, &month, 900), now())
-            .unwrap();
-        store.commit(w.take_batch().0).unwrap();
+        commit_one_more_household(&mut w, &store);
         assert_eq!(store.scan(Space::MonthRun).unwrap().len(), 1);
         let full = DiskFillsAfter {
             inner: &store,
@@ -519,12 +519,7 @@ fn runs_committed_while_a_base_is_written_stay_after_it() {
     let store = SledStore::open(dir.path()).unwrap();
     let (mut w, _) = thousands_of_households(&store);
     let source = w.base_source();
-    w.begin();
-    w.apply("roster", &roster("N1", &[201]), now()).unwrap();
-    let month = Month::of(now()).to_string();
-    w.apply("wages", &wage("n1", 201, &month, 900), now())
-        .unwrap();
-    store.commit(w.take_batch().0).unwrap();
+    commit_one_more_household(&mut w, &store);
     let pending = w.run_bytes();
     let written = write_base_from(&source, &store).unwrap();
     w.base_written(written);
@@ -540,6 +535,7 @@ fn runs_committed_while_a_base_is_written_stay_after_it() {
     assert_eq!(again.run_bytes(), w.run_bytes());
     // One more run counts on from there, in memory and in the store alike.
     w.begin();
+    let month = Month::of(now()).to_string();
     w.apply("wages", &wage("n1b", 201, &month, 950), now())
         .unwrap();
     store.commit(w.take_batch().0).unwrap();
