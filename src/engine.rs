@@ -98,7 +98,17 @@ pub struct Engine {
     snapshot_spacing: std::time::Duration,
     /// A base of the months being written on its own thread.
     base_job: Option<BaseJob>,
+    /// After a failed base: when it failed, and the wait before the next.
+    base_retry: Option<(Instant, std::time::Duration)>,
+    /// The wait after the first failed base in a row ([`BASE_RETRY_FIRST`]).
+    base_retry_first: std::time::Duration,
 }
+
+/// The wait before a base of the months is tried again after one failed (a full disk may
+/// still take sled's small commits, and a base rewrites hundreds of MB); it doubles with
+/// each failure in a row, up to [`BASE_RETRY_MAX`].
+const BASE_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(30);
+const BASE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// A base of the months being written on its own thread (`Engine::write_base_if_due`).
 struct BaseJob {
@@ -262,6 +272,8 @@ impl Engine {
             base_rewrite_bytes: crate::state::DEFAULT_BASE_REWRITE_BYTES,
             snapshot_spacing: SNAPSHOT_SPACING,
             base_job: None,
+            base_retry: None,
+            base_retry_first: BASE_RETRY_FIRST,
         };
         e.update_gauges();
         e.update_quarantine_gauges();
@@ -294,7 +306,10 @@ impl Engine {
     /// First takes in a base written meanwhile.
     fn write_base_if_due(&mut self) {
         self.collect_base(false);
-        if self.base_job.is_none() && self.world.base_due(self.base_rewrite_bytes) {
+        let waiting = self
+            .base_retry
+            .is_some_and(|(failed, wait)| failed.elapsed() < wait);
+        if self.base_job.is_none() && !waiting && self.world.base_due(self.base_rewrite_bytes) {
             let source = self.world.base_source();
             let store = Arc::clone(&self.store);
             let spawned = std::thread::Builder::new()
@@ -331,6 +346,7 @@ impl Engine {
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         let outcome = match written {
             Ok(written) => {
+                self.base_retry = None;
                 self.world.base_written(written);
                 // The last snapshot can no longer be brought up to the store (the runs
                 // it would need are in the base now): a start after a crash would read
@@ -342,7 +358,12 @@ impl Engine {
             Err(e) => {
                 // Memory may no longer say which base the store holds: read it again.
                 self.stale = true;
-                warn!(error = %e, "months' base not written; the runs after the last one stay, and it is tried again after a later commit");
+                let first = self.base_retry_first;
+                let wait = self
+                    .base_retry
+                    .map_or(first, |(_, w)| (w * 2).min(BASE_RETRY_MAX).max(first));
+                self.base_retry = Some((Instant::now(), wait));
+                warn!(error = %e, retry_in_seconds = wait.as_secs(), "months' base not written; the runs after the last one stay, and it is tried again after a later commit once the wait has passed");
                 "failed"
             }
         };
@@ -357,6 +378,15 @@ impl Engine {
     /// snapshot, a reload and dropping the engine wait by themselves.)
     pub fn finish_base(&mut self) {
         self.collect_base(true);
+    }
+
+    /// From now on, a failed base of the months is tried again after `first` (doubling with
+    /// each failure in a row); a wait already begun is shortened to it.
+    pub fn set_base_retry_wait(&mut self, first: std::time::Duration) {
+        self.base_retry_first = first;
+        if let Some((_, wait)) = &mut self.base_retry {
+            *wait = (*wait).min(first);
+        }
     }
 
     /// From now on, a base of the months is written once the runs since the last one hold

@@ -263,7 +263,7 @@ impl Metrics {
                 &r,
                 IntGauge::new(
                     "guardline_store_size_bytes",
-                    "Bytes the store occupies on disk.",
+                    "Bytes the store occupies on disk, its files (the months' base) included.",
                 )
                 .expect("valid metric"),
             ),

@@ -66,6 +66,20 @@ fn open(dir: &Path, cfg: &Config) -> Engine {
 }
 
 fn open_with_snapshot(dir: &Path, cfg: &Config, snapshot: Option<std::path::PathBuf>) -> Engine {
+    open_with(
+        dir,
+        cfg,
+        snapshot,
+        Arc::new(guardline::metrics::Metrics::new()),
+    )
+}
+
+fn open_with(
+    dir: &Path,
+    cfg: &Config,
+    snapshot: Option<std::path::PathBuf>,
+    metrics: Arc<guardline::metrics::Metrics>,
+) -> Engine {
     let store: Arc<dyn Store> = Arc::new(store::open(dir).unwrap());
     let rules = RuleSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("alerts")).unwrap();
     Engine::open(
@@ -76,7 +90,7 @@ fn open_with_snapshot(dir: &Path, cfg: &Config, snapshot: Option<std::path::Path
         Templates::new(cfg.daemon.language),
         Arc::new(Mutex::new(Outbox::default())),
         Arc::new(tokio::sync::Notify::new()),
-        Arc::new(guardline::metrics::Metrics::new()),
+        metrics,
         Pseudonymizer::from_key(b"property test key 0123"),
         Default::default(),
         snapshot,
@@ -396,4 +410,55 @@ fn a_base_of_the_months_makes_the_next_snapshot_due_at_once() {
         pages_before > 1 && bases >= 1 && pages_after > 1,
         "{pages_before} pages, {bases} bases, {pages_after} pages"
     );
+}
+
+#[test]
+fn a_failed_base_of_the_months_is_tried_again_only_after_a_wait() {
+    // A full disk may still take sled's small commits while a base, hundreds of MB, fails:
+    // it is not written again after every commit. Here its folder cannot be created.
+    let dir = tempfile::tempdir().unwrap();
+    let f = feeds(dir.path());
+    let metrics = Arc::new(guardline::metrics::Metrics::new());
+    let mut engine = open_with(dir.path(), &f.cfg, None, Arc::clone(&metrics));
+    engine.set_base_rewrite_bytes(64 << 10);
+    engine.set_base_retry_wait(std::time::Duration::from_secs(3600));
+    let blocker = dir.path().join("store-files");
+    std::fs::write(&blocker, b"not a folder").unwrap();
+    engine
+        .ingest(&f.roster, mapped(&roster_records(100)), now(), None)
+        .unwrap();
+    let bases = |outcome: &str| metrics.base_writes.with_label_values(&[outcome]).get();
+    let page = |back: u32, engine: &mut Engine| {
+        let wages: Vec<(usize, u32, i64, usize)> = (0..200)
+            .map(|p| (p, back, 3000 + p as i64, back as usize * 1000 + p))
+            .collect();
+        engine
+            .ingest(&f.wages, mapped(&wage_records(&wages, 200)), now(), None)
+            .unwrap();
+        engine.finish_base();
+    };
+    let mut back = 0;
+    while bases("failed") == 0 {
+        assert!(back < 24, "no base was due");
+        page(back, &mut engine);
+        back += 1;
+    }
+    for _ in 0..4 {
+        page(back, &mut engine);
+        back += 1;
+    }
+    assert_eq!((bases("failed"), bases("written")), (1, 0), "waiting");
+    // The folder can be created again, and the wait is over: the next commit writes it.
+    std::fs::remove_file(&blocker).unwrap();
+    engine.set_base_retry_wait(std::time::Duration::ZERO);
+    page(back, &mut engine);
+    assert_eq!((bases("failed"), bases("written")), (1, 1));
+    let households: Vec<_> = engine.world().households().cloned().collect();
+    assert_eq!(households.len(), 100);
+    drop(engine);
+    let again = open(dir.path(), &f.cfg);
+    assert_eq!(again.world().n_households(), 100);
+    for h in &households {
+        assert_eq!(again.world().household(&h.id), Some(h));
+    }
 }

@@ -10,6 +10,7 @@
 //! - Monthly buckets more than `retention_months` before the current month are refused, and
 //!   those more than `retention_months` before a household's newest month are dropped.
 
+mod frames;
 mod month_log;
 pub use month_log::DEFAULT_MIN_RUN_BYTES as DEFAULT_BASE_REWRITE_BYTES;
 pub use month_log::{BaseSource, BaseWritten, write_base_from};

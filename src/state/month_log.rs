@@ -2,40 +2,60 @@
 //!
 //! sled's cost is per key (about 6 µs to insert one), and a page of a bulk feed changes
 //! thousands of households' months. So a commit writes the months it changed as one key, a
-//! *run* ([`Space::MonthRun`]), and the *base* ([`Space::MonthBase`]) holds every household's
-//! months in keys of [`BASE_HOUSEHOLDS_PER_KEY`] households, as of one run. A start reads the
-//! base, then the runs after it, in order.
+//! *run* ([`Space::MonthRun`]), and the *base* holds every household's months as of one run,
+//! in a file of frames of [`BASE_HOUSEHOLDS_PER_FRAME`] households. A start reads the base,
+//! then the runs after it, in order.
+//!
+//! The base is a file, not keys, because sled 0.34 handles values of megabytes badly: each
+//! is a blob file of its own, written again whenever its leaf splits, and its commits hold
+//! sled's process-wide batch lock while the ingest's commits wait (BENCHMARKS.md).
 //!
 //! Invariants:
 //! - A run's key is its sequence number, then the bytes of the runs since the base, this one
 //!   included (both big-endian u64), so the last key tells a start where the log stands
 //!   without reading the runs.
-//! - The base's keys begin with its generation. A new base is written from memory, under a
-//!   generation above every one in the store, in several commits; the meta key [`BASE_KEY`]
-//!   names the current generation and the last run it holds, and changes in the commit that
-//!   deletes those runs.
-//!   Keys of any other generation are what a write cut short or the base before left behind:
-//!   they are never read, and the next base deletes them.
+//! - A base is a file beside the store's keys ([`Store::write_file`]), named for its
+//!   generation (`months-base.N`). A new base is written from memory, under a generation
+//!   above every one in the store (files and keys), synced and renamed into place; then the
+//!   meta key [`BASE_KEY`] names its generation and the last run it holds, in the commit
+//!   that deletes those runs. Only that file is ever read. Files of any other generation are
+//!   what a write cut short, a failed commit or the base before left behind: the next base
+//!   deletes them, once its own commit is done.
+//! - Stores written before bases were files hold the base in keys of [`Space::MonthBase`]
+//!   (its generation, then the key's index), and their meta key says so (version 1). Such a
+//!   base is read as it is until the next base, which is a file, deletes the keys.
 //! - Months stored one key per household (schema 3, [`Space::HouseholdMonth`]) are read only
 //!   when there is no base yet, then moved into one and deleted.
+
+use std::io::{BufReader, Write};
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::frames::{self, FrameError, write_frame};
 use super::{Bucket, Household, Map, MonthBucket, Months, World};
 use crate::model::{HouseholdId, Month};
 use crate::store::{Batch, Space, Store, StoreError, codec};
 
 /// The version of a run's value.
 const RUN_VERSION: u8 = 1;
-/// The version of a base key's value.
-const BASE_VERSION: u8 = 1;
+/// The version of a base key's value (stores written before bases were files).
+const BASE_KEY_VERSION: u8 = 1;
 /// The meta key naming the current base: [`BaseInfo`].
 pub(super) const BASE_KEY: &[u8] = b"month_base";
-/// Households per key of the base: a few MB per value at 24 months each.
-pub(super) const BASE_HOUSEHOLDS_PER_KEY: usize = 4096;
-/// Keys of the base per commit while a base is written.
-const BASE_KEYS_PER_COMMIT: usize = 16;
+/// The version of [`BASE_KEY`]'s value: 1 named a base in keys ([`BaseInfoV1`]), 2 says
+/// where it is.
+const BASE_INFO_VERSION: u8 = 2;
+/// Households per frame of a base file: a few MB per frame at 24 months each.
+pub(super) const BASE_HOUSEHOLDS_PER_FRAME: usize = 4096;
+/// Deletions per commit when the keys of a base in keys are deleted.
+const DELETES_PER_COMMIT: usize = 256;
+/// A base file's first bytes.
+const BASE_MAGIC: &[u8; 8] = b"GLMBASE\x01";
+/// The version of a base file's frames; a change to the encoding of [`Months`] changes it.
+const BASE_FILE_FORMAT: u32 = 1;
+/// Base files are named this, then their generation.
+const BASE_FILE_PREFIX: &str = "months-base.";
 /// A new base is written once the runs after the current one hold more bytes than half of
 /// it, and at least this many (`daemon.base_rewrite_bytes`): each start reads at most half
 /// again the base, and a bulk ingest writes the base about twice over in all.
@@ -43,14 +63,61 @@ pub const DEFAULT_MIN_RUN_BYTES: u64 = 64 << 20;
 /// … or once there are this many runs after it (small feeds' commits).
 const MAX_RUNS: u64 = 20_000;
 
-/// What the meta key [`BASE_KEY`] holds.
+/// What the meta key [`BASE_KEY`] holds. Generation 0: no base yet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct BaseInfo {
     pub generation: u32,
     /// The last run the base holds: runs up to it are deleted with it.
     pub through: u64,
-    /// The bytes of the base's values.
+    /// The bytes of the base (its file, or its keys' values).
     pub bytes: u64,
+    /// Whether the base is a file (`months-base.N`) rather than keys of [`Space::MonthBase`].
+    pub in_file: bool,
+}
+
+/// What the meta key [`BASE_KEY`] held at version 1: a base in keys.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct BaseInfoV1 {
+    generation: u32,
+    through: u64,
+    bytes: u64,
+}
+
+impl BaseInfo {
+    fn decode(value: &[u8]) -> Result<Self, StoreError> {
+        if value.first() == Some(&1) {
+            let v1: BaseInfoV1 = codec::decode(1, Space::Meta, BASE_KEY, value)?;
+            return Ok(BaseInfo {
+                generation: v1.generation,
+                through: v1.through,
+                bytes: v1.bytes,
+                in_file: false,
+            });
+        }
+        codec::decode(BASE_INFO_VERSION, Space::Meta, BASE_KEY, value)
+    }
+}
+
+/// The name of the base file of `generation`.
+fn base_file_name(generation: u32) -> String {
+    format!("{BASE_FILE_PREFIX}{generation}")
+}
+
+/// The generation of a base file's name, also of its temporary file (`months-base.N.tmp`);
+/// `None` for a name that is not a base's.
+fn base_file_generation(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(BASE_FILE_PREFIX)?;
+    let digits = rest.strip_suffix(".tmp").unwrap_or(rest);
+    digits.parse().ok()
+}
+
+/// The first frame of a base file.
+#[derive(Debug, Serialize, Deserialize)]
+struct BaseHeader {
+    format: u32,
+    generation: u32,
+    through: u64,
+    households: u64,
 }
 
 /// Where the month log stands: the base, and the runs since.
@@ -83,7 +150,7 @@ impl LogState {
     /// last runs after it.
     pub fn read(store: &dyn Store) -> Result<Self, StoreError> {
         let base = match store.get(Space::Meta, BASE_KEY)? {
-            Some(v) => codec::decode(BASE_VERSION, Space::Meta, BASE_KEY, &v)?,
+            Some(v) => BaseInfo::decode(&v)?,
             None => BaseInfo::default(),
         };
         let mut state = LogState {
@@ -124,7 +191,7 @@ fn run_key(seq: u64, bytes: u64) -> Vec<u8> {
     k
 }
 
-fn split_run_key(k: &[u8]) -> Result<(u64, u64), StoreError> {
+pub(super) fn split_run_key(k: &[u8]) -> Result<(u64, u64), StoreError> {
     match (k.get(..8), k.get(8..16)) {
         (Some(seq), Some(bytes)) if k.len() == 16 => Ok((
             u64::from_be_bytes(seq.try_into().unwrap_or_default()),
@@ -138,7 +205,8 @@ fn split_run_key(k: &[u8]) -> Result<(u64, u64), StoreError> {
     }
 }
 
-fn base_key(generation: u32, index: u32) -> Vec<u8> {
+#[cfg(test)]
+pub(super) fn base_key(generation: u32, index: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(8);
     k.extend_from_slice(&generation.to_be_bytes());
     k.extend_from_slice(&index.to_be_bytes());
@@ -228,30 +296,10 @@ pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
         state.base.generation == 0 && store.first_key_from(Space::HouseholdMonth, &[])?.is_some();
     if per_household {
         super::load_household_months(w, store)?;
-    } else {
-        let generation = state.base.generation.to_be_bytes();
-        let next = state.base.generation.checked_add(1).map(u32::to_be_bytes);
-        let households = &mut w.households;
-        store.for_each_in(
-            Space::MonthBase,
-            &generation,
-            next.as_ref().map(|n| &n[..]),
-            &mut |k, v| {
-                let part: Vec<(String, Months)> =
-                    codec::decode(BASE_VERSION, Space::MonthBase, k, v)?;
-                for (id, months) in part {
-                    // A household gone since the base: the runs after it delete its months.
-                    if let Some(h) = id
-                        .parse::<HouseholdId>()
-                        .ok()
-                        .and_then(|id| households.get_mut(&id))
-                    {
-                        h.months = months;
-                    }
-                }
-                Ok(())
-            },
-        )?;
+    } else if state.base.in_file {
+        read_base_file(&mut w.households, store, &state.base)?;
+    } else if state.base.generation != 0 {
+        read_base_keys(&mut w.households, store, state.base.generation)?;
     }
     let households = &mut w.households;
     let after = run_key(state.base.through.saturating_add(1), 0);
@@ -270,6 +318,143 @@ pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
         "months loaded"
     );
     Ok(())
+}
+
+/// Reads the base in keys of `generation` (a store written before bases were files) into
+/// the households.
+fn read_base_keys(
+    households: &mut Map<HouseholdId, Household>,
+    store: &dyn Store,
+    generation: u32,
+) -> Result<(), StoreError> {
+    let next = generation.checked_add(1).map(u32::to_be_bytes);
+    store.for_each_in(
+        Space::MonthBase,
+        &generation.to_be_bytes(),
+        next.as_ref().map(|n| &n[..]),
+        &mut |k, v| {
+            let part: Vec<(String, Months)> =
+                codec::decode(BASE_KEY_VERSION, Space::MonthBase, k, v)?;
+            for (id, months) in part {
+                // A household gone since the base: the runs after it delete its months.
+                if let Some(h) = id
+                    .parse::<HouseholdId>()
+                    .ok()
+                    .and_then(|id| households.get_mut(&id))
+                {
+                    h.months = months;
+                }
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Reads the base file that `base` names into the households. A second thread reads and
+/// decodes the frames while this one puts the months in place. A missing or damaged file is
+/// an error: the base is the truth, not a cache.
+fn read_base_file(
+    households: &mut Map<HouseholdId, Household>,
+    store: &dyn Store,
+    base: &BaseInfo,
+) -> Result<(), StoreError> {
+    let path = store.file_path(&base_file_name(base.generation));
+    let damaged = |detail: String| StoreError::FileDamaged {
+        path: path.clone(),
+        detail,
+    };
+    let of_frame = |e: FrameError| match e {
+        FrameError::Io(source) => StoreError::File {
+            path: path.clone(),
+            source,
+        },
+        other => damaged(other.to_string()),
+    };
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(damaged(format!(
+                "missing, though the store names it as the months' base (generation {})",
+                base.generation
+            )));
+        }
+        Err(source) => {
+            return Err(StoreError::File {
+                path: path.clone(),
+                source,
+            });
+        }
+    };
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 8];
+    frames::read_exact(&mut input, &mut magic).map_err(of_frame)?;
+    if &magic != BASE_MAGIC {
+        return Err(damaged("not a base of the months".into()));
+    }
+    let mut buf = Vec::new();
+    let header: BaseHeader = frames::read_frame(&mut input, &mut buf).map_err(of_frame)?;
+    if header.format != BASE_FILE_FORMAT
+        || header.generation != base.generation
+        || header.through != base.through
+    {
+        return Err(damaged(format!(
+            "its header (format {}, generation {}, through run {}) is not the base the store names (format {BASE_FILE_FORMAT}, generation {}, through run {})",
+            header.format, header.generation, header.through, base.generation, base.through
+        )));
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(HouseholdId, Months)>>(4);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            let mut read = 0u64;
+            while read < header.households {
+                let chunk: Vec<(HouseholdId, Months)> =
+                    frames::read_frame(&mut input, &mut buf).map_err(of_frame)?;
+                if chunk.is_empty() {
+                    return Err(damaged("an empty frame of households".into()));
+                }
+                read += chunk.len() as u64;
+                if tx.send(chunk).is_err() {
+                    return Ok(());
+                }
+            }
+            if read != header.households {
+                return Err(damaged("more households than its header says".into()));
+            }
+            if !frames::at_end(&mut input).map_err(of_frame)? {
+                return Err(damaged("bytes after the last frame".into()));
+            }
+            Ok(())
+        });
+        for chunk in rx {
+            for (id, months) in chunk {
+                // A household gone since the base: the runs after it delete its months.
+                if let Some(h) = households.get_mut(&id) {
+                    h.months = months;
+                }
+            }
+        }
+        reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Whether a state snapshot whose changes since are `changed` crossed a new base: the base
+/// holds runs the changes name (and deleted them), or its keys changed.
+pub(super) fn crosses_base(
+    store: &dyn Store,
+    changed: &[(Space, Vec<u8>)],
+) -> Result<bool, StoreError> {
+    if changed.iter().any(|(space, _)| *space == Space::MonthBase) {
+        return Ok(true);
+    }
+    let through = LogState::read(store)?.base.through;
+    for (space, key) in changed {
+        if *space == Space::MonthRun && split_run_key(key)?.0 <= through {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// What a base is written from: every household's months as they were after one run,
@@ -311,15 +496,74 @@ pub(super) fn base_written(w: &mut World, written: BaseWritten) {
     }
 }
 
-/// Writes a new base from `source`, then deletes the runs it holds and the keys of other
-/// generations. Several commits: the base counts only once the one that names it in the
-/// meta key is done. Runs written meanwhile (by another thread) are after it and stay.
+/// Writes a new base from `source` as a file, then, in one commit, names it in the meta key
+/// and deletes the runs it holds; then deletes the files of other generations and any base
+/// in keys. The base counts only once that commit is done. Runs written meanwhile (by
+/// another thread) are after it and stay.
 pub fn write_base_from(source: &BaseSource, store: &dyn Store) -> Result<BaseWritten, StoreError> {
     let started = std::time::Instant::now();
     let state = source.state;
-    // Past every generation in the store: keys of a write cut short keep theirs, and must
-    // never become part of a base.
-    let highest = match store.last_key(Space::MonthBase)? {
+    let generation = next_generation(store, state.base.generation)?;
+    let households = &source.households;
+    let name = base_file_name(generation);
+    let header = BaseHeader {
+        format: BASE_FILE_FORMAT,
+        generation,
+        through: state.last_run,
+        households: households.len() as u64,
+    };
+    let bytes = store.write_file(&name, &mut |out: &mut dyn Write| {
+        out.write_all(BASE_MAGIC)?;
+        let mut buf = Vec::new();
+        write_frame(out, &mut buf, &header)?;
+        for chunk in households.chunks(BASE_HOUSEHOLDS_PER_FRAME) {
+            write_frame(out, &mut buf, chunk)?;
+        }
+        Ok(())
+    })?;
+    let base = BaseInfo {
+        generation,
+        through: state.last_run,
+        bytes,
+        in_file: true,
+    };
+    let mut batch = Batch::default();
+    batch.put(
+        Space::Meta,
+        BASE_KEY.to_vec(),
+        codec::encode(BASE_INFO_VERSION, &base),
+    );
+    let through = run_key(state.last_run.saturating_add(1), 0);
+    store.for_each_in(Space::MonthRun, &[], Some(&through), &mut |k, _| {
+        batch.delete(Space::MonthRun, k.to_vec());
+        Ok(())
+    })?;
+    // A failed commit may still be applied (and the file named): the file stays, and the
+    // next base deletes it if nothing names it.
+    store.commit(batch)?;
+    let written = BaseWritten {
+        base,
+        offset: state.run_bytes,
+    };
+    // The older bases go after: never read, so no hurry and no harm if a crash or a failure
+    // leaves them to the next base.
+    if let Err(e) = delete_other_bases(store, generation) {
+        warn!(error = %e, generation, "earlier bases of the months not deleted; the next base deletes them");
+    }
+    info!(
+        generation,
+        households = households.len(),
+        bytes,
+        seconds = started.elapsed().as_secs_f64(),
+        "months' base written"
+    );
+    Ok(written)
+}
+
+/// A generation above `current` and every one in the store, in base files (also temporary
+/// ones) and in keys: what a write cut short left must never become part of a base.
+fn next_generation(store: &dyn Store, current: u32) -> Result<u32, StoreError> {
+    let in_keys = match store.last_key(Space::MonthBase)? {
         Some(k) => k
             .get(..4)
             .and_then(|g| g.try_into().ok())
@@ -333,67 +577,17 @@ pub fn write_base_from(source: &BaseSource, store: &dyn Store) -> Result<BaseWri
             })?,
         None => 0,
     };
-    let generation = state
-        .base
-        .generation
-        .max(highest)
+    let in_files = store
+        .file_names()?
+        .iter()
+        .filter_map(|n| base_file_generation(n))
+        .max()
+        .unwrap_or(0);
+    current
+        .max(in_keys)
+        .max(in_files)
         .checked_add(1)
-        .ok_or_else(|| damaged(Space::MonthBase, &[], "no generation left after u32::MAX"))?;
-    let households = &source.households;
-    // One thread encodes the keys while this one commits them: encoding is about two
-    // fifths of a base's time, sled's commits the rest.
-    let (mut batch, bytes) = std::thread::scope(|scope| {
-        // A rendezvous: at most the batch being encoded and the one being committed are
-        // held (16 keys of a few MB each).
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(0);
-        let encoder = scope.spawn(move || encode_base(households, generation, &tx));
-        let mut committed = Ok(());
-        for full in rx.iter() {
-            committed = store.commit(full);
-            if committed.is_err() {
-                // Dropping the receiver stops the encoder at its next key.
-                break;
-            }
-        }
-        drop(rx);
-        let encoded = encoder
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        committed.and(encoded)
-    })?;
-    let base = BaseInfo {
-        generation,
-        through: state.last_run,
-        bytes,
-    };
-    batch.put(
-        Space::Meta,
-        BASE_KEY.to_vec(),
-        codec::encode(BASE_VERSION, &base),
-    );
-    let through = run_key(state.last_run.saturating_add(1), 0);
-    store.for_each_in(Space::MonthRun, &[], Some(&through), &mut |k, _| {
-        batch.delete(Space::MonthRun, k.to_vec());
-        Ok(())
-    })?;
-    store.commit(batch)?;
-    let written = BaseWritten {
-        base,
-        offset: state.run_bytes,
-    };
-    // The keys of other generations go after: never read, so no hurry and no harm if a
-    // crash or a failure leaves them to the next base. All of them sort before this one's.
-    if let Err(e) = delete_generations_below(store, generation) {
-        warn!(error = %e, generation, "keys of earlier bases of the months not deleted; the next base deletes them");
-    }
-    info!(
-        generation,
-        households = households.len(),
-        bytes,
-        seconds = started.elapsed().as_secs_f64(),
-        "months' base written"
-    );
-    Ok(written)
+        .ok_or_else(|| damaged(Space::MonthBase, &[], "no generation left after u32::MAX"))
 }
 
 /// Writes a new base from `w`'s households on this thread (see [`write_base_from`]).
@@ -404,57 +598,31 @@ pub(super) fn write_base(w: &mut World, store: &dyn Store) -> Result<(), StoreEr
     Ok(())
 }
 
-/// Deletes the base keys of generations below `generation`.
-fn delete_generations_below(store: &dyn Store, generation: u32) -> Result<(), StoreError> {
+/// Deletes the base files of every generation but `generation` (the one the store names),
+/// their temporary files, and every key of a base in keys (bases in keys are older).
+fn delete_other_bases(store: &dyn Store, generation: u32) -> Result<(), StoreError> {
+    let current = base_file_name(generation);
+    for name in store.file_names()? {
+        if name != current && base_file_generation(&name).is_some() {
+            store.remove_file(&name)?;
+        }
+    }
     let mut stale = Batch::default();
-    store.for_each_in(
-        Space::MonthBase,
-        &[],
-        Some(&generation.to_be_bytes()),
-        &mut |k, _| {
-            stale.delete(Space::MonthBase, k.to_vec());
-            Ok(())
-        },
-    )?;
-    for part in stale.ops.chunks(BASE_KEYS_PER_COMMIT * 16) {
+    store.for_each_in(Space::MonthBase, &[], None, &mut |k, _| {
+        stale.delete(Space::MonthBase, k.to_vec());
+        Ok(())
+    })?;
+    for part in stale.ops.chunks(DELETES_PER_COMMIT) {
         store.commit(Batch { ops: part.to_vec() })?;
     }
     Ok(())
 }
 
-/// Encodes the base of `households` (sorted by id) as keys of generation `generation`,
-/// sending each full commit's worth to `tx`; returns the last, partial batch and the bytes
-/// of all values. Stops early, with what it has, once the receiver is gone.
-fn encode_base(
-    households: &[(HouseholdId, Months)],
-    generation: u32,
-    tx: &std::sync::mpsc::SyncSender<Batch>,
-) -> Result<(Batch, u64), StoreError> {
-    let mut bytes = 0u64;
-    let mut batch = Batch::default();
-    for (index, value) in households.chunks(BASE_HOUSEHOLDS_PER_KEY).enumerate() {
-        let value = codec::encode(BASE_VERSION, &value);
-        bytes += value.len() as u64;
-        let index = u32::try_from(index).map_err(|_| {
-            damaged(
-                Space::MonthBase,
-                &[],
-                "more keys in a base than a u32 counts",
-            )
-        })?;
-        batch.put(Space::MonthBase, base_key(generation, index), value);
-        if batch.len() == BASE_KEYS_PER_COMMIT && tx.send(std::mem::take(&mut batch)).is_err() {
-            break;
-        }
-    }
-    Ok((batch, bytes))
-}
-
 /// Deletes the months stored one key per household (schema 3) once a base holds them, month
-/// by month (their keys begin with the month), in commits of at most [`DELETES_PER_COMMIT`]
+/// by month (their keys begin with the month), in commits of at most `MONTH_DELETES_PER_COMMIT`
 /// keys without journal entries. Returns how many were deleted.
 fn delete_household_months(store: &dyn Store) -> Result<usize, StoreError> {
-    const DELETES_PER_COMMIT: usize = 100_000;
+    const MONTH_DELETES_PER_COMMIT: usize = 100_000;
     let old = Space::HouseholdMonth;
     let mut deleted = 0;
     while let Some(first) = store.first_key_from(old, &[])? {
@@ -466,7 +634,7 @@ fn delete_household_months(store: &dyn Store) -> Result<usize, StoreError> {
             keys.push(k.to_vec());
             Ok(())
         })?;
-        for part in keys.chunks(DELETES_PER_COMMIT) {
+        for part in keys.chunks(MONTH_DELETES_PER_COMMIT) {
             let mut batch = Batch::default();
             for k in part {
                 batch.delete(old, k.clone());
@@ -499,6 +667,7 @@ mod tests {
                 generation: 1,
                 through: 10,
                 bytes: base_bytes,
+                in_file: true,
             },
             last_run: 10 + runs,
             // The count runs on from before the base (a base written while runs went on).
@@ -518,6 +687,34 @@ mod tests {
         assert!(state(0, mib + 1, 100).base_due(mib));
         assert!(!state(0, mib, 100).base_due(mib));
         assert!(!state(400 * mib, 100 * mib, 100).base_due(mib));
+    }
+
+    #[test]
+    fn base_files_are_named_for_their_generation_and_old_meta_keys_name_keys() {
+        assert_eq!(base_file_name(42), "months-base.42");
+        assert_eq!(base_file_generation("months-base.42"), Some(42));
+        assert_eq!(base_file_generation("months-base.42.tmp"), Some(42));
+        assert_eq!(base_file_generation("months-base."), None);
+        assert_eq!(base_file_generation("months-base.x"), None);
+        assert_eq!(base_file_generation("state.snapshot"), None);
+        let v1 = codec::encode(
+            1,
+            &BaseInfoV1 {
+                generation: 3,
+                through: 9,
+                bytes: 100,
+            },
+        );
+        let info = BaseInfo::decode(&v1).unwrap();
+        assert_eq!((info.generation, info.through, info.bytes), (3, 9, 100));
+        assert!(!info.in_file);
+        let v2 = BaseInfo {
+            in_file: true,
+            ..info
+        };
+        let encoded = codec::encode(BASE_INFO_VERSION, &v2);
+        assert_eq!(BaseInfo::decode(&encoded).unwrap(), v2);
+        assert!(BaseInfo::decode(&[3, 0]).is_err());
     }
 
     #[test]

@@ -21,15 +21,16 @@
 //! and reading small.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::frames::{self, FrameError, write_frame};
 use super::{CountyValue, Household, Months, Village, World};
 use crate::store::journal::StateChanges;
-use crate::store::{SCHEMA_VERSION, Space, Store, StoreError};
+use crate::store::{SCHEMA_VERSION, Store, StoreError};
 
 /// The file's name in the data directory.
 pub const FILE_NAME: &str = "state.snapshot";
@@ -37,8 +38,6 @@ const MAGIC: &[u8; 8] = b"GLSTATE\x01";
 /// Version of the frames' contents; a snapshot of another format is set aside.
 const FORMAT: u32 = 1;
 const HOUSEHOLDS_PER_FRAME: usize = 4096;
-/// No frame is larger; a length above it means a damaged file, not an allocation to try.
-const MAX_FRAME: u32 = 256 * 1024 * 1024;
 
 /// The most keys a start reads again to bring a snapshot of `households` households up to
 /// the store: beyond, loading the whole store is about as fast. Each key is a point read;
@@ -180,25 +179,6 @@ fn write(world: &World, stamp: u64, tmp: &Path, path: &Path) -> Result<(), Snaps
     Ok(())
 }
 
-fn write_frame<T: Serialize + ?Sized>(
-    out: &mut impl Write,
-    buf: &mut Vec<u8>,
-    value: &T,
-) -> std::io::Result<()> {
-    buf.clear();
-    // Invariant: postcard serialization into a Vec fails only for types serde cannot
-    // describe; the state's types are all plain (the store encodes them the same way).
-    *buf = postcard::to_extend(value, std::mem::take(buf))
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let len = u32::try_from(buf.len())
-        .ok()
-        .filter(|&n| n <= MAX_FRAME)
-        .ok_or_else(|| std::io::Error::other("a snapshot frame above its size limit"))?;
-    out.write_all(&len.to_le_bytes())?;
-    out.write_all(&crc32fast::hash(buf).to_le_bytes())?;
-    out.write_all(buf)
-}
-
 /// The working set from the snapshot at `path`, if there is one that is current or that
 /// the store's journal can bring up to the store. Anything else is logged, the file removed,
 /// and answered with `None`: the caller loads the store.
@@ -316,7 +296,7 @@ fn read(
             }
         },
     };
-    if changed.iter().any(|(space, _)| *space == Space::MonthBase) {
+    if super::month_log::crosses_base(store, &changed)? {
         return Ok(Outcome::Stale(
             "the months' base was written again since it was written",
         ));
@@ -334,8 +314,7 @@ fn read(
     w.villages = villages.into_iter().map(|v| (v.code, v)).collect();
     let counties: Vec<CountyValue> = frames.next()?;
     w.counties = counties.into_iter().map(|c| (c.code, c)).collect();
-    let mut rest = [0u8; 1];
-    if frames.input.read(&mut rest).map_err(|e| frames.io(e))? != 0 {
+    if !frames::at_end(&mut frames.input).map_err(|e| frames.frame_error(e))? {
         return Err(frames.damaged("bytes after the last frame"));
     }
     let began = std::time::Instant::now();
@@ -424,32 +403,18 @@ impl Frames<'_> {
         }
     }
 
+    fn frame_error(&self, e: FrameError) -> SnapshotError {
+        match e {
+            FrameError::Io(source) => self.io(source),
+            damage => self.damaged(&damage.to_string()),
+        }
+    }
+
     fn read_exact(&mut self, out: &mut [u8]) -> Result<(), SnapshotError> {
-        self.input.read_exact(out).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                self.damaged("it ends in the middle (cut short)")
-            } else {
-                self.io(e)
-            }
-        })
+        frames::read_exact(&mut self.input, out).map_err(|e| self.frame_error(e))
     }
 
     fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, SnapshotError> {
-        let mut head = [0u8; 8];
-        self.read_exact(&mut head)?;
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if len > MAX_FRAME {
-            return Err(self.damaged("a frame longer than the limit"));
-        }
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.resize(len as usize, 0);
-        self.read_exact(&mut buf)?;
-        if crc32fast::hash(&buf) != crc {
-            return Err(self.damaged("a frame whose checksum does not match"));
-        }
-        let value = postcard::from_bytes(&buf).map_err(|e| self.damaged(&format!("postcard: {e}")));
-        self.buf = buf;
-        value
+        frames::read_frame(&mut self.input, &mut self.buf).map_err(|e| self.frame_error(e))
     }
 }

@@ -240,13 +240,19 @@ fn a_commit_writes_its_months_as_one_run_and_a_base_holds_them_without_the_prune
     // From a base: the runs it holds are gone, and it holds the months kept.
     w.write_base(&store).unwrap();
     assert!(store.scan(Space::MonthRun).unwrap().is_empty());
-    let base = store.scan(Space::MonthBase).unwrap();
-    assert_eq!(base.len(), 1);
-    let part: Vec<(String, Months)> =
-        codec::decode(1, Space::MonthBase, &base[0].0, &base[0].1).unwrap();
-    assert_eq!(part, vec![("H1".to_string(), in_memory.months.clone())]);
+    assert!(store.scan(Space::MonthBase).unwrap().is_empty(), "a file");
+    assert_eq!(base_files(&store), ["months-base.1"]);
     let again = World::load(&store, 6).unwrap();
     assert_eq!(again.household(&id), Some(&in_memory));
+}
+
+/// The names of the store's base files.
+fn base_files(store: &dyn Store) -> Vec<String> {
+    let names = store.file_names().unwrap();
+    names
+        .into_iter()
+        .filter(|n| n.starts_with("months-base."))
+        .collect()
 }
 
 #[test]
@@ -334,6 +340,9 @@ fn store_months_per_household(store: &SledStore, w: &World) {
         }
     }
     b.delete(Space::Meta, month_log::BASE_KEY.to_vec());
+    for name in base_files(store) {
+        store.remove_file(&name).unwrap();
+    }
     for h in w.households() {
         for m in &h.months {
             b.put(
@@ -356,35 +365,118 @@ fn a_store_of_thousands_of_households_loads_the_same_from_runs_and_from_a_base()
         let keys = store.scan(Space::MonthBase).unwrap();
         keys.into_iter().map(|(k, _)| k).collect()
     };
-    // Two bases: the second deletes the first's keys. Keys of the next generation that a
-    // write cut short left behind (here one beyond the base's last key) are never read,
-    // and the next base takes a generation above them, then deletes them.
+    // Two bases: the second deletes the first's file. Files of the next generations that a
+    // failed commit or a write cut short left behind (here one that is whole and a
+    // temporary one) are never read, and the next base takes a generation above them, then
+    // deletes them.
     w.write_base(&store).unwrap();
-    let first = base_keys();
-    assert_eq!(
-        first.len(),
-        4_000usize.div_ceil(month_log::BASE_HOUSEHOLDS_PER_KEY)
-    );
-    let mut b = Batch::default();
-    b.put(
-        Space::MonthBase,
-        [&2u32.to_be_bytes()[..], &5u32.to_be_bytes()].concat(),
-        vec![1, 2, 3],
-    );
-    store.commit(b).unwrap();
+    assert_eq!(base_files(&store), ["months-base.1"]);
+    assert!(base_keys().is_empty());
+    let orphan = store.file_path("months-base.2");
+    std::fs::copy(store.file_path("months-base.1"), &orphan).unwrap();
+    std::fs::write(store.file_path("months-base.4.tmp"), b"cut short").unwrap();
     assert_same_households(&w, &World::load(&store, 24).unwrap());
     w.write_base(&store).unwrap();
-    let second = base_keys();
-    assert_eq!(second.len(), first.len());
-    assert!(
-        second.iter().all(|k| k.starts_with(&3u32.to_be_bytes())),
-        "only generation 3 is left"
-    );
+    assert_eq!(base_files(&store), ["months-base.5"]);
     // A base, then runs after it.
     commit_one_more_household(&mut w, &store);
     let again = World::load(&store, 24).unwrap();
     assert_eq!(again.n_households(), 5_001);
     assert_same_households(&w, &again);
+}
+
+/// Rewrites the store's months as a guardline before base files kept them: a base in keys
+/// of generation 3 (4,096 households per key, version 1) and a meta key of version 1, with
+/// no run and no base file.
+fn store_base_in_keys(store: &SledStore, w: &World) {
+    let mut b = Batch::default();
+    for (k, _) in store.scan(Space::MonthRun).unwrap() {
+        b.delete(Space::MonthRun, k);
+    }
+    for name in base_files(store) {
+        store.remove_file(&name).unwrap();
+    }
+    let mut households: Vec<(String, Months)> = w
+        .households()
+        .filter(|h| !h.months.is_empty())
+        .map(|h| (h.id.to_string(), h.months.clone()))
+        .collect();
+    households.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut bytes = 0;
+    for (i, part) in households.chunks(4096).enumerate() {
+        let value = codec::encode(1, &part);
+        bytes += value.len() as u64;
+        b.put(Space::MonthBase, month_log::base_key(3, i as u32), value);
+    }
+    b.put(
+        Space::Meta,
+        month_log::BASE_KEY.to_vec(),
+        codec::encode(1, &(3u32, w.log.last_run, bytes)),
+    );
+    store.commit(b).unwrap();
+}
+
+#[test]
+fn a_base_in_keys_is_read_until_the_next_base_moves_it_into_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let (mut w, _) = thousands_of_households(&store);
+    store_base_in_keys(&store, &w);
+    assert_eq!(store.scan(Space::MonthBase).unwrap().len(), 1);
+    commit_one_more_household(&mut w, &store);
+    let mut again = World::load(&store, 24).unwrap();
+    assert_same_households(&w, &again);
+    // The next base is a file of a generation above the keys', and deletes them.
+    again.write_base(&store).unwrap();
+    assert_eq!(base_files(&store), ["months-base.4"]);
+    assert!(store.scan(Space::MonthBase).unwrap().is_empty());
+    assert!(store.scan(Space::MonthRun).unwrap().is_empty());
+    assert_same_households(&w, &World::load(&store, 24).unwrap());
+}
+
+#[test]
+fn a_base_file_missing_or_damaged_is_an_error_that_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let (mut w, _) = thousands_of_households(&store);
+    w.write_base(&store).unwrap();
+    let path = store.file_path("months-base.1");
+    let good = std::fs::read(&path).unwrap();
+    let load_error = || match World::load(&store, 24) {
+        Ok(_) => panic!("loaded from a base file that is not the base"),
+        Err(e) => e.to_string(),
+    };
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x40;
+    let cut = good[..good.len() - 10].to_vec();
+    let mut other = good.clone();
+    other[..8].copy_from_slice(b"GLSTATE\x01");
+    let longer = [&good[..], b"x"].concat();
+    for (bytes, detail) in [
+        (flipped, "checksum does not match"),
+        (cut, "cut short"),
+        (other, "not a base of the months"),
+        (longer, "bytes after the last frame"),
+    ] {
+        std::fs::write(&path, bytes).unwrap();
+        let e = load_error();
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains(detail) && e.contains("restore"),
+            "{e}"
+        );
+    }
+    // The file of another base in its place: the next base deletes the damaged one.
+    w.write_base(&store).unwrap();
+    assert!(!path.exists());
+    std::fs::write(store.file_path("months-base.2"), &good).unwrap();
+    let e = load_error();
+    assert!(
+        e.contains("generation 1") && e.contains("generation 2"),
+        "{e}"
+    );
+    std::fs::remove_file(store.file_path("months-base.2")).unwrap();
+    let e = load_error();
+    assert!(e.contains("missing") && e.contains("months-base.2"), "{e}");
 }
 
 /// Adds household N1 with a wage this month, committed as one run.
@@ -397,8 +489,8 @@ fn commit_one_more_household(w: &mut World, store: &dyn Store) {
     store.commit(w.take_batch().0).unwrap();
 }
 
-/// The store as a full disk leaves it: commits succeed until `ok` more have, then every
-/// write is refused; reads go on.
+/// The store as a full disk leaves it: commits and files are written until `ok` more have,
+/// then every write is refused (a file after its first bytes); reads go on.
 struct DiskFillsAfter<'a> {
     inner: &'a SledStore,
     ok: std::sync::atomic::AtomicUsize,
@@ -452,6 +544,32 @@ impl Store for DiskFillsAfter<'_> {
         self.write()?;
         self.inner.commit_unjournaled(batch)
     }
+    fn write_file(
+        &self,
+        name: &str,
+        fill: &mut crate::store::files::Fill<'_>,
+    ) -> Result<u64, StoreError> {
+        if self.write().is_ok() {
+            return self.inner.write_file(name, fill);
+        }
+        // The disk fills in the middle of the file.
+        self.inner.write_file(name, &mut |out| {
+            let mut full = FullAfter {
+                inner: out,
+                left: 100,
+            };
+            fill(&mut full)
+        })
+    }
+    fn file_path(&self, name: &str) -> std::path::PathBuf {
+        self.inner.file_path(name)
+    }
+    fn file_names(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.file_names()
+    }
+    fn remove_file(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.remove_file(name)
+    }
     fn next_id(&self) -> Result<u64, StoreError> {
         self.inner.next_id()
     }
@@ -460,12 +578,32 @@ impl Store for DiskFillsAfter<'_> {
     }
 }
 
+/// A writer that takes `left` bytes, then answers that the disk is full.
+struct FullAfter<'a> {
+    inner: &'a mut dyn std::io::Write,
+    left: usize,
+}
+
+impl std::io::Write for FullAfter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::ErrorKind::StorageFull.into());
+        }
+        let n = buf.len().min(self.left);
+        self.left -= n;
+        self.inner.write(&buf[..n])
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[test]
 fn a_base_cut_short_by_a_full_disk_changes_nothing_a_start_reads() {
-    // The disk fills after 0, 1, … commits of the base's write: a start reads the same
-    // households each time, and once there is room again the next base leaves only its own
-    // keys and no run. The first base that counts (its meta key written) is written
-    // whatever happens to the deletion of the older base's keys after it.
+    // The disk fills after 0, 1, … writes of the base: in its file (the temporary file is
+    // removed), then at the commit that names it (the whole file stays, named by nothing).
+    // A start reads the same households each time, and once there is room again the next
+    // base takes a generation above what was left, and leaves only its own file and no run.
     let mut cut_short = 0;
     for ok in 0.. {
         let dir = tempfile::tempdir().unwrap();
@@ -482,32 +620,26 @@ fn a_base_cut_short_by_a_full_disk_changes_nothing_a_start_reads() {
         let mut again = World::load(&store, 24).unwrap();
         assert_same_households(&w, &again);
         if written.is_ok() {
-            // The older base's keys stayed (their deletion was refused); the next deletes
-            // them.
-            let generations = |store: &SledStore| -> BTreeSet<Vec<u8>> {
-                let keys = store.scan(Space::MonthBase).unwrap();
-                keys.iter().map(|(k, _)| k[..4].to_vec()).collect()
-            };
-            assert_eq!(generations(&store).len(), 2);
-            w.write_base(&store).unwrap();
-            assert_eq!(generations(&store).len(), 1);
-            assert_same_households(&w, &World::load(&store, 24).unwrap());
+            assert_eq!(base_files(&store), ["months-base.2"]);
+            assert!(store.scan(Space::MonthRun).unwrap().is_empty());
             break;
         }
         cut_short += 1;
+        let left = base_files(&store);
+        assert_eq!(left.len(), ok + 1, "{left:?}");
+        assert_eq!(left[0], "months-base.1", "the base the store names");
+        assert_eq!(
+            store.scan(Space::MonthRun).unwrap().len(),
+            1,
+            "the run stays"
+        );
         // As the engine does after a failed write: memory is read again from the store.
         again.write_base(&store).unwrap();
-        let keys = store.scan(Space::MonthBase).unwrap();
-        let newest = &keys.last().unwrap().0[..4];
-        assert!(
-            keys.iter().all(|(k, _)| &k[..4] == newest),
-            "one generation left after a base cut short by {ok} commits"
-        );
+        assert_eq!(base_files(&store), [format!("months-base.{}", ok + 2)]);
         assert!(store.scan(Space::MonthRun).unwrap().is_empty());
         assert_same_households(&w, &World::load(&store, 24).unwrap());
     }
-    // Refused at once: a base of one key is written by the commit that names it.
-    assert_eq!(cut_short, 1);
+    assert_eq!(cut_short, 2, "refused in the file, then at the commit");
 }
 
 #[test]
@@ -572,7 +704,7 @@ fn months_stored_per_household_are_moved_into_a_base_and_deleted() {
         0,
         "moved and deleted"
     );
-    assert!(!store.scan(Space::MonthBase).unwrap().is_empty());
+    assert_eq!(base_files(&store), ["months-base.1"]);
     assert_same_households(&w, &World::load(&store, 24).unwrap());
     // A move that stopped after the base was written deletes the rest at the next load,
     // and the base is what counts.

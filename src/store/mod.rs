@@ -18,6 +18,7 @@
 //!   whole, never in part); callers treat it as not applied and write it again.
 
 pub mod codec;
+pub mod files;
 pub mod journal;
 mod sled_backend;
 
@@ -33,7 +34,8 @@ pub use sled_backend::SledStore;
 /// - 3: every commit that writes state writes a new [`Store::state_stamp`]. Migrating
 ///   writes one; an older guardline, which would write state without stamping it and leave
 ///   a state snapshot looking current, refuses the store.
-/// - 4: the months in runs and a base ([`Space::MonthRun`], [`Space::MonthBase`]). Opening
+/// - 4: the months in runs and a base ([`Space::MonthRun`]; the base in [`Space::MonthBase`],
+///   later in a file beside the keys, which the base's meta key says). Opening
 ///   a store of an older version writes a new stamp without a journal entry, and
 ///   `state::World::load` moves the months left under [`Space::HouseholdMonth`].
 pub const SCHEMA_VERSION: u32 = 4;
@@ -69,6 +71,15 @@ pub enum StoreError {
         failure: WriteFailure,
         detail: String,
     },
+    #[error(
+        "store file {path}: {source} (check the disk, its free space and the permissions of the data directory)"
+    )]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store file {path} is damaged: {detail}; restore data_dir from a backup")]
+    FileDamaged { path: PathBuf, detail: String },
     #[error("stored value {space:?}/{key} is damaged or of an unknown version: {detail}")]
     Decode {
         space: Space,
@@ -161,8 +172,8 @@ pub trait WriteObserver: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Space {
     Meta,
-    /// A household's roster part; its months are in [`Space::MonthBase`] and
-    /// [`Space::MonthRun`].
+    /// A household's roster part; its months are in the months' base (a file, see
+    /// `state::month_log`) and [`Space::MonthRun`].
     Household,
     /// Schema 3: one month of one household, the month (big-endian u32), then the household
     /// id. Only read, to move the months into a base, then deleted.
@@ -172,10 +183,9 @@ pub enum Space {
     /// is per key (about 6 µs to insert one), so a page of 10,000 records writes one key
     /// instead of 7,000.
     MonthRun,
-    /// Every household's months as of a run (the *base*), in keys of a few thousand
-    /// households: the base's generation, then the key's index (both big-endian u32). The
-    /// base is rewritten from memory when the runs after it have grown, and a start reads it,
-    /// then the runs after it.
+    /// Every household's months as of a run (the *base*) as guardline kept it in keys before
+    /// the base was a file: the base's generation, then the key's index (both big-endian
+    /// u32). Read while the store names such a base; the next base, a file, deletes them.
     MonthBase,
     Village,
     County,
@@ -387,9 +397,19 @@ pub trait Store: Send + Sync {
         }
         Ok(doomed.len())
     }
+    /// Writes the file `name` beside the store's keys ([`files`]), whole or not at all, with
+    /// the bytes `fill` writes; returns their number. The file counts only once a commit
+    /// names it.
+    fn write_file(&self, name: &str, fill: &mut files::Fill<'_>) -> Result<u64, StoreError>;
+    /// The path of the file `name` beside the store's keys, to read it.
+    fn file_path(&self, name: &str) -> PathBuf;
+    /// The names of the files beside the store's keys, sorted.
+    fn file_names(&self) -> Result<Vec<String>, StoreError>;
+    /// Removes the file `name` beside the store's keys, if it is there.
+    fn remove_file(&self, name: &str) -> Result<(), StoreError>;
     /// A new id, unique and increasing over the store's lifetime (also across restarts).
     fn next_id(&self) -> Result<u64, StoreError>;
-    /// Bytes the store occupies on disk.
+    /// Bytes the store occupies on disk, its files included.
     fn size_on_disk(&self) -> u64;
     /// `Ok` when the store accepts writes. After a failed write, the store is reopened and
     /// probed, at most once per back-off interval, until it accepts writes again; until

@@ -18,12 +18,15 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
+use super::files::{FileDir, Fill};
 use super::journal::ChangedKeys;
 use super::{
     Batch, Entries, SCHEMA_VERSION, Space, Store, StoreError, WriteFailure, WriteObserver,
 };
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
+/// The folder of the store's files ([`super::files`]) in the data_dir.
+pub const FILES_DIR: &str = "store-files";
 /// The state stamp ([`Store::state_stamp`]), big-endian: random, so that a store restored
 /// from a backup, whose id generator goes back with it, cannot write a stamp again.
 const STATE_STAMP_KEY: &[u8] = b"state_stamp";
@@ -72,6 +75,8 @@ pub struct SledStore {
     /// The data_dir, for messages; the database is its `store` folder.
     dir: PathBuf,
     path: PathBuf,
+    /// The files beside the keys: `data_dir/store-files`.
+    files: FileDir,
     /// The open database, `None` from a failed operation until a reopen succeeds.
     slot: RwLock<Slot>,
     /// Why the store refuses writes: `Some` exactly while the database is closed.
@@ -197,6 +202,7 @@ impl SledStore {
         Ok(Self {
             dir: dir.to_path_buf(),
             path,
+            files: FileDir::new(dir.join(FILES_DIR)),
             slot: RwLock::new(Slot {
                 db: Some(db),
                 generation: 0,
@@ -622,12 +628,31 @@ impl Store for SledStore {
         self.run(|db| db.generate_id())
     }
 
+    fn write_file(&self, name: &str, fill: &mut Fill<'_>) -> Result<u64, StoreError> {
+        // Like a commit, refused while the database refuses writes: a file counts only once
+        // a commit names it.
+        self.writable()?;
+        self.files.write(name, fill)
+    }
+
+    fn file_path(&self, name: &str) -> PathBuf {
+        self.files.path(name)
+    }
+
+    fn file_names(&self) -> Result<Vec<String>, StoreError> {
+        self.files.names()
+    }
+
+    fn remove_file(&self, name: &str) -> Result<(), StoreError> {
+        self.files.remove(name)
+    }
+
     fn size_on_disk(&self) -> u64 {
         let slot = self.slot.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(Ok(n)) = slot.db.as_ref().map(sled::Db::size_on_disk) {
             self.size.store(n, Ordering::Relaxed);
         }
-        self.size.load(Ordering::Relaxed)
+        self.size.load(Ordering::Relaxed) + self.files.size()
     }
 
     fn writable(&self) -> Result<(), StoreError> {

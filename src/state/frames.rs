@@ -1,0 +1,120 @@
+//! Frames: the layout of the files that hold many households (the state snapshot, the
+//! months' base). Each frame is `[u32 length][u32 CRC-32][postcard bytes]`, little-endian,
+//! so that a file is written and read a few thousand households at a time, and damage is
+//! found where it is.
+
+use std::io::{Read, Write};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// No frame is larger; a length above it means a damaged file, not an allocation to try.
+pub const MAX_FRAME: u32 = 256 * 1024 * 1024;
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error(transparent)]
+    Io(std::io::Error),
+    #[error("it ends in the middle (cut short)")]
+    CutShort,
+    #[error("a frame longer than the limit")]
+    TooLong,
+    #[error("a frame whose checksum does not match")]
+    Checksum,
+    #[error("postcard: {0}")]
+    Decode(postcard::Error),
+}
+
+/// Writes `value` as one frame; `buf` is reused between frames.
+pub fn write_frame<T: Serialize + ?Sized>(
+    out: &mut (impl Write + ?Sized),
+    buf: &mut Vec<u8>,
+    value: &T,
+) -> std::io::Result<()> {
+    buf.clear();
+    // Invariant: postcard serialization into a Vec fails only for types serde cannot
+    // describe; the state's types are all plain (the store encodes them the same way).
+    *buf = postcard::to_extend(value, std::mem::take(buf))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let len = u32::try_from(buf.len())
+        .ok()
+        .filter(|&n| n <= MAX_FRAME)
+        .ok_or_else(|| std::io::Error::other("a frame above its size limit"))?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(&crc32fast::hash(buf).to_le_bytes())?;
+    out.write_all(buf)
+}
+
+/// Reads exactly `out.len()` bytes; an early end is [`FrameError::CutShort`].
+pub fn read_exact(input: &mut impl Read, out: &mut [u8]) -> Result<(), FrameError> {
+    input.read_exact(out).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameError::CutShort
+        } else {
+            FrameError::Io(e)
+        }
+    })
+}
+
+/// Reads one frame and decodes it; `buf` is reused between frames.
+pub fn read_frame<T: DeserializeOwned>(
+    input: &mut impl Read,
+    buf: &mut Vec<u8>,
+) -> Result<T, FrameError> {
+    let mut head = [0u8; 8];
+    read_exact(input, &mut head)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLong);
+    }
+    buf.resize(len as usize, 0);
+    read_exact(input, buf)?;
+    if crc32fast::hash(buf) != crc {
+        return Err(FrameError::Checksum);
+    }
+    postcard::from_bytes(buf).map_err(FrameError::Decode)
+}
+
+/// Whether `input` is at its end.
+pub fn at_end(input: &mut impl Read) -> Result<bool, FrameError> {
+    let mut rest = [0u8; 1];
+    Ok(input.read(&mut rest).map_err(FrameError::Io)? == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_read_back_and_damage_is_named() {
+        let mut file = Vec::new();
+        let mut buf = Vec::new();
+        write_frame(&mut file, &mut buf, &(7u32, "seven")).unwrap();
+        write_frame(&mut file, &mut buf, &vec![1u64, 2, 3]).unwrap();
+        let mut input = &file[..];
+        let first: (u32, String) = read_frame(&mut input, &mut buf).unwrap();
+        assert_eq!(first, (7, "seven".to_string()));
+        let second: Vec<u64> = read_frame(&mut input, &mut buf).unwrap();
+        assert_eq!(second, [1, 2, 3]);
+        assert!(at_end(&mut input).unwrap());
+
+        let mut flipped = file.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        let mut input = &flipped[..];
+        let _: (u32, String) = read_frame(&mut input, &mut buf).unwrap();
+        let r: Result<Vec<u64>, _> = read_frame(&mut input, &mut buf);
+        assert!(matches!(r, Err(FrameError::Checksum)), "{r:?}");
+
+        let mut input = &file[..file.len() - 1];
+        let _: (u32, String) = read_frame(&mut input, &mut buf).unwrap();
+        let r: Result<Vec<u64>, _> = read_frame(&mut input, &mut buf);
+        assert!(matches!(r, Err(FrameError::CutShort)), "{r:?}");
+
+        let mut long = file.clone();
+        long[..4].copy_from_slice(&(MAX_FRAME + 1).to_le_bytes());
+        let r: Result<(u32, String), _> = read_frame(&mut &long[..], &mut buf);
+        assert!(matches!(r, Err(FrameError::TooLong)), "{r:?}");
+    }
+}
