@@ -356,12 +356,16 @@ impl Engine {
                 "written"
             }
             Err(e) => {
-                // Memory may no longer say which base the store holds: read it again.
-                self.stale = true;
+                // A base changes nothing in memory but where the months' log stands, which
+                // a commit that failed yet was applied may have moved: read that again
+                // (not the whole store), or reload everything once the store can say.
+                if self.world.read_log_state(self.store.as_ref()).is_err() {
+                    self.stale = true;
+                }
                 let first = self.base_retry_first;
-                let wait = self
-                    .base_retry
-                    .map_or(first, |(_, w)| (w * 2).min(BASE_RETRY_MAX).max(first));
+                let wait = self.base_retry.map_or(first, |(_, w)| {
+                    w.saturating_mul(2).min(BASE_RETRY_MAX).max(first)
+                });
                 self.base_retry = Some((Instant::now(), wait));
                 warn!(error = %e, retry_in_seconds = wait.as_secs(), "months' base not written; the runs after the last one stay, and it is tried again after a later commit once the wait has passed");
                 "failed"

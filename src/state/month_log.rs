@@ -20,7 +20,9 @@
 //!   meta key [`BASE_KEY`] names its generation and the last run it holds, in the commit
 //!   that deletes those runs. Only that file is ever read. Files of any other generation are
 //!   what a write cut short, a failed commit or the base before left behind: the next base
-//!   deletes them, once its own commit is done.
+//!   deletes those the store does not name before it writes (their space may be what a full
+//!   disk lacks), and the one it replaces once its own commit is done. Never the file the
+//!   store names: bases are written by one thread at a time.
 //! - Stores written before bases were files hold the base in keys of [`Space::MonthBase`]
 //!   (its generation, then the key's index), and their meta key says so (version 1). Such a
 //!   base is read as it is until the next base, which is a file, deletes the keys.
@@ -108,7 +110,9 @@ fn base_file_name(generation: u32) -> String {
 fn base_file_generation(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(BASE_FILE_PREFIX)?;
     let digits = rest.strip_suffix(".tmp").unwrap_or(rest);
-    digits.parse().ok()
+    // Only the names bases are written under: digits without a sign or leading zeros.
+    let generation: u32 = digits.parse().ok()?;
+    (generation.to_string() == digits).then_some(generation)
 }
 
 /// The first frame of a base file.
@@ -503,7 +507,12 @@ pub(super) fn base_written(w: &mut World, written: BaseWritten) {
 pub fn write_base_from(source: &BaseSource, store: &dyn Store) -> Result<BaseWritten, StoreError> {
     let started = std::time::Instant::now();
     let state = source.state;
-    let generation = next_generation(store, state.base.generation)?;
+    // What a crash or a failed commit left takes space the new file may need (a full disk):
+    // delete it first. The store names the base to keep (memory may lag behind a commit that
+    // failed yet was applied); this thread is the only one that writes bases.
+    let named = LogState::read(store)?.base;
+    delete_other_bases(store, named.generation, false)?;
+    let generation = next_generation(store, state.base.generation.max(named.generation))?;
     let households = &source.households;
     let name = base_file_name(generation);
     let header = BaseHeader {
@@ -547,7 +556,7 @@ pub fn write_base_from(source: &BaseSource, store: &dyn Store) -> Result<BaseWri
     };
     // The older bases go after: never read, so no hurry and no harm if a crash or a failure
     // leaves them to the next base.
-    if let Err(e) = delete_other_bases(store, generation) {
+    if let Err(e) = delete_other_bases(store, generation, true) {
         warn!(error = %e, generation, "earlier bases of the months not deleted; the next base deletes them");
     }
     info!(
@@ -598,14 +607,18 @@ pub(super) fn write_base(w: &mut World, store: &dyn Store) -> Result<(), StoreEr
     Ok(())
 }
 
-/// Deletes the base files of every generation but `generation` (the one the store names),
-/// their temporary files, and every key of a base in keys (bases in keys are older).
-fn delete_other_bases(store: &dyn Store, generation: u32) -> Result<(), StoreError> {
+/// Deletes the base files of every generation but `generation` (the one the store names)
+/// and their temporary files; with `keys`, also every key of a base in keys (only once the
+/// store names a base in a file: bases in keys are older).
+fn delete_other_bases(store: &dyn Store, generation: u32, keys: bool) -> Result<(), StoreError> {
     let current = base_file_name(generation);
     for name in store.file_names()? {
         if name != current && base_file_generation(&name).is_some() {
             store.remove_file(&name)?;
         }
+    }
+    if !keys {
+        return Ok(());
     }
     let mut stale = Batch::default();
     store.for_each_in(Space::MonthBase, &[], None, &mut |k, _| {
@@ -696,6 +709,9 @@ mod tests {
         assert_eq!(base_file_generation("months-base.42.tmp"), Some(42));
         assert_eq!(base_file_generation("months-base."), None);
         assert_eq!(base_file_generation("months-base.x"), None);
+        assert_eq!(base_file_generation("months-base.007"), None);
+        assert_eq!(base_file_generation("months-base.+7"), None);
+        assert_eq!(base_file_generation("months-base.0"), Some(0));
         assert_eq!(base_file_generation("state.snapshot"), None);
         let v1 = codec::encode(
             1,

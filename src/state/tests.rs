@@ -366,9 +366,9 @@ fn a_store_of_thousands_of_households_loads_the_same_from_runs_and_from_a_base()
         keys.into_iter().map(|(k, _)| k).collect()
     };
     // Two bases: the second deletes the first's file. Files of the next generations that a
-    // failed commit or a write cut short left behind (here one that is whole and a
-    // temporary one) are never read, and the next base takes a generation above them, then
-    // deletes them.
+    // failed commit or a write cut short left behind (here one that is whole, of another
+    // base, and a temporary one) are never read, and the next base deletes them before it
+    // writes its own.
     w.write_base(&store).unwrap();
     assert_eq!(base_files(&store), ["months-base.1"]);
     assert!(base_keys().is_empty());
@@ -377,7 +377,8 @@ fn a_store_of_thousands_of_households_loads_the_same_from_runs_and_from_a_base()
     std::fs::write(store.file_path("months-base.4.tmp"), b"cut short").unwrap();
     assert_same_households(&w, &World::load(&store, 24).unwrap());
     w.write_base(&store).unwrap();
-    assert_eq!(base_files(&store), ["months-base.5"]);
+    assert_eq!(base_files(&store), ["months-base.2"]);
+    assert_same_households(&w, &World::load(&store, 24).unwrap());
     // A base, then runs after it.
     commit_one_more_household(&mut w, &store);
     let again = World::load(&store, 24).unwrap();
@@ -489,11 +490,14 @@ fn commit_one_more_household(w: &mut World, store: &dyn Store) {
     store.commit(w.take_batch().0).unwrap();
 }
 
-/// The store as a full disk leaves it: commits and files are written until `ok` more have,
-/// then every write is refused (a file after its first bytes); reads go on.
+/// The store as a full disk leaves it: commits, files and their removals go through until
+/// `ok` more have, then every one is refused (a file after its first bytes); reads go on.
+/// With `applied_anyway`, a refused commit is applied all the same (sled's flush failed
+/// after the batch went in), as a failed commit may be.
 struct DiskFillsAfter<'a> {
     inner: &'a SledStore,
     ok: std::sync::atomic::AtomicUsize,
+    applied_anyway: bool,
 }
 
 impl DiskFillsAfter<'_> {
@@ -530,7 +534,12 @@ impl Store for DiskFillsAfter<'_> {
         self.inner.get(space, key)
     }
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        self.write()?;
+        if let Err(e) = self.write() {
+            if self.applied_anyway {
+                self.inner.commit(batch)?;
+            }
+            return Err(e);
+        }
         self.inner.commit(batch)
     }
     fn state_stamp(&self) -> Result<Option<u64>, StoreError> {
@@ -568,6 +577,7 @@ impl Store for DiskFillsAfter<'_> {
         self.inner.file_names()
     }
     fn remove_file(&self, name: &str) -> Result<(), StoreError> {
+        self.write()?;
         self.inner.remove_file(name)
     }
     fn next_id(&self) -> Result<u64, StoreError> {
@@ -601,9 +611,10 @@ impl std::io::Write for FullAfter<'_> {
 #[test]
 fn a_base_cut_short_by_a_full_disk_changes_nothing_a_start_reads() {
     // The disk fills after 0, 1, … writes of the base: in its file (the temporary file is
-    // removed), then at the commit that names it (the whole file stays, named by nothing).
-    // A start reads the same households each time, and once there is room again the next
-    // base takes a generation above what was left, and leaves only its own file and no run.
+    // removed), at the commit that names it (the whole file stays, named by nothing), then
+    // at deleting the older base's file (the new base counts; the old file stays). A start
+    // reads the same households each time, and once there is room again the next base
+    // deletes what was left first, and leaves only its own file and no run.
     let mut cut_short = 0;
     for ok in 0.. {
         let dir = tempfile::tempdir().unwrap();
@@ -615,17 +626,22 @@ fn a_base_cut_short_by_a_full_disk_changes_nothing_a_start_reads() {
         let full = DiskFillsAfter {
             inner: &store,
             ok: ok.into(),
+            applied_anyway: false,
         };
         let written = w.write_base(&full);
         let mut again = World::load(&store, 24).unwrap();
         assert_same_households(&w, &again);
+        let left = base_files(&store);
         if written.is_ok() {
-            assert_eq!(base_files(&store), ["months-base.2"]);
+            // The older base's file stayed (its deletion was refused); the next deletes it.
+            assert_eq!(left, ["months-base.1", "months-base.2"]);
             assert!(store.scan(Space::MonthRun).unwrap().is_empty());
+            w.write_base(&store).unwrap();
+            assert_eq!(base_files(&store), ["months-base.3"]);
+            assert_same_households(&w, &World::load(&store, 24).unwrap());
             break;
         }
         cut_short += 1;
-        let left = base_files(&store);
         assert_eq!(left.len(), ok + 1, "{left:?}");
         assert_eq!(left[0], "months-base.1", "the base the store names");
         assert_eq!(
@@ -635,11 +651,34 @@ fn a_base_cut_short_by_a_full_disk_changes_nothing_a_start_reads() {
         );
         // As the engine does after a failed write: memory is read again from the store.
         again.write_base(&store).unwrap();
-        assert_eq!(base_files(&store), [format!("months-base.{}", ok + 2)]);
+        assert_eq!(base_files(&store), ["months-base.2"]);
         assert!(store.scan(Space::MonthRun).unwrap().is_empty());
         assert_same_households(&w, &World::load(&store, 24).unwrap());
     }
     assert_eq!(cut_short, 2, "refused in the file, then at the commit");
+}
+
+#[test]
+fn a_base_whose_failed_commit_was_applied_is_the_one_a_start_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let (mut w, _) = thousands_of_households(&store);
+    w.write_base(&store).unwrap();
+    commit_one_more_household(&mut w, &store);
+    let full = DiskFillsAfter {
+        inner: &store,
+        ok: 1.into(),
+        applied_anyway: true,
+    };
+    assert!(w.write_base(&full).is_err());
+    // The store names the new base, memory still the old one: the next base keeps the one
+    // the store names until its own commit, and takes a generation above both.
+    assert_eq!(base_files(&store), ["months-base.1", "months-base.2"]);
+    assert!(store.scan(Space::MonthRun).unwrap().is_empty());
+    assert_same_households(&w, &World::load(&store, 24).unwrap());
+    w.write_base(&store).unwrap();
+    assert_eq!(base_files(&store), ["months-base.3"]);
+    assert_same_households(&w, &World::load(&store, 24).unwrap());
 }
 
 #[test]

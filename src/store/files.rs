@@ -45,10 +45,19 @@ impl FileDir {
     }
 
     /// Writes the file `name` atomically and durably (see the module's invariants) with the
-    /// bytes `fill` writes; returns their number. On failure the temporary file is removed
-    /// and the file of that name, if any, is unchanged.
+    /// bytes `fill` writes; returns their number. On a failure before the rename, the
+    /// temporary file is removed and the file of that name, if any, is unchanged; on a
+    /// failure to sync the folder after it, the new file may be in place or not.
     pub fn write(&self, name: &str, fill: &mut Fill<'_>) -> Result<u64, StoreError> {
-        std::fs::create_dir_all(&self.dir).map_err(Self::err(&self.dir))?;
+        if !self.dir.is_dir() {
+            std::fs::create_dir_all(&self.dir).map_err(Self::err(&self.dir))?;
+            // The new folder's entry is durable once its parent is.
+            if let Some(parent) = self.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(Self::err(parent))?;
+            }
+        }
         let path = self.path(name);
         let tmp = self.path(&format!("{name}.tmp"));
         let written = Self::write_to(&tmp, &path, fill);
