@@ -37,6 +37,11 @@ pub fn write_frame<T: Serialize + ?Sized>(
     // describe; the state's types are all plain (the store encodes them the same way).
     *buf = postcard::to_extend(value, std::mem::take(buf))
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    write_raw_frame(out, buf)
+}
+
+/// Writes `bytes` as one frame: a layout of the caller's own instead of postcard.
+pub fn write_raw_frame(out: &mut (impl Write + ?Sized), buf: &[u8]) -> std::io::Result<()> {
     let len = u32::try_from(buf.len())
         .ok()
         .filter(|&n| n <= MAX_FRAME)
@@ -62,6 +67,12 @@ pub fn read_frame<T: DeserializeOwned>(
     input: &mut impl Read,
     buf: &mut Vec<u8>,
 ) -> Result<T, FrameError> {
+    read_raw_frame(input, buf)?;
+    postcard::from_bytes(buf).map_err(FrameError::Decode)
+}
+
+/// Reads one frame's bytes into `buf`, checked against its length and checksum.
+pub fn read_raw_frame(input: &mut impl Read, buf: &mut Vec<u8>) -> Result<(), FrameError> {
     let mut head = [0u8; 8];
     read_exact(input, &mut head)?;
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
@@ -74,7 +85,7 @@ pub fn read_frame<T: DeserializeOwned>(
     if crc32fast::hash(buf) != crc {
         return Err(FrameError::Checksum);
     }
-    postcard::from_bytes(buf).map_err(FrameError::Decode)
+    Ok(())
 }
 
 /// Whether `input` is at its end.

@@ -176,6 +176,30 @@ impl Months {
         Iter(&self.0)
     }
 
+    /// The packed words, as the base of the months stores them.
+    pub fn words(&self) -> &[u64] {
+        &self.0
+    }
+
+    /// Months from packed words read back (see [`Months::words`]), checked: every bucket
+    /// within the words, months in increasing order.
+    pub fn from_words(words: Vec<u64>) -> Result<Self, &'static str> {
+        let mut at = 0;
+        let mut last: Option<Month> = None;
+        while let Some(&first) = words.get(at) {
+            let month = header(first).0;
+            if last.is_some_and(|l| month <= l) {
+                return Err("months not in increasing order");
+            }
+            last = Some(month);
+            at = at
+                .checked_add(span(first))
+                .filter(|&end| end <= words.len())
+                .ok_or("a month longer than its words")?;
+        }
+        Ok(Self(Arc::from(words)))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -512,6 +536,28 @@ mod tests {
 
     fn m(k: u32) -> Month {
         Month::new(2025, 1).unwrap().plus(k)
+    }
+
+    #[test]
+    fn packed_words_read_back_are_checked() {
+        let buckets = [
+            bucket(0, Some(1200), &[7], &[]),
+            bucket(2, None, &[8, 9], &[(EventKind::ALL[0], 2, 500)]),
+        ];
+        let months = Months::from_buckets(&buckets);
+        let again = Months::from_words(months.words().to_vec()).unwrap();
+        assert_eq!(again, months);
+        assert_eq!(Months::from_words(Vec::new()).unwrap(), Months::default());
+        // Cut in the middle of the second month.
+        let words = months.words();
+        assert!(Months::from_words(words[..words.len() - 1].to_vec()).is_err());
+        // The second month before the first.
+        let first = span(words[0]);
+        let swapped = [&words[first..], &words[..first]].concat();
+        assert!(Months::from_words(swapped).is_err());
+        // The same month twice.
+        let twice = [&words[..first], &words[..first]].concat();
+        assert!(Months::from_words(twice).is_err());
     }
 
     fn bucket(

@@ -436,6 +436,25 @@ fn a_base_in_keys_is_read_until_the_next_base_moves_it_into_a_file() {
 }
 
 #[test]
+fn a_base_file_of_format_1_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let (mut w, _) = thousands_of_households(&store);
+    w.write_base(&store).unwrap();
+    let mut households: Vec<(HouseholdId, Months)> = w
+        .households()
+        .filter(|h| !h.months.is_empty())
+        .map(|h| (h.id.clone(), h.months.clone()))
+        .collect();
+    households.sort_by(|a, b| a.0.cmp(&b.0));
+    let before = std::fs::read(store.file_path("months-base.1")).unwrap();
+    month_log::rewrite_base_in_format_1(&store, &households);
+    let after = std::fs::read(store.file_path("months-base.1")).unwrap();
+    assert_ne!(before, after, "another layout");
+    assert_same_households(&w, &World::load(&store, 24).unwrap());
+}
+
+#[test]
 fn a_base_file_missing_or_damaged_is_an_error_that_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
