@@ -386,6 +386,17 @@ fn a_store_of_thousands_of_households_loads_the_same_from_runs_and_from_a_base()
     assert_same_households(&w, &again);
 }
 
+/// The households with months and their months, sorted by id, as a base holds them.
+fn households_with_months(w: &World) -> Vec<(HouseholdId, Months)> {
+    let mut households: Vec<(HouseholdId, Months)> = w
+        .households()
+        .filter(|h| !h.months.is_empty())
+        .map(|h| (h.id.clone(), h.months.clone()))
+        .collect();
+    households.sort_by(|a, b| a.0.cmp(&b.0));
+    households
+}
+
 /// Rewrites the store's months as a guardline before base files kept them: a base in keys
 /// of generation 3 (4,096 households per key, version 1) and a meta key of version 1, with
 /// no run and no base file.
@@ -397,12 +408,10 @@ fn store_base_in_keys(store: &SledStore, w: &World) {
     for name in base_files(store) {
         store.remove_file(&name).unwrap();
     }
-    let mut households: Vec<(String, Months)> = w
-        .households()
-        .filter(|h| !h.months.is_empty())
-        .map(|h| (h.id.to_string(), h.months.clone()))
+    let households: Vec<(String, Months)> = households_with_months(w)
+        .into_iter()
+        .map(|(id, months)| (id.to_string(), months))
         .collect();
-    households.sort_by(|a, b| a.0.cmp(&b.0));
     let mut bytes = 0;
     for (i, part) in households.chunks(4096).enumerate() {
         let value = codec::encode(1, &part);
@@ -441,12 +450,7 @@ fn a_base_file_of_format_1_is_read() {
     let store = SledStore::open(dir.path()).unwrap();
     let (mut w, _) = thousands_of_households(&store);
     w.write_base(&store).unwrap();
-    let mut households: Vec<(HouseholdId, Months)> = w
-        .households()
-        .filter(|h| !h.months.is_empty())
-        .map(|h| (h.id.clone(), h.months.clone()))
-        .collect();
-    households.sort_by(|a, b| a.0.cmp(&b.0));
+    let households = households_with_months(&w);
     let before = std::fs::read(store.file_path("months-base.1")).unwrap();
     month_log::rewrite_base_in_format_1(&store, &households);
     let after = std::fs::read(store.file_path("months-base.1")).unwrap();
