@@ -1,7 +1,8 @@
 //! Frames: the layout of the files that hold many households (the state snapshot, the
-//! months' base). Each frame is `[u32 length][u32 CRC-32][postcard bytes]`, little-endian,
-//! so that a file is written and read a few thousand households at a time, and damage is
-//! found where it is.
+//! months' base). Each frame is `[u32 length][u32 CRC-32][bytes]`, little-endian, the bytes
+//! postcard's ([`write_frame`]) or a layout of the caller's own ([`write_raw_frame`]), so
+//! that a file is written and read a few thousand households at a time, and damage is found
+//! where it is.
 
 use std::io::{Read, Write};
 
