@@ -1,13 +1,16 @@
 //! Frames: the layout of the files that hold many households (the state snapshot, the
 //! months' base). Each frame is `[u32 length][u32 CRC-32][bytes]`, little-endian, the bytes
-//! postcard's ([`write_frame`]) or a layout of the caller's own ([`write_raw_frame`]), so
-//! that a file is written and read a few thousand households at a time, and damage is found
-//! where it is.
+//! postcard's ([`write_frame`]) or a layout of the caller's own ([`write_raw_frame`], such as
+//! households' packed months, [`encode_months`]), so that a file is written and read a few
+//! thousand households at a time, and damage is found where it is.
 
 use std::io::{Read, Write};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use super::Months;
+use crate::model::HouseholdId;
 
 /// No frame is larger; a length above it means a damaged file, not an allocation to try.
 pub const MAX_FRAME: u32 = 256 * 1024 * 1024;
@@ -89,6 +92,68 @@ pub fn read_raw_frame(input: &mut impl Read, buf: &mut Vec<u8>) -> Result<(), Fr
     Ok(())
 }
 
+/// Encodes households' months as the bytes of one frame: for each, the id's length (u32) and
+/// bytes, the number of packed words (u32) and the words (u64), all little-endian. The words
+/// are [`Months`]'s own, so encoding is a copy. The months' base (format 2) and the state
+/// snapshot (format 2) hold their months so; a change to the packing of [`Months`] changes
+/// both formats.
+pub fn encode_months<'a>(
+    households: impl IntoIterator<Item = (&'a HouseholdId, &'a Months)>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    buf.clear();
+    for (id, months) in households {
+        let id = id.as_str().as_bytes();
+        let words = months.words();
+        let (Ok(id_len), Ok(n)) = (u32::try_from(id.len()), u32::try_from(words.len())) else {
+            return Err(std::io::Error::other(
+                "a household's months beyond what a frame holds",
+            ));
+        };
+        buf.extend_from_slice(&id_len.to_le_bytes());
+        buf.extend_from_slice(id);
+        buf.extend_from_slice(&n.to_le_bytes());
+        buf.reserve(words.len() * 8);
+        for w in words {
+            buf.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// Decodes what [`encode_months`] wrote, checking every length and the months' words
+/// ([`Months::from_le_bytes`]).
+pub fn decode_months(mut bytes: &[u8]) -> Result<Vec<(HouseholdId, Months)>, &'static str> {
+    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], &'static str> {
+        if bytes.len() < n {
+            return Err("a household cut short in its frame");
+        }
+        let (head, rest) = bytes.split_at(n);
+        *bytes = rest;
+        Ok(head)
+    }
+    fn take_u32(bytes: &mut &[u8]) -> Result<usize, &'static str> {
+        let b = take(bytes, 4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let len = take_u32(&mut bytes)?;
+        let id = std::str::from_utf8(take(&mut bytes, len)?)
+            .ok()
+            .and_then(|s| s.parse::<HouseholdId>().ok())
+            .ok_or("a household id that is not one")?;
+        let n = take_u32(&mut bytes)?;
+        let raw = take(
+            &mut bytes,
+            n.checked_mul(8)
+                .ok_or("a household's words beyond memory")?,
+        )?;
+        out.push((id, Months::from_le_bytes(raw)?));
+    }
+    Ok(out)
+}
+
 /// Whether `input` is at its end.
 pub fn at_end(input: &mut impl Read) -> Result<bool, FrameError> {
     let mut rest = [0u8; 1];
@@ -128,5 +193,34 @@ mod tests {
         long[..4].copy_from_slice(&(MAX_FRAME + 1).to_le_bytes());
         let r: Result<(u32, String), _> = read_frame(&mut &long[..], &mut buf);
         assert!(matches!(r, Err(FrameError::TooLong)), "{r:?}");
+    }
+
+    #[test]
+    fn a_frame_of_households_months_reads_back_and_damage_is_refused() {
+        use super::super::MonthBucket;
+        use crate::model::Month;
+        let months = |wage: i64| {
+            let mut b = MonthBucket::new(Month::new(2026, 3).unwrap());
+            b.values[crate::model::Indicator::WageIncome.index()] = wage;
+            b.present |= 1 << crate::model::Indicator::WageIncome.index();
+            b.records.push(wage as u64);
+            Months::from_buckets([&b])
+        };
+        let chunk: Vec<(HouseholdId, Months)> = vec![
+            ("H1".parse().unwrap(), months(100)),
+            ("H2".parse().unwrap(), Months::default()),
+            ("H3".parse().unwrap(), months(300)),
+        ];
+        let mut buf = Vec::new();
+        encode_months(chunk.iter().map(|(id, m)| (id, m)), &mut buf).unwrap();
+        assert_eq!(decode_months(&buf).unwrap(), chunk);
+        assert!(decode_months(&buf[..buf.len() - 3]).is_err(), "cut short");
+        // H1's id as "H/" (not an id), and its word count one too many.
+        let mut bad_id = buf.clone();
+        bad_id[5] = b'/';
+        assert!(decode_months(&bad_id).is_err());
+        let mut bad_count = buf.clone();
+        bad_count[6] += 1;
+        assert!(decode_months(&bad_count).is_err());
     }
 }

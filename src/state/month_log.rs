@@ -56,7 +56,7 @@ const DELETES_PER_COMMIT: usize = 256;
 const BASE_MAGIC: &[u8; 8] = b"GLMBASE\x01";
 /// The version of a base file's frames; a change to the packing of [`Months`] changes it.
 /// 1 held postcard frames of `(id, Months)`; 2 holds the packed words as they are
-/// ([`encode_households`]). Format 1 files are read too.
+/// ([`frames::encode_months`]). Format 1 files are read too.
 const BASE_FILE_FORMAT: u32 = 2;
 /// Base files are named this, then their generation.
 const BASE_FILE_PREFIX: &str = "months-base.";
@@ -417,7 +417,7 @@ fn read_base_file(
                     frames::read_frame(&mut input, &mut buf).map_err(of_frame)?
                 } else {
                     frames::read_raw_frame(&mut input, &mut buf).map_err(of_frame)?;
-                    decode_households(&buf).map_err(|detail| damaged(detail.into()))?
+                    frames::decode_months(&buf).map_err(|detail| damaged(detail.into()))?
                 };
                 if chunk.is_empty() {
                     return Err(damaged("an empty frame of households".into()));
@@ -471,67 +471,6 @@ pub(super) fn rewrite_base_in_format_1(store: &dyn Store, households: &[(Househo
             Ok(())
         })
         .unwrap();
-}
-
-/// Encodes households' months as a frame of a base file (format 2): for each, the id's
-/// length (u32) and bytes, the number of packed words (u32) and the words (u64), all
-/// little-endian. The words are [`Months`]'s own, so encoding is a copy.
-fn encode_households(chunk: &[(HouseholdId, Months)], buf: &mut Vec<u8>) -> std::io::Result<()> {
-    buf.clear();
-    for (id, months) in chunk {
-        let id = id.as_str().as_bytes();
-        let words = months.words();
-        let (Ok(id_len), Ok(n)) = (u32::try_from(id.len()), u32::try_from(words.len())) else {
-            return Err(std::io::Error::other(
-                "a household's months beyond what a base file holds",
-            ));
-        };
-        buf.extend_from_slice(&id_len.to_le_bytes());
-        buf.extend_from_slice(id);
-        buf.extend_from_slice(&n.to_le_bytes());
-        buf.reserve(words.len() * 8);
-        for w in words {
-            buf.extend_from_slice(&w.to_le_bytes());
-        }
-    }
-    Ok(())
-}
-
-/// Decodes a frame that [`encode_households`] wrote, checking every length and the months'
-/// words ([`Months::from_words`]).
-fn decode_households(mut bytes: &[u8]) -> Result<Vec<(HouseholdId, Months)>, &'static str> {
-    fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], &'static str> {
-        if bytes.len() < n {
-            return Err("a household cut short in its frame");
-        }
-        let (head, rest) = bytes.split_at(n);
-        *bytes = rest;
-        Ok(head)
-    }
-    fn take_u32(bytes: &mut &[u8]) -> Result<usize, &'static str> {
-        let b = take(bytes, 4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    }
-    let mut out = Vec::with_capacity(BASE_HOUSEHOLDS_PER_FRAME);
-    while !bytes.is_empty() {
-        let len = take_u32(&mut bytes)?;
-        let id = std::str::from_utf8(take(&mut bytes, len)?)
-            .ok()
-            .and_then(|s| s.parse::<HouseholdId>().ok())
-            .ok_or("a household id that is not one")?;
-        let n = take_u32(&mut bytes)?;
-        let raw = take(
-            &mut bytes,
-            n.checked_mul(8)
-                .ok_or("a household's words beyond memory")?,
-        )?;
-        let words: Vec<u64> = raw
-            .chunks_exact(8)
-            .map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()))
-            .collect();
-        out.push((id, Months::from_words(words)?));
-    }
-    Ok(out)
 }
 
 /// Whether a state snapshot whose changes since are `changed` crossed a new base: the base
@@ -617,7 +556,7 @@ pub fn write_base_from(source: &BaseSource, store: &dyn Store) -> Result<BaseWri
         let mut buf = Vec::new();
         write_frame(out, &mut buf, &header)?;
         for chunk in households.chunks(BASE_HOUSEHOLDS_PER_FRAME) {
-            encode_households(chunk, &mut buf)?;
+            frames::encode_months(chunk.iter().map(|(id, m)| (id, m)), &mut buf)?;
             frames::write_raw_frame(out, &buf)?;
         }
         Ok(())
@@ -823,36 +762,6 @@ mod tests {
         let encoded = codec::encode(BASE_INFO_VERSION, &v2);
         assert_eq!(BaseInfo::decode(&encoded).unwrap(), v2);
         assert!(BaseInfo::decode(&[3, 0]).is_err());
-    }
-
-    #[test]
-    fn a_frame_of_households_reads_back_and_damage_is_refused() {
-        let months = |wage: i64| {
-            let mut b = MonthBucket::new(Month::new(2026, 3).unwrap());
-            b.values[crate::model::Indicator::WageIncome.index()] = wage;
-            b.present |= 1 << crate::model::Indicator::WageIncome.index();
-            b.records.push(wage as u64);
-            Months::from_buckets([&b])
-        };
-        let chunk: Vec<(HouseholdId, Months)> = vec![
-            ("H1".parse().unwrap(), months(100)),
-            ("H2".parse().unwrap(), Months::default()),
-            ("H3".parse().unwrap(), months(300)),
-        ];
-        let mut buf = Vec::new();
-        encode_households(&chunk, &mut buf).unwrap();
-        assert_eq!(decode_households(&buf).unwrap(), chunk);
-        assert!(
-            decode_households(&buf[..buf.len() - 3]).is_err(),
-            "cut short"
-        );
-        // H1's id as "H/" (not an id), and its word count one too many.
-        let mut bad_id = buf.clone();
-        bad_id[5] = b'/';
-        assert!(decode_households(&bad_id).is_err());
-        let mut bad_count = buf.clone();
-        bad_count[6] += 1;
-        assert!(decode_households(&bad_count).is_err());
     }
 
     #[test]

@@ -176,14 +176,22 @@ impl Months {
         Iter(&self.0)
     }
 
-    /// The packed words, as the base of the months stores them.
+    /// The packed words, as the base of the months and the state snapshot store them.
     pub fn words(&self) -> &[u64] {
         &self.0
     }
 
-    /// Months from packed words read back (see [`Months::words`]), checked: every bucket
-    /// within the words, months in increasing order.
-    pub fn from_words(words: Vec<u64>) -> Result<Self, &'static str> {
+    /// Months from packed words read back as little-endian bytes (see [`Months::words`]),
+    /// checked: whole words, every bucket within them, months in increasing order. The
+    /// words are copied once, straight into their shared block.
+    pub fn from_le_bytes(raw: &[u8]) -> Result<Self, &'static str> {
+        if !raw.len().is_multiple_of(8) {
+            return Err("packed months cut in the middle of a word");
+        }
+        let words: Arc<[u64]> = raw
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]))
+            .collect();
         let mut at = 0;
         let mut last: Option<Month> = None;
         while let Some(&first) = words.get(at) {
@@ -197,7 +205,7 @@ impl Months {
                 .filter(|&end| end <= words.len())
                 .ok_or("a month longer than its words")?;
         }
-        Ok(Self(Arc::from(words)))
+        Ok(Self(words))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -545,19 +553,23 @@ mod tests {
             bucket(2, None, &[8, 9], &[(EventKind::ALL[0], 2, 500)]),
         ];
         let months = Months::from_buckets(&buckets);
-        let again = Months::from_words(months.words().to_vec()).unwrap();
+        let bytes =
+            |words: &[u64]| -> Vec<u8> { words.iter().flat_map(|w| w.to_le_bytes()).collect() };
+        let again = Months::from_le_bytes(&bytes(months.words())).unwrap();
         assert_eq!(again, months);
-        assert_eq!(Months::from_words(Vec::new()).unwrap(), Months::default());
-        // Cut in the middle of the second month.
+        assert_eq!(Months::from_le_bytes(&[]).unwrap(), Months::default());
+        // Cut in the middle of a word, and in the middle of the second month.
         let words = months.words();
-        assert!(Months::from_words(words[..words.len() - 1].to_vec()).is_err());
+        let all = bytes(words);
+        assert!(Months::from_le_bytes(&all[..all.len() - 1]).is_err());
+        assert!(Months::from_le_bytes(&bytes(&words[..words.len() - 1])).is_err());
         // The second month before the first.
         let first = span(words[0]);
         let swapped = [&words[first..], &words[..first]].concat();
-        assert!(Months::from_words(swapped).is_err());
+        assert!(Months::from_le_bytes(&bytes(&swapped)).is_err());
         // The same month twice.
         let twice = [&words[..first], &words[..first]].concat();
-        assert!(Months::from_words(twice).is_err());
+        assert!(Months::from_le_bytes(&bytes(&twice)).is_err());
     }
 
     fn bucket(

@@ -15,10 +15,11 @@
 //! is set aside with a log line (and removed), and the working set is loaded from the store
 //! as before. Writing a snapshot forgets the journal's entries it covers.
 //!
-//! Layout: the magic bytes, then frames of `[u32 length][u32 CRC-32][postcard bytes]`, all
-//! little-endian: a header, households with their months in frames of
-//! [`HOUSEHOLDS_PER_FRAME`], the villages, the counties. Frames keep the memory of writing
-//! and reading small.
+//! Layout: the magic bytes, then frames of `[u32 length][u32 CRC-32][bytes]`, all
+//! little-endian ([`frames`]): a header, the households in pairs of frames of
+//! [`HOUSEHOLDS_PER_FRAME`] each (their roster parts in postcard, then their ids and months'
+//! packed words as they are, [`frames::encode_months`]), the villages, the counties. Frames
+//! keep the memory of writing and reading small; the months' words are copied, not decoded.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
@@ -29,14 +30,16 @@ use tracing::{info, warn};
 
 use super::frames::{self, FrameError, write_frame};
 use super::{CountyValue, Household, Months, Village, World};
+use crate::model::HouseholdId;
 use crate::store::journal::StateChanges;
 use crate::store::{SCHEMA_VERSION, Store, StoreError};
 
 /// The file's name in the data directory.
 pub const FILE_NAME: &str = "state.snapshot";
 const MAGIC: &[u8; 8] = b"GLSTATE\x01";
-/// Version of the frames' contents; a snapshot of another format is set aside.
-const FORMAT: u32 = 1;
+/// Version of the frames' contents; a snapshot of another format is set aside. 1 held the
+/// months in postcard beside each household; 2 holds their packed words.
+const FORMAT: u32 = 2;
 const HOUSEHOLDS_PER_FRAME: usize = 4096;
 
 /// The most keys a start reads again to bring a snapshot of `households` households up to
@@ -145,16 +148,21 @@ fn write(world: &World, stamp: u64, tmp: &Path, path: &Path) -> Result<(), Snaps
         households: world.households.len() as u64,
     };
     write_frame(&mut out, &mut frame, &header).map_err(io)?;
-    let mut chunk: Vec<(&Household, &Months)> = Vec::with_capacity(HOUSEHOLDS_PER_FRAME);
+    let mut chunk: Vec<&Household> = Vec::with_capacity(HOUSEHOLDS_PER_FRAME);
+    let mut write_chunk = |out: &mut BufWriter<File>, chunk: &[&Household]| {
+        write_frame(out, &mut frame, chunk)?;
+        frames::encode_months(chunk.iter().map(|h| (&h.id, &h.months)), &mut frame)?;
+        frames::write_raw_frame(out, &frame)
+    };
     for h in world.households.values() {
-        chunk.push((h, &h.months));
+        chunk.push(h);
         if chunk.len() == HOUSEHOLDS_PER_FRAME {
-            write_frame(&mut out, &mut frame, &chunk).map_err(io)?;
+            write_chunk(&mut out, &chunk).map_err(io)?;
             chunk.clear();
         }
     }
     if !chunk.is_empty() {
-        write_frame(&mut out, &mut frame, &chunk).map_err(io)?;
+        write_chunk(&mut out, &chunk).map_err(io)?;
     }
     let villages: Vec<&Village> = world.villages.values().collect();
     write_frame(&mut out, &mut frame, &villages).map_err(io)?;
@@ -345,14 +353,24 @@ fn read_households<'a>(
         path: frames.path.to_path_buf(),
         detail: detail.to_string(),
     };
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(Household, Months)>>(4);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Household>>(4);
     let (read, inserted) = std::thread::scope(|s| {
         let reader = s.spawn(move || {
             let mut read = 0;
             while read < n {
-                let chunk: Vec<(Household, Months)> = frames.next()?;
+                let mut chunk: Vec<Household> = frames.next()?;
                 if chunk.is_empty() {
                     return Err(frames.damaged("an empty frame of households"));
+                }
+                let months = frames.next_months()?;
+                if months.len() != chunk.len() {
+                    return Err(frames.damaged("a frame of months of other households"));
+                }
+                for (h, (id, months)) in chunk.iter_mut().zip(months) {
+                    if h.id != id {
+                        return Err(frames.damaged("a frame of months of other households"));
+                    }
+                    h.months = months;
                 }
                 read += chunk.len();
                 if tx.send(chunk).is_err() {
@@ -363,8 +381,7 @@ fn read_households<'a>(
         });
         let mut inserted = Ok(());
         'frames: for chunk in rx {
-            for (mut h, months) in chunk {
-                h.months = months;
+            for h in chunk {
                 if w.households.insert(h.id.clone(), h).is_some() {
                     inserted = Err(damaged("a household twice"));
                     break 'frames;
@@ -416,5 +433,11 @@ impl Frames<'_> {
 
     fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, SnapshotError> {
         frames::read_frame(&mut self.input, &mut self.buf).map_err(|e| self.frame_error(e))
+    }
+
+    /// The next frame, of households' months ([`frames::encode_months`]).
+    fn next_months(&mut self) -> Result<Vec<(HouseholdId, Months)>, SnapshotError> {
+        frames::read_raw_frame(&mut self.input, &mut self.buf).map_err(|e| self.frame_error(e))?;
+        frames::decode_months(&self.buf).map_err(|detail| self.damaged(detail))
     }
 }

@@ -1042,12 +1042,52 @@ fn a_damaged_or_foreign_state_snapshot_is_set_aside() {
     let crc = crc32fast::hash(&huge[16..16 + new_len]);
     huge[12..16].copy_from_slice(&crc.to_le_bytes());
     cases.push(("a household count beyond memory", huge));
-    // The first frame of households twice, the header's count unchanged.
-    let first = 16 + header_len;
-    let first_len = u32::from_le_bytes(good[first..first + 4].try_into().unwrap()) as usize;
-    let frame = &good[first..first + 8 + first_len];
-    let twice = [&good[..first], frame, &good[first..]].concat();
-    cases.push(("a household twice", twice));
+    // The file's frames: the header, two pairs of households and their months (5,000
+    // households), the villages, the counties.
+    let mut frames: Vec<&[u8]> = Vec::new();
+    let mut at = 8;
+    while at < good.len() {
+        let len = u32::from_le_bytes(good[at..at + 4].try_into().unwrap()) as usize;
+        frames.push(&good[at..at + 8 + len]);
+        at += 8 + len;
+    }
+    assert_eq!(frames.len(), 7);
+    let file = |order: &[usize]| -> Vec<u8> {
+        let mut f = good[..8].to_vec();
+        for &i in order {
+            f.extend_from_slice(frames[i]);
+        }
+        f
+    };
+    assert_eq!(file(&[0, 1, 2, 3, 4, 5, 6]), good);
+    // The first pair of frames twice, the header's count unchanged.
+    cases.push(("a household twice", file(&[0, 1, 2, 1, 2, 3, 4, 5, 6])));
+    cases.push((
+        "the months of other households",
+        file(&[0, 1, 4, 3, 2, 5, 6]),
+    ));
+    cases.push(("households without their months", file(&[0, 1, 3, 4, 5, 6])));
+    // The first household's months under another id ("H…" with its last digit changed).
+    let mut renamed = frames[2].to_vec();
+    let id_len = u32::from_le_bytes(renamed[8..12].try_into().unwrap()) as usize;
+    renamed[12 + id_len - 1] = if renamed[12 + id_len - 1] == b'9' {
+        b'8'
+    } else {
+        b'9'
+    };
+    let crc = crc32fast::hash(&renamed[8..]);
+    renamed[4..8].copy_from_slice(&crc.to_le_bytes());
+    let mut f = file(&[0, 1]);
+    f.extend_from_slice(&renamed);
+    f.extend_from_slice(&file(&[3, 4, 5, 6])[8..]);
+    cases.push(("months under another household's id", f));
+    // Written in format 1 (the months in postcard): the header's first byte.
+    let mut old = good.clone();
+    assert_eq!(old[16], 2, "format 2");
+    old[16] = 1;
+    let crc = crc32fast::hash(&old[16..16 + header_len]);
+    old[12..16].copy_from_slice(&crc.to_le_bytes());
+    cases.push(("another format", old));
     for (what, bytes) in cases {
         std::fs::write(&path, bytes).unwrap();
         assert!(snapshot::load(&path, &store, 24).is_none(), "{what}");
@@ -1134,7 +1174,8 @@ fn forgetting_the_journal_keeps_the_entries_after_the_stamp() {
     assert_eq!(store.scan(Space::Journal).unwrap().len(), 1);
 }
 
-/// The frames are postcard of the state's types, which says nothing of their fields: a
+/// The frames are postcard of the state's types (and the months' packed words, whose layout
+/// `Months` owns), which says nothing of their fields: a
 /// change to how one of them serializes must raise the snapshot's format (or a value
 /// version), or an old snapshot would be misread. This pins the bytes of a small world.
 #[test]
@@ -1162,10 +1203,11 @@ fn the_snapshot_format_is_pinned() {
     let header_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
     let body = &bytes[16 + header_len..];
     // County values went to version 2 (at-risk numbers per set of risk categories), which
-    // the header's value versions carry: snapshots of version 1 are set aside.
+    // the header's value versions carry: snapshots of version 1 are set aside. Format 2
+    // holds the months' packed words (148 bytes in format 1).
     assert_eq!(
         (body.len(), crc32fast::hash(body)),
-        (148, 339_937_215),
+        (172, 2_412_152_390),
         "the snapshot's frames changed: raise FORMAT in state/snapshot.rs, then pin the new bytes here"
     );
 }
