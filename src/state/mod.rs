@@ -343,6 +343,18 @@ fn list_person(
     }
 }
 
+/// Raises `latest` (the newest month per indicator) to the months of `months`.
+fn note_latest(latest: &mut [Option<Month>; Indicator::COUNT], months: &Months) {
+    for b in months {
+        for ind in Indicator::ALL {
+            if b.has(ind) {
+                let l = &mut latest[ind.index()];
+                *l = Some(l.map_or(b.month(), |x| x.max(b.month())));
+            }
+        }
+    }
+}
+
 /// Records that household `id` no longer lists person `m`.
 fn unlist_person(
     persons: &mut Map<PersonKey, HouseholdId>,
@@ -742,14 +754,7 @@ impl World {
             let walk = s.spawn(|| {
                 let mut latest = [None; Indicator::COUNT];
                 for h in households.values() {
-                    for b in &h.months {
-                        for ind in Indicator::ALL {
-                            if b.has(ind) {
-                                let l: &mut Option<Month> = &mut latest[ind.index()];
-                                *l = Some(l.map_or(b.month(), |x| x.max(b.month())));
-                            }
-                        }
-                    }
+                    note_latest(&mut latest, &h.months);
                 }
                 latest
             });

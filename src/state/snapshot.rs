@@ -29,8 +29,10 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::frames::{self, FrameError, write_frame};
-use super::{CountyValue, Household, Months, Village, World};
-use crate::model::HouseholdId;
+use super::{CountyValue, Household, Map, Months, Village, World, list_person, note_latest};
+use std::collections::BTreeSet;
+
+use crate::model::{HouseholdId, Indicator, Month, PersonKey};
 use crate::store::journal::StateChanges;
 use crate::store::{SCHEMA_VERSION, Store, StoreError};
 
@@ -72,6 +74,14 @@ struct Header {
     values: [u8; 4],
     stamp: u64,
     households: u64,
+    /// Entries of the person index: what the reader reserves for it (format 2).
+    persons: u64,
+}
+
+/// The first field of every format's header.
+#[derive(Deserialize)]
+struct Format {
+    format: u32,
 }
 
 /// See [`Header::values`].
@@ -146,6 +156,7 @@ fn write(world: &World, stamp: u64, tmp: &Path, path: &Path) -> Result<(), Snaps
         values: VALUES,
         stamp,
         households: world.households.len() as u64,
+        persons: world.persons.len() as u64,
     };
     write_frame(&mut out, &mut frame, &header).map_err(io)?;
     let mut chunk: Vec<&Household> = Vec::with_capacity(HOUSEHOLDS_PER_FRAME);
@@ -281,8 +292,17 @@ fn read(
     if &magic != MAGIC {
         return Ok(Outcome::Stale("not a snapshot of this format"));
     }
-    let header: Header = frames.next()?;
-    if header.format != FORMAT || header.schema != SCHEMA_VERSION || header.values != VALUES {
+    // The format first: the header of another format may hold other fields.
+    frames::read_raw_frame(&mut frames.input, &mut frames.buf)
+        .map_err(|e| frames.frame_error(e))?;
+    let format: Format =
+        postcard::from_bytes(&frames.buf).map_err(|e| frames.frame_error(FrameError::Decode(e)))?;
+    if format.format != FORMAT {
+        return Ok(Outcome::Stale("written by another version of guardline"));
+    }
+    let header: Header =
+        postcard::from_bytes(&frames.buf).map_err(|e| frames.frame_error(FrameError::Decode(e)))?;
+    if header.schema != SCHEMA_VERSION || header.values != VALUES {
         return Ok(Outcome::Stale("written by another version of guardline"));
     }
     let n = usize::try_from(header.households).map_err(|_| frames.damaged("household count"))?;
@@ -314,7 +334,13 @@ fn read(
     w.households
         .try_reserve(n.min(frames.len / 8))
         .map_err(|_| frames.damaged("a household count beyond memory"))?;
-    let mut frames = read_households(frames, n, &mut w)?;
+    // What is derived from the households is built as they are read, unless the journal's
+    // changes (applied after) rebuild it anyway.
+    let derive = changed.is_empty().then(|| {
+        // A count its file cannot hold (16 bytes a member) is not reserved.
+        usize::try_from(header.persons).map_or(0, |p| p.min(frames.len / 16))
+    });
+    let mut frames = read_households(frames, n, derive, &mut w)?;
     if w.households.len() != n {
         return Err(frames.damaged("more households than its header says"));
     }
@@ -326,9 +352,7 @@ fn read(
         return Err(frames.damaged("bytes after the last frame"));
     }
     let began = std::time::Instant::now();
-    if changed.is_empty() {
-        w.recompute_latest();
-    } else {
+    if !changed.is_empty() {
         w.catch_up(store, &changed)?;
     }
     w.read_log_state(store)?;
@@ -344,15 +368,24 @@ fn read(
 /// puts each decoded frame's households in the map, a few frames behind. The first damage in
 /// the file's order is the error: the map's errors come from frames before the one the
 /// reader stopped at.
+///
+/// With `derive` (the person index's size to reserve), this thread also builds what is
+/// derived from the households ([`World::recompute_latest`]'s person index and newest
+/// months) as it fills the map, while the reader decodes the next frames: at 600,000
+/// households a start took 0.45 s instead of 0.54 s, where a walk after the read took
+/// 0.15 s. (Built on the reader's thread instead, it took 0.70 s: the reader is then
+/// the slower of the two.)
 fn read_households<'a>(
     mut frames: Frames<'a>,
     n: usize,
+    derive: Option<usize>,
     w: &mut World,
 ) -> Result<Frames<'a>, SnapshotError> {
     let damaged = |detail: &str| SnapshotError::Damaged {
         path: frames.path.to_path_buf(),
         detail: detail.to_string(),
     };
+    let mut derived = derive.map(Derived::reserve);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Household>>(4);
     let (read, inserted) = std::thread::scope(|s| {
         let reader = s.spawn(move || {
@@ -382,6 +415,9 @@ fn read_households<'a>(
         let mut inserted = Ok(());
         'frames: for chunk in rx {
             for h in chunk {
+                if let Some(d) = &mut derived {
+                    d.add(&h);
+                }
                 if w.households.insert(h.id.clone(), h).is_some() {
                     inserted = Err(damaged("a household twice"));
                     break 'frames;
@@ -394,7 +430,42 @@ fn read_households<'a>(
         (read, inserted)
     });
     inserted?;
-    read
+    let frames = read?;
+    if let Some(d) = derived {
+        w.persons = d.persons;
+        w.shared = d.shared;
+        w.latest = d.latest;
+    }
+    Ok(frames)
+}
+
+/// What [`World::recompute_latest`] derives from the households, built as they are put in
+/// the map.
+struct Derived {
+    persons: Map<PersonKey, HouseholdId>,
+    shared: Map<PersonKey, BTreeSet<HouseholdId>>,
+    latest: [Option<Month>; Indicator::COUNT],
+}
+
+impl Derived {
+    fn reserve(persons: usize) -> Self {
+        let mut map = Map::default();
+        map.reserve(persons);
+        Self {
+            persons: map,
+            shared: Map::default(),
+            latest: [None; Indicator::COUNT],
+        }
+    }
+
+    /// `h`'s members and months. `h.id` is the one the map will hold, as the index's ids
+    /// must be (the same shared text, [`World`]).
+    fn add(&mut self, h: &Household) {
+        for m in &h.members {
+            list_person(&mut self.persons, &mut self.shared, *m, &h.id);
+        }
+        note_latest(&mut self.latest, &h.months);
+    }
 }
 
 struct Frames<'a> {

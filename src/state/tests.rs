@@ -1024,23 +1024,8 @@ fn a_damaged_or_foreign_state_snapshot_is_set_aside() {
     cases.push(("bytes after the end", [&good[..], b"x"].concat()));
     cases.push(("not a snapshot", b"[daemon]\nlisten = 1\n".repeat(10)));
     // A header whose count no file could hold (its checksum made to match).
-    let mut huge = good.clone();
-    let header_len = u32::from_le_bytes(huge[8..12].try_into().unwrap()) as usize;
-    let header = 16..16 + header_len;
-    // The count is the header's last varint: its bytes but the last have the top bit set.
-    let mut count_at = header.end - 1;
-    while huge[count_at - 1] & 0x80 != 0 {
-        count_at -= 1;
-    }
-    let old_len = header.end - count_at;
-    huge.splice(
-        count_at..header.end,
-        [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f],
-    );
-    let new_len = header_len - old_len + 9;
-    huge[8..12].copy_from_slice(&(new_len as u32).to_le_bytes());
-    let crc = crc32fast::hash(&huge[16..16 + new_len]);
-    huge[12..16].copy_from_slice(&crc.to_le_bytes());
+    let header_len = u32::from_le_bytes(good[8..12].try_into().unwrap()) as usize;
+    let huge = with_huge_count(&good, 1);
     cases.push(("a household count beyond memory", huge));
     // The file's frames: the header, two pairs of households and their months (5,000
     // households), the villages, the counties.
@@ -1081,24 +1066,56 @@ fn a_damaged_or_foreign_state_snapshot_is_set_aside() {
     f.extend_from_slice(&renamed);
     f.extend_from_slice(&file(&[3, 4, 5, 6])[8..]);
     cases.push(("months under another household's id", f));
-    // Written in format 1 (the months in postcard): the header's first byte.
-    let mut old = good.clone();
-    assert_eq!(old[16], 2, "format 2");
-    old[16] = 1;
-    let crc = crc32fast::hash(&old[16..16 + header_len]);
-    old[12..16].copy_from_slice(&crc.to_le_bytes());
+    // Written in format 1 (the months in postcard, no person count in the header).
+    let mut header_1 = good[16..16 + header_len].to_vec();
+    assert_eq!(header_1[0], 2, "format 2");
+    header_1[0] = 1;
+    header_1.pop(); // the person count, 5,000: two bytes
+    header_1.pop();
+    let mut old = good[..8].to_vec();
+    old.extend_from_slice(&(header_1.len() as u32).to_le_bytes());
+    old.extend_from_slice(&crc32fast::hash(&header_1).to_le_bytes());
+    old.extend_from_slice(&header_1);
+    old.extend_from_slice(&good[16 + header_len..]);
     cases.push(("another format", old));
     for (what, bytes) in cases {
         std::fs::write(&path, bytes).unwrap();
         assert!(snapshot::load(&path, &store, 24).is_none(), "{what}");
         assert!(!path.exists(), "{what}: set aside for good");
     }
+    // The person count is only what the reader reserves: one beyond memory is not.
+    std::fs::write(&path, with_huge_count(&good, 0)).unwrap();
+    assert_same_world(&snapshot::load(&path, &store, 24).unwrap().world, &w);
     std::fs::write(&path, &good).unwrap();
     // What a stop cut short leaves goes too.
     let tmp = path.with_extension("snapshot.tmp");
     std::fs::write(&tmp, &good[..100]).unwrap();
     assert!(snapshot::load(&path, &store, 24).is_some());
     assert!(!tmp.exists());
+}
+
+/// `snapshot` with a count in its header made 2^64 − 1: the household count (`from_end` 1)
+/// or the person count (0), the header's last varints. The checksum is made to match.
+fn with_huge_count(snapshot: &[u8], from_end: usize) -> Vec<u8> {
+    let header_len = u32::from_le_bytes(snapshot[8..12].try_into().unwrap()) as usize;
+    let header = &snapshot[16..16 + header_len];
+    // Where each varint starts: after a byte without the top bit.
+    let mut starts: Vec<usize> = vec![0];
+    starts.extend((1..header.len()).filter(|&i| header[i - 1] & 0x80 == 0));
+    let at = starts[starts.len() - 1 - from_end];
+    let end = starts
+        .get(starts.len() - from_end)
+        .copied()
+        .unwrap_or(header.len());
+    let mut new = header[..at].to_vec();
+    new.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+    new.extend_from_slice(&header[end..]);
+    let mut out = snapshot[..8].to_vec();
+    out.extend_from_slice(&(new.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&new).to_le_bytes());
+    out.extend_from_slice(&new);
+    out.extend_from_slice(&snapshot[16 + header_len..]);
+    out
 }
 
 #[test]
