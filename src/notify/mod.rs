@@ -11,7 +11,7 @@
 
 mod receivers;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -622,22 +622,15 @@ pub async fn deliver_due(
         Err(_) => return None,
     };
     let mut blocked: std::collections::BTreeSet<String> = Default::default();
-    let mut handled: std::collections::HashSet<u64> = Default::default();
     let mut next_due: Option<i64> = None;
     let due_at =
         |t: i64, next_due: &mut Option<i64>| *next_due = Some(next_due.map_or(t, |d| d.min(t)));
-    for first in &pending {
-        if handled.contains(&first.id) || blocked.contains(&first.receiver) {
+    for members in groups_of(&pending) {
+        let first = &pending[members[0]];
+        if blocked.contains(&first.receiver) {
             continue;
         }
-        let group: Vec<Notification> = pending
-            .iter()
-            .filter(|m| {
-                m.receiver == first.receiver && m.group == first.group && !handled.contains(&m.id)
-            })
-            .cloned()
-            .collect();
-        handled.extend(group.iter().map(|m| m.id));
+        let group: Vec<Notification> = members.iter().map(|&i| pending[i].clone()).collect();
         let key = (first.receiver.clone(), first.group.clone());
         let ready_at = group.iter().map(|m| m.next_attempt).min().unwrap_or(now);
         let interval_at = last_sent
@@ -755,6 +748,25 @@ pub async fn deliver_due(
     next_due
 }
 
+/// The notifications of each receiver and group, as indices into `pending`: groups in the
+/// order of their first notification, and each group's in `pending`'s order (the outbox's:
+/// oldest first). One pass; finding each group's members by a walk over all of them made
+/// a pass over an outbox of 125,000 notifications in many groups take seconds of CPU.
+fn groups_of(pending: &[Notification]) -> Vec<Vec<usize>> {
+    let mut at: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, m) in pending.iter().enumerate() {
+        let g = *at
+            .entry((m.receiver.as_str(), m.group.as_str()))
+            .or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+        groups[g].push(i);
+    }
+    groups
+}
+
 /// Records a delivery outcome in the store, then in memory; false if the store refused.
 fn commit_outcome(
     store: &dyn Store,
@@ -852,6 +864,25 @@ mod tests {
             next_attempt: created,
             last_error: None,
         }
+    }
+
+    #[test]
+    fn groups_come_in_the_order_of_their_first_notification_with_their_members_in_order() {
+        let mut other_receiver = note(4, "g", 0);
+        other_receiver.receiver = "hook".into();
+        let pending = [
+            note(1, "b", 0),
+            note(2, "a", 0),
+            note(3, "b", 0),
+            other_receiver,
+            note(5, "a", 0),
+            note(6, "c", 0),
+            note(7, "b", 0),
+        ];
+        let ids = |g: &Vec<usize>| g.iter().map(|&i| pending[i].id).collect::<Vec<_>>();
+        let groups: Vec<Vec<u64>> = groups_of(&pending).iter().map(ids).collect();
+        assert_eq!(groups, [vec![1, 3, 7], vec![2, 5], vec![4], vec![6]]);
+        assert!(groups_of(&[]).is_empty());
     }
 
     #[tokio::test]
