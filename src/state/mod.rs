@@ -343,6 +343,15 @@ fn list_person(
     }
 }
 
+/// The newest month per indicator over all households' months.
+fn newest_months(households: &Map<HouseholdId, Household>) -> [Option<Month>; Indicator::COUNT] {
+    let mut latest = [None; Indicator::COUNT];
+    for h in households.values() {
+        note_latest(&mut latest, &h.months);
+    }
+    latest
+}
+
 /// Raises `latest` (the newest month per indicator) to the months of `months`.
 fn note_latest(latest: &mut [Option<Month>; Indicator::COUNT], months: &Months) {
     for b in months {
@@ -605,7 +614,9 @@ impl World {
 
     /// Brings a working set taken at an earlier state stamp up to the store: reads again
     /// the keys changed since ([`Store::state_changes_since`], in space order: households
-    /// before their months), then rebuilds what is derived from the households.
+    /// before their months). The person index, which must be that of the households before,
+    /// follows each changed household's members; the villages and the newest months are
+    /// rebuilt from all households after.
     pub(crate) fn catch_up(
         &mut self,
         store: &dyn Store,
@@ -630,11 +641,23 @@ impl World {
                             }
                             if let Some(old) = self.households.get_mut(&id) {
                                 h.months = std::mem::take(&mut old.months);
+                                // One shared id per household (the index holds it).
+                                h.id = old.id.clone();
+                                for m in old.members.iter().filter(|m| !h.members.contains(m)) {
+                                    unlist_person(&mut self.persons, &mut self.shared, *m, &h.id);
+                                }
+                            }
+                            for m in &h.members {
+                                list_person(&mut self.persons, &mut self.shared, *m, &h.id);
                             }
                             self.households.insert(h.id.clone(), h);
                         }
                         None => {
-                            self.households.remove(&id);
+                            if let Some(old) = self.households.remove(&id) {
+                                for m in &old.members {
+                                    unlist_person(&mut self.persons, &mut self.shared, *m, &old.id);
+                                }
+                            }
                         }
                     }
                 }
@@ -673,7 +696,9 @@ impl World {
             }
         }
         self.villages_of_households();
-        self.recompute_latest();
+        // A run may have dropped a household's oldest months (retention), so the newest
+        // months are walked again rather than only raised.
+        self.latest = newest_months(&self.households);
         Ok(())
     }
 
@@ -751,13 +776,7 @@ impl World {
         let persons = &mut self.persons;
         let shared = &mut self.shared;
         let latest = std::thread::scope(|s| {
-            let walk = s.spawn(|| {
-                let mut latest = [None; Indicator::COUNT];
-                for h in households.values() {
-                    note_latest(&mut latest, &h.months);
-                }
-                latest
-            });
+            let walk = s.spawn(|| newest_months(households));
             persons.clear();
             shared.clear();
             // Sized once: growing a map of millions of persons rehashes it again and again.

@@ -945,6 +945,63 @@ fn a_state_snapshot_loads_the_same_world_as_the_store_and_catches_up_with_later_
     );
 }
 
+/// The journal's changes move persons between households: the index read with the
+/// snapshot follows them, as a load of the store would build it.
+#[test]
+fn catching_up_follows_persons_who_move_between_households() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let (mut w, _) = thousands_of_households(&store);
+    // Household H{i} lists person i + 1 (`thousands_of_households`).
+    let p = |i: u128| PersonKey((i + 1).to_le_bytes());
+    let listing = |id: &str, members: Vec<PersonKey>| roster_record(id, members, 10_000);
+    // Before the snapshot: H00010 also lists H00011's person, and H00020 H00021's.
+    w.begin();
+    w.apply("roster", &listing("H00010", vec![p(10), p(11)]), now())
+        .unwrap();
+    w.apply("roster", &listing("H00020", vec![p(20), p(21)]), now())
+        .unwrap();
+    store.commit(w.take_batch().0).unwrap();
+    assert_eq!(w.shared.len(), 2);
+    let path = snapshot::path_in(dir.path());
+    snapshot::save(&w, &store, &path).unwrap();
+    // After: H00010 lets go of H00011's person; H00021 of its own (H00020 keeps it); H00012
+    // lists nobody; H00013 a new person instead of its own; a new household H99999 lists
+    // H00014's person.
+    w.begin();
+    for (id, members) in [
+        ("H00010", vec![p(10)]),
+        ("H00021", vec![]),
+        ("H00012", vec![]),
+        ("H00013", vec![PersonKey([250; 16])]),
+        ("H99999", vec![p(14)]),
+    ] {
+        w.apply("roster", &listing(id, members), now()).unwrap();
+    }
+    store.commit(w.take_batch().0).unwrap();
+    let loaded = snapshot::load(&path, &store, 24).expect("brought up by the journal");
+    assert_eq!(
+        loaded.caught_up, 6,
+        "five households and their county's count"
+    );
+    assert_same_world(&loaded.world, &World::load(&store, 24).unwrap());
+    assert_same_world(&loaded.world, &w);
+    let w = loaded.world;
+    let of = |i: u128| w.persons.get(&p(i)).map(|h| h.as_str().to_string());
+    assert_eq!(of(11).as_deref(), Some("H00011"));
+    assert_eq!(of(21).as_deref(), Some("H00020"));
+    assert_eq!(of(12), None);
+    assert_eq!(of(13), None);
+    assert_eq!(of(14).as_deref(), Some("H00014"), "the least id of the two");
+    assert_eq!(w.shared.keys().collect::<Vec<_>>(), [&p(14)]);
+    // The index holds each household's one shared id.
+    let h = w.household(&"H00010".parse().unwrap()).unwrap();
+    assert!(std::ptr::eq(
+        w.persons[&p(10)].as_str().as_ptr(),
+        h.id.as_str().as_ptr()
+    ));
+}
+
 #[test]
 fn a_snapshot_taken_before_a_new_base_is_set_aside() {
     let dir = tempfile::tempdir().unwrap();
