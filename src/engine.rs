@@ -888,10 +888,25 @@ impl Engine {
         touched.dedup();
         let entities = if deferred.is_empty() {
             touched
+        } else if touched.is_empty() {
+            // The first pass after a start: every entity deferred, none touched yet.
+            deferred
         } else {
-            let have: HashSet<&EntityRef> = deferred.iter().collect();
-            let extra: Vec<EntityRef> = touched.into_iter().filter(|e| !have.contains(e)).collect();
-            drop(have);
+            // The touched entities not deferred already, found by a walk over the deferred
+            // ones against a set of the few touched: a set of the deferred (a province's
+            // households) took 1.5 s at 3,000,000 households.
+            let mut left: HashSet<&EntityRef> = touched.iter().collect();
+            for e in &deferred {
+                if left.is_empty() {
+                    break;
+                }
+                left.remove(e);
+            }
+            let extra: Vec<EntityRef> = touched
+                .iter()
+                .filter(|e| left.contains(e))
+                .cloned()
+                .collect();
             let mut all = deferred;
             all.extend(extra);
             all

@@ -360,6 +360,69 @@ fn full_evaluations_while_a_feed_is_busy_check_each_entity_once_when_it_catches_
     assert_eq!(after, reference, "the deferred entities, each once");
 }
 
+/// Households touched while a full evaluation waits for a busy feed are checked once with
+/// the deferred entities: a new household added to them, the others already among them.
+#[test]
+fn entities_touched_while_a_full_evaluation_waits_are_checked_once() {
+    // Households with a wage each, their feeds polled: the household rules check them.
+    let wages = |households: usize| {
+        let w: Vec<_> = (0..households).map(|h| (2 * h, 0, 3_000, h)).collect();
+        mapped(&wage_records(&w, 2 * households))
+    };
+    let rostered = |dir: &Path, households: usize| {
+        let f = feeds(dir);
+        let mut engine = open(dir, &f.cfg);
+        engine.set_feeds(&f.cfg.feeds);
+        engine
+            .ingest(&f.roster, mapped(&roster_records(households)), now(), None)
+            .unwrap();
+        engine
+            .ingest(&f.wages, wages(households), now(), None)
+            .unwrap();
+        for feed in ["roster", "wages"] {
+            engine.poll_started(feed);
+            engine.poll_finished(feed, true);
+        }
+        engine.evaluate_touched(now()).unwrap();
+        (engine, f)
+    };
+    let full = |households: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        rostered(dir.path(), households)
+            .0
+            .evaluate_all(now())
+            .unwrap()
+            .checks
+    };
+    let (twenty, twenty_one) = (full(20), full(21));
+    assert!(
+        twenty_one > twenty,
+        "{twenty} {twenty_one}: households are checked"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (mut engine, f) = rostered(dir.path(), 20);
+    engine.poll_started("wages");
+    engine.evaluate_all(now()).unwrap();
+    // The roster again: five households' incomes change (they wait already), one is new.
+    let mut records = roster_records(21);
+    for r in &mut records[..5] {
+        r.id.push_str("-again");
+        if let Observation::Roster(e) = &mut r.observation {
+            e.income_per_capita = 500_000;
+        }
+    }
+    engine
+        .ingest(&f.roster, mapped(&records), now(), None)
+        .unwrap();
+    engine.ingest(&f.wages, wages(21), now(), None).unwrap();
+    engine.poll_finished("wages", true);
+    let after = engine.evaluate_touched(now()).unwrap().checks;
+    assert_eq!(
+        after, twenty_one,
+        "the deferred entities and the new household, each once"
+    );
+}
+
 #[test]
 fn a_base_of_the_months_makes_the_next_snapshot_due_at_once() {
     // The last snapshot cannot be brought across a base (the runs it would need are in the
