@@ -336,7 +336,8 @@ fn read(
         .map_err(|_| frames.damaged("a household count beyond memory"))?;
     // What is derived from the households is built as they are read; the journal's changes,
     // applied after, keep the person index up to date.
-    // A count its file cannot hold (16 bytes a member) is not reserved.
+    // The header's count is only what to reserve: capped at what the file could hold (16
+    // bytes a member), and not reserved at all if memory refuses it (`Derived::reserve`).
     let persons = usize::try_from(header.persons).map_or(0, |p| p.min(frames.len / 16));
     let mut frames = read_households(frames, n, persons, &mut w)?;
     if w.households.len() != n {
@@ -444,7 +445,8 @@ struct Derived {
 impl Derived {
     fn reserve(persons: usize) -> Self {
         let mut map = Map::default();
-        map.reserve(persons);
+        // A reservation memory refuses is left to the map's own growth.
+        let _ = map.try_reserve(persons);
         Self {
             persons: map,
             shared: Map::default(),
