@@ -894,7 +894,7 @@ impl Engine {
         } else {
             // The touched entities not deferred already, found by a walk over the deferred
             // ones against a set of the few touched: a set of the deferred (a province's
-            // households) took 1.5 s at 3,000,000 households.
+            // households) took about 0.4 s at 3,000,000 households.
             let mut left: HashSet<&EntityRef> = touched.iter().collect();
             for e in &deferred {
                 if left.is_empty() {

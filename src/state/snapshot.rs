@@ -21,6 +21,7 @@
 //! packed words as they are, [`frames::encode_months`]), the villages, the counties. Frames
 //! keep the memory of writing and reading small; the months' words are copied, not decoded.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -30,8 +31,6 @@ use tracing::{info, warn};
 
 use super::frames::{self, FrameError, write_frame};
 use super::{CountyValue, Household, Map, Months, Village, World, list_person, note_latest};
-use std::collections::BTreeSet;
-
 use crate::model::{HouseholdId, Indicator, Month, PersonKey};
 use crate::store::journal::StateChanges;
 use crate::store::{SCHEMA_VERSION, Store, StoreError};
@@ -370,10 +369,9 @@ fn read(
 ///
 /// This thread also builds what is derived from the households ([`World::recompute_latest`]'s
 /// person index, `persons` entries reserved, and newest months) as it fills the map, while
-/// the reader decodes the next frames: at 600,000
-/// households a start took 0.45 s instead of 0.54 s, where a walk after the read took
-/// 0.15 s. (Built on the reader's thread instead, it took 0.70 s: the reader is then
-/// the slower of the two.)
+/// the reader decodes the next frames: at 600,000 households a start took 0.45 s instead of
+/// 0.54 s, where a walk after the read took 0.15 s. (Built on the reader's thread instead,
+/// it took 0.70 s: the reader is then the slower of the two.)
 fn read_households<'a>(
     mut frames: Frames<'a>,
     n: usize,
