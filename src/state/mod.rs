@@ -11,6 +11,7 @@
 //!   those more than `retention_months` before a household's newest month are dropped.
 
 mod frames;
+mod households;
 mod month_log;
 pub use month_log::DEFAULT_MIN_RUN_BYTES as DEFAULT_BASE_REWRITE_BYTES;
 pub use month_log::{BaseSource, BaseWritten, write_base_from};
@@ -18,6 +19,7 @@ mod months;
 pub mod snapshot;
 mod values;
 
+use households::{Households, Slot};
 use months::MonthsBuilder;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,6 +52,8 @@ pub enum Rejection {
     IntervalReversed,
     #[error("numeric samples are kept per household, not per village")]
     VillageSample,
+    #[error("the working set has no room for another household: {0}")]
+    WorkingSetFull(String),
 }
 
 impl Rejection {
@@ -62,6 +66,7 @@ impl Rejection {
             Self::TooOld(_) => "too_old",
             Self::IntervalReversed => "interval_reversed",
             Self::VillageSample => "village_sample",
+            Self::WorkingSetFull(_) => "working_set_full",
         }
     }
 }
@@ -227,7 +232,7 @@ fn load_household_months(w: &mut World, store: &dyn Store) -> Result<(), StoreEr
     };
     let retention_months = w.retention_months;
     // Every 1,024th household id, to split the months into ranges of equal size.
-    let mut ids: Vec<&str> = w.households.keys().map(HouseholdId::as_str).collect();
+    let mut ids: Vec<&str> = w.households.values().map(|h| h.id.as_str()).collect();
     ids.sort_unstable();
     let samples: Vec<&[u8]> = ids.iter().step_by(1024).map(|id| id.as_bytes()).collect();
     let threads = std::thread::available_parallelism()
@@ -282,6 +287,15 @@ fn load_household_months(w: &mut World, store: &dyn Store) -> Result<(), StoreEr
     Ok(())
 }
 
+/// The error of a household the working set had no room for, read from `key` of `space`.
+fn table_full(space: Space, key: &[u8], e: &households::TableFull) -> StoreError {
+    StoreError::WorkingSetFull {
+        space,
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail: e.to_string(),
+    }
+}
+
 /// Merges two lists sorted by id (with no id in both) into one.
 fn merge_by_id<T>(a: Vec<(Vec<u8>, T)>, b: Vec<(Vec<u8>, T)>) -> Vec<(Vec<u8>, T)> {
     if a.is_empty() {
@@ -316,35 +330,51 @@ fn parse_key<T: std::str::FromStr>(
         })
 }
 
-/// Records that household `id` lists person `m` (see [`World`]'s `persons`).
+/// Records that the household in `slot` lists person `m` (see [`World`]'s `persons`).
 fn list_person(
-    persons: &mut Map<PersonKey, HouseholdId>,
+    persons: &mut Map<PersonKey, Slot>,
     shared: &mut Map<PersonKey, BTreeSet<HouseholdId>>,
+    households: &Households,
     m: PersonKey,
-    id: &HouseholdId,
+    slot: Slot,
 ) {
     use std::collections::hash_map::Entry;
     match persons.entry(m) {
         Entry::Vacant(e) => {
-            e.insert(id.clone());
+            e.insert(slot);
         }
         Entry::Occupied(mut e) => {
-            if e.get() == id {
+            let listed = *e.get();
+            if listed == slot {
                 return;
             }
-            let listing = shared
-                .entry(m)
-                .or_insert_with(|| BTreeSet::from([e.get().clone()]));
+            // Invariant: both slots are occupied (the index holds only such slots, and the
+            // caller's household is in the table).
+            let Some(id) = households.at(slot).map(|h| &h.id) else {
+                return;
+            };
+            let listing = shared.entry(m).or_insert_with(|| {
+                households
+                    .at(listed)
+                    .map(|h| h.id.clone())
+                    .into_iter()
+                    .collect()
+            });
             listing.insert(id.clone());
-            if let Some(least) = listing.first() {
-                e.insert(least.clone());
+            let least = match listing.first() {
+                Some(least) if least == id => Some(slot),
+                Some(least) => households.slot_of(least),
+                None => None,
+            };
+            if let Some(least) = least {
+                e.insert(least);
             }
         }
     }
 }
 
 /// The newest month per indicator over all households' months.
-fn newest_months(households: &Map<HouseholdId, Household>) -> [Option<Month>; Indicator::COUNT] {
+fn newest_months(households: &Households) -> [Option<Month>; Indicator::COUNT] {
     let mut latest = [None; Indicator::COUNT];
     for h in households.values() {
         note_latest(&mut latest, &h.months);
@@ -364,25 +394,33 @@ fn note_latest(latest: &mut [Option<Month>; Indicator::COUNT], months: &Months) 
     }
 }
 
-/// Records that household `id` no longer lists person `m`.
+/// Records that household `id`, in `slot` (or gone from it), no longer lists person `m`.
 fn unlist_person(
-    persons: &mut Map<PersonKey, HouseholdId>,
+    persons: &mut Map<PersonKey, Slot>,
     shared: &mut Map<PersonKey, BTreeSet<HouseholdId>>,
+    households: &Households,
     m: PersonKey,
     id: &HouseholdId,
+    slot: Slot,
 ) {
     match shared.get_mut(&m) {
         Some(listing) => {
             listing.remove(id);
-            if let Some(least) = listing.first() {
-                persons.insert(m, least.clone());
+            // The households still listing the person are in the table.
+            match listing.first().and_then(|least| households.slot_of(least)) {
+                Some(least) => {
+                    persons.insert(m, least);
+                }
+                None => {
+                    persons.remove(&m);
+                }
             }
             if listing.len() < 2 {
                 shared.remove(&m);
             }
         }
         None => {
-            if persons.get(&m) == Some(id) {
+            if persons.get(&m) == Some(&slot) {
                 persons.remove(&m);
             }
         }
@@ -391,17 +429,18 @@ fn unlist_person(
 
 /// The in-memory working set.
 pub struct World {
-    /// Each household under its own id (`Household::id`, shared text). The person index
-    /// and the undo log hold clones of that one id, so a batch's touched households can be
-    /// told apart by address ([`Touched::absorb`]).
-    households: Map<HouseholdId, Household>,
+    /// Each household in a slot of its own, found by its id (`Household::id`, shared text).
+    /// The undo log and the shared persons hold clones of that one id, so a batch's touched
+    /// households can be told apart by address ([`Touched::absorb`]).
+    households: Households,
     villages: Map<VillageCode, Village>,
     counties: BTreeMap<CountyCode, CountyValue>,
-    /// The household of each person: the one roster entry that lists them, or of several
-    /// (a roster error, such as a household split on paper before the old entry drops
-    /// them) the least household id, so that the index does not depend on the order in
-    /// which entries were applied or households are walked at a start.
-    persons: Map<PersonKey, HouseholdId>,
+    /// The household of each person, by slot: the one roster entry that lists them, or of
+    /// several (a roster error, such as a household split on paper before the old entry
+    /// drops them) the one with the least household id, so that the index does not depend
+    /// on the order in which entries were applied or households are walked at a start.
+    /// Every slot it holds is occupied.
+    persons: Map<PersonKey, Slot>,
     /// Persons listed by more than one household, with those households.
     shared: Map<PersonKey, BTreeSet<HouseholdId>>,
     latest: [Option<Month>; Indicator::COUNT],
@@ -576,7 +615,7 @@ pub fn feed_byte(feed: &str) -> u8 {
 impl World {
     pub fn new(retention_months: u32) -> Self {
         Self {
-            households: Map::default(),
+            households: Households::default(),
             villages: Map::default(),
             counties: BTreeMap::new(),
             persons: Map::default(),
@@ -596,7 +635,9 @@ impl World {
         let mut w = Self::new(retention_months);
         store.for_each(Space::Household, &mut |k, v| {
             let h: Household = codec::decode(HOUSEHOLD_VERSION, Space::Household, k, v)?;
-            w.households.insert(h.id.clone(), h);
+            w.households
+                .insert(h)
+                .map_err(|e| table_full(Space::Household, k, &e))?;
             Ok(())
         })?;
         let households_done = started.elapsed();
@@ -641,21 +682,37 @@ impl World {
                             }
                             if let Some(old) = self.households.get_mut(&id) {
                                 h.months = std::mem::take(&mut old.months);
-                                // One shared id per household (the index holds it).
+                                // One shared id per household (the undo log and the
+                                // shared persons hold it).
                                 h.id = old.id.clone();
-                                for m in old.members.iter().filter(|m| !h.members.contains(m)) {
-                                    unlist_person(&mut self.persons, &mut self.shared, *m, &h.id);
+                            }
+                            let members = h.members.clone();
+                            let (slot, old) = self
+                                .households
+                                .insert(h)
+                                .map_err(|e| table_full(*space, key, &e))?;
+                            let (hs, persons, shared) =
+                                (&self.households, &mut self.persons, &mut self.shared);
+                            for m in old.iter().flat_map(|o| o.members.iter()) {
+                                if !members.contains(m) {
+                                    unlist_person(persons, shared, hs, *m, &id, slot);
                                 }
                             }
-                            for m in &h.members {
-                                list_person(&mut self.persons, &mut self.shared, *m, &h.id);
+                            for m in &members {
+                                list_person(persons, shared, hs, *m, slot);
                             }
-                            self.households.insert(h.id.clone(), h);
                         }
                         None => {
-                            if let Some(old) = self.households.remove(&id) {
+                            if let Some((slot, old)) = self.households.remove(&id) {
                                 for m in &old.members {
-                                    unlist_person(&mut self.persons, &mut self.shared, *m, &old.id);
+                                    unlist_person(
+                                        &mut self.persons,
+                                        &mut self.shared,
+                                        &self.households,
+                                        *m,
+                                        &old.id,
+                                        slot,
+                                    );
                                 }
                             }
                         }
@@ -781,9 +838,9 @@ impl World {
             shared.clear();
             // Sized once: growing a map of millions of persons rehashes it again and again.
             persons.reserve(households.values().map(|h| h.members.len()).sum());
-            for h in households.values() {
+            for (slot, h) in households.slots() {
                 for m in &h.members {
-                    list_person(persons, shared, *m, &h.id);
+                    list_person(persons, shared, households, *m, slot);
                 }
             }
             // A panic of the walk (a bug) is this thread's.
@@ -869,10 +926,19 @@ impl World {
                 }
                 self.touch_household(&id);
                 let old_category = self.households.get(&id).map(|h| (h.county(), h.category));
-                let h = self
-                    .households
-                    .entry(id.clone())
-                    .or_insert_with(|| Household::new(entry));
+                let slot = match self.households.slot_of(&id) {
+                    Some(slot) => slot,
+                    None => {
+                        self.households
+                            .insert(Household::new(entry))
+                            .map_err(|e| Rejection::WorkingSetFull(e.to_string()))?
+                            .0
+                    }
+                };
+                // Invariant: the slot was just found or filled.
+                let Some(h) = self.households.at_mut(slot) else {
+                    return Err(Rejection::UnknownHousehold(id));
+                };
                 let removed: Vec<PersonKey> = h
                     .members
                     .iter()
@@ -882,11 +948,12 @@ impl World {
                 h.set_roster(entry);
                 // The id the household was stored under, not the record's copy of it.
                 let id = h.id.clone();
+                let (hs, persons, shared) = (&self.households, &mut self.persons, &mut self.shared);
                 for m in removed {
-                    unlist_person(&mut self.persons, &mut self.shared, m, &id);
+                    unlist_person(persons, shared, hs, m, &id, slot);
                 }
                 for m in &entry.members {
-                    list_person(&mut self.persons, &mut self.shared, *m, &id);
+                    list_person(persons, shared, hs, *m, slot);
                 }
                 if let Some((county, cat)) = old_category {
                     self.county_mut(county).households_by_category[cat.index()] =
@@ -1004,13 +1071,17 @@ impl World {
         if month > Month::of(now) {
             return Err(Rejection::FutureMonth(month));
         }
-        let id = match subject {
-            Subject::Person(p) => self.persons.get(p).ok_or(Rejection::UnknownPerson)?,
-            Subject::Household(h) => h,
+        let slot = match subject {
+            Subject::Person(p) => *self.persons.get(p).ok_or(Rejection::UnknownPerson)?,
+            Subject::Household(h) => self
+                .households
+                .slot_of(h)
+                .ok_or_else(|| Rejection::UnknownHousehold(h.clone()))?,
             Subject::Village(_) => return Err(Rejection::VillageSample),
         };
-        let Some(h) = self.households.get_mut(id) else {
-            return Err(Rejection::UnknownHousehold(id.clone()));
+        // Invariant: the person index holds occupied slots only.
+        let Some(h) = self.households.at_mut(slot) else {
+            return Err(Rejection::UnknownPerson);
         };
         if Month::of(now).since(month) > self.retention_months {
             return Err(Rejection::TooOld(month));
@@ -1131,7 +1202,9 @@ impl World {
                     }
                 }
                 Undo::Whole(Some(h)) => {
-                    self.households.insert(id, h);
+                    // It was in the table before the batch, so it fits again: the batch
+                    // only replaced it (households are removed only by catching up).
+                    let _ = self.households.insert(h);
                 }
                 Undo::Whole(None) => {
                     self.households.remove(&id);

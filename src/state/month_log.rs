@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::frames::{self, FrameError, write_frame};
-use super::{Bucket, Household, Map, MonthBucket, Months, World};
+use super::{Bucket, Household, Households, MonthBucket, Months, World};
 use crate::model::{HouseholdId, Month};
 use crate::store::{Batch, Space, Store, StoreError, codec};
 
@@ -266,7 +266,7 @@ pub(super) fn household_entries<'a>(
 
 /// Applies one run's entries to the households.
 pub(super) fn apply_run(
-    households: &mut Map<HouseholdId, Household>,
+    households: &mut Households,
     key: &[u8],
     value: &[u8],
 ) -> Result<(), StoreError> {
@@ -329,7 +329,7 @@ pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
 /// Reads the base in keys of `generation` (a store written before bases were files) into
 /// the households.
 fn read_base_keys(
-    households: &mut Map<HouseholdId, Household>,
+    households: &mut Households,
     store: &dyn Store,
     generation: u32,
 ) -> Result<(), StoreError> {
@@ -360,7 +360,7 @@ fn read_base_keys(
 /// decodes the frames while this one puts the months in place. A missing or damaged file is
 /// an error: the base is the truth, not a cache.
 fn read_base_file(
-    households: &mut Map<HouseholdId, Household>,
+    households: &mut Households,
     store: &dyn Store,
     base: &BaseInfo,
 ) -> Result<(), StoreError> {
@@ -511,9 +511,9 @@ pub struct BaseWritten {
 pub(super) fn base_source(w: &World) -> BaseSource {
     let mut households: Vec<(HouseholdId, Months)> = w
         .households
-        .iter()
-        .filter(|(_, h)| !h.months.is_empty())
-        .map(|(id, h)| (id.clone(), h.months.clone()))
+        .values()
+        .filter(|h| !h.months.is_empty())
+        .map(|h| (h.id.clone(), h.months.clone()))
         .collect();
     households.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     BaseSource {

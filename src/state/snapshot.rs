@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::frames::{self, FrameError, write_frame};
+use super::households::{Households, Slot};
 use super::{CountyValue, Household, Map, Months, Village, World, list_person, note_latest};
 use crate::model::{HouseholdId, Indicator, Month, PersonKey};
 use crate::store::journal::StateChanges;
@@ -412,10 +413,16 @@ fn read_households<'a>(
         let mut inserted = Ok(());
         'frames: for chunk in rx {
             for h in chunk {
-                derived.add(&h);
-                if w.households.insert(h.id.clone(), h).is_some() {
-                    inserted = Err(damaged("a household twice"));
-                    break 'frames;
+                match w.households.insert(h) {
+                    Ok((slot, None)) => derived.add(&w.households, slot),
+                    Ok((_, Some(_))) => {
+                        inserted = Err(damaged("a household twice"));
+                        break 'frames;
+                    }
+                    Err(e) => {
+                        inserted = Err(damaged(&format!("no room for its households: {e}")));
+                        break 'frames;
+                    }
                 }
             }
         }
@@ -435,7 +442,7 @@ fn read_households<'a>(
 /// What [`World::recompute_latest`] derives from the households, built as they are put in
 /// the map.
 struct Derived {
-    persons: Map<PersonKey, HouseholdId>,
+    persons: Map<PersonKey, Slot>,
     shared: Map<PersonKey, BTreeSet<HouseholdId>>,
     latest: [Option<Month>; Indicator::COUNT],
 }
@@ -452,11 +459,13 @@ impl Derived {
         }
     }
 
-    /// `h`'s members and months. `h.id` is the one the map will hold, as the index's ids
-    /// must be (the same shared text, [`World`]).
-    fn add(&mut self, h: &Household) {
+    /// The members and months of the household just put in `slot` of `households`.
+    fn add(&mut self, households: &Households, slot: Slot) {
+        let Some(h) = households.at(slot) else {
+            return;
+        };
         for m in &h.members {
-            list_person(&mut self.persons, &mut self.shared, *m, &h.id);
+            list_person(&mut self.persons, &mut self.shared, households, *m, slot);
         }
         note_latest(&mut self.latest, &h.months);
     }

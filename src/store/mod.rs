@@ -86,6 +86,14 @@ pub enum StoreError {
         key: String,
         detail: String,
     },
+    #[error(
+        "no room in the working set for {space:?}/{key}: {detail} (give guardline more memory)"
+    )]
+    WorkingSetFull {
+        space: Space,
+        key: String,
+        detail: String,
+    },
 }
 
 impl StoreError {

@@ -1,0 +1,282 @@
+//! The working set's households: a table of slots, and an index from id to slot.
+//!
+//! A hash map of households holds each in a bucket of its own, and grows by powers of two:
+//! at 600,000 households it had 1,048,576 buckets of 144 bytes (151 MB), and the person
+//! index, holding a household's id per person, 4,194,304 buckets of 32 bytes (134 MB).
+//! Here the households live in fixed chunks of [`CHUNK`] slots, filled in turn, so only the
+//! last chunk has room to spare, and no growth copies them. The index by id holds a slot
+//! (4 bytes a bucket), and the person index ([`super::World`]) holds slots too (20 bytes a
+//! bucket), which also saves a second hash lookup per record.
+//!
+//! Invariants:
+//! - A household keeps its slot for as long as it is in the table: replacing it keeps the
+//!   slot, and only removing it frees the slot for a later household.
+//! - `by_id` holds exactly the occupied slots, each once, under the hash of its household's
+//!   id.
+
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
+
+use super::values::Household;
+use crate::model::HouseholdId;
+
+/// Where a household is in the table ([`Households::at`]).
+pub(crate) type Slot = u32;
+
+/// Slots per chunk: 4,096 households, about half a megabyte.
+const CHUNK_BITS: u32 = 12;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+/// All households of the working set; see the module's documentation.
+#[derive(Default)]
+pub(crate) struct Households {
+    /// Chunks of `CHUNK` slots each (the last one may be shorter), allocated whole.
+    chunks: Vec<Vec<Option<Household>>>,
+    by_id: HashTable<Slot>,
+    /// Slots emptied by removals, taken again first.
+    free: Vec<Slot>,
+    len: usize,
+}
+
+/// Why a household could not be placed: the table is out of slots or memory.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TableFull {
+    #[error("more than {} households", Slot::MAX)]
+    Slots,
+    #[error("memory refused room for {0} households")]
+    Memory(usize),
+}
+
+fn hash(id: &str) -> u64 {
+    FxBuildHasher.hash_one(id)
+}
+
+fn split(slot: Slot) -> (usize, usize) {
+    let s = slot as usize;
+    (s >> CHUNK_BITS, s & (CHUNK - 1))
+}
+
+/// The household in `slot` of `chunks`, if any.
+fn in_chunks(chunks: &[Vec<Option<Household>>], slot: Slot) -> Option<&Household> {
+    let (c, i) = split(slot);
+    chunks.get(c)?.get(i)?.as_ref()
+}
+
+/// The hash of the household in `slot`, for the index's growth. Every slot the index holds
+/// is occupied (the invariant); an empty one would hash as the empty id.
+fn hash_of(chunks: &[Vec<Option<Household>>], slot: Slot) -> u64 {
+    hash(in_chunks(chunks, slot).map_or("", |h| h.id.as_str()))
+}
+
+impl Households {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Makes room for `additional` more households in the index (the chunks are allocated
+    /// as they fill). Fails, leaving the table as it is, when memory refuses.
+    pub fn try_reserve(&mut self, additional: usize) -> Result<(), TableFull> {
+        let chunks = &self.chunks;
+        self.by_id
+            .try_reserve(additional, |&s| hash_of(chunks, s))
+            .map_err(|_| TableFull::Memory(additional))?;
+        let _ = self.chunks.try_reserve(additional.div_ceil(CHUNK));
+        Ok(())
+    }
+
+    pub fn slot_of(&self, id: &HouseholdId) -> Option<Slot> {
+        let chunks = &self.chunks;
+        self.by_id
+            .find(hash(id.as_str()), |&s| {
+                in_chunks(chunks, s).is_some_and(|h| h.id == *id)
+            })
+            .copied()
+    }
+
+    pub fn at(&self, slot: Slot) -> Option<&Household> {
+        in_chunks(&self.chunks, slot)
+    }
+
+    pub fn at_mut(&mut self, slot: Slot) -> Option<&mut Household> {
+        let (c, i) = split(slot);
+        self.chunks.get_mut(c)?.get_mut(i)?.as_mut()
+    }
+
+    pub fn get(&self, id: &HouseholdId) -> Option<&Household> {
+        self.at(self.slot_of(id)?)
+    }
+
+    pub fn get_mut(&mut self, id: &HouseholdId) -> Option<&mut Household> {
+        let slot = self.slot_of(id)?;
+        self.at_mut(slot)
+    }
+
+    /// Puts `h` in the table under its id: in its own slot if a household of that id is
+    /// there (returned), else in a new one.
+    pub fn insert(&mut self, h: Household) -> Result<(Slot, Option<Household>), TableFull> {
+        if let Some(slot) = self.slot_of(&h.id) {
+            let (c, i) = split(slot);
+            let old = self.chunks[c][i].replace(h);
+            return Ok((slot, old));
+        }
+        let hash = hash(h.id.as_str());
+        let slot = self.vacant_slot()?;
+        let (c, i) = split(slot);
+        self.chunks[c][i] = Some(h);
+        let chunks = &self.chunks;
+        self.by_id
+            .insert_unique(hash, slot, |&s| hash_of(chunks, s));
+        self.len += 1;
+        Ok((slot, None))
+    }
+
+    /// An empty slot: one a removal freed, or the next one, in a new chunk if need be.
+    fn vacant_slot(&mut self) -> Result<Slot, TableFull> {
+        if let Some(slot) = self.free.pop() {
+            return Ok(slot);
+        }
+        let next = match self.chunks.last() {
+            Some(last) if last.len() < CHUNK => (self.chunks.len() - 1) * CHUNK + last.len(),
+            _ => {
+                let mut chunk = Vec::new();
+                chunk
+                    .try_reserve_exact(CHUNK)
+                    .map_err(|_| TableFull::Memory(CHUNK))?;
+                self.chunks.push(chunk);
+                (self.chunks.len() - 1) * CHUNK
+            }
+        };
+        let slot = Slot::try_from(next).map_err(|_| TableFull::Slots)?;
+        if let Some(last) = self.chunks.last_mut() {
+            last.push(None);
+        }
+        Ok(slot)
+    }
+
+    /// Takes the household of `id` out of the table, with the slot it had.
+    pub fn remove(&mut self, id: &HouseholdId) -> Option<(Slot, Household)> {
+        let chunks = &self.chunks;
+        let entry = self
+            .by_id
+            .find_entry(hash(id.as_str()), |&s| {
+                in_chunks(chunks, s).is_some_and(|h| h.id == *id)
+            })
+            .ok()?;
+        let (slot, _) = entry.remove();
+        let (c, i) = split(slot);
+        let h = self.chunks.get_mut(c)?.get_mut(i)?.take()?;
+        self.free.push(slot);
+        self.len -= 1;
+        Some((slot, h))
+    }
+
+    /// Every household, in slot order.
+    pub fn values(&self) -> impl Iterator<Item = &Household> {
+        self.chunks.iter().flatten().filter_map(Option::as_ref)
+    }
+
+    /// Every household with its slot, in slot order.
+    pub fn slots(&self) -> impl Iterator<Item = (Slot, &Household)> {
+        self.chunks
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(s, h)| Some((s as Slot, h.as_ref()?)))
+    }
+}
+
+impl std::fmt::Debug for Households {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Households")
+            .field("len", &self.len)
+            .field("chunks", &self.chunks.len())
+            .field("free", &self.free.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HouseholdCategory, RosterEntry};
+
+    fn household(id: &str) -> Household {
+        Household::new(&RosterEntry {
+            household: id.parse().unwrap(),
+            village: "632522100201".parse().unwrap(),
+            village_name: "村".into(),
+            category: HouseholdCategory::ALL[0],
+            head_masked: String::new(),
+            members: Vec::new(),
+            income_per_capita: 0,
+        })
+    }
+
+    #[test]
+    fn households_keep_their_slots_and_freed_slots_are_taken_again() {
+        let mut t = Households::default();
+        let n = 3 * CHUNK + 17;
+        for i in 0..n {
+            let (slot, old) = t.insert(household(&format!("H{i}"))).unwrap();
+            assert_eq!(slot as usize, i, "filled in turn");
+            assert!(old.is_none());
+        }
+        assert_eq!(t.len(), n);
+        assert_eq!(t.chunks.len(), 4);
+        assert!(
+            t.chunks.iter().all(|c| c.capacity() == CHUNK),
+            "no slack beyond a chunk"
+        );
+
+        // Replacing keeps the slot and hands back the household before.
+        let mut again = household("H5000");
+        again.income_per_capita = 7;
+        let (slot, old) = t.insert(again).unwrap();
+        assert_eq!(slot, 5000);
+        assert_eq!(old.unwrap().income_per_capita, 0);
+        assert_eq!(t.len(), n);
+        assert_eq!(
+            t.get(&"H5000".parse().unwrap()).unwrap().income_per_capita,
+            7
+        );
+
+        // Removing frees the slot; the others keep theirs; the next new one takes it.
+        let (slot, h) = t.remove(&"H42".parse().unwrap()).unwrap();
+        assert_eq!((slot, h.id.as_str()), (42, "H42"));
+        assert!(t.remove(&"H42".parse().unwrap()).is_none());
+        assert!(t.get(&"H42".parse().unwrap()).is_none());
+        assert!(t.at(42).is_none());
+        assert_eq!(t.len(), n - 1);
+        assert_eq!(t.slot_of(&"H43".parse().unwrap()), Some(43));
+        let (slot, _) = t.insert(household("NEW")).unwrap();
+        assert_eq!(slot, 42);
+        assert_eq!(t.at(42).unwrap().id.as_str(), "NEW");
+
+        // Every household is found by id in its slot, and listed once.
+        for (slot, h) in t.slots() {
+            assert_eq!(t.slot_of(&h.id), Some(slot));
+        }
+        assert_eq!(t.values().count(), n);
+        assert_eq!(t.slots().count(), n);
+        assert!(t.at(n as Slot).is_none(), "past the end");
+        assert!(t.at(Slot::MAX).is_none());
+    }
+
+    #[test]
+    fn lookups_compare_the_ids_text_not_only_its_hash() {
+        let mut t = Households::default();
+        for i in 0..10_000 {
+            t.insert(household(&format!("{i}"))).unwrap();
+        }
+        // Ids read separately (other addresses, same text) find the same households.
+        for i in (0..10_000).step_by(97) {
+            let id: HouseholdId = format!("{i}").parse().unwrap();
+            assert_eq!(t.get(&id).unwrap().id, id);
+        }
+        assert!(t.get(&"10000".parse().unwrap()).is_none());
+        assert!(t.try_reserve(1_000_000).is_ok());
+        assert_eq!(t.slot_of(&"9999".parse().unwrap()), Some(9999));
+    }
+}
