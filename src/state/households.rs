@@ -8,13 +8,17 @@
 //! (4 bytes a bucket), and the person index ([`super::World`]) holds slots too (20 bytes a
 //! bucket), which also saves a second hash lookup per record.
 //!
+//! The table also keeps one copy of each village's name, which its households share.
+//!
 //! Invariants:
 //! - A household keeps its slot for as long as it is in the table: replacing it keeps the
 //!   slot, and only removing it frees the slot for a later household.
 //! - `by_id` holds exactly the occupied slots, each once, under the hash of its household's
 //!   id.
 
+use std::collections::HashSet;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
@@ -38,6 +42,8 @@ pub(crate) struct Households {
     /// Slots emptied by removals, taken again first.
     free: Vec<Slot>,
     len: usize,
+    /// The village names of the households, each once (a few thousand).
+    names: HashSet<Arc<str>, FxBuildHasher>,
 }
 
 /// Why a household could not be placed: the table is out of slots or memory.
@@ -113,9 +119,25 @@ impl Households {
         self.at_mut(slot)
     }
 
+    /// The table's copy of a village's name.
+    pub fn village_name(&mut self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.names.get(name) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = name.into();
+        self.names.insert(shared.clone());
+        shared
+    }
+
     /// Puts `h` in the table under its id: in its own slot if a household of that id is
-    /// there (returned), else in a new one.
-    pub fn insert(&mut self, h: Household) -> Result<(Slot, Option<Household>), TableFull> {
+    /// there (returned), else in a new one. Its village's name becomes the table's copy.
+    pub fn insert(&mut self, mut h: Household) -> Result<(Slot, Option<Household>), TableFull> {
+        match self.names.get(&h.village_name) {
+            Some(shared) => h.village_name = shared.clone(),
+            None => {
+                self.names.insert(h.village_name.clone());
+            }
+        }
         if let Some(slot) = self.slot_of(&h.id) {
             let (c, i) = split(slot);
             let old = self.chunks[c][i].replace(h);
@@ -193,6 +215,7 @@ impl std::fmt::Debug for Households {
             .field("len", &self.len)
             .field("chunks", &self.chunks.len())
             .field("free", &self.free.len())
+            .field("names", &self.names.len())
             .finish()
     }
 }
@@ -212,6 +235,13 @@ mod tests {
             members: Vec::new(),
             income_per_capita: 0,
         })
+    }
+
+    #[test]
+    fn a_slot_is_the_size_of_a_household() {
+        // The table's memory is this times the households (Option takes no more room).
+        assert_eq!(size_of::<Option<Household>>(), size_of::<Household>());
+        assert_eq!(size_of::<Household>(), 104);
     }
 
     #[test]
@@ -278,5 +308,26 @@ mod tests {
         assert!(t.get(&"10000".parse().unwrap()).is_none());
         assert!(t.try_reserve(1_000_000).is_ok());
         assert_eq!(t.slot_of(&"9999".parse().unwrap()), Some(9999));
+    }
+
+    #[test]
+    fn households_of_a_village_share_one_copy_of_its_name() {
+        let mut t = Households::default();
+        let mut other = household("B");
+        other.village_name = "乙村".into();
+        for h in [household("A1"), household("A2"), other] {
+            t.insert(h).unwrap();
+        }
+        let name =
+            |t: &Households, id: &str| t.get(&id.parse().unwrap()).unwrap().village_name.clone();
+        assert!(Arc::ptr_eq(&name(&t, "A1"), &name(&t, "A2")));
+        assert_eq!(&*name(&t, "B"), "乙村");
+        let shared = t.village_name("村");
+        assert!(Arc::ptr_eq(&name(&t, "A1"), &shared));
+        assert_eq!(t.names.len(), 2);
+        // A household read again (a catch-up's copy) takes the shared name too.
+        let (_, old) = t.insert(household("A2")).unwrap();
+        assert!(old.is_some());
+        assert!(Arc::ptr_eq(&name(&t, "A1"), &name(&t, "A2")));
     }
 }

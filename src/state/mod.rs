@@ -819,7 +819,7 @@ impl World {
                 .entry(h.village)
                 .or_insert_with(|| Village::new(h.village, ""));
             if v.name.is_empty() && !h.village_name.is_empty() {
-                v.name = h.village_name.clone();
+                v.name = h.village_name.to_string();
             }
         }
     }
@@ -935,6 +935,7 @@ impl World {
                             .0
                     }
                 };
+                let village_name = self.households.village_name(&entry.village_name);
                 // Invariant: the slot was just found or filled.
                 let Some(h) = self.households.at_mut(slot) else {
                     return Err(Rejection::UnknownHousehold(id));
@@ -945,7 +946,7 @@ impl World {
                     .filter(|m| !entry.members.contains(m))
                     .copied()
                     .collect();
-                h.set_roster(entry);
+                h.set_roster(entry, village_name);
                 // The id the household was stored under, not the record's copy of it.
                 let id = h.id.clone();
                 let (hs, persons, shared) = (&self.households, &mut self.persons, &mut self.shared);

@@ -1,5 +1,7 @@
 //! The stored values: one per household, village and county, compact and versioned.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 pub use super::months::{Bucket, Months};
@@ -86,10 +88,12 @@ impl MonthBucket {
 pub struct Household {
     pub id: HouseholdId,
     pub village: VillageCode,
-    pub village_name: String,
+    /// The village's name as the roster gives it. The working set's households share one
+    /// copy of each name ([`super::households::Households`]); stored as text.
+    pub village_name: Arc<str>,
     pub category: HouseholdCategory,
-    pub head_masked: String,
-    pub members: Vec<PersonKey>,
+    pub head_masked: Box<str>,
+    pub members: Box<[PersonKey]>,
     /// Annual per-capita net income (人均纯收入), fen.
     pub income_per_capita: Fen,
     /// Monthly buckets in month order, only months with data. Stored one key per month
@@ -103,14 +107,14 @@ impl Household {
         let mut h = Self {
             id: entry.household.clone(),
             village: entry.village,
-            village_name: String::new(),
+            village_name: Arc::from(""),
             category: entry.category,
-            head_masked: String::new(),
-            members: Vec::new(),
+            head_masked: Box::default(),
+            members: Box::default(),
             income_per_capita: 0,
             months: Months::default(),
         };
-        h.set_roster(entry);
+        h.set_roster(entry, entry.village_name.as_str().into());
         h
     }
 
@@ -131,19 +135,20 @@ impl Household {
 
     pub fn same_roster(&self, e: &RosterEntry) -> bool {
         self.village == e.village
-            && self.village_name == e.village_name
+            && *self.village_name == *e.village_name
             && self.category == e.category
-            && self.head_masked == e.head_masked
-            && self.members == e.members
+            && *self.head_masked == *e.head_masked
+            && *self.members == *e.members
             && self.income_per_capita == e.income_per_capita
     }
 
-    pub fn set_roster(&mut self, e: &RosterEntry) {
+    /// Takes the roster part of `e`; `village_name` is its village's name (a shared copy).
+    pub fn set_roster(&mut self, e: &RosterEntry, village_name: Arc<str>) {
         self.village = e.village;
-        self.village_name = e.village_name.clone();
+        self.village_name = village_name;
         self.category = e.category;
-        self.head_masked = e.head_masked.clone();
-        self.members = e.members.clone();
+        self.head_masked = e.head_masked.as_str().into();
+        self.members = e.members.as_slice().into();
         self.income_per_capita = e.income_per_capita;
     }
 
