@@ -423,6 +423,71 @@ fn entities_touched_while_a_full_evaluation_waits_are_checked_once() {
     );
 }
 
+/// A full evaluation while every household rule waits for its feeds (as at a start, before
+/// their first polls) checks no household, and neither do the passes while they wait. Once
+/// the feeds have caught up, every household is checked, once, the ones touched meanwhile
+/// (and a new one) among them.
+#[test]
+fn households_wait_for_their_rules_unlisted_and_are_all_checked_once_ready() {
+    let wages = |households: usize| {
+        let w: Vec<_> = (0..households).map(|h| (2 * h, 0, 3_000, h)).collect();
+        mapped(&wage_records(&w, 2 * households))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let f = feeds(dir.path());
+    let mut engine = open(dir.path(), &f.cfg);
+    engine.set_feeds(&f.cfg.feeds);
+    engine
+        .ingest(&f.roster, mapped(&roster_records(20)), now(), None)
+        .unwrap();
+    engine.ingest(&f.wages, wages(20), now(), None).unwrap();
+    for feed in ["roster", "wages"] {
+        engine.poll_finished(feed, true);
+    }
+    engine.evaluate_touched(now()).unwrap();
+    let every = engine.evaluate_all(now()).unwrap().checks;
+
+    for feed in ["roster", "wages"] {
+        engine.poll_started(feed);
+    }
+    let waiting = engine.evaluate_all(now()).unwrap().checks;
+    assert!(
+        waiting < every / 2,
+        "{waiting} of {every}: no household checked"
+    );
+    // Five households change and one is new while they wait: still none is checked.
+    let mut records = roster_records(21);
+    for r in &mut records[..5] {
+        r.id.push_str("-again");
+        if let Observation::Roster(e) = &mut r.observation {
+            e.income_per_capita = 500_000;
+        }
+    }
+    engine
+        .ingest(&f.roster, mapped(&records), now(), None)
+        .unwrap();
+    engine.ingest(&f.wages, wages(21), now(), None).unwrap();
+    assert_eq!(engine.evaluate_touched(now()).unwrap().checks, waiting);
+    engine.poll_finished("roster", true);
+    engine.poll_finished("wages", true);
+    let after = engine.evaluate_touched(now()).unwrap().checks;
+    let dir21 = tempfile::tempdir().unwrap();
+    let mut fresh = open(dir21.path(), &f.cfg);
+    fresh.set_feeds(&f.cfg.feeds);
+    fresh
+        .ingest(&f.roster, mapped(&roster_records(21)), now(), None)
+        .unwrap();
+    fresh.ingest(&f.wages, wages(21), now(), None).unwrap();
+    for feed in ["roster", "wages"] {
+        fresh.poll_finished(feed, true);
+    }
+    let every21 = fresh.evaluate_all(now()).unwrap().checks;
+    assert!(every21 > every, "{every} {every21}: households are checked");
+    assert_eq!(after, every21, "every household once, the new one too");
+    // Nothing waits any more.
+    assert_eq!(engine.evaluate_touched(now()).unwrap().checks, 0);
+}
+
 #[test]
 fn a_base_of_the_months_makes_the_next_snapshot_due_at_once() {
     // The last snapshot cannot be brought across a base (the runs it would need are in the
