@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::frames::{self, FrameError, write_frame};
-use super::{Bucket, Household, Households, MonthBucket, Months, World};
+use super::{Bucket, Household, Households, MonthBucket, Months, Newest, World};
 use crate::model::{HouseholdId, Month};
 use crate::store::{Batch, Space, Store, StoreError, codec};
 
@@ -264,11 +264,13 @@ pub(super) fn household_entries<'a>(
     }
 }
 
-/// Applies one run's entries to the households.
+/// Applies one run's entries to the households. `newest`, where given, follows the newest
+/// month per indicator through them.
 pub(super) fn apply_run(
     households: &mut Households,
     key: &[u8],
     value: &[u8],
+    mut newest: Option<&mut Newest>,
 ) -> Result<(), StoreError> {
     let entries: Vec<OwnedRunEntry> = codec::decode(RUN_VERSION, Space::MonthRun, key, value)?;
     for (id, month, bucket) in entries {
@@ -287,7 +289,11 @@ pub(super) fn apply_run(
             .ok()
             .and_then(|h| households.get_mut(&h))
         {
+            let before = newest.is_some().then(|| h.months.clone());
             h.months.set(month, bucket.as_ref());
+            if let (Some(n), Some(before)) = (newest.as_deref_mut(), before) {
+                n.note(month, before.find(month), bucket.as_ref());
+            }
         }
     }
     Ok(())
@@ -310,7 +316,7 @@ pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
     let households = &mut w.households;
     let after = run_key(state.base.through.saturating_add(1), 0);
     store.for_each_in(Space::MonthRun, &after, None, &mut |k, v| {
-        apply_run(households, k, v)
+        apply_run(households, k, v, None)
     })?;
     w.log = state;
     if per_household {

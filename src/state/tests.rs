@@ -1539,3 +1539,73 @@ fn a_batch_of_records_and_roster_changes_to_one_household_commits_and_rolls_back
         );
     }
 }
+
+/// A catch-up raises the newest month per indicator from the buckets it puts in place, and
+/// walks every household again only when an indicator left a bucket of its newest month:
+/// here the only medical month, pushed out of the retention by a wage far ahead.
+#[test]
+fn catching_up_follows_the_newest_months_down_as_well_as_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let mut w = World::new(24);
+    w.begin();
+    w.apply("roster", &roster("H1", &[1]), now()).unwrap();
+    w.apply("roster", &roster("H2", &[2]), now()).unwrap();
+    let month = Month::of(now()).minus(2);
+    let medical = Record {
+        id: "m1".into(),
+        observation: Observation::Sample {
+            subject: Subject::Person(PersonKey([1; 16])),
+            month,
+            values: vec![(Indicator::MedicalTotal, 5_000)],
+        },
+    };
+    w.apply("medical", &medical, now()).unwrap();
+    w.apply("wages", &wage("w2", 2, &month.to_string(), 900), now())
+        .unwrap();
+    store.commit(w.take_batch().0).unwrap();
+    assert_eq!(w.latest_month(Indicator::MedicalTotal), Some(month));
+    let path = snapshot::path_in(dir.path());
+    snapshot::save(&w, &store, &path).unwrap();
+
+    // Up: a newer wage month for H2, and a second record in H2's newest wage bucket.
+    w.begin();
+    let newer = Month::of(now()).minus(1);
+    w.apply("wages", &wage("w3", 2, &newer.to_string(), 800), now())
+        .unwrap();
+    w.apply("wages", &wage("w4", 2, &newer.to_string(), 100), now())
+        .unwrap();
+    store.commit(w.take_batch().0).unwrap();
+    let loaded = snapshot::load(&path, &store, 24).expect("brought up by the journal");
+    assert_eq!(
+        loaded.world.latest_month(Indicator::WageIncome),
+        Some(newer)
+    );
+    assert_eq!(
+        loaded.world.latest_month(Indicator::MedicalTotal),
+        Some(month)
+    );
+    assert_same_world(&loaded.world, &World::load(&store, 24).unwrap());
+
+    // Down: a wage of H1 far ahead pushes its medical month out of the retention.
+    w.begin();
+    let far = Month::of(now()).plus(30);
+    let later = now() + chrono::TimeDelta::days(31 * 30);
+    w.apply("wages", &wage("w5", 1, &far.to_string(), 700), later)
+        .unwrap();
+    store.commit(w.take_batch().0).unwrap();
+    let loaded = snapshot::load(&path, &store, 24).expect("brought up by the journal");
+    assert_eq!(loaded.world.latest_month(Indicator::WageIncome), Some(far));
+    assert_eq!(loaded.world.latest_month(Indicator::MedicalTotal), None);
+    assert_same_world(&loaded.world, &World::load(&store, 24).unwrap());
+
+    // A village stored without its name takes it from its households again, as a load
+    // from the store does.
+    w.begin();
+    let code: VillageCode = "632522100201".parse().unwrap();
+    w.set_village_name(code, "");
+    store.commit(w.take_batch().0).unwrap();
+    let loaded = snapshot::load(&path, &store, 24).expect("brought up by the journal");
+    assert_eq!(loaded.world.village(&code).unwrap().name, "测试村");
+    assert_same_world(&loaded.world, &World::load(&store, 24).unwrap());
+}
