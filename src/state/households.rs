@@ -82,7 +82,8 @@ impl Households {
     }
 
     /// Makes room for `additional` more households in the index (the chunks are allocated
-    /// as they fill). Fails, leaving the table as it is, when memory refuses.
+    /// as they fill; room for their list is only asked for). Fails, leaving the index as it
+    /// is, when memory refuses room in it.
     pub fn try_reserve(&mut self, additional: usize) -> Result<(), TableFull> {
         let chunks = &self.chunks;
         self.by_id

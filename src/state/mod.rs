@@ -690,8 +690,9 @@ impl World {
     /// Brings a working set taken at an earlier state stamp up to the store: reads again
     /// the keys changed since ([`Store::state_changes_since`], in space order: households
     /// before their months). The person index, which must be that of the households before,
-    /// follows each changed household's members; the villages and the newest months are
-    /// rebuilt from all households after.
+    /// follows each changed household's members, and the newest months (`Newest`) and the
+    /// villages follow the changed keys; every household is walked again only where those
+    /// cannot tell.
     pub(crate) fn catch_up(
         &mut self,
         store: &dyn Store,
@@ -980,12 +981,14 @@ impl World {
                 let old_category = self.households.get(&id).map(|h| (h.county(), h.category));
                 let slot = match self.households.slot_of(&id) {
                     Some(slot) => slot,
-                    None => {
-                        self.households
-                            .insert(Household::new(entry))
-                            .map_err(|e| Rejection::WorkingSetFull(e.to_string()))?
-                            .0
-                    }
+                    None => match self.households.insert(Household::new(entry)) {
+                        Ok((slot, _)) => slot,
+                        Err(e) => {
+                            // Not in the table, so the batch has nothing of it to write.
+                            self.undo_households.remove(&id);
+                            return Err(Rejection::WorkingSetFull(e.to_string()));
+                        }
+                    },
                 };
                 let village_name = self.households.village_name(&entry.village_name);
                 // Invariant: the slot was just found or filled.

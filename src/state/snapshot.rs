@@ -364,12 +364,12 @@ fn read(
 
 /// Reads the frames of `n` households into `w`. A second thread reads and decodes the
 /// frames (most of the time: decoding allocates the households' memory) while this one
-/// puts each decoded frame's households in the map, a few frames behind. The first damage in
-/// the file's order is the error: the map's errors come from frames before the one the
+/// puts each decoded frame's households in the table, a few frames behind. The first damage in
+/// the file's order is the error: the table's errors come from frames before the one the
 /// reader stopped at.
 ///
 /// This thread also builds what is derived from the households ([`World::recompute_latest`]'s
-/// person index, `persons` entries reserved, and newest months) as it fills the map, while
+/// person index, `persons` entries reserved, and newest months) as it fills the table, while
 /// the reader decodes the next frames: at 600,000 households a start took 0.45 s instead of
 /// 0.54 s, where a walk after the read took 0.15 s. (Built on the reader's thread instead,
 /// it took 0.70 s: the reader is then the slower of the two.)
@@ -405,7 +405,7 @@ fn read_households<'a>(
                 }
                 read += chunk.len();
                 if tx.send(chunk).is_err() {
-                    break; // the map refused a household: its error is the one to report
+                    break; // the table refused a household: its error is the one to report
                 }
             }
             Ok(frames)
@@ -440,7 +440,7 @@ fn read_households<'a>(
 }
 
 /// What [`World::recompute_latest`] derives from the households, built as they are put in
-/// the map.
+/// the table.
 struct Derived {
     persons: Map<PersonKey, Slot>,
     shared: Map<PersonKey, BTreeSet<HouseholdId>>,
