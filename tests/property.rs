@@ -360,15 +360,35 @@ fn full_evaluations_while_a_feed_is_busy_check_each_entity_once_when_it_catches_
     assert_eq!(after, reference, "the deferred entities, each once");
 }
 
+/// A wage for each of the first `households` households (the household rules check them).
+fn one_wage_each(households: usize) -> Vec<Mapped<'static>> {
+    let w: Vec<_> = (0..households).map(|h| (2 * h, 0, 3_000, h)).collect();
+    mapped(&wage_records(&w, 2 * households))
+}
+
+/// The roster of `households` again, the first five households' incomes changed, then a
+/// wage for each.
+fn roster_again_and_wages(engine: &mut Engine, f: &Feeds, households: usize) {
+    let mut records = roster_records(households);
+    for r in &mut records[..5] {
+        r.id.push_str("-again");
+        if let Observation::Roster(e) = &mut r.observation {
+            e.income_per_capita = 500_000;
+        }
+    }
+    engine
+        .ingest(&f.roster, mapped(&records), now(), None)
+        .unwrap();
+    engine
+        .ingest(&f.wages, one_wage_each(households), now(), None)
+        .unwrap();
+}
+
 /// Households touched while a full evaluation waits for a busy feed are checked once with
 /// the deferred entities: a new household added to them, the others already among them.
 #[test]
 fn entities_touched_while_a_full_evaluation_waits_are_checked_once() {
     // Households with a wage each, their feeds polled: the household rules check them.
-    let wages = |households: usize| {
-        let w: Vec<_> = (0..households).map(|h| (2 * h, 0, 3_000, h)).collect();
-        mapped(&wage_records(&w, 2 * households))
-    };
     let rostered = |dir: &Path, households: usize| {
         let f = feeds(dir);
         let mut engine = open(dir, &f.cfg);
@@ -377,7 +397,7 @@ fn entities_touched_while_a_full_evaluation_waits_are_checked_once() {
             .ingest(&f.roster, mapped(&roster_records(households)), now(), None)
             .unwrap();
         engine
-            .ingest(&f.wages, wages(households), now(), None)
+            .ingest(&f.wages, one_wage_each(households), now(), None)
             .unwrap();
         for feed in ["roster", "wages"] {
             engine.poll_started(feed);
@@ -404,17 +424,7 @@ fn entities_touched_while_a_full_evaluation_waits_are_checked_once() {
     engine.poll_started("wages");
     engine.evaluate_all(now()).unwrap();
     // The roster again: five households' incomes change (they wait already), one is new.
-    let mut records = roster_records(21);
-    for r in &mut records[..5] {
-        r.id.push_str("-again");
-        if let Observation::Roster(e) = &mut r.observation {
-            e.income_per_capita = 500_000;
-        }
-    }
-    engine
-        .ingest(&f.roster, mapped(&records), now(), None)
-        .unwrap();
-    engine.ingest(&f.wages, wages(21), now(), None).unwrap();
+    roster_again_and_wages(&mut engine, &f, 21);
     engine.poll_finished("wages", true);
     let after = engine.evaluate_touched(now()).unwrap().checks;
     assert_eq!(
@@ -429,10 +439,6 @@ fn entities_touched_while_a_full_evaluation_waits_are_checked_once() {
 /// (and a new one) among them.
 #[test]
 fn households_wait_for_their_rules_unlisted_and_are_all_checked_once_ready() {
-    let wages = |households: usize| {
-        let w: Vec<_> = (0..households).map(|h| (2 * h, 0, 3_000, h)).collect();
-        mapped(&wage_records(&w, 2 * households))
-    };
     let dir = tempfile::tempdir().unwrap();
     let f = feeds(dir.path());
     let mut engine = open(dir.path(), &f.cfg);
@@ -440,7 +446,9 @@ fn households_wait_for_their_rules_unlisted_and_are_all_checked_once_ready() {
     engine
         .ingest(&f.roster, mapped(&roster_records(20)), now(), None)
         .unwrap();
-    engine.ingest(&f.wages, wages(20), now(), None).unwrap();
+    engine
+        .ingest(&f.wages, one_wage_each(20), now(), None)
+        .unwrap();
     for feed in ["roster", "wages"] {
         engine.poll_finished(feed, true);
     }
@@ -456,17 +464,7 @@ fn households_wait_for_their_rules_unlisted_and_are_all_checked_once_ready() {
         "{waiting} of {every}: no household checked"
     );
     // Five households change and one is new while they wait: still none is checked.
-    let mut records = roster_records(21);
-    for r in &mut records[..5] {
-        r.id.push_str("-again");
-        if let Observation::Roster(e) = &mut r.observation {
-            e.income_per_capita = 500_000;
-        }
-    }
-    engine
-        .ingest(&f.roster, mapped(&records), now(), None)
-        .unwrap();
-    engine.ingest(&f.wages, wages(21), now(), None).unwrap();
+    roster_again_and_wages(&mut engine, &f, 21);
     assert_eq!(engine.evaluate_touched(now()).unwrap().checks, waiting);
     engine.poll_finished("roster", true);
     engine.poll_finished("wages", true);
@@ -477,7 +475,9 @@ fn households_wait_for_their_rules_unlisted_and_are_all_checked_once_ready() {
     fresh
         .ingest(&f.roster, mapped(&roster_records(21)), now(), None)
         .unwrap();
-    fresh.ingest(&f.wages, wages(21), now(), None).unwrap();
+    fresh
+        .ingest(&f.wages, one_wage_each(21), now(), None)
+        .unwrap();
     for feed in ["roster", "wages"] {
         fresh.poll_finished(feed, true);
     }
