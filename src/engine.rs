@@ -887,8 +887,14 @@ impl Engine {
         let deferred = std::mem::take(&mut self.deferred);
         // Each once (deferred lists are without repeats); the order does not matter, as
         // transitions are reported in rule and entity order.
-        let mut touched: Vec<EntityRef> = t
-            .households
+        // While every household waits unlisted, the touched ones wait with them: no rule of
+        // theirs is ready, and they are listed with all the others once one is.
+        let households = if self.deferred_households {
+            Vec::new()
+        } else {
+            t.households
+        };
+        let mut touched: Vec<EntityRef> = households
             .into_iter()
             .map(EntityRef::Household)
             .chain(t.villages.into_iter().map(EntityRef::Village))
