@@ -393,13 +393,17 @@ fn newest_months(households: &Households) -> [Option<Month>; Indicator::COUNT] {
     latest
 }
 
+/// Raises `newest` (an indicator's newest month) to `month`.
+fn raise(newest: &mut Option<Month>, month: Month) {
+    *newest = Some(newest.map_or(month, |x| x.max(month)));
+}
+
 /// Raises `latest` (the newest month per indicator) to the months of `months`.
 fn note_latest(latest: &mut [Option<Month>; Indicator::COUNT], months: &Months) {
     for b in months {
         for ind in Indicator::ALL {
             if b.has(ind) {
-                let l = &mut latest[ind.index()];
-                *l = Some(l.map_or(b.month(), |x| x.max(b.month())));
+                raise(&mut latest[ind.index()], b.month());
             }
         }
     }
@@ -420,7 +424,7 @@ impl Newest {
         for ind in Indicator::ALL {
             let newest = &mut self.months[ind.index()];
             if new.is_some_and(|b| b.has(ind)) {
-                *newest = Some(newest.map_or(month, |x| x.max(month)));
+                raise(newest, month);
             } else if old.is_some_and(|b| b.has(ind)) && *newest == Some(month) {
                 self.walk_again = true;
             }
@@ -1041,8 +1045,7 @@ impl World {
                 })?;
                 if applied == Applied::Changed {
                     for (ind, _) in values {
-                        let l = &mut self.latest[ind.index()];
-                        *l = Some(l.map_or(*month, |x| x.max(*month)));
+                        raise(&mut self.latest[ind.index()], *month);
                     }
                 }
                 Ok(applied)
