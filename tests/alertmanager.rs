@@ -9,14 +9,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn alertmanager_receives_the_pushed_alerts() {
     let dir = tempfile::tempdir().unwrap();

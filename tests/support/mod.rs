@@ -411,13 +411,23 @@ pub fn announced(mail: &serde_json::Value) -> (String, String) {
     (rule, entity)
 }
 
-/// A port free on loopback right now.
+/// A port free on loopback right now, and not handed out before by this test process: the
+/// listener that found it is closed at once, so the system may offer the same port again
+/// (two calls in a row once gave the demo's simulator and daemon the same port).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// `config/demo.toml` for a test: free ports, a data folder in `dir`, the repository's rules,
