@@ -1256,7 +1256,7 @@ impl Engine {
             return;
         }
         if let Ok(mut o) = self.outbox.lock() {
-            for n in queued {
+            for n in &queued {
                 o.insert(n);
             }
             self.metrics.set_outbox(o.len(), o.oldest_created());
