@@ -188,7 +188,7 @@ pub struct Month(u32);
 
 impl Month {
     /// December 9999, the last month [`Month::new`] accepts.
-    const LAST: u32 = 9999 * 12 + 11;
+    pub const LAST: u32 = 9999 * 12 + 11;
 
     pub fn new(year: i32, month: u32) -> Option<Self> {
         if !(1..=12).contains(&month) || !(1900..=9999).contains(&year) {

@@ -56,8 +56,10 @@ const DELETES_PER_COMMIT: usize = 256;
 const BASE_MAGIC: &[u8; 8] = b"GLMBASE\x01";
 /// The version of a base file's frames; a change to the packing of [`Months`] changes it.
 /// 1 held postcard frames of `(id, Months)`; 2 holds the packed words as they are
-/// ([`frames::encode_months`]). Format 1 files are read too.
-const BASE_FILE_FORMAT: u32 = 2;
+/// ([`frames::encode_months`]); 3 the same, with narrow months (`months.rs`), which a
+/// reader of format 2 would misread. Files of formats 1 and 2 are read too: format 2's
+/// words are wide months, packed again as they are read.
+const BASE_FILE_FORMAT: u32 = 3;
 /// Base files are named this, then their generation.
 const BASE_FILE_PREFIX: &str = "months-base.";
 /// A new base is written once the runs after the current one hold more bytes than half of
@@ -473,6 +475,41 @@ pub(super) fn rewrite_base_in_format_1(store: &dyn Store, households: &[(Househo
             write_frame(out, &mut buf, &header)?;
             for chunk in households.chunks(BASE_HOUSEHOLDS_PER_FRAME) {
                 write_frame(out, &mut buf, chunk)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Writes the base the store names again in format 2 (every month packed wide), as
+/// guardline wrote it before narrow months, from `households` (sorted by id).
+#[cfg(test)]
+pub(super) fn rewrite_base_in_format_2(store: &dyn Store, households: &[(HouseholdId, Months)]) {
+    let base = LogState::read(store).unwrap().base;
+    let header = BaseHeader {
+        format: 2,
+        generation: base.generation,
+        through: base.through,
+        households: households.len() as u64,
+    };
+    store
+        .write_file(&base_file_name(base.generation), &mut |out| {
+            out.write_all(BASE_MAGIC)?;
+            let mut buf = Vec::new();
+            write_frame(out, &mut buf, &header)?;
+            for chunk in households.chunks(BASE_HOUSEHOLDS_PER_FRAME) {
+                // `encode_months`' layout, with the words packed wide.
+                buf.clear();
+                for (id, months) in chunk {
+                    let words = months.wide_words();
+                    buf.extend_from_slice(&(id.as_str().len() as u32).to_le_bytes());
+                    buf.extend_from_slice(id.as_str().as_bytes());
+                    buf.extend_from_slice(&(words.len() as u32).to_le_bytes());
+                    for w in words {
+                        buf.extend_from_slice(&w.to_le_bytes());
+                    }
+                }
+                frames::write_raw_frame(out, &buf)?;
             }
             Ok(())
         })

@@ -2,14 +2,23 @@
 //!
 //! A `Vec<MonthBucket>` costs about 100 bytes per month (a fixed array of every indicator,
 //! two vectors and their heap blocks) and most of a province's memory. Packed, a month with
-//! one wage record takes three words: a header, the value, the record's tag.
+//! one wage record takes two words: a header holding the value, and the record's tag.
 //!
-//! Layout of one bucket, in month order:
-//! - header: bits 0–31 the month's ordinal, 32–35 which indicators are present, 36–39 the
-//!   number of event kinds, 40–63 the number of record tags;
-//! - one word per present indicator, in indicator order (the value in fen, two's complement);
-//! - the record tags;
-//! - two words per event kind: the kind's index and its count (`count << 32`), the amount.
+//! Layout of one bucket, in month order: a header, its values, the record tags, then two
+//! words per event kind (the kind's index and its count (`count << 32`), the amount).
+//! The header has two forms, told apart by bit 63:
+//! - *narrow* (bit 63 set), for a month with one indicator whose value fits 32 bits, at most
+//!   255 records and an ordinal below 2¹⁷ (every month up to 9999): bits 0–16 the month's
+//!   ordinal, 17–18 the indicator's index, 19–22 the number of event kinds, 23–30 the number
+//!   of record tags, 31–62 the value (two's complement); no value words follow;
+//! - *wide* (bit 63 clear), for every other month: bits 0–31 the ordinal, 32–35 which
+//!   indicators are present, 36–39 the number of event kinds, 40–62 the number of record
+//!   tags; one word per present indicator follows, in indicator order (the value in fen,
+//!   two's complement).
+//!
+//! A month is packed narrow whenever it can be, so one bucket has one packing and equal
+//! buckets equal words. Files written before the narrow form (base file and snapshot
+//! format 2) hold wide months only, which read as they are and are packed again on reading.
 //!
 //! `MonthBucket` stays the owned form: what the store encodes, and what a change edits.
 
@@ -24,10 +33,21 @@ use crate::model::{EventKind, Fen, Indicator, Month};
 const PRESENT_SHIFT: u32 = 32;
 const EVENTS_SHIFT: u32 = 36;
 const RECORDS_SHIFT: u32 = 40;
-const MAX_RECORDS: usize = (1 << 24) - 1;
+/// Record tags a wide header counts: 23 bits, bit 63 telling the forms apart.
+const MAX_RECORDS: usize = (1 << 23) - 1;
 
-// Four bits hold the present indicators and the number of event kinds.
+const NARROW: u64 = 1 << 63;
+const NARROW_INDICATOR_SHIFT: u32 = 17;
+const NARROW_EVENTS_SHIFT: u32 = 19;
+const NARROW_RECORDS_SHIFT: u32 = 23;
+const NARROW_VALUE_SHIFT: u32 = 31;
+const NARROW_MAX_ORDINAL: u32 = (1 << 17) - 1;
+const NARROW_MAX_RECORDS: usize = 0xff;
+
+// Four bits hold the present indicators and the number of event kinds; two the narrow
+// header's indicator; every month up to December 9999 has a narrow ordinal.
 const _: () = assert!(Indicator::COUNT <= 4 && EventKind::ALL.len() <= 15);
+const _: () = assert!(Month::LAST <= NARROW_MAX_ORDINAL);
 
 /// The buckets of one entity, oldest first, only months with data. Shared, not copied: a
 /// change packs new words anyway, so a clone (the undo log's, a base written on another
@@ -39,19 +59,70 @@ pub struct Months(Arc<[u64]>);
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Bucket<'a>(&'a [u64]);
 
+/// The header `w`'s month, present indicators, number of event kinds and of record tags.
 fn header(w: u64) -> (Month, u8, usize, usize) {
-    (
-        Month::from_ordinal(w as u32),
-        ((w >> PRESENT_SHIFT) & 0xf) as u8,
-        ((w >> EVENTS_SHIFT) & 0xf) as usize,
-        (w >> RECORDS_SHIFT) as usize,
-    )
+    if w & NARROW != 0 {
+        (
+            Month::from_ordinal((w & u64::from(NARROW_MAX_ORDINAL)) as u32),
+            1 << ((w >> NARROW_INDICATOR_SHIFT) & 0x3),
+            ((w >> NARROW_EVENTS_SHIFT) & 0xf) as usize,
+            ((w >> NARROW_RECORDS_SHIFT) & 0xff) as usize,
+        )
+    } else {
+        (
+            Month::from_ordinal(w as u32),
+            ((w >> PRESENT_SHIFT) & 0xf) as u8,
+            ((w >> EVENTS_SHIFT) & 0xf) as usize,
+            ((w >> RECORDS_SHIFT) & MAX_RECORDS as u64) as usize,
+        )
+    }
+}
+
+/// Value words after the header `w`.
+fn value_words(w: u64) -> usize {
+    if w & NARROW != 0 {
+        0
+    } else {
+        header(w).1.count_ones() as usize
+    }
 }
 
 /// Words taken by the bucket whose header is `w`.
 fn span(w: u64) -> usize {
-    let (_, present, events, records) = header(w);
-    1 + present.count_ones() as usize + records + 2 * events
+    let (_, _, events, records) = header(w);
+    1 + value_words(w) + records + 2 * events
+}
+
+/// The narrow header of the wide bucket that `words` begins with, if it has one.
+fn narrow_header(words: &[u64]) -> Option<u64> {
+    let w = *words.first()?;
+    if w & NARROW != 0 {
+        return None;
+    }
+    let (month, present, events, records) = header(w);
+    if present.count_ones() != 1
+        || month.ordinal() > NARROW_MAX_ORDINAL
+        || records > NARROW_MAX_RECORDS
+    {
+        return None;
+    }
+    let value = i32::try_from(*words.get(1)? as i64).ok()?;
+    Some(
+        NARROW
+            | u64::from(month.ordinal())
+            | u64::from(present.trailing_zeros()) << NARROW_INDICATOR_SHIFT
+            | (events as u64) << NARROW_EVENTS_SHIFT
+            | (records as u64) << NARROW_RECORDS_SHIFT
+            | u64::from(value as u32) << NARROW_VALUE_SHIFT,
+    )
+}
+
+/// Packs the wide bucket that starts at `at`, the last of `words`, narrow if it can be.
+fn narrow_last(words: &mut Vec<u64>, at: usize) {
+    if let Some(h) = narrow_header(&words[at..]) {
+        words[at] = h;
+        words.remove(at + 1);
+    }
 }
 
 fn kind_index(kind: EventKind) -> u64 {
@@ -62,9 +133,10 @@ fn kind_index(kind: EventKind) -> u64 {
 }
 
 fn encode(b: &MonthBucket, out: &mut Vec<u64>) {
-    // Tags beyond the header's 24 bits would not fit; 16 million records for one entity in
+    // Tags beyond the header's 23 bits would not fit; 8 million records for one entity in
     // one month is not a real feed, and losing duplicate detection for them is the least harm.
     let records = &b.records[..b.records.len().min(MAX_RECORDS)];
+    let at = out.len();
     out.push(
         u64::from(b.month.ordinal())
             | u64::from(b.present & 0xf) << PRESENT_SHIFT
@@ -81,6 +153,7 @@ fn encode(b: &MonthBucket, out: &mut Vec<u64>) {
         out.push(kind_index(e.kind) | u64::from(e.count) << 32);
         out.push(e.amount as u64);
     }
+    narrow_last(out, at);
 }
 
 impl<'a> Bucket<'a> {
@@ -94,23 +167,27 @@ impl<'a> Bucket<'a> {
         self.parts().1 & (1 << ind.index()) != 0
     }
     pub fn get(&self, ind: Indicator) -> Option<Fen> {
+        let w = self.0[0];
         let present = self.parts().1;
         if present & (1 << ind.index()) == 0 {
             return None;
+        }
+        if w & NARROW != 0 {
+            return Some(Fen::from((w >> NARROW_VALUE_SHIFT) as u32 as i32));
         }
         let before = (present & ((1 << ind.index()) - 1)).count_ones() as usize;
         Some(self.0[1 + before] as Fen)
     }
     /// Tags of the records applied to this month.
     pub fn records(self) -> &'a [u64] {
-        let (_, present, _, records) = self.parts();
-        let from = 1 + present.count_ones() as usize;
+        let (_, _, _, records) = self.parts();
+        let from = 1 + value_words(self.0[0]);
         &self.0[from..from + records]
     }
     /// The month's events by kind.
     pub fn events(self) -> impl Iterator<Item = EventCount> + 'a {
-        let (_, present, events, records) = self.parts();
-        let from = 1 + present.count_ones() as usize + records;
+        let (_, _, events, records) = self.parts();
+        let from = 1 + value_words(self.0[0]) + records;
         self.0[from..from + 2 * events].chunks_exact(2).map(|w| {
             let kind = EventKind::ALL
                 .get((w[0] & 0xff) as usize)
@@ -183,7 +260,8 @@ impl Months {
 
     /// Months from packed words read back as little-endian bytes (see [`Months::words`]),
     /// checked: whole words, every bucket within them, months in increasing order. The
-    /// words are copied once, straight into their shared block.
+    /// words are copied once, straight into their shared block; wide months that can be
+    /// narrow (files written before the narrow form) are packed again.
     pub fn from_le_bytes(raw: &[u8]) -> Result<Self, &'static str> {
         if !raw.len().is_multiple_of(8) {
             return Err("packed months cut in the middle of a word");
@@ -205,7 +283,47 @@ impl Months {
                 .filter(|&end| end <= words.len())
                 .ok_or("a month longer than its words")?;
         }
-        Ok(Self(words))
+        let months = Self(words);
+        if months.iter().any(|b| narrow_header(b.0).is_some()) {
+            let mut words = Vec::with_capacity(months.0.len());
+            for b in months.iter() {
+                match narrow_header(b.0) {
+                    Some(h) => {
+                        words.push(h);
+                        words.extend_from_slice(&b.0[2..]);
+                    }
+                    None => words.extend_from_slice(b.0),
+                }
+            }
+            return Ok(Self(Arc::from(words)));
+        }
+        Ok(months)
+    }
+
+    /// The words with every month packed wide, as files of format 2 hold them.
+    #[cfg(test)]
+    pub(crate) fn wide_words(&self) -> Vec<u64> {
+        let mut words = Vec::new();
+        for b in self.iter() {
+            let (month, present, events, records) = b.parts();
+            words.push(
+                u64::from(month.ordinal())
+                    | u64::from(present) << PRESENT_SHIFT
+                    | (events as u64) << EVENTS_SHIFT
+                    | (records as u64) << RECORDS_SHIFT,
+            );
+            for ind in Indicator::ALL {
+                if let Some(v) = b.get(ind) {
+                    words.push(v as u64);
+                }
+            }
+            words.extend_from_slice(b.records());
+            for e in b.events() {
+                words.push(kind_index(e.kind) | u64::from(e.count) << 32);
+                words.push(e.amount as u64);
+            }
+        }
+        words
     }
 
     pub fn is_empty(&self) -> bool {
@@ -342,6 +460,7 @@ impl MonthsBuilder {
         if self.newest.is_some_and(|n| n >= b.month) {
             return false;
         }
+        // The wide span: at most one word more than the bucket takes.
         let span = 1
             + Indicator::ALL.iter().filter(|&&i| b.has(i)).count()
             + b.records.len().min(MAX_RECORDS)
@@ -480,6 +599,7 @@ impl<'de> Visitor<'de> for PackBucket<'_> {
             | u64::from(present & 0xf) << PRESENT_SHIFT
             | (events as u64) << EVENTS_SHIFT
             | (records as u64) << RECORDS_SHIFT;
+        narrow_last(words, at);
         Ok(())
     }
 }
@@ -642,6 +762,73 @@ mod tests {
                 postcard::to_allocvec(&Some(owned)).unwrap()
             );
         }
+    }
+
+    /// The words of `b` packed wide, as base files and snapshots of format 2 hold them.
+    fn wide(b: &MonthBucket) -> Vec<u64> {
+        Months::from_buckets([b]).wide_words()
+    }
+
+    #[test]
+    fn a_month_of_one_value_that_fits_32_bits_is_packed_narrow_and_reads_back_whole() {
+        let many: Vec<u64> = (0..256).collect();
+        let mut two = bucket(6, Some(40_000), &[1], &[]);
+        two.values[Indicator::ALL[0].index()] = 7;
+        two.present |= 1 << Indicator::ALL[0].index();
+        let buckets = [
+            bucket(0, Some(283_000), &[u64::MAX], &[]),
+            bucket(1, Some(-1), &[], &[(EventKind::HouseSafe, 3, -9)]),
+            bucket(2, Some(Fen::from(i32::MAX)), &many[..255], &[]),
+            bucket(3, Some(Fen::from(i32::MIN)), &[5, 6], &[]),
+            // Wide: a value past 32 bits, 256 records, two values, no value.
+            bucket(4, Some(Fen::from(i32::MAX) + 1), &[1], &[]),
+            bucket(5, Some(1), &many, &[]),
+            two,
+            bucket(7, None, &[2], &[(EventKind::DisasterLoss, 1, 500)]),
+        ];
+        let months = Months::from_buckets(&buckets);
+        let back: Vec<MonthBucket> = months.iter().map(|b| b.to_bucket()).collect();
+        assert_eq!(back, buckets);
+        let narrow: Vec<bool> = months.iter().map(|b| b.0[0] & NARROW != 0).collect();
+        assert_eq!(narrow, [true, true, true, true, false, false, false, false]);
+        // One wage record: a header and its tag.
+        assert_eq!(months.iter().next().unwrap().0.len(), 2);
+        let words: usize = buckets.iter().map(|b| wide(b).len()).sum();
+        assert_eq!(
+            months.words().len(),
+            words - 4,
+            "one word less per narrow month"
+        );
+        // Read from the list of owned buckets (base files of format 1), the same words.
+        let encoded = postcard::to_allocvec(&buckets.to_vec()).unwrap();
+        assert_eq!(postcard::from_bytes::<Months>(&encoded).unwrap(), months);
+        let mut built = MonthsBuilder::default();
+        for b in &buckets {
+            assert!(built.push(b, 1));
+        }
+        assert_eq!(built.finish(), months);
+    }
+
+    #[test]
+    fn wide_months_of_format_2_files_read_back_packed_narrow() {
+        let buckets = [
+            bucket(0, Some(283_000), &[9], &[]),
+            bucket(1, Some(Fen::from(i32::MAX) + 1), &[1], &[]),
+            bucket(2, Some(-20), &[3, 4], &[(EventKind::ALL[0], 1, 5)]),
+        ];
+        let old: Vec<u8> = buckets
+            .iter()
+            .flat_map(wide)
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        let read = Months::from_le_bytes(&old).unwrap();
+        assert_eq!(read, Months::from_buckets(&buckets));
+        let back: Vec<MonthBucket> = read.iter().map(|b| b.to_bucket()).collect();
+        assert_eq!(back, buckets);
+        // Unchanged buckets compare equal to their new packing: a format 2 base brings no
+        // spurious changes.
+        let (changed, gone) = read.changes_since(&Months::from_buckets(&buckets));
+        assert!(changed.is_empty() && gone.is_empty());
     }
 
     #[test]

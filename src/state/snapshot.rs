@@ -40,8 +40,12 @@ use crate::store::{SCHEMA_VERSION, Store, StoreError};
 pub const FILE_NAME: &str = "state.snapshot";
 const MAGIC: &[u8; 8] = b"GLSTATE\x01";
 /// Version of the frames' contents; a snapshot of another format is set aside. 1 held the
-/// months in postcard beside each household; 2 holds their packed words.
-const FORMAT: u32 = 2;
+/// months in postcard beside each household; 2 holds their packed words; 3 the same, with
+/// narrow months (`months.rs`), which a reader of format 2 would misread. Format 2 is read
+/// too: its words are wide months, packed again as they are read.
+const FORMAT: u32 = 3;
+/// The oldest format read.
+const OLDEST_FORMAT_READ: u32 = 2;
 const HOUSEHOLDS_PER_FRAME: usize = 4096;
 
 /// The most keys a start reads again to bring a snapshot of `households` households up to
@@ -297,7 +301,7 @@ fn read(
         .map_err(|e| frames.frame_error(e))?;
     let format: Format =
         postcard::from_bytes(&frames.buf).map_err(|e| frames.frame_error(FrameError::Decode(e)))?;
-    if format.format != FORMAT {
+    if !(OLDEST_FORMAT_READ..=FORMAT).contains(&format.format) {
         return Ok(Outcome::Stale("written by another version of guardline"));
     }
     let header: Header =

@@ -459,6 +459,25 @@ fn a_base_file_of_format_1_is_read() {
 }
 
 #[test]
+fn a_base_file_of_format_2_is_read_and_its_months_packed_narrow() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let (mut w, _) = thousands_of_households(&store);
+    w.write_base(&store).unwrap();
+    let households = households_with_months(&w);
+    let before = std::fs::read(store.file_path("months-base.1")).unwrap();
+    month_log::rewrite_base_in_format_2(&store, &households);
+    let after = std::fs::read(store.file_path("months-base.1")).unwrap();
+    assert!(after.len() > before.len(), "wide months take more words");
+    let loaded = World::load(&store, 24).unwrap();
+    assert_same_households(&w, &loaded);
+    // Packed narrow as they are read: the same words as the world that wrote them.
+    for (id, months) in &households {
+        assert_eq!(loaded.household(id).unwrap().months, *months, "{id}");
+    }
+}
+
+#[test]
 fn a_base_file_missing_or_damaged_is_an_error_that_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
@@ -1157,7 +1176,7 @@ fn a_damaged_or_foreign_state_snapshot_is_set_aside() {
     cases.push(("months under another household's id", f));
     // Written in format 1 (the months in postcard, no person count in the header).
     let mut header_1 = good[16..16 + header_len].to_vec();
-    assert_eq!(header_1[0], 2, "format 2");
+    assert_eq!(header_1[0], 3, "format 3");
     header_1[0] = 1;
     header_1.pop(); // the person count, 5,000: two bytes
     header_1.pop();
@@ -1172,6 +1191,23 @@ fn a_damaged_or_foreign_state_snapshot_is_set_aside() {
         assert!(snapshot::load(&path, &store, 24).is_none(), "{what}");
         assert!(!path.exists(), "{what}: set aside for good");
     }
+    // Format 2 (months packed wide only, which `Months::from_le_bytes` packs again) is
+    // read: its header is format 3's. A later format is not.
+    let with_format = |format: u8| -> Vec<u8> {
+        let mut header = good[16..16 + header_len].to_vec();
+        header[0] = format;
+        let mut f = good[..8].to_vec();
+        f.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        f.extend_from_slice(&crc32fast::hash(&header).to_le_bytes());
+        f.extend_from_slice(&header);
+        f.extend_from_slice(&good[16 + header_len..]);
+        f
+    };
+    std::fs::write(&path, with_format(2)).unwrap();
+    assert_same_world(&snapshot::load(&path, &store, 24).unwrap().world, &w);
+    std::fs::write(&path, with_format(4)).unwrap();
+    assert!(snapshot::load(&path, &store, 24).is_none(), "format 4");
+    assert!(!path.exists(), "format 4: set aside for good");
     // The person count is only what the reader reserves: one beyond memory is not.
     std::fs::write(&path, with_huge_count(&good, 0)).unwrap();
     assert_same_world(&snapshot::load(&path, &store, 24).unwrap().world, &w);
@@ -1310,10 +1346,11 @@ fn the_snapshot_format_is_pinned() {
     let body = &bytes[16 + header_len..];
     // County values went to version 2 (at-risk numbers per set of risk categories), which
     // the header's value versions carry: snapshots of version 1 are set aside. Format 2
-    // holds the months' packed words (148 bytes in format 1).
+    // holds the months' packed words (148 bytes in format 1); format 3 packs the wage month
+    // narrow, a word less (172 bytes in format 2).
     assert_eq!(
         (body.len(), crc32fast::hash(body)),
-        (172, 2_412_152_390),
+        (164, 4_098_644_564),
         "the snapshot's frames changed: raise FORMAT in state/snapshot.rs, then pin the new bytes here"
     );
 }
