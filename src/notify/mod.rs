@@ -288,6 +288,11 @@ impl Outbox {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+    /// Adds the notifications of `other`, read from the store while this one took what the
+    /// engine queued meanwhile.
+    pub fn merge(&mut self, other: Outbox) {
+        self.items.extend(other.items);
+    }
     /// Adds a notification the store already holds (the engine commits, then enqueues).
     pub fn insert(&mut self, n: &Notification) {
         self.items.insert(n.id, Queued::of(n));
