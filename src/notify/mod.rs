@@ -291,7 +291,10 @@ impl Outbox {
     /// Adds the notifications of `other`, read from the store while this one took what the
     /// engine queued meanwhile.
     pub fn merge(&mut self, other: Outbox) {
-        self.items.extend(other.items);
+        for (id, queued) in other.items {
+            // What memory holds is the newer: the engine queued it after the store was read.
+            self.items.entry(id).or_insert(queued);
+        }
     }
     /// Adds a notification the store already holds (the engine commits, then enqueues).
     pub fn insert(&mut self, n: &Notification) {
@@ -701,6 +704,14 @@ pub async fn deliver_due(
                         o.items.remove(&id);
                     }
                 }
+                Err(e @ StoreError::Decode { .. }) => {
+                    // A damaged record would hold back every later group at every pass.
+                    error!(receiver = %pending.receiver, id, error = %e,
+                           "a waiting notification cannot be decoded; dropped from the outbox (the store keeps it: a start will name it)");
+                    if let Ok(mut o) = outbox.lock() {
+                        o.items.remove(&id);
+                    }
+                }
                 Err(e) => {
                     warn!(receiver = %pending.receiver, error = %e,
                           "cannot read a waiting notification from the store; it will be retried");
@@ -1050,7 +1061,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pass_sends_the_texts_the_store_holds_and_drops_what_it_lost() {
+    async fn a_pass_sends_the_texts_the_store_holds_and_drops_what_it_lost_or_cannot_read() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::SledStore::open(dir.path()).unwrap();
         let path = dir.path().join("out.log");
@@ -1080,6 +1091,17 @@ mod tests {
         // Queued, but never committed: nothing to send.
         let lost = note(2, "g", now);
         outbox.lock().unwrap().insert(&lost);
+        // Damaged in the store: dropped, and the group's others still go out.
+        let damaged = note(3, "g", now);
+        let mut b = Batch::default();
+        b.put(Space::Outbox, 3u64.to_be_bytes().to_vec(), vec![0xff, 1, 2]);
+        store.commit(b).unwrap();
+        outbox.lock().unwrap().insert(&damaged);
+        let after = note(4, "g", now);
+        let mut b = Batch::default();
+        put(&mut b, &after);
+        store.commit(b).unwrap();
+        outbox.lock().unwrap().insert(&after);
         let cfg = test_config(crate::dispatch::Route {
             path: "root".into(),
             matchers: vec![],
@@ -1092,13 +1114,24 @@ mod tests {
         let mut last = LastSent::new();
         deliver_due(&outbox, &receivers, &store, &cfg, &metrics, &mut last).await;
         let sent = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(sent.matches("=== ").count(), 1, "{sent}");
+        assert_eq!(
+            sent.matches("=== ").count(),
+            2,
+            "the two it could read: {sent}"
+        );
         assert!(sent.contains("户6302231092900002 工资性收入骤降"), "{sent}");
         assert!(sent.contains("2026-12 200 元"), "{sent}");
         assert!(!sent.contains("2026-11"), "{sent}");
+        assert!(sent.contains("s4"), "{sent}");
         assert!(outbox.lock().unwrap().is_empty());
-        assert!(store.scan(Space::Outbox).unwrap().is_empty());
-        assert_eq!(delivered(&store, 10).unwrap().len(), 1);
+        let left: Vec<Vec<u8>> = store
+            .scan(Space::Outbox)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(left, [3u64.to_be_bytes().to_vec()], "the damaged one stays");
+        assert_eq!(delivered(&store, 10).unwrap().len(), 2);
     }
 
     #[test]

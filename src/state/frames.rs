@@ -94,9 +94,9 @@ pub fn read_raw_frame(input: &mut impl Read, buf: &mut Vec<u8>) -> Result<(), Fr
 
 /// Encodes households' months as the bytes of one frame: for each, the id's length (u32) and
 /// bytes, the number of packed words (u32) and the words (u64), all little-endian. The words
-/// are [`Months`]'s own, so encoding is a copy. The months' base (format 2) and the state
-/// snapshot (format 2) hold their months so; a change to the packing of [`Months`] changes
-/// both formats.
+/// are [`Months`]'s own, so encoding is a copy. The months' base and the state snapshot
+/// (both format 3, format 2 before narrow months) hold their months so; a change to the
+/// packing of [`Months`] changes both formats.
 pub fn encode_months<'a>(
     households: impl IntoIterator<Item = (&'a HouseholdId, &'a Months)>,
     buf: &mut Vec<u8>,

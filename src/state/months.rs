@@ -261,7 +261,8 @@ impl Months {
     /// Months from packed words read back as little-endian bytes (see [`Months::words`]),
     /// checked: whole words, every bucket within them, months in increasing order. The
     /// words are copied once, straight into their shared block; wide months that can be
-    /// narrow (files written before the narrow form) are packed again.
+    /// narrow (files written before the narrow form) are then packed again, in a second
+    /// copy.
     pub fn from_le_bytes(raw: &[u8]) -> Result<Self, &'static str> {
         if !raw.len().is_multiple_of(8) {
             return Err("packed months cut in the middle of a word");
