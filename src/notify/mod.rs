@@ -1004,116 +1004,111 @@ mod tests {
         assert!(groups_of([]).is_empty());
     }
 
+    /// A store, a file receiver `file` writing to `out.log`, an outbox and a root route.
+    struct FileDelivery {
+        _dir: tempfile::TempDir,
+        store: crate::store::SledStore,
+        path: std::path::PathBuf,
+        receivers: BTreeMap<String, Receiver>,
+        outbox: Mutex<Outbox>,
+        cfg: NotifyConfig,
+        metrics: Metrics,
+    }
+
+    impl FileDelivery {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = crate::store::SledStore::open(dir.path()).unwrap();
+            let path = dir.path().join("out.log");
+            let receivers = [(
+                "file".to_string(),
+                Receiver::File {
+                    path: path.clone(),
+                    stdout: false,
+                },
+            )]
+            .into();
+            let cfg = test_config(crate::dispatch::Route {
+                path: "root".into(),
+                matchers: vec![],
+                receivers: vec![],
+                cont: false,
+                routes: vec![],
+                grouping: Default::default(),
+            });
+            Self {
+                _dir: dir,
+                store,
+                path,
+                receivers,
+                outbox: Mutex::new(Outbox::default()),
+                cfg,
+                metrics: Metrics::new(),
+            }
+        }
+        /// Commits `n` to the store's outbox (when `stored`), then queues it.
+        fn queue(&self, n: &Notification, stored: bool) {
+            if stored {
+                let mut b = Batch::default();
+                put(&mut b, n);
+                self.store.commit(b).unwrap();
+            }
+            self.outbox.lock().unwrap().insert(n);
+        }
+        async fn pass(&self, last: &mut LastSent) -> Option<i64> {
+            let (o, r, st) = (&self.outbox, &self.receivers, &self.store);
+            deliver_due(o, r, st, &self.cfg, &self.metrics, last).await
+        }
+        fn sent(&self) -> String {
+            std::fs::read_to_string(&self.path).unwrap()
+        }
+    }
+
     #[tokio::test]
     async fn a_group_waits_for_its_interval_then_goes_out_together() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::SledStore::open(dir.path()).unwrap();
-        let path = dir.path().join("out.log");
-        let receivers: BTreeMap<String, Receiver> = [(
-            "file".to_string(),
-            Receiver::File {
-                path: path.clone(),
-                stdout: false,
-            },
-        )]
-        .into();
+        let d = FileDelivery::new();
         let now = crate::model::now().timestamp();
-        let outbox = Mutex::new(Outbox::default());
         for n in [note(1, "g", now), note(2, "g", now), note(3, "other", now)] {
-            let mut b = Batch::default();
-            put(&mut b, &n);
-            store.commit(b).unwrap();
-            outbox.lock().unwrap().insert(&n);
+            d.queue(&n, true);
         }
-        let cfg = test_config(crate::dispatch::Route {
-            path: "root".into(),
-            matchers: vec![],
-            receivers: vec![],
-            cont: false,
-            routes: vec![],
-            grouping: Default::default(),
-        });
-        let metrics = Metrics::new();
         // Group "g" went out 10 s ago: it waits until 60 s have passed; "other" goes now.
         let mut last: LastSent = [(("file".to_string(), "g".to_string()), now - 10)].into();
-        let next = deliver_due(&outbox, &receivers, &store, &cfg, &metrics, &mut last).await;
-        assert_eq!(
-            std::fs::read_to_string(&path)
-                .unwrap()
-                .matches("=== ")
-                .count(),
-            1
-        );
+        let next = d.pass(&mut last).await;
+        assert_eq!(d.sent().matches("=== ").count(), 1);
         assert!(next.is_some_and(|t| t >= now + 49), "{next:?}");
-        assert_eq!(outbox.lock().unwrap().len(), 2);
+        assert_eq!(d.outbox.lock().unwrap().len(), 2);
         // Once the interval has passed, both of "g" go out in one pass.
         last.insert(("file".to_string(), "g".to_string()), now - 61);
-        deliver_due(&outbox, &receivers, &store, &cfg, &metrics, &mut last).await;
-        assert_eq!(
-            std::fs::read_to_string(&path)
-                .unwrap()
-                .matches("=== ")
-                .count(),
-            3
-        );
-        assert!(outbox.lock().unwrap().is_empty());
-        assert_eq!(delivered(&store, 10).unwrap().len(), 3);
+        d.pass(&mut last).await;
+        assert_eq!(d.sent().matches("=== ").count(), 3);
+        assert!(d.outbox.lock().unwrap().is_empty());
+        assert_eq!(delivered(&d.store, 10).unwrap().len(), 3);
     }
 
     #[tokio::test]
     async fn a_pass_sends_the_texts_the_store_holds_and_drops_what_it_lost_or_cannot_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::SledStore::open(dir.path()).unwrap();
-        let path = dir.path().join("out.log");
-        let receivers: BTreeMap<String, Receiver> = [(
-            "file".to_string(),
-            Receiver::File {
-                path: path.clone(),
-                stdout: false,
-            },
-        )]
-        .into();
+        let d = FileDelivery::new();
         let now = crate::model::now().timestamp();
-        let outbox = Mutex::new(Outbox::default());
         let mut kept = note(1, "g", now);
         kept.subject = "户6302231092900002 工资性收入骤降".into();
         kept.body = "近月工资：2026-11 2,930 元".into();
-        let mut b = Batch::default();
-        put(&mut b, &kept);
-        store.commit(b).unwrap();
-        outbox.lock().unwrap().insert(&kept);
+        d.queue(&kept, true);
         // Its texts changed in the store after it was queued (a retry records its attempts
         // there): the pass sends what the store holds, not a copy made at queueing.
         kept.body = "近月工资：2026-12 200 元".into();
         let mut b = Batch::default();
         put(&mut b, &kept);
-        store.commit(b).unwrap();
+        d.store.commit(b).unwrap();
         // Queued, but never committed: nothing to send.
-        let lost = note(2, "g", now);
-        outbox.lock().unwrap().insert(&lost);
+        d.queue(&note(2, "g", now), false);
         // Damaged in the store: dropped, and the group's others still go out.
-        let damaged = note(3, "g", now);
         let mut b = Batch::default();
         b.put(Space::Outbox, 3u64.to_be_bytes().to_vec(), vec![0xff, 1, 2]);
-        store.commit(b).unwrap();
-        outbox.lock().unwrap().insert(&damaged);
-        let after = note(4, "g", now);
-        let mut b = Batch::default();
-        put(&mut b, &after);
-        store.commit(b).unwrap();
-        outbox.lock().unwrap().insert(&after);
-        let cfg = test_config(crate::dispatch::Route {
-            path: "root".into(),
-            matchers: vec![],
-            receivers: vec![],
-            cont: false,
-            routes: vec![],
-            grouping: Default::default(),
-        });
-        let metrics = Metrics::new();
-        let mut last = LastSent::new();
-        deliver_due(&outbox, &receivers, &store, &cfg, &metrics, &mut last).await;
-        let sent = std::fs::read_to_string(&path).unwrap();
+        d.store.commit(b).unwrap();
+        d.queue(&note(3, "g", now), false);
+        d.queue(&note(4, "g", now), true);
+        d.pass(&mut LastSent::new()).await;
+        let sent = d.sent();
         assert_eq!(
             sent.matches("=== ").count(),
             2,
@@ -1123,15 +1118,16 @@ mod tests {
         assert!(sent.contains("2026-12 200 元"), "{sent}");
         assert!(!sent.contains("2026-11"), "{sent}");
         assert!(sent.contains("s4"), "{sent}");
-        assert!(outbox.lock().unwrap().is_empty());
-        let left: Vec<Vec<u8>> = store
+        assert!(d.outbox.lock().unwrap().is_empty());
+        let left: Vec<Vec<u8>> = d
+            .store
             .scan(Space::Outbox)
             .unwrap()
             .into_iter()
             .map(|(k, _)| k)
             .collect();
         assert_eq!(left, [3u64.to_be_bytes().to_vec()], "the damaged one stays");
-        assert_eq!(delivered(&store, 10).unwrap().len(), 2);
+        assert_eq!(delivered(&d.store, 10).unwrap().len(), 2);
     }
 
     #[test]

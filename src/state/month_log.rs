@@ -457,13 +457,18 @@ fn read_base_file(
     })
 }
 
-/// Writes the base the store names again in format 1 (postcard frames), as 5d17eac wrote
-/// it, from `households` (sorted by id).
+/// Writes the base the store names again in an older format, from `households` (sorted by
+/// id): 1, postcard frames, as 5d17eac wrote it; 2, every month packed wide, as guardline
+/// wrote it before narrow months.
 #[cfg(test)]
-pub(super) fn rewrite_base_in_format_1(store: &dyn Store, households: &[(HouseholdId, Months)]) {
+pub(super) fn rewrite_base_in_format(
+    store: &dyn Store,
+    households: &[(HouseholdId, Months)],
+    format: u32,
+) {
     let base = LogState::read(store).unwrap().base;
     let header = BaseHeader {
-        format: 1,
+        format,
         generation: base.generation,
         through: base.through,
         households: households.len() as u64,
@@ -474,30 +479,10 @@ pub(super) fn rewrite_base_in_format_1(store: &dyn Store, households: &[(Househo
             let mut buf = Vec::new();
             write_frame(out, &mut buf, &header)?;
             for chunk in households.chunks(BASE_HOUSEHOLDS_PER_FRAME) {
-                write_frame(out, &mut buf, chunk)?;
-            }
-            Ok(())
-        })
-        .unwrap();
-}
-
-/// Writes the base the store names again in format 2 (every month packed wide), as
-/// guardline wrote it before narrow months, from `households` (sorted by id).
-#[cfg(test)]
-pub(super) fn rewrite_base_in_format_2(store: &dyn Store, households: &[(HouseholdId, Months)]) {
-    let base = LogState::read(store).unwrap().base;
-    let header = BaseHeader {
-        format: 2,
-        generation: base.generation,
-        through: base.through,
-        households: households.len() as u64,
-    };
-    store
-        .write_file(&base_file_name(base.generation), &mut |out| {
-            out.write_all(BASE_MAGIC)?;
-            let mut buf = Vec::new();
-            write_frame(out, &mut buf, &header)?;
-            for chunk in households.chunks(BASE_HOUSEHOLDS_PER_FRAME) {
+                if format == 1 {
+                    write_frame(out, &mut buf, chunk)?;
+                    continue;
+                }
                 // `encode_months`' layout, with the words packed wide.
                 buf.clear();
                 for (id, months) in chunk {

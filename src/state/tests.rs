@@ -445,35 +445,27 @@ fn a_base_in_keys_is_read_until_the_next_base_moves_it_into_a_file() {
 }
 
 #[test]
-fn a_base_file_of_format_1_is_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
-    let (mut w, _) = thousands_of_households(&store);
-    w.write_base(&store).unwrap();
-    let households = households_with_months(&w);
-    let before = std::fs::read(store.file_path("months-base.1")).unwrap();
-    month_log::rewrite_base_in_format_1(&store, &households);
-    let after = std::fs::read(store.file_path("months-base.1")).unwrap();
-    assert_ne!(before, after, "another layout");
-    assert_same_households(&w, &World::load(&store, 24).unwrap());
-}
-
-#[test]
-fn a_base_file_of_format_2_is_read_and_its_months_packed_narrow() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
-    let (mut w, _) = thousands_of_households(&store);
-    w.write_base(&store).unwrap();
-    let households = households_with_months(&w);
-    let before = std::fs::read(store.file_path("months-base.1")).unwrap();
-    month_log::rewrite_base_in_format_2(&store, &households);
-    let after = std::fs::read(store.file_path("months-base.1")).unwrap();
-    assert!(after.len() > before.len(), "wide months take more words");
-    let loaded = World::load(&store, 24).unwrap();
-    assert_same_households(&w, &loaded);
-    // Packed narrow as they are read: the same words as the world that wrote them.
-    for (id, months) in &households {
-        assert_eq!(loaded.household(id).unwrap().months, *months, "{id}");
+fn base_files_of_formats_1_and_2_are_read_and_their_months_packed_narrow() {
+    for format in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let (mut w, _) = thousands_of_households(&store);
+        w.write_base(&store).unwrap();
+        let households = households_with_months(&w);
+        let before = std::fs::read(store.file_path("months-base.1")).unwrap();
+        month_log::rewrite_base_in_format(&store, &households, format);
+        let after = std::fs::read(store.file_path("months-base.1")).unwrap();
+        assert_ne!(before, after, "format {format}: another layout");
+        let loaded = World::load(&store, 24).unwrap();
+        assert_same_households(&w, &loaded);
+        // Packed narrow as they are read: the same words as the world that wrote them.
+        for (id, months) in &households {
+            assert_eq!(
+                loaded.household(id).unwrap().months,
+                *months,
+                "format {format}: {id}"
+            );
+        }
     }
 }
 
