@@ -78,6 +78,14 @@ fn header(w: u64) -> (Month, u8, usize, usize) {
     }
 }
 
+/// A wide header (`records` at most [`MAX_RECORDS`]).
+fn wide_header(month: Month, present: u8, events: usize, records: usize) -> u64 {
+    u64::from(month.ordinal())
+        | u64::from(present & 0xf) << PRESENT_SHIFT
+        | (events as u64) << EVENTS_SHIFT
+        | (records as u64) << RECORDS_SHIFT
+}
+
 /// Value words after the header `w`.
 fn value_words(w: u64) -> usize {
     if w & NARROW != 0 {
@@ -137,12 +145,12 @@ fn encode(b: &MonthBucket, out: &mut Vec<u64>) {
     // one month is not a real feed, and losing duplicate detection for them is the least harm.
     let records = &b.records[..b.records.len().min(MAX_RECORDS)];
     let at = out.len();
-    out.push(
-        u64::from(b.month.ordinal())
-            | u64::from(b.present & 0xf) << PRESENT_SHIFT
-            | (b.events.len() as u64) << EVENTS_SHIFT
-            | (records.len() as u64) << RECORDS_SHIFT,
-    );
+    out.push(wide_header(
+        b.month,
+        b.present,
+        b.events.len(),
+        records.len(),
+    ));
     for ind in Indicator::ALL {
         if b.has(ind) {
             out.push(b.values[ind.index()] as u64);
@@ -307,12 +315,7 @@ impl Months {
         let mut words = Vec::new();
         for b in self.iter() {
             let (month, present, events, records) = b.parts();
-            words.push(
-                u64::from(month.ordinal())
-                    | u64::from(present) << PRESENT_SHIFT
-                    | (events as u64) << EVENTS_SHIFT
-                    | (records as u64) << RECORDS_SHIFT,
-            );
+            words.push(wide_header(month, present, events, records));
             for ind in Indicator::ALL {
                 if let Some(v) = b.get(ind) {
                     words.push(v as u64);
@@ -596,10 +599,7 @@ impl<'de> Visitor<'de> for PackBucket<'_> {
                 "a month with {events} kinds of events, more than there are"
             )));
         }
-        words[at] = u64::from(month.ordinal())
-            | u64::from(present & 0xf) << PRESENT_SHIFT
-            | (events as u64) << EVENTS_SHIFT
-            | (records as u64) << RECORDS_SHIFT;
+        words[at] = wide_header(month, present, events, records);
         narrow_last(words, at);
         Ok(())
     }
