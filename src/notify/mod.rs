@@ -707,7 +707,7 @@ pub async fn deliver_due(
                 Err(e @ StoreError::Decode { .. }) => {
                     // A damaged record would hold back every later group at every pass.
                     error!(receiver = %pending.receiver, id, error = %e,
-                           "a waiting notification cannot be decoded; dropped from the outbox (the store keeps it: a start will name it)");
+                           "a waiting notification cannot be decoded; dropped from the outbox (the store keeps it, and the next start reports its key as damaged)");
                     if let Ok(mut o) = outbox.lock() {
                         o.items.remove(&id);
                     }
