@@ -489,7 +489,7 @@ impl Engine {
     }
 
     /// From now on, snapshots written because the changes grew are at least `spacing` apart
-    /// ([`SNAPSHOT_SPACING`] by default).
+    /// (`SNAPSHOT_SPACING` by default).
     pub fn set_snapshot_spacing(&mut self, spacing: std::time::Duration) {
         self.snapshot_spacing = spacing;
     }
@@ -497,7 +497,7 @@ impl Engine {
     /// Writes the state snapshot when it is due, so that a start after a crash reads it
     /// too: at the first call after a start that loaded the store, then once the interval
     /// has passed with the state changed, or sooner (but not within the spacing,
-    /// [`SNAPSHOT_SPACING`] by default, of the last, so that a bulk ingest is not slowed
+    /// `SNAPSHOT_SPACING` by default, of the last, so that a bulk ingest is not slowed
     /// by a write at every tick) when the changes since the last one approach what a start
     /// would read again
     /// ([`crate::state::snapshot::catch_up_limit`]), or a base of the months was written

@@ -237,7 +237,7 @@ struct EvidenceTexts {
 
 /// Notifications waiting for delivery; mirrors the store's outbox space.
 ///
-/// Memory holds only what decides when each one goes out ([`Queued`]); its texts (subject,
+/// Memory holds only what decides when each one goes out (`Queued`); its texts (subject,
 /// body, summary, description, labels: about 4 KB) stay in the store and are read when its
 /// group goes out. After a province's first evaluation the outbox holds a notification
 /// per firing alert: 25,000 of them took 105 MB at 600,000 households, held whole.

@@ -847,7 +847,7 @@ impl World {
     }
 
     /// Writes the months of every household as a new base and deletes the runs it holds
-    /// (see [`month_log`]). Only when the world is what the store holds (no batch open).
+    /// (see `month_log`). Only when the world is what the store holds (no batch open).
     pub fn write_base(&mut self, store: &dyn Store) -> Result<(), StoreError> {
         month_log::write_base(self, store)
     }

@@ -9,16 +9,16 @@
 //! state writes a new stamp and names the keys it changed in the store's journal
 //! ([`crate::store::journal`]). A snapshot whose stamp is still the store's is the state; an
 //! older one is brought up to the store by reading again the keys the journal names since
-//! its stamp ([`World::catch_up`]), as long as the journal's chain leads from it to the
+//! its stamp (`World::catch_up`), as long as the journal's chain leads from it to the
 //! store's stamp and names no more than [`catch_up_limit`] keys. A snapshot that is missing,
 //! that the journal cannot bring up, of another format or damaged (each frame has a CRC-32)
 //! is set aside with a log line (and removed), and the working set is loaded from the store
 //! as before. Writing a snapshot forgets the journal's entries it covers.
 //!
 //! Layout: the magic bytes, then frames of `[u32 length][u32 CRC-32][bytes]`, all
-//! little-endian ([`frames`]): a header, the households in pairs of frames of
-//! [`HOUSEHOLDS_PER_FRAME`] each (their roster parts in postcard, then their ids and months'
-//! packed words as they are, [`frames::encode_months`]), the villages, the counties. Frames
+//! little-endian (`frames`): a header, the households in pairs of frames of
+//! `HOUSEHOLDS_PER_FRAME` each (their roster parts in postcard, then their ids and months'
+//! packed words as they are, `frames::encode_months`), the villages, the counties. Frames
 //! keep the memory of writing and reading small; the months' words are copied, not decoded.
 
 use std::collections::BTreeSet;

@@ -89,7 +89,7 @@ pub struct Household {
     pub id: HouseholdId,
     pub village: VillageCode,
     /// The village's name as the roster gives it. The working set's households share one
-    /// copy of each name ([`super::households::Households`]); stored as text.
+    /// copy of each name (`Households`); stored as text.
     pub village_name: Arc<str>,
     pub category: HouseholdCategory,
     pub head_masked: Box<str>,
