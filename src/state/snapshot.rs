@@ -234,8 +234,9 @@ pub fn load(path: &Path, store: &dyn Store, retention_months: u32) -> Option<Loa
             None
         }
         Err(SnapshotError::Store(e)) => {
-            // The store's fault, not the file's: kept for the next start.
-            warn!(error = %e, "cannot read the store's journal; loading the store");
+            // The store's fault (its journal or a changed key unreadable), or memory's (the
+            // working set full while catching up), not the file's: kept for the next start.
+            warn!(error = %e, "cannot bring the state snapshot up to the store; loading the store");
             None
         }
         Err(e) => {
