@@ -281,19 +281,23 @@ impl Months {
             .collect();
         let mut at = 0;
         let mut last: Option<Month> = None;
+        // Whether a wide month could be narrow: only in files of format 2. Found in the walk
+        // that checks the words, not in a second one over every month a start reads.
+        let mut repack = false;
         while let Some(&first) = words.get(at) {
             let month = header(first).0;
             if last.is_some_and(|l| month <= l) {
                 return Err("months not in increasing order");
             }
             last = Some(month);
+            repack = repack || first & NARROW == 0 && narrow_header(&words[at..]).is_some();
             at = at
                 .checked_add(span(first))
                 .filter(|&end| end <= words.len())
                 .ok_or("a month longer than its words")?;
         }
         let months = Self(words);
-        if months.iter().any(|b| narrow_header(b.0).is_some()) {
+        if repack {
             let mut words = Vec::with_capacity(months.0.len());
             for b in months.iter() {
                 match narrow_header(b.0) {
