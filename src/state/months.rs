@@ -140,7 +140,8 @@ fn kind_index(kind: EventKind) -> u64 {
         .unwrap_or_default() as u64
 }
 
-fn encode(b: &MonthBucket, out: &mut Vec<u64>) {
+/// Appends `b` to `out`, packed as [`Months`] holds it.
+pub(super) fn pack(b: &MonthBucket, out: &mut Vec<u64>) {
     // Tags beyond the header's 23 bits would not fit; 8 million records for one entity in
     // one month is not a real feed, and losing duplicate detection for them is the least harm.
     let records = &b.records[..b.records.len().min(MAX_RECORDS)];
@@ -252,7 +253,7 @@ impl Months {
     pub fn from_buckets<'b>(buckets: impl IntoIterator<Item = &'b MonthBucket>) -> Self {
         let mut words = Vec::new();
         for b in buckets {
-            encode(b, &mut words);
+            pack(b, &mut words);
         }
         Self(Arc::from(words))
     }
@@ -379,21 +380,53 @@ impl Months {
         for b in self.iter() {
             if !placed && b.month() > month {
                 if let Some(new) = bucket {
-                    encode(new, &mut words);
+                    pack(new, &mut words);
                 }
                 placed = true;
             }
             if b.month() != month {
                 words.extend_from_slice(b.0);
             } else if let Some(new) = bucket.filter(|_| !placed) {
-                encode(new, &mut words);
+                pack(new, &mut words);
                 placed = true;
             }
         }
         if !placed && let Some(new) = bucket {
-            encode(new, &mut words);
+            pack(new, &mut words);
         }
         self.0 = Arc::from(words);
+    }
+
+    /// These months with `changes` made in the order given, each putting a month's packed
+    /// bucket in place (`None`: removing the month), as [`Months::set`] would one change
+    /// at a time, but packed once. Each change's words are one bucket of its month, as
+    /// [`pack`] wrote it. `changes` is left sorted; `scratch` is a buffer reused from call
+    /// to call, so the only block allocated is the result's.
+    pub fn with_changes(
+        &self,
+        changes: &mut [(Month, Option<&[u64]>)],
+        scratch: &mut Vec<u64>,
+    ) -> Months {
+        // Stable: of the changes to one month, the last given is the one that stands.
+        changes.sort_by_key(|&(m, _)| m);
+        let mut standing = changes
+            .chunk_by(|a, b| a.0 == b.0)
+            .filter_map(|same| same.last())
+            .peekable();
+        scratch.clear();
+        for b in self.iter() {
+            while let Some(&(_, words)) = standing.next_if(|&&(m, _)| m < b.month()) {
+                scratch.extend_from_slice(words.unwrap_or_default());
+            }
+            match standing.next_if(|&&(m, _)| m == b.month()) {
+                Some(&(_, words)) => scratch.extend_from_slice(words.unwrap_or_default()),
+                None => scratch.extend_from_slice(b.0),
+            }
+        }
+        for &(_, words) in standing {
+            scratch.extend_from_slice(words.unwrap_or_default());
+        }
+        Months(Arc::from(&scratch[..]))
     }
 
     /// Edits the bucket of `month` (a new empty one if there is none), then drops buckets
@@ -443,7 +476,7 @@ impl Months {
         };
         copy(&mut words, &self.0[..before]);
         if keep(month) {
-            encode(&owned, &mut words);
+            pack(&owned, &mut words);
         }
         copy(&mut words, &self.0[after..]);
         Months(std::mem::replace(&mut self.0, Arc::from(words)))
@@ -476,7 +509,7 @@ impl MonthsBuilder {
         if self.words.capacity() - self.words.len() < span {
             self.words.reserve_exact(span * to_come.max(1));
         }
-        encode(b, &mut self.words);
+        pack(b, &mut self.words);
         self.newest = Some(b.month);
         true
     }
@@ -609,7 +642,7 @@ impl<'de> Visitor<'de> for PackBucket<'_> {
     }
 }
 
-/// Appends a bucket's record tags (at most [`MAX_RECORDS`], as `encode` keeps); the number
+/// Appends a bucket's record tags (at most [`MAX_RECORDS`], as `pack` keeps); the number
 /// appended.
 struct PackTags<'w>(&'w mut Vec<u64>);
 
@@ -911,6 +944,44 @@ mod tests {
                 plain.retain(|b| newest.since(b.month) <= retention);
                 proptest::prop_assert_eq!(&months, &Months::from_buckets(&plain));
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// `with_changes` against `set`, one change at a time: buckets narrow and wide,
+        /// months changed twice, removed, removed then put back, and months the base lacks.
+        #[test]
+        fn with_changes_matches_setting_each_change_in_turn(
+            base in proptest::collection::btree_map(0u32..30, (-3i64..3, 0usize..3), 0..12),
+            changes in proptest::collection::vec(
+                (0u32..30, proptest::option::of((-3i64..3, 0usize..3))),
+                0..40,
+            ),
+        ) {
+            // Values of a few fen pack narrow, of more than 32 bits wide.
+            let of = |k: u32, (v, tags): (i64, usize)| {
+                let wage = if v < 0 { v } else { v << 33 };
+                bucket(k, Some(wage), &vec![u64::from(k); tags], &[])
+            };
+            let base: Vec<MonthBucket> = base.into_iter().map(|(k, b)| of(k, b)).collect();
+            let base = Months::from_buckets(&base);
+            let mut one_by_one = base.clone();
+            let mut packed: Vec<(Month, Vec<u64>)> = Vec::new();
+            for &(k, b) in &changes {
+                let b = b.map(|b| of(k, b));
+                one_by_one.set(m(k), b.as_ref());
+                let mut words = Vec::new();
+                if let Some(b) = &b {
+                    pack(b, &mut words);
+                }
+                packed.push((m(k), words));
+            }
+            let mut given: Vec<(Month, Option<&[u64]>)> = packed
+                .iter()
+                .map(|(m, w)| (*m, (!w.is_empty()).then_some(&w[..])))
+                .collect();
+            let mut scratch = vec![7; 3];
+            proptest::prop_assert_eq!(base.with_changes(&mut given, &mut scratch), one_by_one);
         }
     }
 

@@ -386,6 +386,73 @@ fn a_store_of_thousands_of_households_loads_the_same_from_runs_and_from_a_base()
     assert_same_households(&w, &again);
 }
 
+#[test]
+fn runs_after_a_base_that_change_a_month_again_and_prune_months_load_as_they_were_made() {
+    // A start packs each household's months once from its base and the runs' changes:
+    // those must stand as the runs made them, in their order.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let mut w = World::new(24);
+    let this = Month::of(now());
+    let commit = |w: &mut World, records: &[(&str, Record)], at: DateTime<FixedOffset>| {
+        w.begin();
+        for (feed, r) in records {
+            w.apply(feed, r, at).unwrap();
+        }
+        store.commit(w.take_batch().0).unwrap();
+    };
+    let m = |k: u32| this.minus(k).to_string();
+    commit(
+        &mut w,
+        &[
+            ("roster", roster("A", &[1])),
+            ("roster", roster("B", &[2])),
+            ("roster", roster("C", &[3])),
+            ("wages", wage("a2", 1, &m(2), 100)),
+            ("wages", wage("a1", 1, &m(1), 110)),
+            ("wages", wage("b1", 2, &m(1), 200)),
+        ],
+        now(),
+    );
+    w.write_base(&store).unwrap();
+    // A's month before this one changes in two runs; B and C get this month; D is new.
+    commit(
+        &mut w,
+        &[
+            ("wages", wage("a1b", 1, &m(1), 5)),
+            ("wages", wage("b0", 2, &m(0), 210)),
+            ("roster", roster("D", &[4])),
+            ("wages", wage("d0", 4, &m(0), 400)),
+        ],
+        now(),
+    );
+    commit(
+        &mut w,
+        &[
+            ("wages", wage("a1c", 1, &m(1), 7)),
+            ("wages", wage("c0", 3, &m(0), 300)),
+            ("wages", wage("d1", 4, &m(1), 410)),
+        ],
+        now(),
+    );
+    // Two years on, A's newest month pushes its older ones out of the window: the run
+    // removes them.
+    let later = now() + chrono::Duration::days(731);
+    let far = this.plus(24).to_string();
+    commit(&mut w, &[("wages", wage("a24", 1, &far, 120))], later);
+    let a = w.household(&"A".parse().unwrap()).unwrap();
+    assert_eq!(a.months.len(), 1, "{:?}", a.months);
+    assert_eq!(store.scan(Space::MonthRun).unwrap().len(), 3);
+    let again = World::load(&store, 24).unwrap();
+    assert_eq!(again.n_households(), 4);
+    assert_same_households(&w, &again);
+    let b = again.household(&"B".parse().unwrap()).unwrap();
+    assert_eq!(b.months.len(), 2);
+    // A base written now holds the same.
+    w.write_base(&store).unwrap();
+    assert_same_households(&w, &World::load(&store, 24).unwrap());
+}
+
 /// The households with months and their months, sorted by id, as a base holds them.
 fn households_with_months(w: &World) -> Vec<(HouseholdId, Months)> {
     let mut households: Vec<(HouseholdId, Months)> = w
