@@ -67,17 +67,25 @@ pub struct Figures {
     pub scrape_ms_median: f64,
     pub scrape_bytes: u64,
     /// mimalloc's purge delay the bench ran with (`MIMALLOC_PURGE_DELAY`, see
-    /// [`ALLOCATOR_SETTING`]).
+    /// [`ALLOCATOR_SETTINGS`]).
     pub allocator_purge_delay: String,
+    /// Whether mimalloc could use transparent huge pages (`MIMALLOC_ALLOW_THP`).
+    pub allocator_allow_thp: String,
 }
 
-/// The allocator setting of the shipped systemd unit: mimalloc keeps the pages it frees
-/// instead of handing them back to the system a second later. sled copies and frees B-tree
-/// nodes at a high rate; the kernel took a sixth of the bench's CPU time during ingest,
-/// most of it faulting in and zeroing fresh pages. With the pages kept, ingest was 20 %
-/// faster at 600,000 households (BENCHMARKS.md). The bench measures guardline as it ships: without the
-/// variable it runs itself again with it.
-pub const ALLOCATOR_SETTING: (&str, &str) = ("MIMALLOC_PURGE_DELAY", "-1");
+/// The allocator settings of the shipped systemd unit. The bench measures guardline as it
+/// ships: without one of the variables it runs itself again with them.
+/// - mimalloc keeps the pages it frees instead of handing them back to the system a second
+///   later. sled copies and frees B-tree nodes at a high rate; the kernel took a sixth of
+///   the bench's CPU time during ingest, most of it faulting in and zeroing fresh pages.
+///   With the pages kept, ingest was 20 % faster at 600,000 households (BENCHMARKS.md).
+/// - mimalloc uses no transparent huge pages: with them, each 2 MiB its arenas touched was
+///   resident whole, 43 MB for a daemon on an empty store and 76 MB more at a start of
+///   600,000 households, with no time gained (BENCHMARKS.md). The build leaves out
+///   mimalloc's request for them (its `no_thp` feature); the variable also turns them off
+///   where the system gives them unasked (`always`).
+pub const ALLOCATOR_SETTINGS: [(&str, &str); 2] =
+    [("MIMALLOC_PURGE_DELAY", "-1"), ("MIMALLOC_ALLOW_THP", "0")];
 
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -201,7 +209,8 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
     std::fs::create_dir_all(&opts.dir)?;
     let mut f = Figures {
         households: u64::from(opts.households),
-        allocator_purge_delay: std::env::var(ALLOCATOR_SETTING.0).unwrap_or_default(),
+        allocator_purge_delay: std::env::var(ALLOCATOR_SETTINGS[0].0).unwrap_or_default(),
+        allocator_allow_thp: std::env::var(ALLOCATOR_SETTINGS[1].0).unwrap_or_default(),
         ..Figures::default()
     };
 
@@ -540,6 +549,11 @@ pub fn table(f: &Figures) -> String {
     row(
         "mimalloc purge delay (`MIMALLOC_PURGE_DELAY`)",
         f.allocator_purge_delay.clone(),
+        "",
+    );
+    row(
+        "mimalloc transparent huge pages (`MIMALLOC_ALLOW_THP`)",
+        f.allocator_allow_thp.clone(),
         "",
     );
     row(

@@ -793,13 +793,16 @@ pub fn report(config: &Path, json: bool) -> anyhow::Result<String> {
 /// `guardline bench`: prints the figures as a table (or JSON) on stdout.
 pub async fn bench(opts: crate::bench::BenchOptions, json: bool) -> anyhow::Result<()> {
     // The allocator reads its settings when the process starts: set, it takes a new one.
-    let (name, value) = crate::bench::ALLOCATOR_SETTING;
-    if std::env::var_os(name).is_none() {
+    let unset: Vec<(&str, &str)> = crate::bench::ALLOCATOR_SETTINGS
+        .into_iter()
+        .filter(|(name, _)| std::env::var_os(name).is_none())
+        .collect();
+    if !unset.is_empty() {
         let status = std::process::Command::new(std::env::current_exe()?)
             .args(std::env::args_os().skip(1))
-            .env(name, value)
+            .envs(unset.iter().copied())
             .status()
-            .with_context(|| format!("running the bench again with {name}={value}"))?;
+            .with_context(|| format!("running the bench again with {unset:?} set"))?;
         std::process::exit(status.code().unwrap_or(1));
     }
     let f = crate::bench::run(&opts).await?;

@@ -24,8 +24,9 @@ fn a_small_bench_runs_through_and_its_restart_after_a_kill_reads_the_journal() {
     ]);
     let f: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(f["households"], 3000, "{f}");
-    // Run again with the allocator setting of the shipped unit.
+    // Run again with the allocator settings of the shipped unit.
     assert_eq!(f["allocator_purge_delay"], "-1", "{f}");
+    assert_eq!(f["allocator_allow_thp"], "0", "{f}");
     assert!(f["records"].as_u64().unwrap() > 50_000, "{f}");
     assert_eq!(f["incremental_records"], 10_000, "{f}");
     assert!(f["incremental_alerts"].as_u64().unwrap() > 0, "{f}");
