@@ -5,7 +5,7 @@
 //! index, holding a household's id per person, 4,194,304 buckets of 32 bytes (134 MB).
 //! Here the households live in fixed chunks of [`CHUNK`] slots, filled in turn, so only the
 //! last chunk has room to spare, and no growth copies them. The index by id holds a slot
-//! (4 bytes a bucket), and the person index ([`super::World`]) holds slots too (20 bytes a
+//! (4 bytes a bucket), and the person index (`persons.rs`) holds slots too (12 bytes a
 //! bucket), which also saves a second hash lookup per record.
 //!
 //! The table also keeps one copy of each village's name, which its households share.

@@ -13,6 +13,7 @@
 mod frames;
 mod households;
 mod month_log;
+mod persons;
 pub use month_log::DEFAULT_MIN_RUN_BYTES as DEFAULT_BASE_REWRITE_BYTES;
 pub use month_log::{BaseSource, BaseWritten, write_base_from};
 mod months;
@@ -21,6 +22,7 @@ mod values;
 
 use households::{Households, Slot};
 use months::MonthsBuilder;
+use persons::Persons;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -330,21 +332,18 @@ fn parse_key<T: std::str::FromStr>(
         })
 }
 
-/// Records that the household in `slot` lists person `m` (see [`World`]'s `persons`).
+/// Records that the household in `slot`, which lists person `m`, does (see [`World`]'s
+/// `persons`).
 fn list_person(
-    persons: &mut Map<PersonKey, Slot>,
+    persons: &mut Persons,
     shared: &mut Map<PersonKey, BTreeSet<HouseholdId>>,
     households: &Households,
     m: PersonKey,
     slot: Slot,
 ) {
-    use std::collections::hash_map::Entry;
-    match persons.entry(m) {
-        Entry::Vacant(e) => {
-            e.insert(slot);
-        }
-        Entry::Occupied(mut e) => {
-            let listed = *e.get();
+    match persons.get_or_insert(households, &m, slot) {
+        None => {}
+        Some(listed) => {
             if listed == slot {
                 return;
             }
@@ -367,7 +366,7 @@ fn list_person(
                 None => None,
             };
             if let Some(least) = least {
-                e.insert(least);
+                persons.insert(households, &m, least);
             }
         }
     }
@@ -432,9 +431,10 @@ impl Newest {
     }
 }
 
-/// Records that household `id`, in `slot` (or gone from it), no longer lists person `m`.
+/// Records that household `id`, in `slot`, no longer lists person `m`: called while it
+/// still does (the person index finds a person through the household it names).
 fn unlist_person(
-    persons: &mut Map<PersonKey, Slot>,
+    persons: &mut Persons,
     shared: &mut Map<PersonKey, BTreeSet<HouseholdId>>,
     households: &Households,
     m: PersonKey,
@@ -446,20 +446,16 @@ fn unlist_person(
             listing.remove(id);
             // The households still listing the person are in the table.
             match listing.first().and_then(|least| households.slot_of(least)) {
-                Some(least) => {
-                    persons.insert(m, least);
-                }
-                None => {
-                    persons.remove(&m);
-                }
+                Some(least) => persons.insert(households, &m, least),
+                None => persons.remove(households, &m),
             }
             if listing.len() < 2 {
                 shared.remove(&m);
             }
         }
         None => {
-            if persons.get(&m) == Some(&slot) {
-                persons.remove(&m);
+            if persons.get(households, &m) == Some(slot) {
+                persons.remove(households, &m);
             }
         }
     }
@@ -478,7 +474,7 @@ pub struct World {
     /// drops them) the one with the least household id, so that the index does not depend
     /// on the order in which entries were applied or households are walked at a start.
     /// Every slot it holds is occupied.
-    persons: Map<PersonKey, Slot>,
+    persons: Persons,
     /// Persons listed by more than one household, with those households.
     shared: Map<PersonKey, BTreeSet<HouseholdId>>,
     latest: [Option<Month>; Indicator::COUNT],
@@ -656,7 +652,7 @@ impl World {
             households: Households::default(),
             villages: Map::default(),
             counties: BTreeMap::new(),
-            persons: Map::default(),
+            persons: Persons::default(),
             shared: Map::default(),
             latest: [None; Indicator::COUNT],
             log: month_log::LogState::default(),
@@ -734,35 +730,41 @@ impl World {
                                 h.id = old.id.clone();
                             }
                             let members = h.members.clone();
-                            let (slot, old) = self
+                            // Out of the person index while the household before still
+                            // lists them.
+                            if let Some(slot) = self.households.slot_of(&id) {
+                                let (hs, persons, shared) =
+                                    (&self.households, &mut self.persons, &mut self.shared);
+                                let dropped = hs.at(slot).into_iter().flat_map(|o| {
+                                    o.members.iter().filter(|m| !members.contains(m))
+                                });
+                                for m in dropped {
+                                    unlist_person(persons, shared, hs, *m, &id, slot);
+                                }
+                            }
+                            let (slot, _) = self
                                 .households
                                 .insert(h)
                                 .map_err(|e| table_full(*space, key, &e))?;
                             let (hs, persons, shared) =
                                 (&self.households, &mut self.persons, &mut self.shared);
-                            for m in old.iter().flat_map(|o| o.members.iter()) {
-                                if !members.contains(m) {
-                                    unlist_person(persons, shared, hs, *m, &id, slot);
-                                }
-                            }
                             for m in &members {
                                 list_person(persons, shared, hs, *m, slot);
                             }
                             read_again.push(slot);
                         }
                         None => {
-                            if let Some((slot, old)) = self.households.remove(&id) {
-                                newest.walk_again |= !old.months.is_empty();
-                                for m in &old.members {
-                                    unlist_person(
-                                        &mut self.persons,
-                                        &mut self.shared,
-                                        &self.households,
-                                        *m,
-                                        &old.id,
-                                        slot,
-                                    );
+                            if let Some(slot) = self.households.slot_of(&id) {
+                                // Out of the person index while the household still lists
+                                // them.
+                                let (hs, persons, shared) =
+                                    (&self.households, &mut self.persons, &mut self.shared);
+                                for m in hs.at(slot).into_iter().flat_map(|o| o.members.iter()) {
+                                    unlist_person(persons, shared, hs, *m, &id, slot);
                                 }
+                            }
+                            if let Some((_, old)) = self.households.remove(&id) {
+                                newest.walk_again |= !old.months.is_empty();
                             }
                         }
                     }
@@ -894,7 +896,7 @@ impl World {
             persons.clear();
             shared.clear();
             // Sized once: growing a map of millions of persons rehashes it again and again.
-            persons.reserve(households.values().map(|h| h.members.len()).sum());
+            persons.try_reserve(households.values().map(|h| h.members.len()).sum());
             for (slot, h) in households.slots() {
                 for m in &h.members {
                     list_person(persons, shared, households, *m, slot);
@@ -996,7 +998,7 @@ impl World {
                 };
                 let village_name = self.households.village_name(&entry.village_name);
                 // Invariant: the slot was just found or filled.
-                let Some(h) = self.households.at_mut(slot) else {
+                let Some(h) = self.households.at(slot) else {
                     return Err(Rejection::UnknownHousehold(id));
                 };
                 let removed: Vec<PersonKey> = h
@@ -1005,13 +1007,18 @@ impl World {
                     .filter(|m| !entry.members.contains(m))
                     .copied()
                     .collect();
-                h.set_roster(entry, village_name);
                 // The id the household was stored under, not the record's copy of it.
                 let id = h.id.clone();
+                // Out of the person index while the household still lists them.
                 let (hs, persons, shared) = (&self.households, &mut self.persons, &mut self.shared);
                 for m in removed {
                     unlist_person(persons, shared, hs, m, &id, slot);
                 }
+                let Some(h) = self.households.at_mut(slot) else {
+                    return Err(Rejection::UnknownHousehold(id));
+                };
+                h.set_roster(entry, village_name);
+                let (hs, persons, shared) = (&self.households, &mut self.persons, &mut self.shared);
                 for m in &entry.members {
                     list_person(persons, shared, hs, *m, slot);
                 }
@@ -1131,7 +1138,10 @@ impl World {
             return Err(Rejection::FutureMonth(month));
         }
         let slot = match subject {
-            Subject::Person(p) => *self.persons.get(p).ok_or(Rejection::UnknownPerson)?,
+            Subject::Person(p) => self
+                .persons
+                .get(&self.households, p)
+                .ok_or(Rejection::UnknownPerson)?,
             Subject::Household(h) => self
                 .households
                 .slot_of(h)

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 use super::frames::{self, FrameError, write_frame};
 use super::households::{Households, Slot};
+use super::persons::Persons;
 use super::{CountyValue, Household, Map, Months, Village, World, list_person, note_latest};
 use crate::model::{HouseholdId, Indicator, Month, PersonKey};
 use crate::store::journal::StateChanges;
@@ -447,18 +448,18 @@ fn read_households<'a>(
 /// What [`World::recompute_latest`] derives from the households, built as they are put in
 /// the table.
 struct Derived {
-    persons: Map<PersonKey, Slot>,
+    persons: Persons,
     shared: Map<PersonKey, BTreeSet<HouseholdId>>,
     latest: [Option<Month>; Indicator::COUNT],
 }
 
 impl Derived {
     fn reserve(persons: usize) -> Self {
-        let mut map = Map::default();
-        // A reservation memory refuses is left to the map's own growth.
-        let _ = map.try_reserve(persons);
+        let mut index = Persons::default();
+        // A reservation memory refuses is left to the index's own growth.
+        let _ = index.try_reserve(persons);
         Self {
-            persons: map,
+            persons: index,
             shared: Map::default(),
             latest: [None; Indicator::COUNT],
         }

@@ -932,17 +932,31 @@ fn person_index(w: &World) -> BTreeMap<PersonKey, String> {
         );
     }
     assert_eq!(w.households.values().count(), w.n_households());
-    w.persons
-        .iter()
-        .map(|(p, slot)| {
+    // Every person a household lists is in the index, under a household that lists them,
+    // and the index holds nobody else.
+    let index: BTreeMap<PersonKey, String> = w
+        .households
+        .values()
+        .flat_map(|h| h.members.iter())
+        .map(|p| {
+            let slot = w
+                .persons
+                .get(&w.households, p)
+                .expect("a listed person is in the index");
             let h = w
                 .households
-                .at(*slot)
+                .at(slot)
                 .expect("the index holds occupied slots");
             assert!(h.members.contains(p), "{} lists the person", h.id);
             (*p, h.id.to_string())
         })
-        .collect()
+        .collect();
+    assert_eq!(
+        w.persons.len(),
+        index.len(),
+        "entries for persons nobody lists"
+    );
+    index
 }
 
 /// The household the person index names for `p`.
