@@ -80,8 +80,8 @@ pub struct Figures {
 ///   the bench's CPU time during ingest, most of it faulting in and zeroing fresh pages.
 ///   With the pages kept, ingest was 20 % faster at 600,000 households (BENCHMARKS.md).
 /// - mimalloc uses no transparent huge pages: with them, each 2 MiB its arenas touched was
-///   resident whole, 43 MB for a daemon on an empty store and 76 MB more at a start of
-///   600,000 households, with no time gained (BENCHMARKS.md). The build leaves out
+///   resident whole, 43 MiB for a daemon on an empty store and about 75 MiB more at a
+///   start of 600,000 households, with no time gained (BENCHMARKS.md). The build leaves out
 ///   mimalloc's request for them (its `no_thp` feature); the variable also turns them off
 ///   where the system gives them unasked (`always`).
 pub const ALLOCATOR_SETTINGS: [(&str, &str); 2] =

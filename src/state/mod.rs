@@ -473,7 +473,7 @@ pub struct World {
     /// several (a roster error, such as a household split on paper before the old entry
     /// drops them) the one with the least household id, so that the index does not depend
     /// on the order in which entries were applied or households are walked at a start.
-    /// Every slot it holds is occupied.
+    /// Every slot it holds is occupied, by a household that lists the person.
     persons: Persons,
     /// Persons listed by more than one household, with those households.
     shared: Map<PersonKey, BTreeSet<HouseholdId>>,

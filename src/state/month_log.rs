@@ -337,9 +337,9 @@ pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
 /// household's months are packed once, from its base and its changes together.
 ///
 /// Made one at a time ([`Months::set`]), in the runs' order, each change packed the
-/// household's months anew: at 600,000 households the runs after a base hold about 1.6
+/// household's months anew: at 600,000 households the runs after a base held about 1.35
 /// million changes, and the blocks they left behind, scattered over the allocator's pages,
-/// kept about 100 MB more resident at the end of a start from the store than the months
+/// kept about 95 MiB more resident at the end of a start from the store than the months
 /// themselves took.
 #[derive(Default)]
 struct RunChanges {

@@ -401,7 +401,8 @@ impl Months {
     /// bucket in place (`None`: removing the month), as [`Months::set`] would one change
     /// at a time, but packed once. Each change's words are one bucket of its month, as
     /// [`pack`] wrote it. `changes` is left sorted; `scratch` is a buffer reused from call
-    /// to call, so the only block allocated is the result's.
+    /// to call, so that besides the sort's buffer (for more than 20 changes) the only block
+    /// allocated is the result's.
     pub fn with_changes(
         &self,
         changes: &mut [(Month, Option<&[u64]>)],

@@ -3,8 +3,8 @@
 //!
 //! A hash map from person key to slot holds 20 bytes a bucket, and grows by powers of two:
 //! at 600,000 households, about 1.9 million persons sat in 4,194,304 buckets (88 MB with
-//! their control bytes). An entry here is the slot and 64 bits of the person's key (its
-//! *tag*), 12 bytes: the key itself is in the members of the household in that slot, which
+//! their control bytes). An entry here is the slot and 64 bits hashed from the person's key
+//! (its *tag*), 12 bytes: the key itself is in the members of the household in that slot, which
 //! a lookup compares. The table hashes the tag alone, so it can grow without the keys.
 //!
 //! Invariants:
@@ -35,13 +35,12 @@ struct Entry {
     tag: [u32; 2],
 }
 
-/// 64 bits of a person key. The key is a keyed hash already (`pseudonym`), so any 64 bits
-/// of it are as good as any other.
+/// 64 bits hashed from the whole person key. A key is a keyed hash (`pseudonym`), so any 64
+/// bits of it would do; keys made otherwise (those of `guardline rules test` differ only in
+/// their second half, the tests' in every byte alike) are told apart all the same.
 fn tag(p: &PersonKey) -> [u32; 2] {
-    [
-        u32::from_le_bytes([p.0[0], p.0[1], p.0[2], p.0[3]]),
-        u32::from_le_bytes([p.0[4], p.0[5], p.0[6], p.0[7]]),
-    ]
+    let t = FxBuildHasher.hash_one(p.0);
+    [t as u32, (t >> 32) as u32]
 }
 
 /// The table's hash of an entry: of its tag alone, so growth rehashes entries without
@@ -63,16 +62,41 @@ pub(crate) struct Persons {
 impl Persons {
     /// The slot of `p`'s household.
     pub fn get(&self, households: &Households, p: &PersonKey) -> Option<Slot> {
-        let t = tag(p);
-        self.table
-            .find(hash(t), |e| e.tag == t && lists(households, e.slot, p))
-            .map(|e| e.slot)
+        self.get_as(households, p, tag(p))
     }
 
     /// Puts `slot` as `p`'s household, whose household must list `p` (as must the one
     /// `p`'s entry named before).
     pub fn insert(&mut self, households: &Households, p: &PersonKey, slot: Slot) {
-        let t = tag(p);
+        self.insert_as(households, p, tag(p), slot);
+    }
+
+    /// The slot of `p`'s household if `p` is in the index; if not, puts `slot`, whose
+    /// household must list `p`, and answers `None`.
+    pub fn get_or_insert(
+        &mut self,
+        households: &Households,
+        p: &PersonKey,
+        slot: Slot,
+    ) -> Option<Slot> {
+        self.get_or_insert_as(households, p, tag(p), slot)
+    }
+
+    /// Takes `p` out of the index, while the household its entry names still lists `p`.
+    pub fn remove(&mut self, households: &Households, p: &PersonKey) {
+        self.remove_as(households, p, tag(p));
+    }
+
+    // The same, with `p`'s tag given: the tests give persons one tag, which no two keys
+    // they could make would have.
+
+    fn get_as(&self, households: &Households, p: &PersonKey, t: [u32; 2]) -> Option<Slot> {
+        self.table
+            .find(hash(t), |e| e.tag == t && lists(households, e.slot, p))
+            .map(|e| e.slot)
+    }
+
+    fn insert_as(&mut self, households: &Households, p: &PersonKey, t: [u32; 2], slot: Slot) {
         match self
             .table
             .find_mut(hash(t), |e| e.tag == t && lists(households, e.slot, p))
@@ -85,15 +109,13 @@ impl Persons {
         }
     }
 
-    /// The slot of `p`'s household if `p` is in the index; if not, puts `slot`, whose
-    /// household must list `p`, and answers `None`.
-    pub fn get_or_insert(
+    fn get_or_insert_as(
         &mut self,
         households: &Households,
         p: &PersonKey,
+        t: [u32; 2],
         slot: Slot,
     ) -> Option<Slot> {
-        let t = tag(p);
         match self.table.entry(
             hash(t),
             |e| e.tag == t && lists(households, e.slot, p),
@@ -107,9 +129,7 @@ impl Persons {
         }
     }
 
-    /// Takes `p` out of the index, while the household its entry names still lists `p`.
-    pub fn remove(&mut self, households: &Households, p: &PersonKey) {
-        let t = tag(p);
+    fn remove_as(&mut self, households: &Households, p: &PersonKey, t: [u32; 2]) {
         if let Ok(e) = self
             .table
             .find_entry(hash(t), |e| e.tag == t && lists(households, e.slot, p))
@@ -151,68 +171,109 @@ mod tests {
         })
     }
 
-    /// A person key whose tag is `tag`, told apart by `rest`.
-    fn key(tag: u64, rest: u8) -> PersonKey {
-        let mut k = [rest; 16];
-        k[..8].copy_from_slice(&tag.to_le_bytes());
-        PersonKey(k)
+    fn key(n: u8) -> PersonKey {
+        PersonKey([n; 16])
     }
 
     #[test]
     fn persons_of_one_tag_are_told_apart_by_their_households_members() {
-        // a and b share a tag; c does not.
-        let (a, b, c) = (key(7, 1), key(7, 2), key(8, 3));
+        // a and b are given one tag; c another.
+        let (a, b, c) = (key(1), key(2), key(3));
+        let tag_of = |k: &PersonKey| if *k == c { [8, 0] } else { [7, 0] };
         let mut hs = Households::default();
         let (s1, _) = hs.insert(household("H1", &[a])).unwrap();
         let (s2, _) = hs.insert(household("H2", &[b])).unwrap();
         let mut p = Persons::default();
-        assert_eq!(p.get_or_insert(&hs, &a, s1), None);
-        assert_eq!(p.get_or_insert(&hs, &b, s2), None);
-        assert_eq!(p.get_or_insert(&hs, &a, s2), Some(s1), "already in");
-        assert_eq!([a, b].map(|k| p.get(&hs, &k)), [Some(s1), Some(s2)]);
-        assert_eq!(p.get(&hs, &c), None, "listed nowhere");
+        let get = |p: &Persons, hs: &Households, k: PersonKey| p.get_as(hs, &k, tag_of(&k));
+        assert_eq!(p.get_or_insert_as(&hs, &a, tag_of(&a), s1), None);
+        assert_eq!(p.get_or_insert_as(&hs, &b, tag_of(&b), s2), None);
+        assert_eq!(
+            p.get_or_insert_as(&hs, &a, tag_of(&a), s2),
+            Some(s1),
+            "already in"
+        );
+        assert_eq!([a, b].map(|k| get(&p, &hs, k)), [Some(s1), Some(s2)]);
+        assert_eq!(get(&p, &hs, c), None, "listed nowhere");
         // Moving a person: their entry, not another of the same tag, changes.
         let (s3, _) = hs.insert(household("H3", &[a, c])).unwrap();
-        p.insert(&hs, &a, s3);
-        p.insert(&hs, &c, s3);
+        p.insert_as(&hs, &a, tag_of(&a), s3);
+        p.insert_as(&hs, &c, tag_of(&c), s3);
         assert_eq!(p.len(), 3);
         assert_eq!(
-            [a, b, c].map(|k| p.get(&hs, &k)),
+            [a, b, c].map(|k| get(&p, &hs, k)),
             [Some(s3), Some(s2), Some(s3)]
         );
-        p.remove(&hs, &a);
+        p.remove_as(&hs, &a, tag_of(&a));
         assert_eq!(
-            [a, b, c].map(|k| p.get(&hs, &k)),
+            [a, b, c].map(|k| get(&p, &hs, k)),
             [None, Some(s2), Some(s3)]
         );
         assert_eq!(p.len(), 2);
         // A person no household lists is found nowhere, and removing them changes nothing.
-        p.remove(&hs, &key(7, 9));
+        p.remove_as(&hs, &key(9), [7, 0]);
         assert_eq!(p.len(), 2);
-        p.remove(&hs, &b);
-        assert_eq!(p.get(&hs, &b), None);
+        p.remove_as(&hs, &b, tag_of(&b));
+        assert_eq!(get(&p, &hs, b), None);
         assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn keys_that_differ_in_their_second_half_only_have_entries_of_their_own() {
+        // As `guardline rules test` makes a household's members: one seed, then a number.
+        let members: Vec<PersonKey> = (0..4u8)
+            .map(|k| {
+                let mut b = [0u8; 16];
+                b[..8].copy_from_slice(&42u64.to_be_bytes());
+                b[8] = k;
+                PersonKey(b)
+            })
+            .collect();
+        let mut hs = Households::default();
+        let (slot, _) = hs.insert(household("H1", &members)).unwrap();
+        let mut p = Persons::default();
+        for m in &members {
+            assert_eq!(p.get_or_insert(&hs, m, slot), None);
+        }
+        assert_eq!(p.len(), 4);
+        p.remove(&hs, &members[0]);
+        assert_eq!(p.len(), 3);
+        assert_eq!(p.get(&hs, &members[1]), Some(slot));
     }
 
     #[test]
     fn the_index_grows_without_the_keys() {
         let mut hs = Households::default();
-        // Five persons to a tag, in different households.
         let keys: Vec<PersonKey> = (0..5_000u32)
-            .map(|i| key(u64::from(i % 1_000), (i / 1_000) as u8))
+            .map(|i| {
+                let mut k = [0u8; 16];
+                k[..4].copy_from_slice(&i.to_le_bytes());
+                PersonKey(k)
+            })
             .collect();
         let slots: Vec<Slot> = keys
             .chunks(4)
             .enumerate()
             .map(|(i, m)| hs.insert(household(&format!("H{i}"), m)).unwrap().0)
             .collect();
-        let mut p = Persons::default();
-        for (i, k) in keys.iter().enumerate() {
-            p.insert(&hs, k, slots[i / 4]);
-        }
-        assert_eq!(p.len(), keys.len());
-        for (i, k) in keys.iter().enumerate() {
-            assert_eq!(p.get(&hs, k), Some(slots[i / 4]), "{i}");
+        // Five persons to a tag (given), in different households; and the same with tags of
+        // their own.
+        for given in [true, false] {
+            let mut p = Persons::default();
+            let t = |i: usize| [(i % 1_000) as u32, 0];
+            for (i, k) in keys.iter().enumerate() {
+                match given {
+                    true => p.insert_as(&hs, k, t(i), slots[i / 4]),
+                    false => p.insert(&hs, k, slots[i / 4]),
+                }
+            }
+            assert_eq!(p.len(), keys.len());
+            for (i, k) in keys.iter().enumerate() {
+                let found = match given {
+                    true => p.get_as(&hs, k, t(i)),
+                    false => p.get(&hs, k),
+                };
+                assert_eq!(found, Some(slots[i / 4]), "{i}");
+            }
         }
     }
 }
