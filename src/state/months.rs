@@ -400,7 +400,7 @@ impl Months {
     /// These months with `changes` made in the order given, each putting a month's packed
     /// bucket in place (`None`: removing the month), as [`Months::set`] would one change
     /// at a time, but packed once. Each change's words are one bucket of its month, as
-    /// [`pack`] wrote it. `changes` is left sorted; `scratch` is a buffer reused from call
+    /// `pack` wrote it. `changes` is left sorted; `scratch` is a buffer reused from call
     /// to call, so that besides the sort's buffer (for more than 20 changes) the only block
     /// allocated is the result's.
     pub fn with_changes(
