@@ -222,20 +222,26 @@ impl std::fmt::Debug for Households {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
-    use crate::model::{HouseholdCategory, RosterEntry};
+    use crate::model::{HouseholdCategory, PersonKey, RosterEntry};
 
-    fn household(id: &str) -> Household {
+    /// A household of `id` in one village, listing `members` (the person index's tests use
+    /// it too).
+    pub(in crate::state) fn household_listing(id: &str, members: &[PersonKey]) -> Household {
         Household::new(&RosterEntry {
             household: id.parse().unwrap(),
             village: "632522100201".parse().unwrap(),
             village_name: "村".into(),
             category: HouseholdCategory::ALL[0],
             head_masked: String::new(),
-            members: Vec::new(),
+            members: members.to_vec(),
             income_per_capita: 0,
         })
+    }
+
+    fn household(id: &str) -> Household {
+        household_listing(id, &[])
     }
 
     #[test]

@@ -156,20 +156,7 @@ impl Persons {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{HouseholdCategory, RosterEntry};
-    use crate::state::Household;
-
-    fn household(id: &str, members: &[PersonKey]) -> Household {
-        Household::new(&RosterEntry {
-            household: id.parse().unwrap(),
-            village: "632522100201".parse().unwrap(),
-            village_name: "村".into(),
-            category: HouseholdCategory::ALL[0],
-            head_masked: String::new(),
-            members: members.to_vec(),
-            income_per_capita: 0,
-        })
-    }
+    use crate::state::households::tests::household_listing as household;
 
     fn key(n: u8) -> PersonKey {
         PersonKey([n; 16])
