@@ -43,10 +43,10 @@ fn tag(p: &PersonKey) -> [u32; 2] {
     [t as u32, (t >> 32) as u32]
 }
 
-/// The table's hash of an entry: of its tag alone, so growth rehashes entries without
-/// their keys.
+/// The table's hash of an entry: its tag itself, a hash already (what the map from key to
+/// slot computed per lookup), so growth rehashes entries without their keys.
 fn hash(tag: [u32; 2]) -> u64 {
-    FxBuildHasher.hash_one(tag)
+    u64::from(tag[0]) | u64::from(tag[1]) << 32
 }
 
 /// Whether the household in `slot` lists `p`.
