@@ -306,7 +306,7 @@ impl Engine {
     }
 
     /// Starts writing the months' base when the runs since the last one have grown enough
-    /// (see `state::month_log`), after a commit, on a thread of its own: ingest and
+    /// (see `state::month_log`), after a commit or at a tick, on a thread of its own: ingest and
     /// evaluation go on meanwhile, and a start never reads more than half a base of runs.
     /// First takes in a base written meanwhile.
     fn write_base_if_due(&mut self) {
@@ -328,7 +328,7 @@ impl Engine {
                     })
                 }
                 Err(e) => {
-                    warn!(error = %e, "no thread for the months' base; it is tried again after a later commit")
+                    warn!(error = %e, "no thread for the months' base; it is tried again after a later commit or evaluation tick")
                 }
             }
         }
@@ -372,7 +372,7 @@ impl Engine {
                     w.saturating_mul(2).min(BASE_RETRY_MAX).max(first)
                 });
                 self.base_retry = Some((Instant::now(), wait));
-                warn!(error = %e, retry_in_seconds = wait.as_secs(), "months' base not written; the runs after the last one stay, and it is tried again after a later commit once the wait has passed");
+                warn!(error = %e, retry_in_seconds = wait.as_secs(), "months' base not written; the runs after the last one stay, and it is tried again after a later commit or evaluation tick once the wait has passed");
                 "failed"
             }
         };
@@ -1033,6 +1033,9 @@ impl Engine {
     pub fn tick(&mut self, now: DateTime<FixedOffset>) -> Result<EvalReport, EngineError> {
         self.collect_base(false);
         self.reload_if_stale()?;
+        // A base that failed is tried again once its wait has passed, also when no commit
+        // comes (the feeds may have nothing new for hours).
+        self.write_base_if_due();
         let mut report = if self.last_full_month != Some(Month::of(now)) {
             self.evaluate_all(now)?
         } else {

@@ -576,11 +576,17 @@ fn a_failed_base_of_the_months_is_tried_again_only_after_a_wait() {
         back += 1;
     }
     assert_eq!((bases("failed"), bases("written")), (1, 0), "waiting");
-    // The folder can be created again, and the wait is over: the next commit writes it.
+    // The folder can be created again; an evaluation tick within the wait leaves it.
     std::fs::remove_file(&blocker).unwrap();
+    engine.tick(now()).unwrap();
+    engine.finish_base();
+    assert_eq!((bases("failed"), bases("written")), (1, 0), "still waiting");
+    // The wait is over: the next tick writes it, though no commit came.
     engine.set_base_retry_wait(std::time::Duration::ZERO);
-    page(back, &mut engine);
+    engine.tick(now()).unwrap();
+    engine.finish_base();
     assert_eq!((bases("failed"), bases("written")), (1, 1));
+    page(back, &mut engine);
     let households: Vec<_> = engine.world().households().cloned().collect();
     assert_eq!(households.len(), 100);
     drop(engine);
