@@ -14,7 +14,7 @@ use guardline::model::{
 use guardline::notify::{Outbox, Templates};
 use guardline::pseudonym::Pseudonymizer;
 use guardline::rules::RuleSet;
-use guardline::state::{CountyValue, Village, World};
+use guardline::state::{CountyValue, Household, Village, World};
 use guardline::store::{self, Space, Store};
 use proptest::prelude::*;
 
@@ -151,13 +151,14 @@ fn mapped(records: &[Record]) -> Vec<Mapped<'static>> {
         .collect()
 }
 
-/// Every stored household and the wages cursor, as bytes.
-fn snapshot(dir: &Path) -> (store::Entries, Option<Vec<u8>>) {
+/// Every stored household, roster part and months, as a start from the store reads them,
+/// and the wages cursor as bytes.
+fn snapshot(dir: &Path) -> (Vec<Household>, Option<Vec<u8>>) {
     let s = store::open(dir).unwrap();
-    (
-        s.scan(Space::Household).unwrap(),
-        s.get(Space::Cursor, b"wages").unwrap(),
-    )
+    let mut households: Vec<Household> =
+        World::load(&s, 24).unwrap().households().cloned().collect();
+    households.sort_by(|a, b| a.id.cmp(&b.id));
+    (households, s.get(Space::Cursor, b"wages").unwrap())
 }
 
 /// Polls the wage feed in pages from the stored cursor. `crashes` lists (step, stage):

@@ -44,6 +44,13 @@ pub fn write_frame<T: Serialize + ?Sized>(
     write_raw_frame(out, buf)
 }
 
+/// `value`'s postcard bytes, to be written as one frame later ([`write_raw_frame`]) and
+/// read by [`read_frame`].
+pub fn to_bytes<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    // Invariant: as in `write_frame`, the state's types all serialize.
+    postcard::to_allocvec(value).expect("the state's values serialize")
+}
+
 /// Writes `bytes` as one frame: a layout of the caller's own instead of postcard.
 pub fn write_raw_frame(out: &mut (impl Write + ?Sized), buf: &[u8]) -> std::io::Result<()> {
     let len = u32::try_from(buf.len())

@@ -592,11 +592,11 @@ fn decode_county(space: Space, key: &[u8], bytes: &[u8]) -> Result<CountyValue, 
 /// Below this many changed households a batch is encoded on the calling thread.
 const PARALLEL_MIN_HOUSEHOLDS: usize = 1024;
 
-/// The store's writes for one household changed since `before`: its roster part if that
-/// changed (or its deletion if it is gone, `now`), and the entries of its months for the
-/// batch's run: the months that changed or are gone, all of them if it is gone.
-fn household_ops<'a>(
-    batch: &mut Batch,
+/// The run entries of one household changed since `before`: its roster part if that changed
+/// (or that it is gone, `now`), and its months that changed or are gone, all of them if it
+/// is gone.
+fn household_changes<'a>(
+    roster: &mut Vec<month_log::RosterChangeRef<'a>>,
     entries: &mut Vec<month_log::RunEntry<'a>>,
     id: &'a HouseholdId,
     before: &Undo,
@@ -611,16 +611,24 @@ fn household_ops<'a>(
                 Undo::Whole(b) => b.as_ref().is_none_or(|b| !b.same_roster_part(h)),
             };
             if roster_changed {
-                batch.put(
-                    Space::Household,
-                    id.as_str().as_bytes().to_vec(),
-                    codec::encode(HOUSEHOLD_VERSION, h),
-                );
+                roster.push(month_log::RosterChangeRef::Put(h));
             }
         }
-        None => batch.delete(Space::Household, id.as_str().as_bytes().to_vec()),
+        None => roster.push(month_log::RosterChangeRef::Gone(id.as_str())),
     }
     month_log::household_entries(entries, id, old_months, now);
+}
+
+/// Reads the households' roster parts from their keys ([`Space::Household`]), where a store
+/// whose base holds none keeps them (see `month_log`).
+fn load_household_keys(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
+    store.for_each(Space::Household, &mut |k, v| {
+        let h: Household = codec::decode(HOUSEHOLD_VERSION, Space::Household, k, v)?;
+        w.households
+            .insert(h)
+            .map_err(|e| table_full(Space::Household, k, &e))?;
+        Ok(())
+    })
 }
 
 /// A stable 64-bit tag of a record id within a feed (FNV-1a), kept for idempotent ingest.
@@ -667,21 +675,12 @@ impl World {
     pub fn load(store: &dyn Store, retention_months: u32) -> Result<Self, StoreError> {
         let started = std::time::Instant::now();
         let mut w = Self::new(retention_months);
-        store.for_each(Space::Household, &mut |k, v| {
-            let h: Household = codec::decode(HOUSEHOLD_VERSION, Space::Household, k, v)?;
-            w.households
-                .insert(h)
-                .map_err(|e| table_full(Space::Household, k, &e))?;
-            Ok(())
-        })?;
-        let households_done = started.elapsed();
         month_log::load(&mut w, store)?;
-        let months_done = started.elapsed();
+        let households_done = started.elapsed();
         let w = w.load_rest(store)?;
         debug!(
             households_seconds = households_done.as_secs_f64(),
-            months_seconds = (months_done - households_done).as_secs_f64(),
-            rest_seconds = (started.elapsed() - months_done).as_secs_f64(),
+            rest_seconds = (started.elapsed() - households_done).as_secs_f64(),
             "working set loaded"
         );
         Ok(w)
@@ -716,64 +715,46 @@ impl World {
             match space {
                 Space::Household => {
                     let id: HouseholdId = parse_key(*space, key, key, "not a household id")?;
-                    match value {
+                    let h = match value {
                         Some(v) => {
-                            let mut h: Household =
-                                codec::decode(HOUSEHOLD_VERSION, *space, key, &v)?;
+                            let h: Household = codec::decode(HOUSEHOLD_VERSION, *space, key, &v)?;
                             if h.id != id {
                                 return Err(damaged(*space, key, "a household under another id"));
                             }
-                            if let Some(old) = self.households.get_mut(&id) {
-                                h.months = std::mem::take(&mut old.months);
-                                // One shared id per household (the undo log and the
-                                // shared persons hold it).
-                                h.id = old.id.clone();
-                            }
-                            let members = h.members.clone();
-                            // Out of the person index while the household before still
-                            // lists them.
-                            if let Some(slot) = self.households.slot_of(&id) {
-                                let (hs, persons, shared) =
-                                    (&self.households, &mut self.persons, &mut self.shared);
-                                let dropped = hs.at(slot).into_iter().flat_map(|o| {
-                                    o.members.iter().filter(|m| !members.contains(m))
-                                });
-                                for m in dropped {
-                                    unlist_person(persons, shared, hs, *m, &id, slot);
-                                }
-                            }
-                            let (slot, _) = self
-                                .households
-                                .insert(h)
-                                .map_err(|e| table_full(*space, key, &e))?;
-                            let (hs, persons, shared) =
-                                (&self.households, &mut self.persons, &mut self.shared);
-                            for m in &members {
-                                list_person(persons, shared, hs, *m, slot);
-                            }
-                            read_again.push(slot);
+                            Some(h)
                         }
-                        None => {
-                            if let Some(slot) = self.households.slot_of(&id) {
-                                // Out of the person index while the household still lists
-                                // them.
-                                let (hs, persons, shared) =
-                                    (&self.households, &mut self.persons, &mut self.shared);
-                                for m in hs.at(slot).into_iter().flat_map(|o| o.members.iter()) {
-                                    unlist_person(persons, shared, hs, *m, &id, slot);
-                                }
-                            }
-                            if let Some((_, old)) = self.households.remove(&id) {
-                                newest.walk_again |= !old.months.is_empty();
-                            }
-                        }
-                    }
+                        None => None,
+                    };
+                    self.catch_up_household(*space, key, &id, h, &mut read_again, &mut newest)?;
                 }
                 Space::MonthRun => {
                     // A run deleted since is one a new base holds: the snapshot's reader
                     // refuses to catch up across a new base, so none is left to apply.
                     if let Some(v) = value {
-                        month_log::apply_run(&mut self.households, key, &v, Some(&mut newest))?;
+                        let run = month_log::Run::decode(key, &v)?;
+                        for change in run.roster {
+                            let (id, h) = match change {
+                                month_log::RosterChange::Put(h) => (h.id.clone(), Some(h)),
+                                month_log::RosterChange::Gone(id) => (
+                                    parse_key(*space, key, id.as_bytes(), "not a household id")?,
+                                    None,
+                                ),
+                            };
+                            self.catch_up_household(
+                                *space,
+                                key,
+                                &id,
+                                h,
+                                &mut read_again,
+                                &mut newest,
+                            )?;
+                        }
+                        month_log::apply_run_months(
+                            &mut self.households,
+                            key,
+                            run.months,
+                            Some(&mut newest),
+                        )?;
                     }
                 }
                 Space::Village => {
@@ -821,6 +802,66 @@ impl World {
         } else {
             newest.months
         };
+        Ok(())
+    }
+
+    /// Puts a household read again in the table, or takes it out (`h`: `None`), keeping its
+    /// months and the person index, for a catch-up; `read_again` gets its slot, whose
+    /// village may be new. `space` and `key` say where it was read.
+    fn catch_up_household(
+        &mut self,
+        space: Space,
+        key: &[u8],
+        id: &HouseholdId,
+        h: Option<Household>,
+        read_again: &mut Vec<Slot>,
+        newest: &mut Newest,
+    ) -> Result<(), StoreError> {
+        match h {
+            Some(mut h) => {
+                if let Some(old) = self.households.get_mut(id) {
+                    h.months = std::mem::take(&mut old.months);
+                    // One shared id per household (the undo log and the shared persons hold
+                    // it).
+                    h.id = old.id.clone();
+                }
+                let members = h.members.clone();
+                // Out of the person index while the household before still lists them.
+                if let Some(slot) = self.households.slot_of(id) {
+                    let (hs, persons, shared) =
+                        (&self.households, &mut self.persons, &mut self.shared);
+                    let dropped = hs
+                        .at(slot)
+                        .into_iter()
+                        .flat_map(|o| o.members.iter().filter(|m| !members.contains(m)));
+                    for m in dropped {
+                        unlist_person(persons, shared, hs, *m, id, slot);
+                    }
+                }
+                let (slot, _) = self
+                    .households
+                    .insert(h)
+                    .map_err(|e| table_full(space, key, &e))?;
+                let (hs, persons, shared) = (&self.households, &mut self.persons, &mut self.shared);
+                for m in &members {
+                    list_person(persons, shared, hs, *m, slot);
+                }
+                read_again.push(slot);
+            }
+            None => {
+                if let Some(slot) = self.households.slot_of(id) {
+                    // Out of the person index while the household still lists them.
+                    let (hs, persons, shared) =
+                        (&self.households, &mut self.persons, &mut self.shared);
+                    for m in hs.at(slot).into_iter().flat_map(|o| o.members.iter()) {
+                        unlist_person(persons, shared, hs, *m, id, slot);
+                    }
+                }
+                if let Some((_, old)) = self.households.remove(id) {
+                    newest.walk_again |= !old.months.is_empty();
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1223,20 +1264,21 @@ impl World {
         let undone: Vec<(HouseholdId, Undo)> = self.undo_households.drain().collect();
         let households = &self.households;
         let parts = crate::parallel::in_shares(&undone, PARALLEL_MIN_HOUSEHOLDS, |_, part| {
-            let mut b = Batch::default();
+            let mut roster = Vec::new();
             let mut entries = Vec::new();
             for (id, before) in part {
-                household_ops(&mut b, &mut entries, id, before, households.get(id));
+                household_changes(&mut roster, &mut entries, id, before, households.get(id));
             }
-            (b, entries)
+            (roster, entries)
         });
+        let mut roster = Vec::new();
         let mut entries = Vec::new();
-        for (part, part_entries) in parts {
-            batch.ops.extend(part.ops);
+        for (part_roster, part_entries) in parts {
+            roster.extend(part_roster);
             entries.extend(part_entries);
         }
-        month_log::put_run(&mut batch, &mut self.log, &entries);
-        drop(entries);
+        month_log::put_run(&mut batch, &mut self.log, &roster, &entries);
+        drop((roster, entries));
         touched.households = undone.into_iter().map(|(id, _)| id).collect();
         for (code, _) in self.undo_villages.drain() {
             if let Some(v) = self.villages.get(&code) {

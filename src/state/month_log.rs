@@ -1,11 +1,12 @@
-//! The months in the store: runs and a base.
+//! The households in the store: runs and a base.
 //!
 //! sled's cost is per key (about 6 µs to insert one), and a page of a bulk feed changes
-//! thousands of households' months. So a commit writes the months it changed as one key, a
-//! *run* ([`Space::MonthRun`]), and the *base* holds every household's months as of one run,
-//! in a file of frames of [`BASE_HOUSEHOLDS_PER_FRAME`] households. A start reads the runs
-//! after the base, then the base, packing each household's months once from both (the
-//! runs' changes made in order).
+//! thousands of households. So a commit writes the households' roster parts and months it
+//! changed as one key, a *run* ([`Space::MonthRun`]), and the *base* holds every household,
+//! roster part and months, as of one run, in a file of frames of
+//! [`BASE_HOUSEHOLDS_PER_FRAME`] households. A start reads the base, then the runs after
+//! it: their roster changes are made as they are read, in order, and each household's
+//! months are packed once more, from its base and all its runs' changes together.
 //!
 //! The base is a file, not keys, because sled 0.34 handles values of megabytes badly: each
 //! is a blob file of its own, written again whenever its leaf splits, and its commits hold
@@ -29,6 +30,11 @@
 //!   base is read as it is until the next base, which is a file, deletes the keys.
 //! - Months stored one key per household (schema 3, [`Space::HouseholdMonth`]) are read only
 //!   when there is no base yet, then moved into one and deleted.
+//! - A base file of format 4 holds the households' roster parts; then the store's household
+//!   keys ([`Space::Household`], where guardline kept roster parts before, one key per
+//!   household) are stale and never read, and are deleted. Bases of older formats and bases
+//!   in keys hold months only: the households come from those keys, then the runs' roster
+//!   changes (runs of version 1 hold none: their commits wrote the keys) are made on them.
 
 use std::io::{BufReader, Write};
 
@@ -41,8 +47,9 @@ use super::{Bucket, Household, Households, MonthBucket, Months, Newest, World, m
 use crate::model::{HouseholdId, Month};
 use crate::store::{Batch, Space, Store, StoreError, codec};
 
-/// The version of a run's value.
-const RUN_VERSION: u8 = 1;
+/// The version of a run's value: 1 held months only (roster parts were keys of their own), 2
+/// holds the roster changes, then the months ([`Run`]).
+const RUN_VERSION: u8 = 2;
 /// The version of a base key's value (stores written before bases were files).
 const BASE_KEY_VERSION: u8 = 1;
 /// The meta key naming the current base: [`BaseInfo`].
@@ -59,9 +66,14 @@ const BASE_MAGIC: &[u8; 8] = b"GLMBASE\x01";
 /// The version of a base file's frames; a change to the packing of [`Months`] changes it.
 /// 1 held postcard frames of `(id, Months)`; 2 holds the packed words as they are
 /// ([`frames::encode_months`]); 3 the same, with narrow months (`months.rs`), which a
-/// reader of format 2 would misread. Files of formats 1 and 2 are read too: format 2's
-/// words are wide months, packed again as they are read.
-const BASE_FILE_FORMAT: u32 = 3;
+/// reader of format 2 would misread; 4 puts a frame of the households' roster parts before
+/// each frame of their months. Files of formats 1 to 3 are read too: format 2's words are
+/// wide months, packed again as they are read.
+const BASE_FILE_FORMAT: u32 = 4;
+/// The first base file format that holds the households' roster parts.
+const ROSTER_IN_BASE_FORMAT: u32 = 4;
+/// Deletions per commit when stale household keys are deleted.
+const HOUSEHOLD_DELETES_PER_COMMIT: usize = 10_000;
 /// Base files are named this, then their generation.
 const BASE_FILE_PREFIX: &str = "months-base.";
 /// A new base is written once the runs after the current one hold more bytes than half of
@@ -194,6 +206,45 @@ impl LogState {
 pub(super) type RunEntry<'a> = (&'a str, u32, Option<Bucket<'a>>);
 type OwnedRunEntry = (String, u32, Option<MonthBucket>);
 
+/// A household's roster part in a run, as it is written: the household (its months are not
+/// part of it), or that it is gone. [`RosterChange`] reads it.
+#[derive(Debug, Serialize)]
+pub(super) enum RosterChangeRef<'a> {
+    Put(&'a Household),
+    Gone(&'a str),
+}
+
+/// A household's roster part in a run, as it is read ([`RosterChangeRef`]).
+#[derive(Debug, Deserialize)]
+pub(super) enum RosterChange {
+    /// The household's roster part; its months are the run's entries and those before.
+    Put(Household),
+    /// The household is gone, its months with it.
+    Gone(String),
+}
+
+/// One run as it is read: the roster changes, then the months. Within a run a household has
+/// one roster change at most, made before its months.
+pub(super) struct Run {
+    pub roster: Vec<RosterChange>,
+    pub months: Vec<OwnedRunEntry>,
+}
+
+impl Run {
+    /// Decodes a run's value of either version.
+    pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<Self, StoreError> {
+        if value.first() == Some(&1) {
+            let months = codec::decode(1, Space::MonthRun, key, value)?;
+            return Ok(Run {
+                roster: Vec::new(),
+                months,
+            });
+        }
+        let (roster, months) = codec::decode(RUN_VERSION, Space::MonthRun, key, value)?;
+        Ok(Run { roster, months })
+    }
+}
+
 fn run_key(seq: u64, bytes: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(16);
     k.extend_from_slice(&seq.to_be_bytes());
@@ -231,12 +282,18 @@ fn damaged(space: Space, key: &[u8], detail: &str) -> StoreError {
     }
 }
 
-/// Encodes the months that changed as the next run, if any did; advances `state`.
-pub(super) fn put_run(batch: &mut Batch, state: &mut LogState, entries: &[RunEntry<'_>]) {
-    if entries.is_empty() {
+/// Encodes the roster parts and months that changed as the next run, if any did; advances
+/// `state`.
+pub(super) fn put_run(
+    batch: &mut Batch,
+    state: &mut LogState,
+    roster: &[RosterChangeRef<'_>],
+    entries: &[RunEntry<'_>],
+) {
+    if roster.is_empty() && entries.is_empty() {
         return;
     }
-    let value = codec::encode(RUN_VERSION, &entries);
+    let value = codec::encode(RUN_VERSION, &(roster, entries));
     state.last_run += 1;
     state.run_bytes += value.len() as u64;
     batch.put(
@@ -268,15 +325,14 @@ pub(super) fn household_entries<'a>(
     }
 }
 
-/// Applies one run's entries to the households. `newest`, where given, follows the newest
-/// month per indicator through them.
-pub(super) fn apply_run(
+/// Applies one run's months to the households (its roster changes are the caller's, made
+/// before). `newest`, where given, follows the newest month per indicator through them.
+pub(super) fn apply_run_months(
     households: &mut Households,
     key: &[u8],
-    value: &[u8],
+    entries: Vec<OwnedRunEntry>,
     mut newest: Option<&mut Newest>,
 ) -> Result<(), StoreError> {
-    let entries: Vec<OwnedRunEntry> = codec::decode(RUN_VERSION, Space::MonthRun, key, value)?;
     for (id, month, bucket) in entries {
         let month = Month::from_ordinal(month);
         if bucket.as_ref().is_some_and(|b| b.month != month) {
@@ -303,38 +359,87 @@ pub(super) fn apply_run(
     Ok(())
 }
 
-/// Reads the months into `w`'s households: the base, with the runs after it. Months stored
-/// one key per household (schema 3) are moved into a base first.
+/// Reads the households into `w`: the base, then the runs after it. Where the base holds
+/// no roster parts (format 3 and before, in keys, schema 3), the households come from their
+/// keys first. Months stored one key per household (schema 3) are moved into a base first.
 pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
     let state = LogState::read(store)?;
     let per_household =
         state.base.generation == 0 && store.first_key_from(Space::HouseholdMonth, &[])?.is_some();
-    let mut runs = RunChanges::read(&w.households, store, state.base.through)?;
+    let base_file = if state.base.in_file && !per_household {
+        Some(BaseFile::open(store, &state.base)?)
+    } else {
+        None
+    };
+    let roster_in_base = base_file
+        .as_ref()
+        .is_some_and(|f| f.header.format >= ROSTER_IN_BASE_FORMAT);
+    if !roster_in_base {
+        super::load_household_keys(w, store)?;
+    }
+    let households_done = started.elapsed();
     if per_household {
         super::load_household_months(w, store)?;
-    } else if state.base.in_file {
-        read_base_file(&mut w.households, store, &state.base, &mut runs)?;
+    } else if let Some(file) = base_file {
+        file.read(&mut w.households)?;
     } else if state.base.generation != 0 {
-        read_base_keys(&mut w.households, store, state.base.generation, &mut runs)?;
+        read_base_keys(&mut w.households, store, state.base.generation)?;
     }
-    runs.make_the_rest(&mut w.households);
+    let base_done = started.elapsed();
+    let runs = RunChanges::read(&mut w.households, store, state.base.through)?;
+    runs.make(&mut w.households);
     w.log = state;
     if per_household {
         write_base(w, store)?;
     }
     // What a move from schema 3 cut short left behind.
     delete_household_months(store)?;
+    if roster_in_base {
+        // What a base's deletion of the household keys cut short left behind.
+        delete_household_keys(store)?;
+    }
     tracing::debug!(
-        seconds = started.elapsed().as_secs_f64(),
+        households_seconds = households_done.as_secs_f64(),
+        base_seconds = (base_done - households_done).as_secs_f64(),
+        runs_seconds = (started.elapsed() - base_done).as_secs_f64(),
         runs = w.log.last_run.saturating_sub(w.log.base.through),
-        "months loaded"
+        "households loaded"
     );
     Ok(())
 }
 
-/// What the runs after the base change, gathered before the base is read, so that each
-/// household's months are packed once, from its base and its changes together.
+/// Makes a run's roster change on the households: a household's roster part replaces the
+/// one in the table, keeping its months, or the household goes, its months with it. (A
+/// start from the store builds the person index after; a catch-up keeps it with
+/// `World::catch_up_household`.)
+fn make_roster_change(
+    households: &mut Households,
+    key: &[u8],
+    change: RosterChange,
+) -> Result<(), StoreError> {
+    match change {
+        RosterChange::Put(mut h) => {
+            if let Some(old) = households.get_mut(&h.id) {
+                h.months = std::mem::take(&mut old.months);
+            }
+            households
+                .insert(h)
+                .map_err(|e| super::table_full(Space::MonthRun, key, &e))?;
+        }
+        RosterChange::Gone(id) => {
+            let id: HouseholdId = id
+                .parse()
+                .map_err(|_| damaged(Space::MonthRun, key, "a household id that is not one"))?;
+            households.remove(&id);
+        }
+    }
+    Ok(())
+}
+
+/// What the runs after the base change in the households' months, gathered while their
+/// roster changes are made, so that each household's months are packed once more, from its
+/// base and all its changes together.
 ///
 /// Made one at a time ([`Months::set`]), in the runs' order, each change packed the
 /// household's months anew: at 600,000 households the runs after a base held about 1.35
@@ -344,18 +449,13 @@ pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
 #[derive(Default)]
 struct RunChanges {
     /// Every change to a household in the table, sorted by slot, in the runs' order within
-    /// each household.
+    /// each slot.
     changes: Vec<RunChange>,
     /// The changes' buckets, packed, one after another.
     words: Vec<u64>,
-    /// Each household's changes, in slot order: its slot, where they start in `changes`,
-    /// and whether its months were made from them yet.
-    households: Vec<(Slot, usize, bool)>,
-    /// Reused for every household's packing.
-    scratch: Vec<u64>,
 }
 
-/// One month of one household, as a run puts it: its bucket's words in
+/// One month of the household in a slot, as a run puts it: its bucket's words in
 /// [`RunChanges::words`] (none: the month is gone).
 #[derive(Clone, Copy)]
 struct RunChange {
@@ -366,15 +466,27 @@ struct RunChange {
 }
 
 impl RunChanges {
-    /// Reads the runs after run `through`, the last the base holds. Changes to households
-    /// not in the table are left out: a later run deleted them with their household, and the
-    /// runs before it may still name them.
-    fn read(households: &Households, store: &dyn Store, through: u64) -> Result<Self, StoreError> {
+    /// Reads the runs after run `through`, the last the base holds, making their roster
+    /// changes on `households` as it goes. Changes to the months of households not in the
+    /// table are left out: a later run deleted them with their household, and the runs
+    /// before it may still name them.
+    ///
+    /// A slot a household left may be taken by one that came after: its changes then
+    /// follow those of the household before, whose last run deleted every month it had,
+    /// so made in order on the newcomer's months (none) they leave the newcomer's own.
+    fn read(
+        households: &mut Households,
+        store: &dyn Store,
+        through: u64,
+    ) -> Result<Self, StoreError> {
         let mut runs = Self::default();
         let after = run_key(through.saturating_add(1), 0);
         store.for_each_in(Space::MonthRun, &after, None, &mut |k, v| {
-            let entries: Vec<OwnedRunEntry> = codec::decode(RUN_VERSION, Space::MonthRun, k, v)?;
-            for (id, month, bucket) in entries {
+            let run = Run::decode(k, v)?;
+            for change in run.roster {
+                make_roster_change(households, k, change)?;
+            }
+            for (id, month, bucket) in run.months {
                 let month = Month::from_ordinal(month);
                 if bucket.as_ref().is_some_and(|b| b.month != month) {
                     return Err(damaged(Space::MonthRun, k, "a bucket under another month"));
@@ -399,68 +511,37 @@ impl RunChanges {
             }
             Ok(())
         })?;
-        // In the runs' order within a household: words are appended in that order, and a
+        // In the runs' order within a slot: words are appended in that order, and a
         // removal, which appends none, sorts before a change starting where it stood.
         runs.changes.sort_unstable_by_key(|c| (c.slot, c.at, c.len));
-        // Room a growing vector left over goes back before the base's months are packed.
-        runs.changes.shrink_to_fit();
-        runs.words.shrink_to_fit();
-        let mut start = 0;
-        for same in runs.changes.chunk_by(|a, b| a.slot == b.slot) {
-            runs.households.push((same[0].slot, start, false));
-            start += same.len();
-        }
         Ok(runs)
     }
 
-    /// The months of the household in `slot`: `base` with the runs' changes made.
-    fn months_of(&mut self, slot: Slot, base: Months) -> Months {
-        match self.households.binary_search_by_key(&slot, |h| h.0) {
-            Ok(i) => self.make(i, &base),
-            Err(_) => base,
-        }
-    }
-
-    /// Makes the changes of the `i`th household on `base`, once.
-    fn make(&mut self, i: usize, base: &Months) -> Months {
-        self.households[i].2 = true;
-        let start = self.households[i].1;
-        let end = self
-            .households
-            .get(i + 1)
-            .map_or(self.changes.len(), |h| h.1);
-        let mut changes: Vec<(Month, Option<&[u64]>)> = self.changes[start..end]
-            .iter()
-            .map(|c| {
+    /// Makes the changes on the months of the households in their slots, each household's
+    /// at once.
+    fn make(self, households: &mut Households) {
+        let mut scratch = Vec::new();
+        let mut changes: Vec<(Month, Option<&[u64]>)> = Vec::new();
+        for same in self.changes.chunk_by(|a, b| a.slot == b.slot) {
+            let Some(h) = households.at_mut(same[0].slot) else {
+                continue;
+            };
+            changes.clear();
+            changes.extend(same.iter().map(|c| {
                 let words = &self.words[c.at..c.at + c.len];
                 (c.month, (c.len > 0).then_some(words))
-            })
-            .collect();
-        base.with_changes(&mut changes, &mut self.scratch)
-    }
-
-    /// Makes the changes of the households the base did not hold (new since it) on the
-    /// months they have.
-    fn make_the_rest(mut self, households: &mut Households) {
-        for i in 0..self.households.len() {
-            let (slot, _, done) = self.households[i];
-            if done {
-                continue;
-            }
-            if let Some(h) = households.at_mut(slot) {
-                h.months = self.make(i, &h.months);
-            }
+            }));
+            h.months = h.months.with_changes(&mut changes, &mut scratch);
         }
     }
 }
 
-/// Reads the base in keys of `generation` (a store written before bases were files) into
-/// the households, with the runs' changes.
+/// Reads the months of the base in keys of `generation` (a store written before bases
+/// were files) into the households.
 fn read_base_keys(
     households: &mut Households,
     store: &dyn Store,
     generation: u32,
-    runs: &mut RunChanges,
 ) -> Result<(), StoreError> {
     let next = generation.checked_add(1).map(u32::to_be_bytes);
     store.for_each_in(
@@ -472,15 +553,12 @@ fn read_base_keys(
                 codec::decode(BASE_KEY_VERSION, Space::MonthBase, k, v)?;
             for (id, months) in part {
                 // A household gone since the base: the runs after it delete its months.
-                if let Some(slot) = id
+                if let Some(h) = id
                     .parse::<HouseholdId>()
                     .ok()
-                    .and_then(|id| households.slot_of(&id))
+                    .and_then(|id| households.get_mut(&id))
                 {
-                    let months = runs.months_of(slot, months);
-                    if let Some(h) = households.at_mut(slot) {
-                        h.months = months;
-                    }
+                    h.months = months;
                 }
             }
             Ok(())
@@ -488,106 +566,190 @@ fn read_base_keys(
     )
 }
 
-/// Reads the base file that `base` names into the households, with the runs' changes. A
-/// second thread reads and decodes the frames while this one puts the months in place. A
-/// missing or damaged file is an error: the base is the truth, not a cache.
-fn read_base_file(
-    households: &mut Households,
-    store: &dyn Store,
-    base: &BaseInfo,
-    runs: &mut RunChanges,
-) -> Result<(), StoreError> {
-    let path = store.file_path(&base_file_name(base.generation));
-    let damaged = |detail: String| StoreError::FileDamaged {
-        path: path.clone(),
-        detail,
-    };
-    let of_frame = |e: FrameError| match e {
-        FrameError::Io(source) => StoreError::File {
+/// The base file the store names, opened, its header read and checked. A missing or
+/// damaged file is an error: the base is the truth, not a cache.
+struct BaseFile {
+    path: std::path::PathBuf,
+    input: BufReader<std::fs::File>,
+    header: BaseHeader,
+}
+
+impl BaseFile {
+    fn open(store: &dyn Store, base: &BaseInfo) -> Result<Self, StoreError> {
+        let path = store.file_path(&base_file_name(base.generation));
+        let damaged = |detail: String| StoreError::FileDamaged {
             path: path.clone(),
-            source,
-        },
-        other => damaged(other.to_string()),
-    };
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(damaged(format!(
-                "missing, though the store names it as the months' base (generation {})",
-                base.generation
-            )));
-        }
-        Err(source) => {
-            return Err(StoreError::File {
+            detail,
+        };
+        let of_frame = |e: FrameError| match e {
+            FrameError::Io(source) => StoreError::File {
                 path: path.clone(),
                 source,
-            });
+            },
+            other => damaged(other.to_string()),
+        };
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(damaged(format!(
+                    "missing, though the store names it as the months' base (generation {})",
+                    base.generation
+                )));
+            }
+            Err(source) => {
+                return Err(StoreError::File {
+                    path: path.clone(),
+                    source,
+                });
+            }
+        };
+        let mut input = BufReader::with_capacity(1 << 20, file);
+        let mut magic = [0u8; 8];
+        frames::read_exact(&mut input, &mut magic).map_err(of_frame)?;
+        if &magic != BASE_MAGIC {
+            return Err(damaged("not a base of the months".into()));
         }
-    };
-    let mut input = BufReader::with_capacity(1 << 20, file);
-    let mut magic = [0u8; 8];
-    frames::read_exact(&mut input, &mut magic).map_err(of_frame)?;
-    if &magic != BASE_MAGIC {
-        return Err(damaged("not a base of the months".into()));
+        let header: BaseHeader =
+            frames::read_frame(&mut input, &mut Vec::new()).map_err(of_frame)?;
+        if !(1..=BASE_FILE_FORMAT).contains(&header.format)
+            || header.generation != base.generation
+            || header.through != base.through
+        {
+            return Err(damaged(format!(
+                "its header (format {}, generation {}, through run {}) is not the base the store names (format {BASE_FILE_FORMAT}, generation {}, through run {})",
+                header.format, header.generation, header.through, base.generation, base.through
+            )));
+        }
+        Ok(BaseFile {
+            path,
+            input,
+            header,
+        })
     }
-    let mut buf = Vec::new();
-    let header: BaseHeader = frames::read_frame(&mut input, &mut buf).map_err(of_frame)?;
-    if !(1..=BASE_FILE_FORMAT).contains(&header.format)
-        || header.generation != base.generation
-        || header.through != base.through
-    {
-        return Err(damaged(format!(
-            "its header (format {}, generation {}, through run {}) is not the base the store names (format {BASE_FILE_FORMAT}, generation {}, through run {})",
-            header.format, header.generation, header.through, base.generation, base.through
-        )));
-    }
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(HouseholdId, Months)>>(4);
-    std::thread::scope(|scope| {
-        let reader = scope.spawn(move || {
-            let mut read = 0u64;
-            while read < header.households {
-                let chunk: Vec<(HouseholdId, Months)> = if header.format == 1 {
-                    frames::read_frame(&mut input, &mut buf).map_err(of_frame)?
-                } else {
-                    frames::read_raw_frame(&mut input, &mut buf).map_err(of_frame)?;
-                    frames::decode_months(&buf).map_err(|detail| damaged(detail.into()))?
-                };
-                if chunk.is_empty() {
-                    return Err(damaged("an empty frame of households".into()));
+
+    /// Reads the households into the table. A file of format 4 holds them whole, and the
+    /// table is empty before; older ones hold the months of households the table holds
+    /// (those gone since are left out: the runs after the base delete their months). A
+    /// second thread reads and decodes the frames while this one puts them in place.
+    fn read(self, households: &mut Households) -> Result<(), StoreError> {
+        let BaseFile {
+            path,
+            mut input,
+            header,
+        } = self;
+        let damaged = |detail: String| StoreError::FileDamaged {
+            path: path.clone(),
+            detail,
+        };
+        let of_frame = |e: FrameError| match e {
+            FrameError::Io(source) => StoreError::File {
+                path: path.clone(),
+                source,
+            },
+            other => damaged(other.to_string()),
+        };
+        let whole = header.format >= ROSTER_IN_BASE_FORMAT;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Frame>(4);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(move || {
+                let mut buf = Vec::new();
+                let mut read = 0u64;
+                while read < header.households {
+                    let roster: Vec<Household> = if whole {
+                        frames::read_frame(&mut input, &mut buf).map_err(of_frame)?
+                    } else {
+                        Vec::new()
+                    };
+                    let months: Vec<(HouseholdId, Months)> = if header.format == 1 {
+                        frames::read_frame(&mut input, &mut buf).map_err(of_frame)?
+                    } else {
+                        frames::read_raw_frame(&mut input, &mut buf).map_err(of_frame)?;
+                        frames::decode_months(&buf).map_err(|detail| damaged(detail.into()))?
+                    };
+                    if months.is_empty() {
+                        return Err(damaged("an empty frame of households".into()));
+                    }
+                    let frame = if whole {
+                        if roster.len() != months.len()
+                            || roster.iter().zip(&months).any(|(h, (id, _))| h.id != *id)
+                        {
+                            return Err(damaged(
+                                "a frame of months of other households than its roster's".into(),
+                            ));
+                        }
+                        Frame::Whole(roster, months)
+                    } else {
+                        Frame::Months(months)
+                    };
+                    read += frame.len() as u64;
+                    if tx.send(frame).is_err() {
+                        return Ok(()); // the table refused a household: its error counts
+                    }
                 }
-                read += chunk.len() as u64;
-                if tx.send(chunk).is_err() {
-                    return Ok(());
+                if read != header.households {
+                    return Err(damaged("more households than its header says".into()));
                 }
-            }
-            if read != header.households {
-                return Err(damaged("more households than its header says".into()));
-            }
-            if !frames::at_end(&mut input).map_err(of_frame)? {
-                return Err(damaged("bytes after the last frame".into()));
-            }
-            Ok(())
-        });
-        for chunk in rx {
-            for (id, months) in chunk {
-                // A household gone since the base: the runs after it delete its months.
-                if let Some(slot) = households.slot_of(&id) {
-                    let months = runs.months_of(slot, months);
-                    if let Some(h) = households.at_mut(slot) {
-                        h.months = months;
+                if !frames::at_end(&mut input).map_err(of_frame)? {
+                    return Err(damaged("bytes after the last frame".into()));
+                }
+                Ok(())
+            });
+            let mut put = Ok(());
+            'frames: for frame in rx {
+                match frame {
+                    Frame::Whole(roster, months) => {
+                        for (mut h, (_, months)) in roster.into_iter().zip(months) {
+                            h.months = months;
+                            match households.insert(h) {
+                                Ok((_, None)) => {}
+                                Ok((_, Some(_))) => {
+                                    put = Err(damaged("a household twice".into()));
+                                    break 'frames;
+                                }
+                                Err(e) => {
+                                    put = Err(damaged(format!("no room for its households: {e}")));
+                                    break 'frames;
+                                }
+                            }
+                        }
+                    }
+                    Frame::Months(months) => {
+                        for (id, months) in months {
+                            if let Some(h) = households.get_mut(&id) {
+                                h.months = months;
+                            }
+                        }
                     }
                 }
             }
+            let read = reader
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            put.and(read)
+        })
+    }
+}
+
+/// One frame of a base file, as its reading thread hands it over.
+enum Frame {
+    /// Format 4: the households' roster parts, and their months (the same households).
+    Whole(Vec<Household>, Vec<(HouseholdId, Months)>),
+    /// Formats 1 to 3: months only.
+    Months(Vec<(HouseholdId, Months)>),
+}
+
+impl Frame {
+    fn len(&self) -> usize {
+        match self {
+            Frame::Whole(_, m) | Frame::Months(m) => m.len(),
         }
-        reader
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
+    }
 }
 
 /// Writes the base the store names again in an older format, from `households` (sorted by
 /// id): 1, postcard frames, as 5d17eac wrote it; 2, every month packed wide, as guardline
-/// wrote it before narrow months.
+/// wrote it before narrow months; 3, months only, as guardline wrote it before the base held
+/// the roster parts.
 #[cfg(test)]
 pub(super) fn rewrite_base_in_format(
     store: &dyn Store,
@@ -609,6 +771,11 @@ pub(super) fn rewrite_base_in_format(
             for chunk in households.chunks(BASE_HOUSEHOLDS_PER_FRAME) {
                 if format == 1 {
                     write_frame(out, &mut buf, chunk)?;
+                    continue;
+                }
+                if format == 3 {
+                    frames::encode_months(chunk.iter().map(|(id, m)| (id, m)), &mut buf)?;
+                    frames::write_raw_frame(out, &buf)?;
                     continue;
                 }
                 // `encode_months`' layout, with the words packed wide.
@@ -647,11 +814,14 @@ pub(super) fn crosses_base(
     Ok(false)
 }
 
-/// What a base is written from: every household's months as they were after one run,
-/// shared with memory (a clone of [`Months`] costs a reference count), so that it can be
-/// written on another thread while ingest goes on.
+/// What a base is written from: every household as it was after one run, so that it can be
+/// written on another thread while ingest goes on. The months are shared with memory (a
+/// clone of [`Months`] costs a reference count); the roster parts are encoded already, a
+/// frame's worth at a time (about 100 bytes a household, while the base is written).
 pub struct BaseSource {
     households: Vec<(HouseholdId, Months)>,
+    /// The postcard bytes of each frame's roster parts, in the order of `households`.
+    rosters: Vec<Vec<u8>>,
     state: LogState,
 }
 
@@ -663,17 +833,19 @@ pub struct BaseWritten {
     offset: u64,
 }
 
-/// The months of `w`'s households, sorted by id, and where the log stands.
+/// `w`'s households, sorted by id, and where the log stands.
 pub(super) fn base_source(w: &World) -> BaseSource {
-    let mut households: Vec<(HouseholdId, Months)> = w
-        .households
-        .values()
-        .filter(|h| !h.months.is_empty())
-        .map(|h| (h.id.clone(), h.months.clone()))
-        .collect();
-    households.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut all: Vec<&Household> = w.households.values().collect();
+    all.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    let mut households = Vec::with_capacity(all.len());
+    let mut rosters = Vec::with_capacity(all.len().div_ceil(BASE_HOUSEHOLDS_PER_FRAME));
+    for chunk in all.chunks(BASE_HOUSEHOLDS_PER_FRAME) {
+        rosters.push(frames::to_bytes(chunk));
+        households.extend(chunk.iter().map(|h| (h.id.clone(), h.months.clone())));
+    }
     BaseSource {
         households,
+        rosters,
         state: w.log,
     }
 }
@@ -711,7 +883,11 @@ pub fn write_base_from(source: &BaseSource, store: &dyn Store) -> Result<BaseWri
         out.write_all(BASE_MAGIC)?;
         let mut buf = Vec::new();
         write_frame(out, &mut buf, &header)?;
-        for chunk in households.chunks(BASE_HOUSEHOLDS_PER_FRAME) {
+        for (chunk, roster) in households
+            .chunks(BASE_HOUSEHOLDS_PER_FRAME)
+            .zip(&source.rosters)
+        {
+            frames::write_raw_frame(out, roster)?;
             frames::encode_months(chunk.iter().map(|(id, m)| (id, m)), &mut buf)?;
             frames::write_raw_frame(out, &buf)?;
         }
@@ -745,6 +921,10 @@ pub fn write_base_from(source: &BaseSource, store: &dyn Store) -> Result<BaseWri
     // leaves them to the next base.
     if let Err(e) = delete_other_bases(store, generation, true) {
         warn!(error = %e, generation, "earlier bases of the months not deleted; the next base deletes them");
+    }
+    // The base holds the roster parts: household keys of the schema before are stale.
+    if let Err(e) = delete_household_keys(store) {
+        warn!(error = %e, generation, "stale household keys not deleted; the next base or start deletes them");
     }
     info!(
         generation,
@@ -816,6 +996,35 @@ fn delete_other_bases(store: &dyn Store, generation: u32, keys: bool) -> Result<
         store.commit(Batch { ops: part.to_vec() })?;
     }
     Ok(())
+}
+
+/// Deletes the household keys ([`Space::Household`]) once the base holds the roster parts
+/// (format 4), in commits without journal entries: no state snapshot taken before then is
+/// brought across. Returns how many were deleted.
+fn delete_household_keys(store: &dyn Store) -> Result<usize, StoreError> {
+    if store.first_key_from(Space::Household, &[])?.is_none() {
+        return Ok(0);
+    }
+    let mut keys = Vec::new();
+    store.for_each(Space::Household, &mut |k, _| {
+        keys.push(k.to_vec());
+        Ok(())
+    })?;
+    for part in keys.chunks(HOUSEHOLD_DELETES_PER_COMMIT) {
+        let mut batch = Batch::default();
+        for k in part {
+            batch.delete(Space::Household, k.clone());
+        }
+        store.commit_unjournaled(batch)?;
+    }
+    let deleted = keys.len();
+    if deleted > 0 {
+        info!(
+            keys = deleted,
+            "household keys deleted: the months' base holds the roster parts"
+        );
+    }
+    Ok(deleted)
 }
 
 /// Deletes the months stored one key per household (schema 3) once a base holds them, month

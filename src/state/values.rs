@@ -122,7 +122,8 @@ impl Household {
         self.village.county()
     }
 
-    /// Whether everything but the months is the same (what `Space::Household` stores).
+    /// Whether everything but the months is the same (the roster part a run or a base
+    /// stores).
     pub fn same_roster_part(&self, o: &Household) -> bool {
         self.id == o.id
             && self.village == o.village

@@ -180,16 +180,17 @@ pub trait WriteObserver: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Space {
     Meta,
-    /// A household's roster part; its months are in the months' base (a file, see
-    /// `state::month_log`) and [`Space::MonthRun`].
+    /// A household's roster part, one key per household, as stores kept them before the
+    /// months' base held them (see `state::month_log`): read while the base is of an older
+    /// format, deleted by the next base. Nothing writes them now.
     Household,
     /// Schema 3: one month of one household, the month (big-endian u32), then the household
     /// id. Only read, to move the months into a base, then deleted.
     HouseholdMonth,
-    /// The months one commit changed, as one key (a *run*): its sequence number, then the
-    /// bytes of the runs since the base, this one included (both big-endian u64). sled's cost
-    /// is per key (about 6 µs to insert one), so a page of 10,000 records writes one key
-    /// instead of 7,000.
+    /// The households' roster parts and months one commit changed, as one key (a *run*):
+    /// its sequence number, then the bytes of the runs since the base, this one included
+    /// (both big-endian u64). sled's cost is per key (about 6 µs to insert one), so a page of
+    /// 10,000 records writes one key instead of 7,000 (10,000 for a page of the roster).
     MonthRun,
     /// Every household's months as of a run (the *base*) as guardline kept it in keys before
     /// the base was a file: the base's generation, then the key's index (both big-endian
