@@ -4,7 +4,7 @@
 //! households' packed months, [`encode_months`]), so that a file is written and read a few
 //! thousand households at a time, and damage is found where it is.
 
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Seek, Write};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -80,6 +80,18 @@ pub fn read_frame<T: DeserializeOwned>(
 ) -> Result<T, FrameError> {
     read_raw_frame(input, buf)?;
     postcard::from_bytes(buf).map_err(FrameError::Decode)
+}
+
+/// Skips one frame without reading its bytes (checked by the reader that reads them): a
+/// reader that wants only every other frame.
+pub fn skip_frame<R: Read + Seek>(input: &mut BufReader<R>) -> Result<(), FrameError> {
+    let mut head = [0u8; 8];
+    read_exact(input, &mut head)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLong);
+    }
+    input.seek_relative(i64::from(len)).map_err(FrameError::Io)
 }
 
 /// Reads one frame's bytes into `buf`, checked against its length and checksum.

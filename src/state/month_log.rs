@@ -36,7 +36,7 @@
 //!   in keys hold months only: the households come from those keys, then the runs' roster
 //!   changes (runs of version 1 hold none: their commits wrote the keys) are made on them.
 
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Seek, Write};
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -359,15 +359,17 @@ pub(super) fn apply_run_months(
     Ok(())
 }
 
-/// Reads the households into `w`: the base, then the runs after it. Where the base holds
-/// no roster parts (format 3 and before, in keys, schema 3), the households come from their
-/// keys first. Months stored one key per household (schema 3) are moved into a base first.
+/// Reads the households into `w`: the base's roster parts, the runs after the base, then
+/// the base's months, packing each household's months once from its base and the runs'
+/// changes together. Where the base holds no roster parts (format 3 and before, in keys,
+/// schema 3), the households come from their keys instead. Months stored one key per
+/// household (schema 3) are moved into a base first.
 pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
     let state = LogState::read(store)?;
     let per_household =
         state.base.generation == 0 && store.first_key_from(Space::HouseholdMonth, &[])?.is_some();
-    let base_file = if state.base.in_file && !per_household {
+    let mut base_file = if state.base.in_file && !per_household {
         Some(BaseFile::open(store, &state.base)?)
     } else {
         None
@@ -375,20 +377,21 @@ pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
     let roster_in_base = base_file
         .as_ref()
         .is_some_and(|f| f.header.format >= ROSTER_IN_BASE_FORMAT);
-    if !roster_in_base {
-        super::load_household_keys(w, store)?;
+    match base_file.as_mut() {
+        Some(file) if roster_in_base => file.read_roster(&mut w.households)?,
+        _ => super::load_household_keys(w, store)?,
     }
     let households_done = started.elapsed();
+    let mut runs = RunChanges::read(&mut w.households, store, state.base.through)?;
+    let runs_done = started.elapsed();
     if per_household {
         super::load_household_months(w, store)?;
     } else if let Some(file) = base_file {
-        file.read(&mut w.households)?;
+        file.read_months(&mut w.households, &mut runs)?;
     } else if state.base.generation != 0 {
-        read_base_keys(&mut w.households, store, state.base.generation)?;
+        read_base_keys(&mut w.households, store, state.base.generation, &mut runs)?;
     }
-    let base_done = started.elapsed();
-    let runs = RunChanges::read(&mut w.households, store, state.base.through)?;
-    runs.make(&mut w.households);
+    runs.make_the_rest(&mut w.households);
     w.log = state;
     if per_household {
         write_base(w, store)?;
@@ -401,8 +404,8 @@ pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
     }
     tracing::debug!(
         households_seconds = households_done.as_secs_f64(),
-        base_seconds = (base_done - households_done).as_secs_f64(),
-        runs_seconds = (started.elapsed() - base_done).as_secs_f64(),
+        runs_seconds = (runs_done - households_done).as_secs_f64(),
+        months_seconds = (started.elapsed() - runs_done).as_secs_f64(),
         runs = w.log.last_run.saturating_sub(w.log.base.through),
         "households loaded"
     );
@@ -437,15 +440,17 @@ fn make_roster_change(
     Ok(())
 }
 
-/// What the runs after the base change in the households' months, gathered while their
-/// roster changes are made, so that each household's months are packed once more, from its
-/// base and all its changes together.
+/// What the runs after the base change in the households' months, gathered (while their
+/// roster changes are made) before the base's months are read, so that each household's
+/// months are packed once, from its base and its changes together.
 ///
 /// Made one at a time ([`Months::set`]), in the runs' order, each change packed the
 /// household's months anew: at 600,000 households the runs after a base held about 1.35
 /// million changes, and the blocks they left behind, scattered over the allocator's pages,
 /// kept about 95 MiB more resident at the end of a start from the store than the months
-/// themselves took.
+/// themselves took. Read after the base's months instead, every household the runs change
+/// holds its base months and its new ones at once: at 3,000,000 households the start from
+/// the store peaked 1.2 GB higher.
 #[derive(Default)]
 struct RunChanges {
     /// Every change to a household in the table, sorted by slot, in the runs' order within
@@ -453,6 +458,11 @@ struct RunChanges {
     changes: Vec<RunChange>,
     /// The changes' buckets, packed, one after another.
     words: Vec<u64>,
+    /// Each slot's changes, in slot order: the slot, where they start in `changes`, and
+    /// whether its months were made from them yet.
+    households: Vec<(Slot, usize, bool)>,
+    /// Reused for every household's packing.
+    scratch: Vec<u64>,
 }
 
 /// One month of the household in a slot, as a run puts it: its bucket's words in
@@ -473,7 +483,8 @@ impl RunChanges {
     ///
     /// A slot a household left may be taken by one that came after: its changes then
     /// follow those of the household before, whose last run deleted every month it had,
-    /// so made in order on the newcomer's months (none) they leave the newcomer's own.
+    /// so made in order on the newcomer's months (none) they leave the newcomer's own. The
+    /// base's months of the household that left are not read (its id is gone).
     fn read(
         households: &mut Households,
         store: &dyn Store,
@@ -514,34 +525,65 @@ impl RunChanges {
         // In the runs' order within a slot: words are appended in that order, and a
         // removal, which appends none, sorts before a change starting where it stood.
         runs.changes.sort_unstable_by_key(|c| (c.slot, c.at, c.len));
+        // Room a growing vector left over goes back before the base's months are packed.
+        runs.changes.shrink_to_fit();
+        runs.words.shrink_to_fit();
+        let mut start = 0;
+        for same in runs.changes.chunk_by(|a, b| a.slot == b.slot) {
+            runs.households.push((same[0].slot, start, false));
+            start += same.len();
+        }
         Ok(runs)
     }
 
-    /// Makes the changes on the months of the households in their slots, each household's
-    /// at once.
-    fn make(self, households: &mut Households) {
-        let mut scratch = Vec::new();
-        let mut changes: Vec<(Month, Option<&[u64]>)> = Vec::new();
-        for same in self.changes.chunk_by(|a, b| a.slot == b.slot) {
-            let Some(h) = households.at_mut(same[0].slot) else {
-                continue;
-            };
-            changes.clear();
-            changes.extend(same.iter().map(|c| {
+    /// The months of the household in `slot`: `base` with the runs' changes made.
+    fn months_of(&mut self, slot: Slot, base: Months) -> Months {
+        match self.households.binary_search_by_key(&slot, |h| h.0) {
+            Ok(i) => self.make(i, &base),
+            Err(_) => base,
+        }
+    }
+
+    /// Makes the changes of the `i`th slot on `base`, once.
+    fn make(&mut self, i: usize, base: &Months) -> Months {
+        self.households[i].2 = true;
+        let start = self.households[i].1;
+        let end = self
+            .households
+            .get(i + 1)
+            .map_or(self.changes.len(), |h| h.1);
+        let mut changes: Vec<(Month, Option<&[u64]>)> = self.changes[start..end]
+            .iter()
+            .map(|c| {
                 let words = &self.words[c.at..c.at + c.len];
                 (c.month, (c.len > 0).then_some(words))
-            }));
-            h.months = h.months.with_changes(&mut changes, &mut scratch);
+            })
+            .collect();
+        base.with_changes(&mut changes, &mut self.scratch)
+    }
+
+    /// Makes the changes of the households the base did not hold (new since it) on the
+    /// months they have.
+    fn make_the_rest(mut self, households: &mut Households) {
+        for i in 0..self.households.len() {
+            let (slot, _, done) = self.households[i];
+            if done {
+                continue;
+            }
+            if let Some(h) = households.at_mut(slot) {
+                h.months = self.make(i, &h.months);
+            }
         }
     }
 }
 
 /// Reads the months of the base in keys of `generation` (a store written before bases
-/// were files) into the households.
+/// were files) into the households, with the runs' changes.
 fn read_base_keys(
     households: &mut Households,
     store: &dyn Store,
     generation: u32,
+    runs: &mut RunChanges,
 ) -> Result<(), StoreError> {
     let next = generation.checked_add(1).map(u32::to_be_bytes);
     store.for_each_in(
@@ -553,12 +595,15 @@ fn read_base_keys(
                 codec::decode(BASE_KEY_VERSION, Space::MonthBase, k, v)?;
             for (id, months) in part {
                 // A household gone since the base: the runs after it delete its months.
-                if let Some(h) = id
+                if let Some(slot) = id
                     .parse::<HouseholdId>()
                     .ok()
-                    .and_then(|id| households.get_mut(&id))
+                    .and_then(|id| households.slot_of(&id))
                 {
-                    h.months = months;
+                    let months = runs.months_of(slot, months);
+                    if let Some(h) = households.at_mut(slot) {
+                        h.months = months;
+                    }
                 }
             }
             Ok(())
@@ -627,97 +672,56 @@ impl BaseFile {
         })
     }
 
-    /// Reads the households into the table. A file of format 4 holds them whole, and the
-    /// table is empty before; older ones hold the months of households the table holds
-    /// (those gone since are left out: the runs after the base delete their months). A
-    /// second thread reads and decodes the frames while this one puts them in place.
-    fn read(self, households: &mut Households) -> Result<(), StoreError> {
+    /// Reads the households' roster parts (format 4) into the table, which is empty before,
+    /// skipping their months; then goes back to the first frame for [`BaseFile::read_months`].
+    /// A second thread reads and decodes the frames while this one puts them in place.
+    fn read_roster(&mut self, households: &mut Households) -> Result<(), StoreError> {
         let BaseFile {
             path,
-            mut input,
+            input,
             header,
         } = self;
-        let damaged = |detail: String| StoreError::FileDamaged {
-            path: path.clone(),
-            detail,
-        };
-        let of_frame = |e: FrameError| match e {
-            FrameError::Io(source) => StoreError::File {
-                path: path.clone(),
-                source,
-            },
-            other => damaged(other.to_string()),
-        };
-        let whole = header.format >= ROSTER_IN_BASE_FORMAT;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Frame>(4);
+        let path: &std::path::Path = path;
+        let header: &BaseHeader = header;
+        let start = input
+            .stream_position()
+            .map_err(|source| file_error(path, source))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Household>>(4);
         std::thread::scope(|scope| {
+            let reading = &mut *input;
+            // Moves `tx`, so that the households end when the reader does.
             let reader = scope.spawn(move || {
                 let mut buf = Vec::new();
                 let mut read = 0u64;
                 while read < header.households {
-                    let roster: Vec<Household> = if whole {
-                        frames::read_frame(&mut input, &mut buf).map_err(of_frame)?
-                    } else {
-                        Vec::new()
-                    };
-                    let months: Vec<(HouseholdId, Months)> = if header.format == 1 {
-                        frames::read_frame(&mut input, &mut buf).map_err(of_frame)?
-                    } else {
-                        frames::read_raw_frame(&mut input, &mut buf).map_err(of_frame)?;
-                        frames::decode_months(&buf).map_err(|detail| damaged(detail.into()))?
-                    };
-                    if months.is_empty() {
-                        return Err(damaged("an empty frame of households".into()));
+                    let roster: Vec<Household> =
+                        frames::read_frame(reading, &mut buf).map_err(|e| frame_error(path, e))?;
+                    frames::skip_frame(reading).map_err(|e| frame_error(path, e))?;
+                    if roster.is_empty() {
+                        return Err(file_damaged(path, "an empty frame of households"));
                     }
-                    let frame = if whole {
-                        if roster.len() != months.len()
-                            || roster.iter().zip(&months).any(|(h, (id, _))| h.id != *id)
-                        {
-                            return Err(damaged(
-                                "a frame of months of other households than its roster's".into(),
-                            ));
-                        }
-                        Frame::Whole(roster, months)
-                    } else {
-                        Frame::Months(months)
-                    };
-                    read += frame.len() as u64;
-                    if tx.send(frame).is_err() {
+                    read += roster.len() as u64;
+                    if tx.send(roster).is_err() {
                         return Ok(()); // the table refused a household: its error counts
                     }
-                }
-                if read != header.households {
-                    return Err(damaged("more households than its header says".into()));
-                }
-                if !frames::at_end(&mut input).map_err(of_frame)? {
-                    return Err(damaged("bytes after the last frame".into()));
                 }
                 Ok(())
             });
             let mut put = Ok(());
-            'frames: for frame in rx {
-                match frame {
-                    Frame::Whole(roster, months) => {
-                        for (mut h, (_, months)) in roster.into_iter().zip(months) {
-                            h.months = months;
-                            match households.insert(h) {
-                                Ok((_, None)) => {}
-                                Ok((_, Some(_))) => {
-                                    put = Err(damaged("a household twice".into()));
-                                    break 'frames;
-                                }
-                                Err(e) => {
-                                    put = Err(damaged(format!("no room for its households: {e}")));
-                                    break 'frames;
-                                }
-                            }
+            'frames: for chunk in rx {
+                for h in chunk {
+                    match households.insert(h) {
+                        Ok((_, None)) => {}
+                        Ok((_, Some(_))) => {
+                            put = Err(file_damaged(path, "a household twice"));
+                            break 'frames;
                         }
-                    }
-                    Frame::Months(months) => {
-                        for (id, months) in months {
-                            if let Some(h) = households.get_mut(&id) {
-                                h.months = months;
-                            }
+                        Err(e) => {
+                            put = Err(file_damaged(
+                                path,
+                                &format!("no room for its households: {e}"),
+                            ));
+                            break 'frames;
                         }
                     }
                 }
@@ -726,23 +730,99 @@ impl BaseFile {
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             put.and(read)
+        })?;
+        input
+            .seek(std::io::SeekFrom::Start(start))
+            .map_err(|source| file_error(path, source))?;
+        Ok(())
+    }
+
+    /// Reads the households' months into the table, with the runs' changes: those of
+    /// households the table holds (those gone since are left out: the runs after the base
+    /// delete their months). A second thread reads and decodes the frames while this one
+    /// puts the months in place.
+    fn read_months(
+        self,
+        households: &mut Households,
+        runs: &mut RunChanges,
+    ) -> Result<(), StoreError> {
+        let BaseFile {
+            path,
+            mut input,
+            header,
+        } = self;
+        let path: &std::path::Path = &path;
+        let whole = header.format >= ROSTER_IN_BASE_FORMAT;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(HouseholdId, Months)>>(4);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(move || {
+                let of_frame = |e| frame_error(path, e);
+                let mut buf = Vec::new();
+                let mut read = 0u64;
+                while read < header.households {
+                    if whole {
+                        frames::skip_frame(&mut input).map_err(of_frame)?;
+                    }
+                    let chunk: Vec<(HouseholdId, Months)> = if header.format == 1 {
+                        frames::read_frame(&mut input, &mut buf).map_err(of_frame)?
+                    } else {
+                        frames::read_raw_frame(&mut input, &mut buf).map_err(of_frame)?;
+                        frames::decode_months(&buf).map_err(|detail| file_damaged(path, detail))?
+                    };
+                    if chunk.is_empty() {
+                        return Err(file_damaged(path, "an empty frame of households"));
+                    }
+                    read += chunk.len() as u64;
+                    if tx.send(chunk).is_err() {
+                        return Ok(());
+                    }
+                }
+                if read != header.households {
+                    return Err(file_damaged(path, "more households than its header says"));
+                }
+                if !frames::at_end(&mut input).map_err(of_frame)? {
+                    return Err(file_damaged(path, "bytes after the last frame"));
+                }
+                Ok(())
+            });
+            for chunk in rx {
+                for (id, months) in chunk {
+                    if let Some(slot) = households.slot_of(&id) {
+                        let months = runs.months_of(slot, months);
+                        if let Some(h) = households.at_mut(slot) {
+                            h.months = months;
+                        }
+                    }
+                }
+            }
+            reader
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
     }
 }
 
-/// One frame of a base file, as its reading thread hands it over.
-enum Frame {
-    /// Format 4: the households' roster parts, and their months (the same households).
-    Whole(Vec<Household>, Vec<(HouseholdId, Months)>),
-    /// Formats 1 to 3: months only.
-    Months(Vec<(HouseholdId, Months)>),
+/// A base file that could not be read or sought.
+fn file_error(path: &std::path::Path, source: std::io::Error) -> StoreError {
+    StoreError::File {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
-impl Frame {
-    fn len(&self) -> usize {
-        match self {
-            Frame::Whole(_, m) | Frame::Months(m) => m.len(),
-        }
+/// A base file whose content is not what a base holds.
+fn file_damaged(path: &std::path::Path, detail: &str) -> StoreError {
+    StoreError::FileDamaged {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    }
+}
+
+/// A frame of a base file that could not be read.
+fn frame_error(path: &std::path::Path, e: FrameError) -> StoreError {
+    match e {
+        FrameError::Io(source) => file_error(path, source),
+        other => file_damaged(path, &other.to_string()),
     }
 }
 
@@ -833,16 +913,22 @@ pub struct BaseWritten {
     offset: u64,
 }
 
-/// `w`'s households, sorted by id, and where the log stands.
+/// `w`'s households, in the table's order, and where the log stands. The engine's thread
+/// waits for this: no sort (a start puts each household wherever it comes), and the roster
+/// parts encoded on every core.
 pub(super) fn base_source(w: &World) -> BaseSource {
-    let mut all: Vec<&Household> = w.households.values().collect();
-    all.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-    let mut households = Vec::with_capacity(all.len());
-    let mut rosters = Vec::with_capacity(all.len().div_ceil(BASE_HOUSEHOLDS_PER_FRAME));
-    for chunk in all.chunks(BASE_HOUSEHOLDS_PER_FRAME) {
-        rosters.push(frames::to_bytes(chunk));
-        households.extend(chunk.iter().map(|h| (h.id.clone(), h.months.clone())));
-    }
+    let all: Vec<&Household> = w.households.values().collect();
+    let chunks: Vec<&[&Household]> = all.chunks(BASE_HOUSEHOLDS_PER_FRAME).collect();
+    let rosters = crate::parallel::in_shares(&chunks, 2, |_, part| {
+        part.iter()
+            .map(|chunk| frames::to_bytes(*chunk))
+            .collect::<Vec<_>>()
+    })
+    .concat();
+    let households = all
+        .iter()
+        .map(|h| (h.id.clone(), h.months.clone()))
+        .collect();
     BaseSource {
         households,
         rosters,
