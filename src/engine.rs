@@ -314,7 +314,14 @@ impl Engine {
         let waiting = self
             .base_retry
             .is_some_and(|(failed, wait)| failed.elapsed() < wait);
-        if self.base_job.is_none() && !waiting && self.world.base_due(self.base_rewrite_bytes) {
+        // Never from a world that may not be what the store holds (a failed commit, or one
+        // the base before may have changed: `collect_base` says).
+        let settled = !self.stale && self.world.is_settled();
+        if self.base_job.is_none()
+            && !waiting
+            && settled
+            && self.world.base_due(self.base_rewrite_bytes)
+        {
             let source = self.world.base_source();
             let store = Arc::clone(&self.store);
             let spawned = std::thread::Builder::new()

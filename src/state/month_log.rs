@@ -396,12 +396,10 @@ pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
     if per_household {
         write_base(w, store)?;
     }
-    // What a move from schema 3 cut short left behind.
+    // What a move from schema 3 cut short left behind. (Household keys a base did not
+    // delete are left to the next base: never read beside a base that holds the roster
+    // parts, they are not worth failing a start over.)
     delete_household_months(store)?;
-    if roster_in_base {
-        // What a base's deletion of the household keys cut short left behind.
-        delete_household_keys(store)?;
-    }
     tracing::debug!(
         households_seconds = households_done.as_secs_f64(),
         runs_seconds = (runs_done - households_done).as_secs_f64(),
@@ -412,31 +410,16 @@ pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Makes a run's roster change on the households: a household's roster part replaces the
-/// one in the table, keeping its months, or the household goes, its months with it. (A
-/// start from the store builds the person index after; a catch-up keeps it with
-/// `World::catch_up_household`.)
-fn make_roster_change(
-    households: &mut Households,
-    key: &[u8],
-    change: RosterChange,
-) -> Result<(), StoreError> {
-    match change {
-        RosterChange::Put(mut h) => {
-            if let Some(old) = households.get_mut(&h.id) {
-                h.months = std::mem::take(&mut old.months);
-            }
-            households
-                .insert(h)
-                .map_err(|e| super::table_full(Space::MonthRun, key, &e))?;
-        }
-        RosterChange::Gone(id) => {
-            let id: HouseholdId = id
-                .parse()
-                .map_err(|_| damaged(Space::MonthRun, key, "a household id that is not one"))?;
-            households.remove(&id);
-        }
+/// Puts a run's roster part of a household in the table, replacing the one there and keeping
+/// its months. (A start from the store builds the person index after; a catch-up keeps it
+/// with `World::catch_up_household`.)
+fn put_roster(households: &mut Households, key: &[u8], mut h: Household) -> Result<(), StoreError> {
+    if let Some(old) = households.get_mut(&h.id) {
+        h.months = std::mem::take(&mut old.months);
     }
+    households
+        .insert(h)
+        .map_err(|e| super::table_full(Space::MonthRun, key, &e))?;
     Ok(())
 }
 
@@ -448,9 +431,9 @@ fn make_roster_change(
 /// household's months anew: at 600,000 households the runs after a base held about 1.35
 /// million changes, and the blocks they left behind, scattered over the allocator's pages,
 /// kept about 95 MiB more resident at the end of a start from the store than the months
-/// themselves took. Read after the base's months instead, every household the runs change
-/// holds its base months and its new ones at once: at 3,000,000 households the start from
-/// the store peaked 1.2 GB higher.
+/// themselves took. Made after the base's months were all in place instead, every household
+/// the runs change held its base months and its new ones at once: 276 MiB more at the peak
+/// of a start from the store at 3,000,000 households, by hand.
 #[derive(Default)]
 struct RunChanges {
     /// Every change to a household in the table, sorted by slot, in the runs' order within
@@ -461,12 +444,20 @@ struct RunChanges {
     /// Each slot's changes, in slot order: the slot, where they start in `changes`, and
     /// whether its months were made from them yet.
     households: Vec<(Slot, usize, bool)>,
+    /// The households the runs removed (a household removed and put back starts without
+    /// months: those of the base were the one removed).
+    removed: std::collections::HashSet<HouseholdId, rustc_hash::FxBuildHasher>,
     /// Reused for every household's packing.
     scratch: Vec<u64>,
 }
 
+/// The `len` of a [`RunChange`] that marks its slot's household removed: what the slot's
+/// changes before it made is gone, and whoever takes the slot after starts without months.
+const REMOVED: usize = usize::MAX;
+
 /// One month of the household in a slot, as a run puts it: its bucket's words in
-/// [`RunChanges::words`] (none: the month is gone).
+/// [`RunChanges::words`] (none: the month is gone), or that the household was removed
+/// ([`REMOVED`]).
 #[derive(Clone, Copy)]
 struct RunChange {
     slot: Slot,
@@ -482,9 +473,9 @@ impl RunChanges {
     /// before it may still name them.
     ///
     /// A slot a household left may be taken by one that came after: its changes then
-    /// follow those of the household before, whose last run deleted every month it had,
-    /// so made in order on the newcomer's months (none) they leave the newcomer's own. The
-    /// base's months of the household that left are not read (its id is gone).
+    /// follow those of the household before and the mark of its removal, from which they
+    /// are made on no months. A household removed keeps none of the base's months, put
+    /// back or not.
     fn read(
         households: &mut Households,
         store: &dyn Store,
@@ -495,7 +486,25 @@ impl RunChanges {
         store.for_each_in(Space::MonthRun, &after, None, &mut |k, v| {
             let run = Run::decode(k, v)?;
             for change in run.roster {
-                make_roster_change(households, k, change)?;
+                match change {
+                    RosterChange::Put(h) => put_roster(households, k, h)?,
+                    RosterChange::Gone(id) => {
+                        let id: HouseholdId = id.parse().map_err(|_| {
+                            damaged(Space::MonthRun, k, "a household id that is not one")
+                        })?;
+                        if let Some((slot, _)) = households.remove(&id) {
+                            runs.changes.push(RunChange {
+                                slot,
+                                month: Month::from_ordinal(0),
+                                at: runs.words.len(),
+                                len: REMOVED,
+                            });
+                            // Later changes start past it, so they sort after it.
+                            runs.words.push(0);
+                        }
+                        runs.removed.insert(id);
+                    }
+                }
             }
             for (id, month, bucket) in run.months {
                 let month = Month::from_ordinal(month);
@@ -536,6 +545,11 @@ impl RunChanges {
         Ok(runs)
     }
 
+    /// Whether the runs removed household `id` (its base months are gone, put back or not).
+    fn removed(&self, id: &HouseholdId) -> bool {
+        !self.removed.is_empty() && self.removed.contains(id)
+    }
+
     /// The months of the household in `slot`: `base` with the runs' changes made.
     fn months_of(&mut self, slot: Slot, base: Months) -> Months {
         match self.households.binary_search_by_key(&slot, |h| h.0) {
@@ -544,7 +558,8 @@ impl RunChanges {
         }
     }
 
-    /// Makes the changes of the `i`th slot on `base`, once.
+    /// Makes the changes of the `i`th slot on `base`, once: those after the slot's last
+    /// removal on no months, if a household was removed from it.
     fn make(&mut self, i: usize, base: &Months) -> Months {
         self.households[i].2 = true;
         let start = self.households[i].1;
@@ -552,7 +567,16 @@ impl RunChanges {
             .households
             .get(i + 1)
             .map_or(self.changes.len(), |h| h.1);
-        let mut changes: Vec<(Month, Option<&[u64]>)> = self.changes[start..end]
+        let mut slot_changes = &self.changes[start..end];
+        let none = Months::default();
+        let base = match slot_changes.iter().rposition(|c| c.len == REMOVED) {
+            Some(last) => {
+                slot_changes = &slot_changes[last + 1..];
+                &none
+            }
+            None => base,
+        };
+        let mut changes: Vec<(Month, Option<&[u64]>)> = slot_changes
             .iter()
             .map(|c| {
                 let words = &self.words[c.at..c.at + c.len];
@@ -594,12 +618,14 @@ fn read_base_keys(
             let part: Vec<(String, Months)> =
                 codec::decode(BASE_KEY_VERSION, Space::MonthBase, k, v)?;
             for (id, months) in part {
-                // A household gone since the base: the runs after it delete its months.
-                if let Some(slot) = id
-                    .parse::<HouseholdId>()
-                    .ok()
-                    .and_then(|id| households.slot_of(&id))
-                {
+                let Ok(id) = id.parse::<HouseholdId>() else {
+                    continue;
+                };
+                // A household removed since the base left its months.
+                if runs.removed(&id) {
+                    continue;
+                }
+                if let Some(slot) = households.slot_of(&id) {
                     let months = runs.months_of(slot, months);
                     if let Some(h) = households.at_mut(slot) {
                         h.months = months;
@@ -617,6 +643,9 @@ struct BaseFile {
     path: std::path::PathBuf,
     input: BufReader<std::fs::File>,
     header: BaseHeader,
+    /// The households of each roster frame, once read ([`BaseFile::read_roster`]): each
+    /// months' frame after must hold as many.
+    roster_frames: Vec<usize>,
 }
 
 impl BaseFile {
@@ -669,6 +698,7 @@ impl BaseFile {
             path,
             input,
             header,
+            roster_frames: Vec::new(),
         })
     }
 
@@ -680,6 +710,7 @@ impl BaseFile {
             path,
             input,
             header,
+            roster_frames,
         } = self;
         let path: &std::path::Path = path;
         let header: &BaseHeader = header;
@@ -705,10 +736,14 @@ impl BaseFile {
                         return Ok(()); // the table refused a household: its error counts
                     }
                 }
+                if read != header.households {
+                    return Err(file_damaged(path, "more households than its header says"));
+                }
                 Ok(())
             });
             let mut put = Ok(());
             'frames: for chunk in rx {
+                roster_frames.push(chunk.len());
                 for h in chunk {
                     match households.insert(h) {
                         Ok((_, None)) => {}
@@ -717,9 +752,11 @@ impl BaseFile {
                             break 'frames;
                         }
                         Err(e) => {
-                            put = Err(file_damaged(
-                                path,
-                                &format!("no room for its households: {e}"),
+                            let name = path.file_name().unwrap_or_default();
+                            put = Err(super::table_full(
+                                Space::MonthBase,
+                                name.as_encoded_bytes(),
+                                &e,
                             ));
                             break 'frames;
                         }
@@ -750,6 +787,7 @@ impl BaseFile {
             path,
             mut input,
             header,
+            roster_frames,
         } = self;
         let path: &std::path::Path = &path;
         let whole = header.format >= ROSTER_IN_BASE_FORMAT;
@@ -759,6 +797,7 @@ impl BaseFile {
                 let of_frame = |e| frame_error(path, e);
                 let mut buf = Vec::new();
                 let mut read = 0u64;
+                let mut frame = 0;
                 while read < header.households {
                     if whole {
                         frames::skip_frame(&mut input).map_err(of_frame)?;
@@ -772,6 +811,13 @@ impl BaseFile {
                     if chunk.is_empty() {
                         return Err(file_damaged(path, "an empty frame of households"));
                     }
+                    if whole && roster_frames.get(frame) != Some(&chunk.len()) {
+                        return Err(file_damaged(
+                            path,
+                            "a frame of months of other households than its roster's",
+                        ));
+                    }
+                    frame += 1;
                     read += chunk.len() as u64;
                     if tx.send(chunk).is_err() {
                         return Ok(());
@@ -787,6 +833,10 @@ impl BaseFile {
             });
             for chunk in rx {
                 for (id, months) in chunk {
+                    // A household removed since the base left its months.
+                    if runs.removed(&id) {
+                        continue;
+                    }
                     if let Some(slot) = households.slot_of(&id) {
                         let months = runs.months_of(slot, months);
                         if let Some(h) = households.at_mut(slot) {
@@ -896,8 +946,8 @@ pub(super) fn crosses_base(
 
 /// What a base is written from: every household as it was after one run, so that it can be
 /// written on another thread while ingest goes on. The months are shared with memory (a
-/// clone of [`Months`] costs a reference count); the roster parts are encoded already, a
-/// frame's worth at a time (about 100 bytes a household, while the base is written).
+/// clone of [`Months`] costs a reference count); the roster parts are encoded already, one
+/// buffer per frame, all held while the base is written (about 90 bytes a household).
 pub struct BaseSource {
     households: Vec<(HouseholdId, Months)>,
     /// The postcard bytes of each frame's roster parts, in the order of `households`.
@@ -1091,19 +1141,25 @@ fn delete_household_keys(store: &dyn Store) -> Result<usize, StoreError> {
     if store.first_key_from(Space::Household, &[])?.is_none() {
         return Ok(0);
     }
-    let mut keys = Vec::new();
+    // The keys one after another in one buffer (about 20 bytes a household, where a vector
+    // each would take three times that), then deleted in commits of a few thousand.
+    let mut bytes = Vec::new();
+    let mut ends = Vec::new();
     store.for_each(Space::Household, &mut |k, _| {
-        keys.push(k.to_vec());
+        bytes.extend_from_slice(k);
+        ends.push(bytes.len());
         Ok(())
     })?;
-    for part in keys.chunks(HOUSEHOLD_DELETES_PER_COMMIT) {
+    let mut start = 0;
+    for part in ends.chunks(HOUSEHOLD_DELETES_PER_COMMIT) {
         let mut batch = Batch::default();
-        for k in part {
-            batch.delete(Space::Household, k.clone());
+        for &end in part {
+            batch.delete(Space::Household, bytes[start..end].to_vec());
+            start = end;
         }
         store.commit_unjournaled(batch)?;
     }
-    let deleted = keys.len();
+    let deleted = ends.len();
     if deleted > 0 {
         info!(
             keys = deleted,
