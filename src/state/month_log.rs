@@ -545,9 +545,18 @@ impl RunChanges {
         Ok(runs)
     }
 
-    /// Whether the runs removed household `id` (its base months are gone, put back or not).
-    fn removed(&self, id: &HouseholdId) -> bool {
-        !self.removed.is_empty() && self.removed.contains(id)
+    /// Gives household `id` its months from the base, with the runs' changes made. A
+    /// household gone since the base, or removed and put back, keeps none of them.
+    fn put_base_months(&mut self, households: &mut Households, id: &HouseholdId, base: Months) {
+        if !self.removed.is_empty() && self.removed.contains(id) {
+            return;
+        }
+        if let Some(slot) = households.slot_of(id) {
+            let months = self.months_of(slot, base);
+            if let Some(h) = households.at_mut(slot) {
+                h.months = months;
+            }
+        }
     }
 
     /// The months of the household in `slot`: `base` with the runs' changes made.
@@ -618,18 +627,8 @@ fn read_base_keys(
             let part: Vec<(String, Months)> =
                 codec::decode(BASE_KEY_VERSION, Space::MonthBase, k, v)?;
             for (id, months) in part {
-                let Ok(id) = id.parse::<HouseholdId>() else {
-                    continue;
-                };
-                // A household removed since the base left its months.
-                if runs.removed(&id) {
-                    continue;
-                }
-                if let Some(slot) = households.slot_of(&id) {
-                    let months = runs.months_of(slot, months);
-                    if let Some(h) = households.at_mut(slot) {
-                        h.months = months;
-                    }
+                if let Ok(id) = id.parse::<HouseholdId>() {
+                    runs.put_base_months(households, &id, months);
                 }
             }
             Ok(())
@@ -833,16 +832,7 @@ impl BaseFile {
             });
             for chunk in rx {
                 for (id, months) in chunk {
-                    // A household removed since the base left its months.
-                    if runs.removed(&id) {
-                        continue;
-                    }
-                    if let Some(slot) = households.slot_of(&id) {
-                        let months = runs.months_of(slot, months);
-                        if let Some(h) = households.at_mut(slot) {
-                            h.months = months;
-                        }
-                    }
+                    runs.put_base_months(households, &id, months);
                 }
             }
             reader
