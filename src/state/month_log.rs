@@ -4,9 +4,10 @@
 //! thousands of households. So a commit writes the households' roster parts and months it
 //! changed as one key, a *run* ([`Space::MonthRun`]), and the *base* holds every household,
 //! roster part and months, as of one run, in a file of frames of
-//! [`BASE_HOUSEHOLDS_PER_FRAME`] households. A start reads the base, then the runs after
-//! it: their roster changes are made as they are read, in order, and each household's
-//! months are packed once more, from its base and all its runs' changes together.
+//! [`BASE_HOUSEHOLDS_PER_FRAME`] households. A start reads the base's roster parts, then
+//! the runs after it (their roster changes made as they are read, in order, their months'
+//! changes gathered), then the base's months, packing each household's months once from
+//! its base and all its runs' changes together.
 //!
 //! The base is a file, not keys, because sled 0.34 handles values of megabytes badly: each
 //! is a blob file of its own, written again whenever its leaf splits, and its commits hold
