@@ -651,48 +651,38 @@ struct BaseFile {
 impl BaseFile {
     fn open(store: &dyn Store, base: &BaseInfo) -> Result<Self, StoreError> {
         let path = store.file_path(&base_file_name(base.generation));
-        let damaged = |detail: String| StoreError::FileDamaged {
-            path: path.clone(),
-            detail,
-        };
-        let of_frame = |e: FrameError| match e {
-            FrameError::Io(source) => StoreError::File {
-                path: path.clone(),
-                source,
-            },
-            other => damaged(other.to_string()),
-        };
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(damaged(format!(
-                    "missing, though the store names it as the months' base (generation {})",
-                    base.generation
-                )));
+                return Err(file_damaged(
+                    &path,
+                    &format!(
+                        "missing, though the store names it as the months' base (generation {})",
+                        base.generation
+                    ),
+                ));
             }
-            Err(source) => {
-                return Err(StoreError::File {
-                    path: path.clone(),
-                    source,
-                });
-            }
+            Err(source) => return Err(file_error(&path, source)),
         };
         let mut input = BufReader::with_capacity(1 << 20, file);
         let mut magic = [0u8; 8];
-        frames::read_exact(&mut input, &mut magic).map_err(of_frame)?;
+        frames::read_exact(&mut input, &mut magic).map_err(|e| frame_error(&path, e))?;
         if &magic != BASE_MAGIC {
-            return Err(damaged("not a base of the months".into()));
+            return Err(file_damaged(&path, "not a base of the months"));
         }
         let header: BaseHeader =
-            frames::read_frame(&mut input, &mut Vec::new()).map_err(of_frame)?;
+            frames::read_frame(&mut input, &mut Vec::new()).map_err(|e| frame_error(&path, e))?;
         if !(1..=BASE_FILE_FORMAT).contains(&header.format)
             || header.generation != base.generation
             || header.through != base.through
         {
-            return Err(damaged(format!(
-                "its header (format {}, generation {}, through run {}) is not the base the store names (format {BASE_FILE_FORMAT}, generation {}, through run {})",
-                header.format, header.generation, header.through, base.generation, base.through
-            )));
+            return Err(file_damaged(
+                &path,
+                &format!(
+                    "its header (format {}, generation {}, through run {}) is not the base the store names (format {BASE_FILE_FORMAT}, generation {}, through run {})",
+                    header.format, header.generation, header.through, base.generation, base.through
+                ),
+            ));
         }
         Ok(BaseFile {
             path,
