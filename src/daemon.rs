@@ -105,14 +105,14 @@ impl Sink for EngineSink {
     async fn ingest(
         &self,
         feed: &FeedConfig,
-        records: Vec<Mapped<'_>>,
+        records: &mut [Mapped<'_>],
         cursor: Option<&str>,
     ) -> Result<Counts, PollError> {
         self.store_writable()?;
         self.engine
             .lock()
             .await
-            .ingest(feed, records, now(), cursor)
+            .ingest_page(feed, records, now(), cursor)
             .map_err(poll_error)
     }
 

@@ -57,7 +57,7 @@ impl Sink for Recorder {
     async fn ingest(
         &self,
         _feed: &FeedConfig,
-        records: Vec<Mapped<'_>>,
+        records: &mut [Mapped<'_>],
         cursor: Option<&str>,
     ) -> Result<Counts, PollError> {
         let ids: Vec<String> = records

@@ -481,9 +481,27 @@ pub struct World {
     /// Where the months' runs and base stand in the store ([`month_log`]).
     log: month_log::LogState,
     retention_months: u32,
-    undo_households: Map<HouseholdId, Undo>,
+    /// What each household changed by the batch was before it, by slot: a batch removes no
+    /// household, so its slots hold the same households from its beginning to its end.
+    undo_households: Map<Slot, Undo>,
     undo_villages: Map<VillageCode, Option<Village>>,
     dirty_counties: BTreeSet<CountyCode>,
+    /// Counts the changes that may move persons between slots: each batch's beginning and
+    /// each roster record. [`PersonSlots`] looked up at one count are good only at that count.
+    roster_changes: u64,
+}
+
+/// The households' slots of the persons a page's records name, looked up together before
+/// the page is applied ([`World::person_slots`]).
+///
+/// A lookup waits on memory: the person index's bucket, then the household in that slot and
+/// its members. One after another in a tight loop, the processor overlaps the lookups of
+/// several records; between records' other work it cannot. Good only while no roster record
+/// is applied and within the batch they were looked up in (`roster_changes` tells).
+#[derive(Debug, Default)]
+pub struct PersonSlots {
+    roster_changes: u64,
+    slots: Vec<Option<Slot>>,
 }
 
 /// The working set's hash maps, with Fx hashing instead of the standard library's SipHash.
@@ -595,17 +613,19 @@ const PARALLEL_MIN_HOUSEHOLDS: usize = 1024;
 /// The run entries of one household changed since `before`: its roster part if that changed
 /// (or that it is gone, `now`), and its months that changed or are gone, all of them if it
 /// is gone.
+/// The changes of one household of a batch: `before`, what its undo log kept, and `now`,
+/// the household in the same slot now. A batch removes no household, so `now` is there; were
+/// it not, the household before is written as gone.
 fn household_changes<'a>(
     roster: &mut Vec<month_log::RosterChangeRef<'a>>,
     entries: &mut Vec<month_log::RunEntry<'a>>,
-    id: &'a HouseholdId,
-    before: &Undo,
+    before: &'a Undo,
     now: Option<&'a Household>,
 ) {
     let none = Months::default();
     let old_months = before.months().unwrap_or(&none);
-    match now {
-        Some(h) => {
+    let id = match (now, before) {
+        (Some(h), _) => {
             let roster_changed = match before {
                 Undo::Months(_) => false,
                 Undo::Whole(b) => b.as_ref().is_none_or(|b| !b.same_roster_part(h)),
@@ -613,9 +633,15 @@ fn household_changes<'a>(
             if roster_changed {
                 roster.push(month_log::RosterChangeRef::Put(h));
             }
+            &h.id
         }
-        None => roster.push(month_log::RosterChangeRef::Gone(id.as_str())),
-    }
+        (None, Undo::Whole(Some(b))) => {
+            roster.push(month_log::RosterChangeRef::Gone(b.id.as_str()));
+            &b.id
+        }
+        // Neither before nor now: nothing to write.
+        (None, _) => return,
+    };
     month_log::household_entries(entries, id, old_months, now);
 }
 
@@ -668,6 +694,7 @@ impl World {
             undo_households: Map::default(),
             undo_villages: Map::default(),
             dirty_counties: BTreeSet::new(),
+            roster_changes: 0,
         }
     }
 
@@ -982,30 +1009,60 @@ impl World {
 
     /// Starts a batch: from here on, changes are remembered for [`World::rollback`].
     pub fn begin(&mut self) {
+        self.roster_changes += 1;
         self.undo_households.clear();
         self.undo_villages.clear();
         self.dirty_counties.clear();
     }
 
-    /// Keeps the whole household for the batch's undo log before its roster part changes.
-    fn touch_household(&mut self, id: &HouseholdId) {
-        let whole = match self.undo_households.get_mut(id) {
+    /// Keeps the whole household in `slot` for the batch's undo log before its roster part
+    /// changes.
+    fn touch_household(&mut self, slot: Slot) {
+        let whole = match self.undo_households.get_mut(&slot) {
             Some(Undo::Whole(_)) => return,
             // Only its months changed so far: the household before is today's roster part
             // with those months.
-            Some(Undo::Months(months)) => self.households.get(id).map(|h| Household {
+            Some(Undo::Months(months)) => self.households.at(slot).map(|h| Household {
                 months: std::mem::take(months),
                 ..h.clone()
             }),
-            None => self.households.get(id).cloned(),
+            None => self.households.at(slot).cloned(),
         };
-        let key = whole.as_ref().map_or_else(|| id.clone(), |h| h.id.clone());
-        self.undo_households.insert(key, Undo::Whole(whole));
+        self.undo_households.insert(slot, Undo::Whole(whole));
     }
 
     fn touch_village(&mut self, code: VillageCode) {
         if let std::collections::hash_map::Entry::Vacant(e) = self.undo_villages.entry(code) {
             e.insert(self.villages.get(&code).cloned());
+        }
+    }
+
+    /// Looks up, for each of `records` up to the first roster record, the slot of the person
+    /// it names (`None` for a record of no person, or of a person in no household). Call after
+    /// [`World::begin`], and give the answer to [`World::apply_looked_up`] for the same records.
+    pub fn person_slots<'r>(
+        &self,
+        records: impl Iterator<Item = Option<&'r Record>>,
+    ) -> PersonSlots {
+        let slots = records
+            .map_while(|r| match r.map(|r| &r.observation) {
+                Some(Observation::Roster(_)) => None,
+                Some(
+                    Observation::Sample {
+                        subject: Subject::Person(p),
+                        ..
+                    }
+                    | Observation::Event {
+                        subject: Subject::Person(p),
+                        ..
+                    },
+                ) => Some(self.persons.get(&self.households, p)),
+                _ => Some(None),
+            })
+            .collect();
+        PersonSlots {
+            roster_changes: self.roster_changes,
+            slots,
         }
     }
 
@@ -1016,25 +1073,58 @@ impl World {
         record: &Record,
         now: DateTime<FixedOffset>,
     ) -> Result<Applied, Rejection> {
+        self.apply_with(feed, record, now, None)
+    }
+
+    /// [`World::apply`] for the `i`th record of those `looked_up` was made for: its person's
+    /// slot is taken from there while still good, and looked up again if not.
+    pub fn apply_looked_up(
+        &mut self,
+        feed: &str,
+        record: &Record,
+        now: DateTime<FixedOffset>,
+        looked_up: &PersonSlots,
+        i: usize,
+    ) -> Result<Applied, Rejection> {
+        let slot = looked_up
+            .slots
+            .get(i)
+            .filter(|_| looked_up.roster_changes == self.roster_changes);
+        self.apply_with(feed, record, now, slot.copied())
+    }
+
+    /// `person`: the slot of the record's person, if already looked up since the last roster
+    /// change.
+    fn apply_with(
+        &mut self,
+        feed: &str,
+        record: &Record,
+        now: DateTime<FixedOffset>,
+        person: Option<Option<Slot>>,
+    ) -> Result<Applied, Rejection> {
         match &record.observation {
             Observation::Roster(entry) => {
+                self.roster_changes += 1;
                 let id = entry.household.clone();
                 if let Some(old) = self.households.get(&id)
                     && old.same_roster(entry)
                 {
                     return Ok(Applied::Duplicate);
                 }
-                self.touch_household(&id);
                 let old_category = self.households.get(&id).map(|h| (h.county(), h.category));
                 let slot = match self.households.slot_of(&id) {
-                    Some(slot) => slot,
+                    Some(slot) => {
+                        self.touch_household(slot);
+                        slot
+                    }
                     None => match self.households.insert(Household::new(entry)) {
-                        Ok((slot, _)) => slot,
-                        Err(e) => {
-                            // Not in the table, so the batch has nothing of it to write.
-                            self.undo_households.remove(&id);
-                            return Err(Rejection::WorkingSetFull(e.to_string()));
+                        Ok((slot, _)) => {
+                            // New in the batch: a slot no household of the batch had.
+                            self.undo_households.insert(slot, Undo::Whole(None));
+                            slot
                         }
+                        // Not in the table, so the batch has nothing of it to write.
+                        Err(e) => return Err(Rejection::WorkingSetFull(e.to_string())),
                     },
                 };
                 let village_name = self.households.village_name(&entry.village_name);
@@ -1088,7 +1178,7 @@ impl World {
             } => {
                 let tag = record_tag(feed, &record.id);
                 let retention = self.retention_months;
-                let applied = self.apply_to_household(subject, *month, tag, now, |h| {
+                let applied = self.apply_to_household(subject, person, *month, tag, now, |h| {
                     h.add_sample(*month, tag, values, retention)
                 })?;
                 if applied == Applied::Changed {
@@ -1126,7 +1216,7 @@ impl World {
                     values::add_event(&mut v.months, month, tag, *kind, *amount, retention);
                     return Ok(Applied::Changed);
                 }
-                self.apply_to_household(subject, month, tag, now, |h| {
+                self.apply_to_household(subject, person, month, tag, now, |h| {
                     values::add_event(&mut h.months, month, tag, *kind, *amount, retention)
                 })
             }
@@ -1166,10 +1256,13 @@ impl World {
     }
 
     /// Resolves a person or household subject, checks the month, skips a record already
-    /// applied, and applies `f` to the household.
+    /// applied, and applies `f` to the household. `person`: the person's slot, if already
+    /// looked up.
+    #[allow(clippy::too_many_arguments)]
     fn apply_to_household(
         &mut self,
         subject: &Subject,
+        person: Option<Option<Slot>>,
         month: Month,
         tag: u64,
         now: DateTime<FixedOffset>,
@@ -1179,9 +1272,8 @@ impl World {
             return Err(Rejection::FutureMonth(month));
         }
         let slot = match subject {
-            Subject::Person(p) => self
-                .persons
-                .get(&self.households, p)
+            Subject::Person(p) => person
+                .unwrap_or_else(|| self.persons.get(&self.households, p))
                 .ok_or(Rejection::UnknownPerson)?,
             Subject::Household(h) => self
                 .households
@@ -1200,11 +1292,9 @@ impl World {
             return Ok(Applied::Duplicate);
         }
         let before = f(h);
-        if !self.undo_households.contains_key(&h.id) {
-            // The household's own id, not the record's copy (see [`Touched::absorb`]).
-            self.undo_households
-                .insert(h.id.clone(), Undo::Months(before));
-        }
+        self.undo_households
+            .entry(slot)
+            .or_insert(Undo::Months(before));
         Ok(Applied::Changed)
     }
 
@@ -1261,13 +1351,13 @@ impl World {
         let mut touched = Touched::default();
         // Each household's changes encode apart from the others': a large change (a page of
         // a bulk feed) is encoded on every core, each thread over a contiguous share.
-        let undone: Vec<(HouseholdId, Undo)> = self.undo_households.drain().collect();
+        let undone: Vec<(Slot, Undo)> = self.undo_households.drain().collect();
         let households = &self.households;
         let parts = crate::parallel::in_shares(&undone, PARALLEL_MIN_HOUSEHOLDS, |_, part| {
             let mut roster = Vec::new();
             let mut entries = Vec::new();
-            for (id, before) in part {
-                household_changes(&mut roster, &mut entries, id, before, households.get(id));
+            for (slot, before) in part {
+                household_changes(&mut roster, &mut entries, before, households.at(*slot));
             }
             (roster, entries)
         });
@@ -1279,7 +1369,12 @@ impl World {
         }
         month_log::put_run(&mut batch, &mut self.log, &roster, &entries);
         drop((roster, entries));
-        touched.households = undone.into_iter().map(|(id, _)| id).collect();
+        // The household's own id, not a record's copy (see [`Touched::absorb`]).
+        touched.households = undone
+            .iter()
+            .filter_map(|(slot, _)| self.households.at(*slot).map(|h| h.id.clone()))
+            .collect();
+        drop(undone);
         for (code, _) in self.undo_villages.drain() {
             if let Some(v) = self.villages.get(&code) {
                 batch.put(
@@ -1305,10 +1400,10 @@ impl World {
 
     /// Undoes every change since [`World::begin`] (the store refused the batch).
     pub fn rollback(&mut self) {
-        for (id, before) in self.undo_households.drain() {
+        for (slot, before) in self.undo_households.drain() {
             match before {
                 Undo::Months(months) => {
-                    if let Some(h) = self.households.get_mut(&id) {
+                    if let Some(h) = self.households.at_mut(slot) {
                         h.months = months;
                     }
                 }
@@ -1318,7 +1413,9 @@ impl World {
                     let _ = self.households.insert(h);
                 }
                 Undo::Whole(None) => {
-                    self.households.remove(&id);
+                    if let Some(id) = self.households.at(slot).map(|h| h.id.clone()) {
+                        self.households.remove(&id);
+                    }
                 }
             }
         }

@@ -1848,3 +1848,74 @@ fn runs_that_remove_households_load_as_made_whoever_takes_their_slots() {
     }
     assert!(loaded.household(&"H2".parse().unwrap()).is_none());
 }
+
+#[test]
+fn persons_looked_up_for_a_page_are_looked_up_again_once_a_roster_record_may_have_moved_them() {
+    let h1: HouseholdId = "H1".parse().unwrap();
+    let h2: HouseholdId = "H2".parse().unwrap();
+    let sept: Month = "2026-09".parse().unwrap();
+    let wage_of = |w: &World, h: &HouseholdId| {
+        w.household(h)
+            .and_then(|h| h.value(Indicator::WageIncome, sept))
+    };
+    // A page of wages only, looked up before roster records (applied apart from the page)
+    // move person 1 from H1 to H2: its wages go where the roster now puts person 1.
+    let mut w = World::new(24);
+    w.begin();
+    w.apply("roster", &roster("H1", &[1]), now()).unwrap();
+    w.apply("roster", &roster("H2", &[2]), now()).unwrap();
+    let page = [wage("a", 1, "2026-09", 1), wage("b", 2, "2026-09", 2)];
+    let looked_up = w.person_slots(page.iter().map(Some));
+    w.apply("roster", &roster("H1", &[3]), now()).unwrap();
+    w.apply("roster", &roster("H2", &[2, 1]), now()).unwrap();
+    for (i, r) in page.iter().enumerate() {
+        assert_eq!(
+            w.apply_looked_up("wages", r, now(), &looked_up, i),
+            Ok(Applied::Changed)
+        );
+    }
+    assert_eq!([wage_of(&w, &h1), wage_of(&w, &h2)], [None, Some(300)]);
+
+    // A page with roster records among its samples: each sample goes to the household the
+    // roster lists its person in when the sample is applied.
+    let mut w = World::new(24);
+    w.begin();
+    w.apply("roster", &roster("H1", &[1]), now()).unwrap();
+    w.apply("roster", &roster("H2", &[2]), now()).unwrap();
+    let page = [
+        wage("a", 1, "2026-09", 1),
+        roster("H1", &[3]),
+        wage("b", 1, "2026-09", 2),
+        roster("H2", &[2, 1]),
+        wage("c", 1, "2026-09", 4),
+    ];
+    let looked_up = w.person_slots(page.iter().map(Some));
+    let outcomes: Vec<_> = page
+        .iter()
+        .enumerate()
+        .map(|(i, r)| w.apply_looked_up("feed", r, now(), &looked_up, i))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            Ok(Applied::Changed),
+            Ok(Applied::Changed),
+            Err(Rejection::UnknownPerson),
+            Ok(Applied::Changed),
+            Ok(Applied::Changed)
+        ]
+    );
+    assert_eq!([wage_of(&w, &h1), wage_of(&w, &h2)], [Some(100), Some(400)]);
+
+    // Looked up in one batch, good in none after it.
+    let looked_up = w.person_slots(page[..1].iter().map(Some));
+    w.take_batch();
+    w.begin();
+    w.apply("roster", &roster("H2", &[2]), now()).unwrap();
+    w.take_batch();
+    w.begin();
+    assert_eq!(
+        w.apply_looked_up("feed", &wage("d", 1, "2026-09", 8), now(), &looked_up, 0),
+        Err(Rejection::UnknownPerson)
+    );
+}
