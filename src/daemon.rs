@@ -105,7 +105,7 @@ impl Sink for EngineSink {
     async fn ingest(
         &self,
         feed: &FeedConfig,
-        records: &mut [Mapped<'_>],
+        records: &[Mapped<'_>],
         cursor: Option<&str>,
     ) -> Result<Counts, PollError> {
         self.store_writable()?;

@@ -587,11 +587,11 @@ impl Engine {
     pub fn ingest(
         &mut self,
         feed: &FeedConfig,
-        mut records: Vec<Mapped<'_>>,
+        records: Vec<Mapped<'_>>,
         now: DateTime<FixedOffset>,
         cursor: Option<&str>,
     ) -> Result<Counts, EngineError> {
-        self.ingest_page(feed, &mut records, now, cursor)
+        self.ingest_page(feed, &records, now, cursor)
     }
 
     /// [`Engine::ingest`], leaving the records to the caller: a poll frees a page's records on
@@ -600,7 +600,7 @@ impl Engine {
     pub fn ingest_page(
         &mut self,
         feed: &FeedConfig,
-        records: &mut [Mapped<'_>],
+        records: &[Mapped<'_>],
         now: DateTime<FixedOffset>,
         cursor: Option<&str>,
     ) -> Result<Counts, EngineError> {

@@ -93,8 +93,8 @@ pub async fn poll_dir<S: Sink + Sync>(
         };
         match outcome {
             Ok(decoded) => {
-                let mut mapped = map_page(feed, decoded.records, pseudo);
-                let counts = sink.ingest(feed, &mut mapped, None).await?;
+                let mapped = map_page(feed, decoded.records, pseudo);
+                let counts = sink.ingest(feed, &mapped, None).await?;
                 total.add(counts);
                 let to = destination(&done, &name);
                 tokio::fs::rename(&path, &to)

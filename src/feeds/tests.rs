@@ -57,7 +57,7 @@ impl Sink for Recorder {
     async fn ingest(
         &self,
         _feed: &FeedConfig,
-        records: &mut [Mapped<'_>],
+        records: &[Mapped<'_>],
         cursor: Option<&str>,
     ) -> Result<Counts, PollError> {
         let ids: Vec<String> = records

@@ -464,8 +464,8 @@ fn unlist_person(
 /// The in-memory working set.
 pub struct World {
     /// Each household in a slot of its own, found by its id (`Household::id`, shared text).
-    /// The undo log and the shared persons hold clones of that one id, so a batch's touched
-    /// households can be told apart by address ([`Touched::absorb`]).
+    /// A batch's touched households and the shared persons hold clones of that one id, so
+    /// touched households can be told apart by address ([`Touched::absorb`]).
     households: Households,
     villages: Map<VillageCode, Village>,
     counties: BTreeMap<CountyCode, CountyValue>,
@@ -486,8 +486,9 @@ pub struct World {
     undo_households: Map<Slot, Undo>,
     undo_villages: Map<VillageCode, Option<Village>>,
     dirty_counties: BTreeSet<CountyCode>,
-    /// Counts the changes that may move persons between slots: each batch's beginning and
-    /// each roster record. [`PersonSlots`] looked up at one count are good only at that count.
+    /// Counts the changes that may move persons between slots: each batch's beginning, each
+    /// roster record, each rollback and catch-up. [`PersonSlots`] looked up at one count are
+    /// good only at that count, and only in this `World` (each starts at 0).
     roster_changes: u64,
 }
 
@@ -610,18 +611,18 @@ fn decode_county(space: Space, key: &[u8], bytes: &[u8]) -> Result<CountyValue, 
 /// Below this many changed households a batch is encoded on the calling thread.
 const PARALLEL_MIN_HOUSEHOLDS: usize = 1024;
 
-/// The run entries of one household changed since `before`: its roster part if that changed
-/// (or that it is gone, `now`), and its months that changed or are gone, all of them if it
-/// is gone.
-/// The changes of one household of a batch: `before`, what its undo log kept, and `now`,
-/// the household in the same slot now. A batch removes no household, so `now` is there; were
-/// it not, the household before is written as gone.
+/// The run entries of one household a batch changed: its roster part if that changed, and
+/// its months that changed or are gone. `before` is what the undo log kept, `now` the
+/// household in the same slot now. A batch removes no household, so `now` is there (a debug
+/// assertion checks); were it not, a household the undo log kept whole is written as gone
+/// (all its months with it), and otherwise nothing is written.
 fn household_changes<'a>(
     roster: &mut Vec<month_log::RosterChangeRef<'a>>,
     entries: &mut Vec<month_log::RunEntry<'a>>,
     before: &'a Undo,
     now: Option<&'a Household>,
 ) {
+    debug_assert!(now.is_some(), "a batch removes no household");
     let none = Months::default();
     let old_months = before.months().unwrap_or(&none);
     let id = match (now, before) {
@@ -737,6 +738,7 @@ impl World {
         // looked at again only where a village went, or came without its name.
         let mut read_again: Vec<Slot> = Vec::new();
         let mut every_village = false;
+        self.roster_changes += 1;
         for (space, key) in changed {
             let value = store.get(*space, key)?;
             match space {
@@ -848,8 +850,8 @@ impl World {
             Some(mut h) => {
                 if let Some(old) = self.households.get_mut(id) {
                     h.months = std::mem::take(&mut old.months);
-                    // One shared id per household (the undo log and the shared persons hold
-                    // it).
+                    // One shared id per household (touched households and the shared persons
+                    // hold it).
                     h.id = old.id.clone();
                 }
                 let members = h.members.clone();
@@ -1400,6 +1402,7 @@ impl World {
 
     /// Undoes every change since [`World::begin`] (the store refused the batch).
     pub fn rollback(&mut self) {
+        self.roster_changes += 1;
         for (slot, before) in self.undo_households.drain() {
             match before {
                 Undo::Months(months) => {
