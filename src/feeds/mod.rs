@@ -168,9 +168,8 @@ struct PageInfo {
 
 /// A page being applied, with the cursor after it, on a blocking thread.
 struct Applying {
-    /// What applying the page came to, and the page, which the poll frees while the next
-    /// page is applied: freeing a bulk page's decoded records on the applying thread took a
-    /// tenth of its time.
+    /// What applying the page came to, and the page, which the poll frees: freeing a bulk
+    /// page's decoded records on the applying thread took a tenth of its time.
     task: tokio::task::JoinHandle<(Result<Counts, PollError>, MappedPage)>,
     page: u32,
     records: usize,
@@ -203,16 +202,18 @@ impl Applying {
         }
     }
 
-    /// Waits until the page and the cursor after it are committed, and hands the page back
-    /// to be freed (best once the next page is being applied).
-    async fn finish(self, feed: &FeedConfig, total: &mut Counts) -> Result<MappedPage, PollError> {
+    /// Waits until the page and the cursor after it are committed, and frees the page.
+    async fn finish(self, feed: &FeedConfig, total: &mut Counts) -> Result<(), PollError> {
         let (counts, page) = self
             .task
             .await
             .map_err(|e| PollError::Store(format!("applying page {}: {e}", self.page)))?;
+        // Freed here, before the next page's apply starts: freeing it while that apply runs
+        // was slower (BENCHMARKS.md).
+        drop(page);
         total.add(counts?);
         debug!(feed = %feed.name, page = self.page, records = self.records, "page applied");
-        Ok(page)
+        Ok(())
     }
 }
 
@@ -302,10 +303,9 @@ pub async fn poll<S: Sink + Clone + Send + Sync + 'static>(
             Ok(Some(page))
         }
         .await;
-        let applied = match applying.take() {
-            Some(before) => Some(before.finish(feed, &mut total).await?),
-            None => None,
-        };
+        if let Some(before) = applying.take() {
+            before.finish(feed, &mut total).await?;
+        }
         let Some(page) = fetched? else {
             debug!(feed = %feed.name, "not modified since the last poll");
             return Ok((total, true));
@@ -316,8 +316,6 @@ pub async fn poll<S: Sink + Clone + Send + Sync + 'static>(
         let next_link = info.next_link.clone();
         last_page = info.fingerprint.clone();
         applying = Some(Applying::start(&shared, sink, page, i));
-        // Freed while the next page is applied, not before it starts.
-        drop(applied);
         if let Some(next) = &next_cursor
             && n > 0
         {
