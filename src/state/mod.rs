@@ -640,7 +640,8 @@ fn household_changes<'a>(
             roster.push(month_log::RosterChangeRef::Gone(b.id.as_str()));
             &b.id
         }
-        // Neither before nor now: nothing to write.
+        // No household now, and none kept whole before: no id to write as gone (a broken
+        // invariant, which the assertion above reports in debug builds).
         (None, _) => return,
     };
     month_log::household_entries(entries, id, old_months, now);
