@@ -48,7 +48,7 @@ pub fn replay(
     from: DateTime<FixedOffset>,
     to: DateTime<FixedOffset>,
     step: Duration,
-) -> Vec<Episode> {
+) -> Result<Vec<Episode>, crate::store::StoreError> {
     let mut alerts = Alerts::default();
     let mut open: BTreeMap<(String, String), Episode> = BTreeMap::new();
     let mut done = Vec::new();
@@ -79,7 +79,7 @@ pub fn replay(
             };
             alerts.pass(rules, &ctx, &entities, |r| {
                 !matches!(r.kind, RuleKind::Absent { .. })
-            })
+            })?
         };
         for tr in transitions {
             match tr {
@@ -111,7 +111,7 @@ pub fn replay(
     }
     done.extend(open.into_values());
     done.sort_by(|a, b| (&a.rule, &a.entity, a.fired_at).cmp(&(&b.rule, &b.entity, b.fired_at)));
-    done
+    Ok(done)
 }
 
 fn day(t: i64) -> String {

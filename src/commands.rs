@@ -580,7 +580,7 @@ pub fn backtest(a: &BacktestArgs) -> anyhow::Result<String> {
         from,
         to,
         step,
-    );
+    )?;
     let other = match &a.against {
         None => None,
         Some(dir) => {
@@ -594,7 +594,7 @@ pub fn backtest(a: &BacktestArgs) -> anyhow::Result<String> {
                 from,
                 to,
                 step,
-            ))
+            )?)
         }
     };
     let end = to.timestamp();
@@ -716,7 +716,7 @@ pub fn report(config: &Path, json: bool) -> anyhow::Result<String> {
     use crate::alerts::{Alerts, Disposition, Status};
     let cfg = Config::load(config).map_err(|p| anyhow::anyhow!("{p}"))?;
     let store = crate::store::open(&cfg.daemon.data_dir)?;
-    let alerts = Alerts::load(&store)?;
+    let alerts = Alerts::load(std::sync::Arc::new(store))?;
     #[derive(Default, serde::Serialize)]
     struct Row {
         rule: String,

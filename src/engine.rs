@@ -197,7 +197,7 @@ impl Engine {
         // The alerts load on another core meanwhile: at province scale both take seconds of
         // the start (tens of thousands of alerts with their texts).
         let (loaded, alerts) = std::thread::scope(|s| {
-            let alerts = s.spawn(|| Alerts::load(store.as_ref()));
+            let alerts = s.spawn(|| Alerts::load(Arc::clone(&store)));
             let from_snapshot = snapshot
                 .as_deref()
                 .and_then(|p| crate::state::snapshot::load(p, store.as_ref(), retention_months));
@@ -285,6 +285,15 @@ impl Engine {
         Ok(e)
     }
 
+    /// `r`, marking the engine stale if it failed: the alerts may have moved in memory and
+    /// not in the store.
+    fn stale_on<T>(&mut self, r: Result<T, StoreError>) -> Result<T, EngineError> {
+        if r.is_err() {
+            self.stale = true;
+        }
+        Ok(r?)
+    }
+
     /// After a failed commit: reloads the world and the alerts from the store, so that
     /// memory holds exactly what the store does (`World::rollback` cannot undo a batch once
     /// `take_batch` has drained its undo log).
@@ -293,7 +302,7 @@ impl Engine {
             // A base still being written would change the store under the reload.
             self.collect_base(true);
             self.world = World::load(self.store.as_ref(), self.retention_months)?;
-            self.alerts = Alerts::load(self.store.as_ref())?;
+            self.alerts = Alerts::load(Arc::clone(&self.store))?;
             self.stale = false;
             info!(
                 households = self.world.n_households(),
@@ -1092,7 +1101,8 @@ impl Engine {
         let mut queued = Vec::new();
         if !self.notify.escalate_to.is_empty() {
             let before = now.timestamp() - self.notify.escalate_after.as_secs() as i64;
-            for a in self.alerts.take_escalations(before, now.timestamp()) {
+            let escalations = self.alerts.take_escalations(before, now.timestamp());
+            for a in self.stale_on(escalations)? {
                 if let Some(reason) = self.muted(&a, now.timestamp()) {
                     self.metrics
                         .notifications_suppressed
@@ -1131,7 +1141,7 @@ impl Engine {
                 })
                 .collect()
         });
-        for (a, routes) in due {
+        for (a, routes) in self.stale_on(due)? {
             if let Some(reason) = self.muted(&a, now.timestamp()) {
                 self.metrics
                     .notifications_suppressed
@@ -1150,7 +1160,8 @@ impl Engine {
                 &mut b,
             )?);
         }
-        self.alerts.write_changes(&mut b);
+        let written = self.alerts.write_changes(&mut b);
+        self.stale_on(written)?;
         if let Err(e) = self.store.commit(b) {
             self.stale = true;
             return Err(e.into());
@@ -1201,7 +1212,7 @@ impl Engine {
         } else {
             Vec::new()
         };
-        let (checks, transitions) = {
+        let passed = {
             let ctx = EvalContext {
                 world: &self.world,
                 now,
@@ -1214,6 +1225,7 @@ impl Engine {
             };
             self.alerts.pass(&rules, &ctx, entities, rule_filter)
         };
+        let (checks, transitions) = self.stale_on(passed)?;
         report.checks = checks;
         let mut batch = Batch::default();
         let mut queued = Vec::new();
@@ -1241,7 +1253,8 @@ impl Engine {
                 &mut batch,
             )?);
         }
-        self.alerts.write_changes(&mut batch);
+        let written = self.alerts.write_changes(&mut batch);
+        self.stale_on(written)?;
         self.record_at_risk(now);
         let (state_batch, _) = self.world.take_batch();
         batch.ops.extend(state_batch.ops);
@@ -1316,7 +1329,12 @@ impl Engine {
 
     /// The firing alerts routed to `receiver` and not muted, as Alertmanager takes them, ending
     /// `hold` seconds from now unless re-sent.
-    pub fn firing_for(&self, receiver: &str, now: i64, hold: i64) -> Vec<serde_json::Value> {
+    pub fn firing_for(
+        &self,
+        receiver: &str,
+        now: i64,
+        hold: i64,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
         self.alerts
             .iter()
             .filter(|a| a.status == crate::alerts::Status::Firing)
@@ -1329,13 +1347,17 @@ impl Engine {
             })
             .filter(|a| self.muted(a, now).is_none())
             .map(|a| {
-                crate::notify::am_alert(
+                let description = match self.alerts.full(&a.fingerprint)? {
+                    Some(full) => full.description,
+                    None => String::new(),
+                };
+                Ok(crate::notify::am_alert(
                     &a.labels,
                     &a.summary,
-                    &a.description,
+                    &description,
                     a.fired_at.unwrap_or(a.active_since),
                     now + hold,
-                )
+                ))
             })
             .collect()
     }
@@ -1374,11 +1396,13 @@ impl Engine {
         ack: crate::alerts::Ack,
     ) -> Result<Option<crate::alerts::Alert>, EngineError> {
         self.reload_if_stale()?;
-        let Some(a) = self.alerts.acknowledge(fingerprint, ack) else {
+        let acknowledged = self.alerts.acknowledge(fingerprint, ack);
+        let Some(a) = self.stale_on(acknowledged)? else {
             return Ok(None);
         };
         let mut b = Batch::default();
-        self.alerts.write_changes(&mut b);
+        let written = self.alerts.write_changes(&mut b);
+        self.stale_on(written)?;
         if let Err(e) = self.store.commit(b) {
             self.stale = true;
             return Err(e.into());

@@ -459,7 +459,9 @@ fn run_test(t: &Test, rules: &RuleSet, lines: &Lines) -> Result<(), String> {
             sources: &sources,
         };
         let entities: Vec<EntityRef> = entities.into_iter().collect();
-        alerts.pass(rules, &ctx, &entities, under_test);
+        alerts
+            .pass(rules, &ctx, &entities, under_test)
+            .map_err(|e| e.to_string())?;
         // County rules see this step's firing households at the next evaluation, as live.
         let sets = rules.at_risk_sets();
         let counts = alerts.households_in_sets(&sets);

@@ -284,17 +284,6 @@ fn stored(data: &Path) -> Stored {
         .counties()
         .map(|c| (c.code.to_string(), format!("{c:?}")))
         .collect();
-    let alerts = guardline::alerts::Alerts::load(&store)
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a.rule.clone(),
-                a.entity.clone(),
-                a.status.name().to_string(),
-            )
-        })
-        .collect();
     let mut delivered = BTreeMap::new();
     for d in guardline::notify::delivered(&store, usize::MAX).unwrap() {
         *delivered
@@ -321,6 +310,28 @@ fn stored(data: &Path) -> Stored {
         .filter(|(k, _)| !k.ends_with("\0last_data") && k != "roster\0newest")
         .collect();
     let outbox = store.scan(Space::Outbox).unwrap().len();
+    // Last, as it takes the store. Every alert's texts are read back whole: a write of an
+    // alert whose texts were shed from memory must not have lost them.
+    let alerts = guardline::alerts::Alerts::load(std::sync::Arc::new(store)).unwrap();
+    for a in alerts.iter() {
+        let full = alerts.full(&a.fingerprint).unwrap().unwrap();
+        assert!(
+            !full.summary.is_empty() && !full.description.is_empty() && !full.evidence.is_empty(),
+            "alert {} of rule {} stored without its texts",
+            a.fingerprint,
+            a.rule
+        );
+    }
+    let alerts = alerts
+        .iter()
+        .map(|a| {
+            (
+                a.rule.clone(),
+                a.entity.clone(),
+                a.status.name().to_string(),
+            )
+        })
+        .collect();
     Stored {
         households,
         villages,

@@ -6,8 +6,17 @@
 //! - A transition to firing or resolved is reported exactly once per episode: the caller
 //!   commits the alert state and the notifications it causes in one batch, so after a restart
 //!   a firing alert is known to be firing and is not announced again.
+//! - An alert's description and evidence (most of its bytes) are in memory only while they
+//!   are not yet in the store: those of an alert loaded, or written with
+//!   [`Alerts::write_changes`], are *shed* and read back from the alert's key when needed
+//!   ([`Alerts::full`], the transitions, escalations and reminders, the next write), with a
+//!   digest of them kept to tell whether a new rendering changes them. So every write of an
+//!   alert holds its texts, and the caller commits every batch it writes alerts into, or
+//!   reloads the alerts from the store.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use chrono::{DateTime, FixedOffset, TimeZone};
 use serde::{Deserialize, Serialize};
@@ -44,6 +53,9 @@ impl Status {
 }
 
 /// One alert as stored. Times are Unix seconds.
+///
+/// Those [`Alerts::iter`] and [`Alerts::get`] lend may have their `description` and
+/// `evidence` shed (empty): [`Alerts::full`] reads them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     pub fingerprint: String,
@@ -177,6 +189,39 @@ pub enum AlertError {
         rule: String,
         source: minijinja::Error,
     },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A digest of an alert's description and evidence, to tell whether a new rendering
+/// changes those the store holds. (SipHash with fixed keys: the same in every process,
+/// though digests are only ever compared within one.)
+fn texts_digest(description: &str, evidence: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    description.hash(&mut h);
+    evidence.hash(&mut h);
+    h.finish()
+}
+
+/// Reads the description and evidence of the alert `fp` back from the store into `a`, if
+/// they were shed (see the module's invariants). An alert shed but not in the store (a
+/// commit failed, and the caller has not reloaded yet) keeps them empty.
+fn fill_texts(
+    store: Option<&Arc<dyn Store>>,
+    shed: &HashMap<String, u64>,
+    fp: &str,
+    a: &mut Alert,
+) -> Result<(), StoreError> {
+    let Some(store) = store else { return Ok(()) };
+    if !shed.contains_key(fp) {
+        return Ok(());
+    }
+    if let Some(v) = store.get(Space::Alert, fp.as_bytes())? {
+        let stored: Alert = codec::decode(ALERT_VERSION, Space::Alert, fp.as_bytes(), &v)?;
+        a.description = stored.description;
+        a.evidence = stored.evidence;
+    }
+    Ok(())
 }
 
 /// A finding made ready for the lifecycle: its county and the alert's texts and labels,
@@ -244,25 +289,50 @@ pub struct Alerts {
     removed: HashSet<String>,
     /// Counts for the gauges, kept as the alerts change (see `tally`).
     tally: Tally,
+    /// The alerts whose description and evidence are shed, with their digest.
+    shed: HashMap<String, u64>,
+    /// Where shed texts are read back from. Without it (alerts never loaded from a store,
+    /// as in a backtest) nothing is shed.
+    store: Option<Arc<dyn Store>>,
 }
 
 impl Alerts {
-    pub fn load(store: &dyn Store) -> Result<Self, StoreError> {
+    /// Loads the alerts of `store`, their texts shed: at province scale they are tens of
+    /// thousands, about 4 KB each with their texts.
+    pub fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let mut a = Self::default();
-        for (k, v) in store.scan(Space::Alert)? {
-            let alert: Alert = codec::decode(ALERT_VERSION, Space::Alert, &k, &v)?;
+        store.for_each_in(Space::Alert, &[], None, &mut |k, v| {
+            let mut alert: Alert = codec::decode(ALERT_VERSION, Space::Alert, k, v)?;
+            let digest = texts_digest(&alert.description, &alert.evidence);
+            alert.description = String::new();
+            alert.evidence = String::new();
+            a.shed.insert(alert.fingerprint.clone(), digest);
             a.alerts.insert(alert.fingerprint.clone(), alert);
-        }
+            Ok(())
+        })?;
         a.tally = Tally::of(a.alerts.values());
+        a.store = Some(store);
         Ok(a)
     }
 
+    /// The alerts, their description and evidence possibly shed (empty).
     pub fn iter(&self) -> impl Iterator<Item = &Alert> {
         self.alerts.values()
     }
 
+    /// The alert `fingerprint`, its description and evidence possibly shed (empty).
     pub fn get(&self, fingerprint: &str) -> Option<&Alert> {
         self.alerts.get(fingerprint)
+    }
+
+    /// The alert `fingerprint` whole, its texts read from the store if shed.
+    pub fn full(&self, fingerprint: &str) -> Result<Option<Alert>, StoreError> {
+        let Some(a) = self.alerts.get(fingerprint) else {
+            return Ok(None);
+        };
+        let mut a = a.clone();
+        fill_texts(self.store.as_ref(), &self.shed, fingerprint, &mut a)?;
+        Ok(Some(a))
     }
 
     /// Entities with a pending alert: they must be re-evaluated on every tick for `for`.
@@ -285,7 +355,7 @@ impl Alerts {
     ) -> Result<Option<Transition>, AlertError> {
         let fp = fingerprint(&rule.name, entity);
         let found = finding.map(|f| Found::of(rules, rule, f)).transpose()?;
-        Ok(self.observe_found(rule, entity, fp, found, now))
+        Ok(self.observe_found(rule, entity, fp, found, now)?)
     }
 
     /// [`Alerts::observe`] with the fingerprint computed and the finding's texts rendered.
@@ -296,29 +366,33 @@ impl Alerts {
         fp: String,
         found: Option<Found>,
         now: DateTime<FixedOffset>,
-    ) -> Option<Transition> {
+    ) -> Result<Option<Transition>, StoreError> {
         let t = now.timestamp();
         let existing = self.alerts.get(&fp);
         let active = existing.is_some_and(|a| a.status != Status::Resolved);
         match (found, active) {
-            (None, false) => None,
+            (None, false) => Ok(None),
             (None, true) => {
                 // Invariant: `active` implies the alert exists.
-                let a = self.alerts.get_mut(&fp)?;
+                let Some(a) = self.alerts.get_mut(&fp) else {
+                    return Ok(None);
+                };
                 self.tally.remove(a);
                 if a.status == Status::Pending {
                     self.alerts.remove(&fp);
+                    self.shed.remove(&fp);
                     self.changed.remove(&fp);
                     self.removed.insert(fp);
-                    return None;
+                    return Ok(None);
                 }
                 a.status = Status::Resolved;
                 a.resolved_at = Some(t);
                 a.history.push((t, Status::Resolved));
                 self.tally.add(a);
-                let out = a.clone();
+                let mut out = a.clone();
+                fill_texts(self.store.as_ref(), &self.shed, &fp, &mut out)?;
                 self.changed.insert(fp);
-                Some(Transition::Resolved(out))
+                Ok(Some(Transition::Resolved(out)))
             }
             (Some(f), _) => {
                 let Found {
@@ -369,11 +443,20 @@ impl Alerts {
                         a
                     }
                 };
-                let content_changed = a.summary != summary || a.description != description;
+                let texts_changed = match self.shed.get(&fp) {
+                    Some(digest) => *digest != texts_digest(&description, &evidence),
+                    None => a.description != description || a.evidence != evidence,
+                };
+                let content_changed = a.summary != summary || texts_changed;
                 a.summary = summary;
-                a.description = description;
-                a.evidence = evidence;
                 a.labels = labels;
+                // A firing alert that nothing changes is not written: its texts, the same
+                // as the store's, stay shed. Every other is written, with these.
+                if content_changed || a.status != Status::Firing {
+                    a.description = description;
+                    a.evidence = evidence;
+                    self.shed.remove(&fp);
+                }
                 let mut transition = None;
                 if a.status == Status::Pending && t - a.active_since >= rule.hold.as_secs() as i64 {
                     self.tally.remove(a);
@@ -391,24 +474,32 @@ impl Alerts {
                 if transition.is_some() || content_changed || a.status == Status::Pending {
                     self.changed.insert(fp);
                 }
-                transition
+                Ok(transition)
             }
         }
     }
 
     /// Records an operator's disposition on an alert; the change is written with the next batch.
-    pub fn acknowledge(&mut self, fingerprint: &str, ack: Ack) -> Option<Alert> {
-        let a = self.alerts.get_mut(fingerprint)?;
+    pub fn acknowledge(
+        &mut self,
+        fingerprint: &str,
+        ack: Ack,
+    ) -> Result<Option<Alert>, StoreError> {
+        let Some(a) = self.alerts.get_mut(fingerprint) else {
+            return Ok(None);
+        };
         self.tally.remove(a);
         a.ack = Some(ack);
         self.tally.add(a);
         self.changed.insert(fingerprint.to_string());
-        Some(a.clone())
+        let mut out = a.clone();
+        fill_texts(self.store.as_ref(), &self.shed, fingerprint, &mut out)?;
+        Ok(Some(out))
     }
 
     /// Firing alerts without a disposition that fired before `before` and were not escalated;
     /// they are marked escalated at `now`.
-    pub fn take_escalations(&mut self, before: i64, now: i64) -> Vec<Alert> {
+    pub fn take_escalations(&mut self, before: i64, now: i64) -> Result<Vec<Alert>, StoreError> {
         let mut out = Vec::new();
         for a in self.alerts.values_mut() {
             if a.status == Status::Firing
@@ -417,11 +508,13 @@ impl Alerts {
                 && a.fired_at.is_some_and(|f| f <= before)
             {
                 a.escalated_at = Some(now);
-                out.push(a.clone());
+                let mut full = a.clone();
+                fill_texts(self.store.as_ref(), &self.shed, &a.fingerprint, &mut full)?;
+                out.push(full);
                 self.changed.insert(a.fingerprint.clone());
             }
         }
-        out
+        Ok(out)
     }
 
     /// Firing alerts without a disposition with the routes due to remind of them:
@@ -432,7 +525,7 @@ impl Alerts {
         &mut self,
         now: i64,
         intervals: impl Fn(&Alert) -> Vec<(String, i64)>,
-    ) -> Vec<(Alert, Vec<String>)> {
+    ) -> Result<Vec<(Alert, Vec<String>)>, StoreError> {
         let mut out = Vec::new();
         for a in self.alerts.values_mut() {
             if a.status != Status::Firing || a.ack.is_some() {
@@ -455,10 +548,12 @@ impl Alerts {
                 a.reminded.insert(r.clone(), now);
             }
             a.repeats += 1;
-            out.push((a.clone(), due));
+            let mut full = a.clone();
+            fill_texts(self.store.as_ref(), &self.shed, &a.fingerprint, &mut full)?;
+            out.push((full, due));
             self.changed.insert(a.fingerprint.clone());
         }
-        out
+        Ok(out)
     }
 
     /// Counts of recorded dispositions per (county, rule, disposition), for metrics.
@@ -508,30 +603,48 @@ impl Alerts {
             if let Some(a) = self.alerts.remove(&fp) {
                 self.tally.remove(&a);
             }
+            self.shed.remove(&fp);
             self.changed.remove(&fp);
             self.removed.insert(fp);
         }
     }
 
-    /// Writes changed alerts into `batch`.
-    pub fn write_changes(&mut self, batch: &mut Batch) {
-        for fp in self.changed.drain() {
-            if let Some(a) = self.alerts.get(&fp) {
+    /// Writes changed alerts into `batch`, each with its description and evidence (read
+    /// back from the store if shed), then sheds those texts from memory. The caller commits
+    /// `batch`, or reloads the alerts from the store if the commit fails.
+    pub fn write_changes(&mut self, batch: &mut Batch) -> Result<(), StoreError> {
+        let mut changed: Vec<String> = self.changed.drain().collect();
+        // In key order, as a commit's keys are best written.
+        changed.sort_unstable();
+        for fp in changed {
+            let Some(a) = self.alerts.get_mut(&fp) else {
+                continue;
+            };
+            if self.shed.contains_key(&fp) {
+                let mut full = a.clone();
+                fill_texts(self.store.as_ref(), &self.shed, &fp, &mut full)?;
                 batch.put(
                     Space::Alert,
                     fp.into_bytes(),
-                    codec::encode(ALERT_VERSION, a),
+                    codec::encode(ALERT_VERSION, &full),
                 );
+                continue;
+            }
+            batch.put(
+                Space::Alert,
+                fp.clone().into_bytes(),
+                codec::encode(ALERT_VERSION, &*a),
+            );
+            if self.store.is_some() {
+                let digest = texts_digest(&a.description, &a.evidence);
+                a.description = String::new();
+                a.evidence = String::new();
+                self.shed.insert(fp, digest);
             }
         }
         for fp in self.removed.drain() {
             batch.delete(Space::Alert, fp.into_bytes());
         }
-    }
-
-    /// Throws away unsaved changes by reloading from the store (a commit failed).
-    pub fn reload(&mut self, store: &dyn Store) -> Result<(), StoreError> {
-        *self = Self::load(store)?;
         Ok(())
     }
 
@@ -567,7 +680,7 @@ impl Alerts {
         ctx: &EvalContext<'_>,
         entities: &[EntityRef],
         filter: impl Fn(&Rule) -> bool,
-    ) -> (u64, Vec<Transition>) {
+    ) -> Result<(u64, Vec<Transition>), StoreError> {
         let on: Vec<(usize, &Rule)> = rules
             .rules
             .iter()
@@ -591,7 +704,7 @@ impl Alerts {
                     }
                 };
                 let entity = &entities[c.entity];
-                if let Some(t) = self.observe_found(rule, entity, c.fingerprint, found, ctx.now) {
+                if let Some(t) = self.observe_found(rule, entity, c.fingerprint, found, ctx.now)? {
                     transitions.push((ri, c.entity, t));
                 }
             }
@@ -601,7 +714,7 @@ impl Alerts {
             a.0.cmp(&b.0)
                 .then_with(|| entities[a.1].cmp(&entities[b.1]))
         });
-        (checks, transitions.into_iter().map(|(_, _, t)| t).collect())
+        Ok((checks, transitions.into_iter().map(|(_, _, t)| t).collect()))
     }
 
     /// The checks of a share of a pass's entities (the first at index `first`) with the rules

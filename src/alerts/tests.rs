@@ -25,12 +25,17 @@ description = "d"
 }
 
 fn finding(days: i64) -> Finding {
+    finding_of(days, 1)
+}
+
+/// A finding whose `hours` is in the evidence only, not in the rule's texts.
+fn finding_of(days: i64, hours: i64) -> Finding {
     Finding {
         entity: EntityRef::Village("632522100201".parse().unwrap()),
         county: Some("632522".parse().unwrap()),
         labels: Default::default(),
         context: json!({"county": "632522", "county_name": "同德县", "village": "632522100201",
-            "village_name": "甲村", "interval_id": "x", "started": "s", "days": days, "hours": 1,
+            "village_name": "甲村", "interval_id": "x", "started": "s", "days": days, "hours": hours,
             "threshold_days": 1, "open_intervals": 1}),
     }
 }
@@ -65,11 +70,11 @@ fn pending_firing_resolved_and_persisted() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
     let mut b = Batch::default();
-    a.write_changes(&mut b);
+    a.write_changes(&mut b).unwrap();
     store.commit(b).unwrap();
-    let mut again = Alerts::load(&store).unwrap();
+    let mut again = Alerts::load(store).unwrap();
     assert_eq!(
         again
             .observe(&rs, rule, &e, Some(&finding(3)), at(5))
@@ -114,10 +119,10 @@ fn reminders_follow_each_routes_interval_and_stop_with_a_disposition() {
             ("root/2".to_string(), 0),
         ]
     };
-    assert!(a.take_repeats(t0 + 3599, routes).is_empty());
-    let due = a.take_repeats(t0 + 3600, routes);
+    assert!(a.take_repeats(t0 + 3599, routes).unwrap().is_empty());
+    let due = a.take_repeats(t0 + 3600, routes).unwrap();
     assert_eq!(due[0].1, vec!["root/0".to_string()]);
-    let due = a.take_repeats(t0 + 7200, routes);
+    let due = a.take_repeats(t0 + 7200, routes).unwrap();
     assert_eq!(due[0].1, vec!["root/0".to_string(), "root/1".to_string()]);
     assert_eq!(due[0].0.repeats, 2);
     let fp = fingerprint("water", &e);
@@ -129,9 +134,10 @@ fn reminders_follow_each_routes_interval_and_stop_with_a_disposition() {
             disposition: Disposition::Dismissed,
             note: String::new(),
         },
-    );
+    )
+    .unwrap();
     assert!(
-        a.take_repeats(t0 + 100_000, routes).is_empty(),
+        a.take_repeats(t0 + 100_000, routes).unwrap().is_empty(),
         "a disposition stops reminders"
     );
 }
@@ -246,4 +252,101 @@ description = "d"
         count(both) < count(water) + count(RiskSet::of([RiskCategory::Illness])),
         "a household fires in both categories at the end"
     );
+}
+
+/// Alerts loaded or written keep their description and evidence in the store only: every
+/// write still holds them (read back for a change of the lifecycle alone), a new evidence is
+/// written, an unchanged firing alert is not, and the transitions, escalations and
+/// dispositions hand them out whole.
+#[test]
+fn texts_are_shed_once_written_and_read_back_whole() {
+    let rs = rules("0s");
+    let rule = rs.rule("water").unwrap();
+    let e = EntityRef::Village("632522100201".parse().unwrap());
+    let fp = fingerprint("water", &e);
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let stored = || -> Alert {
+        let v = store.get(Space::Alert, fp.as_bytes()).unwrap().unwrap();
+        codec::decode(ALERT_VERSION, Space::Alert, fp.as_bytes(), &v).unwrap()
+    };
+    let commit = |a: &mut Alerts| -> usize {
+        let mut b = Batch::default();
+        a.write_changes(&mut b).unwrap();
+        let n = b.ops.len();
+        store.commit(b).unwrap();
+        n
+    };
+    let mut a = Alerts::load(Arc::clone(&store)).unwrap();
+    let fired = a.observe(&rs, rule, &e, Some(&finding(2)), at(1)).unwrap();
+    assert!(
+        matches!(fired, Some(Transition::Fired(ref al)) if al.description == "d" && al.evidence.contains("\"hours\":1"))
+    );
+    assert_eq!(commit(&mut a), 1);
+    assert_eq!(a.get(&fp).unwrap().description, "", "shed once written");
+    assert_eq!(a.get(&fp).unwrap().evidence, "");
+    assert_eq!(a.get(&fp).unwrap().summary, "甲村 2", "the summary stays");
+    let full = a.full(&fp).unwrap().unwrap();
+    assert_eq!(full.description, "d");
+    assert!(full.evidence.contains("\"hours\":1"));
+
+    a.observe(&rs, rule, &e, Some(&finding(2)), at(2)).unwrap();
+    assert_eq!(commit(&mut a), 0, "nothing changed: nothing written");
+    assert_eq!(a.get(&fp).unwrap().evidence, "", "still shed");
+
+    a.observe(&rs, rule, &e, Some(&finding_of(2, 5)), at(3))
+        .unwrap();
+    assert_eq!(commit(&mut a), 1, "a new evidence is written");
+    assert!(stored().evidence.contains("\"hours\":5"));
+
+    let escalated = a
+        .take_escalations(at(3).timestamp(), at(3).timestamp())
+        .unwrap();
+    assert_eq!(escalated.len(), 1);
+    assert_eq!(escalated[0].description, "d");
+    assert_eq!(commit(&mut a), 1);
+    let s = stored();
+    assert!(s.escalated_at.is_some());
+    assert_eq!(s.description, "d", "a shed alert's write holds its texts");
+    assert!(s.evidence.contains("\"hours\":5"));
+
+    let ack = Ack {
+        by: "op".into(),
+        at: at(4).timestamp(),
+        disposition: Disposition::Enrolled,
+        note: String::new(),
+    };
+    let acked = a.acknowledge(&fp, ack).unwrap().unwrap();
+    assert_eq!(acked.description, "d");
+    assert_eq!(commit(&mut a), 1);
+    let s = stored();
+    assert!(s.ack.is_some());
+    assert_eq!(s.description, "d");
+
+    let mut again = Alerts::load(Arc::clone(&store)).unwrap();
+    assert_eq!(again.get(&fp).unwrap().description, "", "shed when loaded");
+    again
+        .observe(&rs, rule, &e, Some(&finding_of(2, 5)), at(5))
+        .unwrap();
+    assert_eq!(
+        commit(&mut again),
+        0,
+        "the digest of the loaded texts matches"
+    );
+    let resolved = again.observe(&rs, rule, &e, None, at(6)).unwrap();
+    assert!(
+        matches!(resolved, Some(Transition::Resolved(ref al)) if al.description == "d" && al.evidence.contains("\"hours\":5"))
+    );
+    assert_eq!(commit(&mut again), 1);
+    let s = stored();
+    assert_eq!(s.status, Status::Resolved);
+    assert_eq!(s.description, "d");
+
+    // Without a store (a backtest), nothing is shed.
+    let mut memory = Alerts::default();
+    memory
+        .observe(&rs, rule, &e, Some(&finding(2)), at(1))
+        .unwrap();
+    memory.write_changes(&mut Batch::default()).unwrap();
+    assert_eq!(memory.get(&fp).unwrap().description, "d");
 }

@@ -180,9 +180,15 @@ pub async fn get_alert(
         Err(r) => return r,
     };
     let e = engine.lock().await;
-    match e.alerts().get(&fp) {
-        Some(a) if t.covers(a.county) => Json(alert_json(a, true)).into_response(),
-        _ => not_found(),
+    if !e.alerts().get(&fp).is_some_and(|a| t.covers(a.county)) {
+        return not_found();
+    }
+    // The description and evidence are read from the store: while it is closed (a failed
+    // write), 503 with the reason.
+    match e.alerts().full(&fp) {
+        Ok(Some(a)) => Json(alert_json(&a, true)).into_response(),
+        Ok(None) => not_found(),
+        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
     }
 }
 
