@@ -209,7 +209,9 @@ pub async fn run(
     let (engine, waiting) = std::thread::scope(|s| {
         let waiting = s.spawn(|| {
             let loading = std::time::Instant::now();
-            Outbox::load(store.as_ref()).map(|o| (o, loading.elapsed().as_secs_f64()))
+            let outbox = Outbox::load(store.as_ref());
+            store.release_cache();
+            outbox.map(|o| (o, loading.elapsed().as_secs_f64()))
         });
         let engine = Engine::open(
             Arc::clone(&store),

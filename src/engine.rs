@@ -197,7 +197,11 @@ impl Engine {
         // The alerts load on another core meanwhile: at province scale both take seconds of
         // the start (tens of thousands of alerts with their texts).
         let (loaded, alerts) = std::thread::scope(|s| {
-            let alerts = s.spawn(|| Alerts::load(Arc::clone(&store)));
+            let alerts = s.spawn(|| {
+                let alerts = Alerts::load(Arc::clone(&store));
+                store.release_cache();
+                alerts
+            });
             let from_snapshot = snapshot
                 .as_deref()
                 .and_then(|p| crate::state::snapshot::load(p, store.as_ref(), retention_months));

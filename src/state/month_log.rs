@@ -384,6 +384,7 @@ pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
     }
     let households_done = started.elapsed();
     let mut runs = RunChanges::read(&mut w.households, store, state.base.through)?;
+    store.release_cache();
     let runs_done = started.elapsed();
     if per_household {
         super::load_household_months(w, store)?;

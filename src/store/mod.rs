@@ -420,6 +420,9 @@ pub trait Store: Send + Sync {
     fn next_id(&self) -> Result<u64, StoreError>;
     /// Bytes the store occupies on disk, its files included.
     fn size_on_disk(&self) -> u64;
+    /// Lets go of what the store keeps in memory of what was read, where it can: called
+    /// after a start's bulk reads, whose pages a cache would otherwise hold to the end.
+    fn release_cache(&self) {}
     /// `Ok` when the store accepts writes. After a failed write, the store is reopened and
     /// probed, at most once per back-off interval, until it accepts writes again; until
     /// then the failure is answered.

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::files::{FileDir, Fill};
 use super::journal::ChangedKeys;
@@ -125,7 +125,7 @@ fn open_db(path: &Path) -> sled::Result<sled::Db> {
         // 3,000,000), and the feeds of months about 10 % slower (BENCHMARKS.md).
         sled::Config::new()
             .path(path)
-            .cache_capacity(64 * 1024 * 1024)
+            .cache_capacity(CACHE_CAPACITY)
             .open()
     };
     let began = Instant::now();
@@ -145,6 +145,9 @@ fn open_db(path: &Path) -> sled::Result<sled::Db> {
         }
     }
 }
+
+/// sled's cache, in bytes (see `open_db`).
+const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
 /// How long opening waits for sled's file lock.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -655,6 +658,45 @@ impl Store for SledStore {
         self.size.load(Ordering::Relaxed) + self.files.size()
     }
 
+    /// Closes the database and opens it again: sled keeps up to its cache's capacity (and
+    /// somewhat more) of the pages a start read, the runs, alerts and outbox, until the
+    /// process ends. Operations wait on the slot's lock meanwhile. A failure leaves the
+    /// store closed, as a failed write does, to be reopened when due. A database smaller
+    /// than the cache is left open: what sled caches of it is at most about its size.
+    fn release_cache(&self) {
+        let began = Instant::now();
+        let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
+        if slot
+            .db
+            .as_ref()
+            .is_none_or(|db| db.size_on_disk().unwrap_or(0) < CACHE_CAPACITY)
+        {
+            return;
+        }
+        let Some(db) = slot.db.take() else { return };
+        slot.generation += 1;
+        // Nothing should be waiting to be written at a start; a flush makes sure.
+        let reopened = db.flush().and_then(|_| {
+            drop(db);
+            open_db(&self.path)
+        });
+        match reopened {
+            Ok(db) => {
+                slot.db = Some(db);
+                drop(slot);
+                debug!(
+                    seconds = began.elapsed().as_secs_f64(),
+                    "store reopened to release its cache"
+                );
+            }
+            Err(e) => {
+                drop(slot);
+                let e = self.record_failure(WriteFailure::of(&e), e.to_string());
+                warn!(error = %e, "reopening the store to release its cache failed");
+            }
+        }
+    }
+
     fn writable(&self) -> Result<(), StoreError> {
         {
             let h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
@@ -830,6 +872,52 @@ mod tests {
         drop(s);
         let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(s.scan(Space::Household).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn releasing_the_cache_reopens_a_store_larger_than_it_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        put(&s, b"small").unwrap();
+        s.release_cache();
+        assert_eq!(
+            s.slot.read().unwrap().generation,
+            0,
+            "a store smaller than the cache stays open"
+        );
+        // Past the cache's capacity: 80 values of 1 MiB, distinct so that nothing shrinks
+        // them.
+        for i in 0..80u32 {
+            let mut b = Batch::default();
+            let value: Vec<u8> = (0..1 << 20)
+                .map(|j: u32| (j ^ i).to_le_bytes()[0])
+                .collect();
+            b.put(Space::Household, i.to_be_bytes().to_vec(), value);
+            s.commit(b).unwrap();
+        }
+        assert!(s.size_on_disk() > CACHE_CAPACITY, "{}", s.size_on_disk());
+        let seen = Arc::new(Seen::default());
+        s.observe(seen.clone());
+        s.release_cache();
+        assert_eq!(s.slot.read().unwrap().generation, 1, "reopened");
+        assert_eq!(s.write_failure(), None);
+        assert_eq!(*seen.0.lock().unwrap(), ["writable=true"]);
+        assert_eq!(
+            s.get(Space::Household, b"small").unwrap(),
+            Some(b"v".to_vec())
+        );
+        let v = s
+            .get(Space::Household, &79u32.to_be_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.len(), 1 << 20);
+        assert_eq!(v[1], (1u32 ^ 79).to_le_bytes()[0]);
+        put(&s, b"after").unwrap();
+        assert_eq!(s.scan(Space::Household).unwrap().len(), 82);
+        // A closed store is left closed, for `writable` to reopen when due.
+        s.fail_for_tests(std::io::ErrorKind::StorageFull);
+        s.release_cache();
+        assert!(s.slot.read().unwrap().db.is_none());
     }
 
     #[test]
