@@ -384,6 +384,7 @@ pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
     }
     let households_done = started.elapsed();
     let mut runs = RunChanges::read(&mut w.households, store, state.base.through)?;
+    let (run_changes, run_arena_bytes) = (runs.changes.len(), runs.bytes());
     store.release_cache();
     let runs_done = started.elapsed();
     if per_household {
@@ -407,6 +408,8 @@ pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
         runs_seconds = (runs_done - households_done).as_secs_f64(),
         months_seconds = (started.elapsed() - runs_done).as_secs_f64(),
         runs = w.log.last_run.saturating_sub(w.log.base.through),
+        run_changes,
+        run_arena_bytes,
         "households loaded"
     );
     Ok(())
@@ -443,9 +446,10 @@ struct RunChanges {
     changes: Vec<RunChange>,
     /// The changes' buckets, packed, one after another.
     words: Vec<u64>,
-    /// Each slot's changes, in slot order: the slot, where they start in `changes`, and
-    /// whether its months were made from them yet.
-    households: Vec<(Slot, usize, bool)>,
+    /// Each slot's changes, in slot order: the slot, and where they start in `changes`.
+    households: Vec<(Slot, u32)>,
+    /// Whether the months of each of `households` were made from its changes yet.
+    done: Vec<bool>,
     /// The households the runs removed (a household removed and put back starts without
     /// months: those of the base were the one removed).
     removed: std::collections::HashSet<HouseholdId, rustc_hash::FxBuildHasher>,
@@ -455,17 +459,33 @@ struct RunChanges {
 
 /// The `len` of a [`RunChange`] that marks its slot's household removed: what the slot's
 /// changes before it made is gone, and whoever takes the slot after starts without months.
-const REMOVED: usize = usize::MAX;
+const REMOVED: u32 = u32::MAX;
 
 /// One month of the household in a slot, as a run puts it: its bucket's words in
 /// [`RunChanges::words`] (none: the month is gone), or that the household was removed
-/// ([`REMOVED`]).
+/// ([`REMOVED`]). 16 bytes: at 600,000 households the runs after a base held about 1.9
+/// million changes.
 #[derive(Clone, Copy)]
 struct RunChange {
     slot: Slot,
     month: Month,
-    at: usize,
-    len: usize,
+    at: u32,
+    len: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<RunChange>() == 16);
+
+/// A position or a length in [`RunChanges::words`] or [`RunChanges::changes`], which a
+/// start holds in memory: past 4 G (32 GB of words), far beyond what runs of half a base
+/// hold, it is refused as damage rather than wrapped.
+fn index_u32(n: usize, key: &[u8]) -> Result<u32, StoreError> {
+    u32::try_from(n).map_err(|_| {
+        damaged(
+            Space::MonthRun,
+            key,
+            "more months' changes after the base than a start can hold",
+        )
+    })
 }
 
 impl RunChanges {
@@ -498,7 +518,7 @@ impl RunChanges {
                             runs.changes.push(RunChange {
                                 slot,
                                 month: Month::from_ordinal(0),
-                                at: runs.words.len(),
+                                at: index_u32(runs.words.len(), k)?,
                                 len: REMOVED,
                             });
                             // Later changes start past it, so they sort after it.
@@ -527,8 +547,8 @@ impl RunChanges {
                 runs.changes.push(RunChange {
                     slot,
                     month,
-                    at,
-                    len: runs.words.len() - at,
+                    at: index_u32(at, k)?,
+                    len: index_u32(runs.words.len() - at, k)?,
                 });
             }
             Ok(())
@@ -539,12 +559,24 @@ impl RunChanges {
         // Room a growing vector left over goes back before the base's months are packed.
         runs.changes.shrink_to_fit();
         runs.words.shrink_to_fit();
-        let mut start = 0;
+        // Every start is below the count of changes, taken as a u32 here.
+        index_u32(runs.changes.len(), &after)?;
+        let mut start = 0u32;
         for same in runs.changes.chunk_by(|a, b| a.slot == b.slot) {
-            runs.households.push((same[0].slot, start, false));
-            start += same.len();
+            runs.households.push((same[0].slot, start));
+            start += same.len() as u32;
         }
+        runs.done = vec![false; runs.households.len()];
         Ok(runs)
+    }
+
+    /// The bytes the changes take (not counting the removed households' ids).
+    fn bytes(&self) -> usize {
+        use std::mem::size_of_val;
+        size_of_val(self.changes.as_slice())
+            + size_of_val(self.words.as_slice())
+            + size_of_val(self.households.as_slice())
+            + size_of_val(self.done.as_slice())
     }
 
     /// Gives household `id` its months from the base, with the runs' changes made. A
@@ -572,12 +604,12 @@ impl RunChanges {
     /// Makes the changes of the `i`th slot on `base`, once: those after the slot's last
     /// removal on no months, if a household was removed from it.
     fn make(&mut self, i: usize, base: &Months) -> Months {
-        self.households[i].2 = true;
-        let start = self.households[i].1;
+        self.done[i] = true;
+        let start = self.households[i].1 as usize;
         let end = self
             .households
             .get(i + 1)
-            .map_or(self.changes.len(), |h| h.1);
+            .map_or(self.changes.len(), |h| h.1 as usize);
         let mut slot_changes = &self.changes[start..end];
         let none = Months::default();
         let base = match slot_changes.iter().rposition(|c| c.len == REMOVED) {
@@ -590,7 +622,8 @@ impl RunChanges {
         let mut changes: Vec<(Month, Option<&[u64]>)> = slot_changes
             .iter()
             .map(|c| {
-                let words = &self.words[c.at..c.at + c.len];
+                let (at, len) = (c.at as usize, c.len as usize);
+                let words = &self.words[at..at + len];
                 (c.month, (c.len > 0).then_some(words))
             })
             .collect();
@@ -601,8 +634,8 @@ impl RunChanges {
     /// months they have.
     fn make_the_rest(mut self, households: &mut Households) {
         for i in 0..self.households.len() {
-            let (slot, _, done) = self.households[i];
-            if done {
+            let slot = self.households[i].0;
+            if self.done[i] {
                 continue;
             }
             if let Some(h) = households.at_mut(slot) {
