@@ -393,13 +393,6 @@ pub async fn run(
                     .lock()
                     .await
                     .firing_for(&am.name, now().timestamp(), hold);
-                let alerts = match alerts {
-                    Ok(alerts) => alerts,
-                    Err(e) => {
-                        warn!(receiver = %am.name, error = %e, "reading the firing alerts to re-send to Alertmanager failed; retrying at the next interval");
-                        continue;
-                    }
-                };
                 if alerts.is_empty() {
                     continue;
                 }

@@ -1333,13 +1333,15 @@ impl Engine {
 
     /// The firing alerts routed to `receiver` and not muted, as Alertmanager takes them, ending
     /// `hold` seconds from now unless re-sent.
-    pub fn firing_for(
-        &self,
-        receiver: &str,
-        now: i64,
-        hold: i64,
-    ) -> Result<Vec<serde_json::Value>, StoreError> {
-        self.alerts
+    ///
+    /// The description of each comes from the store; while it cannot be read (the store
+    /// closed after a failed write), the alerts go without it rather than not at all, so
+    /// that Alertmanager does not take them for resolved.
+    pub fn firing_for(&self, receiver: &str, now: i64, hold: i64) -> Vec<serde_json::Value> {
+        let mut unread = 0usize;
+        let mut last_error = None;
+        let out = self
+            .alerts
             .iter()
             .filter(|a| a.status == crate::alerts::Status::Firing)
             .filter(|a| {
@@ -1351,19 +1353,27 @@ impl Engine {
             })
             .filter(|a| self.muted(a, now).is_none())
             .map(|a| {
-                let description = match self.alerts.full(&a.fingerprint)? {
-                    Some(full) => full.description,
-                    None => String::new(),
+                let description = match self.alerts.full(&a.fingerprint) {
+                    Ok(full) => full.map(|f| f.description).unwrap_or_default(),
+                    Err(e) => {
+                        unread += 1;
+                        last_error = Some(e);
+                        String::new()
+                    }
                 };
-                Ok(crate::notify::am_alert(
+                crate::notify::am_alert(
                     &a.labels,
                     &a.summary,
                     &description,
                     a.fired_at.unwrap_or(a.active_since),
                     now + hold,
-                ))
+                )
             })
-            .collect()
+            .collect();
+        if let Some(e) = last_error {
+            warn!(receiver, alerts = unread, error = %e, "descriptions of firing alerts not read from the store: sent without them");
+        }
+        out
     }
 
     pub fn silences(&self) -> &[Silence] {

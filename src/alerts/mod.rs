@@ -204,8 +204,7 @@ fn texts_digest(description: &str, evidence: &str) -> u64 {
 }
 
 /// Reads the description and evidence of the alert `fp` back from the store into `a`, if
-/// they were shed (see the module's invariants). An alert shed but not in the store (a
-/// commit failed, and the caller has not reloaded yet) keeps them empty.
+/// they were shed (see the module's invariants).
 fn fill_texts(
     store: Option<&Arc<dyn Store>>,
     shed: &HashMap<String, u64>,
@@ -216,11 +215,31 @@ fn fill_texts(
     if !shed.contains_key(fp) {
         return Ok(());
     }
-    if let Some(v) = store.get(Space::Alert, fp.as_bytes())? {
-        let stored: Alert = codec::decode(ALERT_VERSION, Space::Alert, fp.as_bytes(), &v)?;
-        a.description = stored.description;
-        a.evidence = stored.evidence;
-    }
+    // Shed only once written, so only a commit that failed (and a reload not yet made)
+    // leaves a shed alert without its key.
+    let v = store
+        .get(Space::Alert, fp.as_bytes())?
+        .ok_or_else(|| StoreError::Missing {
+            space: Space::Alert,
+            key: fp.to_string(),
+            detail: "an alert whose description and evidence are only in the store".into(),
+        })?;
+    let stored: Alert = codec::decode(ALERT_VERSION, Space::Alert, fp.as_bytes(), &v)?;
+    a.description = stored.description;
+    a.evidence = stored.evidence;
+    Ok(())
+}
+
+/// [`fill_texts`] into the alert in memory, which keeps them until its next write: for an
+/// alert about to be written, so that the write reads them once.
+fn unshed(
+    store: Option<&Arc<dyn Store>>,
+    shed: &mut HashMap<String, u64>,
+    fp: &str,
+    a: &mut Alert,
+) -> Result<(), StoreError> {
+    fill_texts(store, shed, fp, a)?;
+    shed.remove(fp);
     Ok(())
 }
 
@@ -389,8 +408,8 @@ impl Alerts {
                 a.resolved_at = Some(t);
                 a.history.push((t, Status::Resolved));
                 self.tally.add(a);
-                let mut out = a.clone();
-                fill_texts(self.store.as_ref(), &self.shed, &fp, &mut out)?;
+                unshed(self.store.as_ref(), &mut self.shed, &fp, a)?;
+                let out = a.clone();
                 self.changed.insert(fp);
                 Ok(Some(Transition::Resolved(out)))
             }
@@ -492,9 +511,8 @@ impl Alerts {
         a.ack = Some(ack);
         self.tally.add(a);
         self.changed.insert(fingerprint.to_string());
-        let mut out = a.clone();
-        fill_texts(self.store.as_ref(), &self.shed, fingerprint, &mut out)?;
-        Ok(Some(out))
+        unshed(self.store.as_ref(), &mut self.shed, fingerprint, a)?;
+        Ok(Some(a.clone()))
     }
 
     /// Firing alerts without a disposition that fired before `before` and were not escalated;
@@ -508,9 +526,9 @@ impl Alerts {
                 && a.fired_at.is_some_and(|f| f <= before)
             {
                 a.escalated_at = Some(now);
-                let mut full = a.clone();
-                fill_texts(self.store.as_ref(), &self.shed, &a.fingerprint, &mut full)?;
-                out.push(full);
+                let fp = a.fingerprint.clone();
+                unshed(self.store.as_ref(), &mut self.shed, &fp, a)?;
+                out.push(a.clone());
                 self.changed.insert(a.fingerprint.clone());
             }
         }
@@ -548,9 +566,9 @@ impl Alerts {
                 a.reminded.insert(r.clone(), now);
             }
             a.repeats += 1;
-            let mut full = a.clone();
-            fill_texts(self.store.as_ref(), &self.shed, &a.fingerprint, &mut full)?;
-            out.push((full, due));
+            let fp = a.fingerprint.clone();
+            unshed(self.store.as_ref(), &mut self.shed, &fp, a)?;
+            out.push((a.clone(), due));
             self.changed.insert(a.fingerprint.clone());
         }
         Ok(out)
@@ -620,16 +638,7 @@ impl Alerts {
             let Some(a) = self.alerts.get_mut(&fp) else {
                 continue;
             };
-            if self.shed.contains_key(&fp) {
-                let mut full = a.clone();
-                fill_texts(self.store.as_ref(), &self.shed, &fp, &mut full)?;
-                batch.put(
-                    Space::Alert,
-                    fp.into_bytes(),
-                    codec::encode(ALERT_VERSION, &full),
-                );
-                continue;
-            }
+            unshed(self.store.as_ref(), &mut self.shed, &fp, a)?;
             batch.put(
                 Space::Alert,
                 fp.clone().into_bytes(),

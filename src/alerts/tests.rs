@@ -342,6 +342,17 @@ fn texts_are_shed_once_written_and_read_back_whole() {
     assert_eq!(s.status, Status::Resolved);
     assert_eq!(s.description, "d");
 
+    // A shed alert whose key is gone (a commit failed, not yet reloaded) is an error, not
+    // an alert without texts.
+    let mut b = Batch::default();
+    b.delete(Space::Alert, fp.clone().into_bytes());
+    store.commit(b).unwrap();
+    let err = again.full(&fp).unwrap_err().to_string();
+    assert!(err.contains("is missing"), "{err}");
+    assert!(again.write_changes(&mut Batch::default()).is_ok());
+    again.changed.insert(fp.clone());
+    assert!(again.write_changes(&mut Batch::default()).is_err());
+
     // Without a store (a backtest), nothing is shed.
     let mut memory = Alerts::default();
     memory

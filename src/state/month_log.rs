@@ -479,13 +479,17 @@ const _: () = assert!(std::mem::size_of::<RunChange>() == 16);
 /// start holds in memory: past 4 G (32 GB of words), far beyond what runs of half a base
 /// hold, it is refused as damage rather than wrapped.
 fn index_u32(n: usize, key: &[u8]) -> Result<u32, StoreError> {
-    u32::try_from(n).map_err(|_| {
-        damaged(
-            Space::MonthRun,
-            key,
-            "more months' changes after the base than a start can hold",
-        )
-    })
+    // `u32::MAX` is refused too: as a length it would read as `REMOVED`.
+    u32::try_from(n)
+        .ok()
+        .filter(|&v| v != REMOVED)
+        .ok_or_else(|| {
+            damaged(
+                Space::MonthRun,
+                key,
+                "more months' changes after the base than a start can hold",
+            )
+        })
 }
 
 impl RunChanges {

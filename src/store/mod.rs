@@ -86,6 +86,12 @@ pub enum StoreError {
         key: String,
         detail: String,
     },
+    #[error("stored value {space:?}/{key} is missing: {detail}")]
+    Missing {
+        space: Space,
+        key: String,
+        detail: String,
+    },
     #[error(
         "no room in the working set for {space:?}/{key}: {detail} (give guardline more memory)"
     )]

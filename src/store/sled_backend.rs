@@ -660,27 +660,26 @@ impl Store for SledStore {
 
     /// Closes the database and opens it again: sled keeps up to its cache's capacity (and
     /// somewhat more) of the pages a start read, the runs, alerts and outbox, until the
-    /// process ends. Operations wait on the slot's lock meanwhile. A failure leaves the
-    /// store closed, as a failed write does, to be reopened when due. A database smaller
-    /// than the cache is left open: what sled caches of it is at most about its size.
+    /// process ends. Operations wait on the slot's lock meanwhile. A database smaller than
+    /// the cache is left open: what sled caches of it is at most about its size. A reopen
+    /// that fails leaves the store closed as a failed write does, but due for a reopen at
+    /// once, so that the next operation tries again rather than failing.
     fn release_cache(&self) {
         let began = Instant::now();
         let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
-        if slot
-            .db
-            .as_ref()
-            .is_none_or(|db| db.size_on_disk().unwrap_or(0) < CACHE_CAPACITY)
-        {
+        let Some(db) = slot.db.as_ref() else { return };
+        if db.size_on_disk().unwrap_or(0) < CACHE_CAPACITY {
             return;
         }
-        let Some(db) = slot.db.take() else { return };
+        // Nothing should be waiting to be written at a start; a flush makes sure. A
+        // database that cannot flush is left as it is, for the next write to find out.
+        if let Err(e) = db.flush() {
+            warn!(error = %e, "flushing the store before releasing its cache failed: its cache is kept");
+            return;
+        }
+        drop(slot.db.take());
         slot.generation += 1;
-        // Nothing should be waiting to be written at a start; a flush makes sure.
-        let reopened = db.flush().and_then(|_| {
-            drop(db);
-            open_db(&self.path)
-        });
-        match reopened {
+        match open_db(&self.path) {
             Ok(db) => {
                 slot.db = Some(db);
                 drop(slot);
@@ -690,9 +689,15 @@ impl Store for SledStore {
                 );
             }
             Err(e) => {
-                drop(slot);
+                // Recorded while the slot is still locked, so that no operation finds the
+                // store closed without a failure to answer.
                 let e = self.record_failure(WriteFailure::of(&e), e.to_string());
-                warn!(error = %e, "reopening the store to release its cache failed");
+                self.health
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .retry_at = Some(Instant::now());
+                drop(slot);
+                warn!(error = %e, "reopening the store to release its cache failed: the next operation reopens it");
             }
         }
     }
