@@ -317,7 +317,7 @@ pub struct Alerts {
 
 impl Alerts {
     /// Loads the alerts of `store`, their texts shed: at province scale they are tens of
-    /// thousands, about 4 KB each with their texts.
+    /// thousands, about 5 KB each with their texts.
     pub fn load(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let mut a = Self::default();
         store.for_each_in(Space::Alert, &[], None, &mut |k, v| {
