@@ -222,7 +222,10 @@ fn fill_texts(
         .ok_or_else(|| StoreError::Missing {
             space: Space::Alert,
             key: fp.to_string(),
-            detail: "an alert whose description and evidence are only in the store".into(),
+            detail: "its description and evidence were shed from memory as written, and a \
+                     commit that failed did not write them; the alerts are reloaded from the \
+                     store before the next evaluation"
+                .into(),
         })?;
     let stored: Alert = codec::decode(ALERT_VERSION, Space::Alert, fp.as_bytes(), &v)?;
     a.description = stored.description;
@@ -241,6 +244,15 @@ fn unshed(
     fill_texts(store, shed, fp, a)?;
     shed.remove(fp);
     Ok(())
+}
+
+/// Sheds the description and evidence of the alert `fp`, which the store holds: only their
+/// digest stays in memory.
+fn shed_texts(shed: &mut HashMap<String, u64>, fp: String, a: &mut Alert) {
+    let digest = texts_digest(&a.description, &a.evidence);
+    a.description = String::new();
+    a.evidence = String::new();
+    shed.insert(fp, digest);
 }
 
 /// A finding made ready for the lifecycle: its county and the alert's texts and labels,
@@ -322,10 +334,7 @@ impl Alerts {
         let mut a = Self::default();
         store.for_each_in(Space::Alert, &[], None, &mut |k, v| {
             let mut alert: Alert = codec::decode(ALERT_VERSION, Space::Alert, k, v)?;
-            let digest = texts_digest(&alert.description, &alert.evidence);
-            alert.description = String::new();
-            alert.evidence = String::new();
-            a.shed.insert(alert.fingerprint.clone(), digest);
+            shed_texts(&mut a.shed, alert.fingerprint.clone(), &mut alert);
             a.alerts.insert(alert.fingerprint.clone(), alert);
             Ok(())
         })?;
@@ -645,10 +654,7 @@ impl Alerts {
                 codec::encode(ALERT_VERSION, &*a),
             );
             if self.store.is_some() {
-                let digest = texts_digest(&a.description, &a.evidence);
-                a.description = String::new();
-                a.evidence = String::new();
-                self.shed.insert(fp, digest);
+                shed_texts(&mut self.shed, fp, a);
             }
         }
         for fp in self.removed.drain() {
