@@ -366,6 +366,16 @@ pub(super) fn apply_run_months(
 /// schema 3), the households come from their keys instead. Months stored one key per
 /// household (schema 3) are moved into a base first.
 pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
+    load_reading(w, store, RUN_BYTES_PER_READ)
+}
+
+/// [`load`], reading about `run_bytes_per_read` bytes of runs between releases of the
+/// store's cache.
+pub(super) fn load_reading(
+    w: &mut World,
+    store: &dyn Store,
+    run_bytes_per_read: u64,
+) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
     let state = LogState::read(store)?;
     let per_household =
@@ -383,9 +393,8 @@ pub(super) fn load(w: &mut World, store: &dyn Store) -> Result<(), StoreError> {
         _ => super::load_household_keys(w, store)?,
     }
     let households_done = started.elapsed();
-    let mut runs = RunChanges::read(&mut w.households, store, state.base.through)?;
-    let (run_changes, run_arena_bytes) = (runs.changes.len(), runs.bytes());
-    store.release_cache();
+    let mut runs = RunChanges::read(&mut w.households, store, &state, run_bytes_per_read)?;
+    let (run_changes, run_arena_bytes) = runs.size();
     let runs_done = started.elapsed();
     if per_household {
         super::load_household_months(w, store)?;
@@ -439,17 +448,16 @@ fn put_roster(households: &mut Households, key: &[u8], mut h: Household) -> Resu
 /// themselves took. Made after the base's months were all in place instead, every household
 /// the runs change held its base months and its new ones at once: 276 MiB more at the peak
 /// of a start from the store at 3,000,000 households, by hand.
+///
+/// The changes are kept in ranges of [`RANGE_SLOTS`] slots, each let go of as soon as the
+/// months of all its households are made. The base's months come in the table's order of
+/// slots, so the ranges go one after another, and the months being packed take the room the
+/// ranges before them left: held whole to the end, the changes (about 100 MB at 600,000
+/// households) were resident beside all the months.
 #[derive(Default)]
 struct RunChanges {
-    /// Every change to a household in the table, sorted by slot, in the runs' order within
-    /// each slot.
-    changes: Vec<RunChange>,
-    /// The changes' buckets, packed, one after another.
-    words: Vec<u64>,
-    /// Each slot's changes, in slot order: the slot, and where they start in `changes`.
-    households: Vec<(Slot, u32)>,
-    /// Whether the months of each of `households` were made from its changes yet.
-    done: Vec<bool>,
+    /// The changes of slots `i * RANGE_SLOTS ..` in the `i`th range.
+    ranges: Vec<SlotRange>,
     /// The households the runs removed (a household removed and put back starts without
     /// months: those of the base were the one removed).
     removed: std::collections::HashSet<HouseholdId, rustc_hash::FxBuildHasher>,
@@ -457,12 +465,47 @@ struct RunChanges {
     scratch: Vec<u64>,
 }
 
+/// About how many bytes of runs a start reads through the store between releases of its
+/// cache. sled keeps the pages read to the end of the process, and more than its cache's
+/// accounting says; released only after all of them, the runs after a base at 600,000
+/// households (about 100 MB) left 72 MB of it, which the allocator kept for blocks of
+/// other sizes than the months packed next.
+const RUN_BYTES_PER_READ: u64 = 8 << 20;
+
+/// How many runs to read between releases of the store's cache: about `bytes_per_read`
+/// bytes, by the runs' average size (each run's key counts the bytes of the runs since the
+/// base), at least one.
+fn runs_per_read(log: &LogState, bytes_per_read: u64) -> u64 {
+    let runs = log.last_run.saturating_sub(log.base.through);
+    let bytes = log.pending_bytes().max(1);
+    let per_read = u128::from(runs) * u128::from(bytes_per_read) / u128::from(bytes);
+    u64::try_from(per_read).unwrap_or(u64::MAX).max(1)
+}
+
+/// Slots per range of [`RunChanges`]: a frame of the base's households.
+const RANGE_SLOTS: Slot = BASE_HOUSEHOLDS_PER_FRAME as Slot;
+
+/// The changes the runs make to the households of one range of slots.
+#[derive(Default)]
+struct SlotRange {
+    /// Every change, sorted by slot, in the runs' order within each slot.
+    changes: Vec<RunChange>,
+    /// The changes' buckets, packed, one after another.
+    words: Vec<u64>,
+    /// Each slot's changes, in slot order: the slot, and where they start in `changes`.
+    households: Vec<(Slot, u32)>,
+    /// Whether the months of each of `households` were made from its changes yet.
+    done: Vec<bool>,
+    /// How many of `households` are not made yet: at none, the range is emptied.
+    pending: usize,
+}
+
 /// The `len` of a [`RunChange`] that marks its slot's household removed: what the slot's
 /// changes before it made is gone, and whoever takes the slot after starts without months.
 const REMOVED: u32 = u32::MAX;
 
 /// One month of the household in a slot, as a run puts it: its bucket's words in
-/// [`RunChanges::words`] (none: the month is gone), or that the household was removed
+/// [`SlotRange::words`] (none: the month is gone), or that the household was removed
 /// ([`REMOVED`]). 16 bytes: at 600,000 households the runs after a base held about 1.9
 /// million changes.
 #[derive(Clone, Copy)]
@@ -475,9 +518,9 @@ struct RunChange {
 
 const _: () = assert!(std::mem::size_of::<RunChange>() == 16);
 
-/// A position or a length in [`RunChanges::words`] or [`RunChanges::changes`], which a
-/// start holds in memory: past 4 G (32 GB of words), far beyond what runs of half a base
-/// hold, it is refused as damage rather than wrapped.
+/// A position or a length in a [`SlotRange`]'s words or changes, which a start holds in
+/// memory: past 4 G (32 GB of words), far beyond what runs of half a base hold, it is
+/// refused as damage rather than wrapped.
 fn index_u32(n: usize, key: &[u8]) -> Result<u32, StoreError> {
     // `u32::MAX` is refused too: as a length it would read as `REMOVED`.
     u32::try_from(n)
@@ -492,6 +535,38 @@ fn index_u32(n: usize, key: &[u8]) -> Result<u32, StoreError> {
         })
 }
 
+impl SlotRange {
+    /// Sorts the changes gathered and indexes them by slot.
+    fn index(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        // In the runs' order within a slot: words are appended in that order, and a
+        // removal, which appends none, sorts before a change starting where it stood.
+        self.changes.sort_unstable_by_key(|c| (c.slot, c.at, c.len));
+        // Room a growing vector left over goes back before the base's months are packed.
+        self.changes.shrink_to_fit();
+        self.words.shrink_to_fit();
+        // Every start is below the count of changes, taken as a u32 here.
+        index_u32(self.changes.len(), key)?;
+        let mut start = 0u32;
+        for same in self.changes.chunk_by(|a, b| a.slot == b.slot) {
+            self.households.push((same[0].slot, start));
+            start += same.len() as u32;
+        }
+        self.households.shrink_to_fit();
+        self.done = vec![false; self.households.len()];
+        self.pending = self.households.len();
+        Ok(())
+    }
+
+    /// The bytes the changes take.
+    fn bytes(&self) -> usize {
+        use std::mem::size_of_val;
+        size_of_val(self.changes.as_slice())
+            + size_of_val(self.words.as_slice())
+            + size_of_val(self.households.as_slice())
+            + size_of_val(self.done.as_slice())
+    }
+}
+
 impl RunChanges {
     /// Reads the runs after run `through`, the last the base holds, making their roster
     /// changes on `households` as it goes. Changes to the months of households not in the
@@ -502,14 +577,18 @@ impl RunChanges {
     /// follow those of the household before and the mark of its removal, from which they
     /// are made on no months. A household removed keeps none of the base's months, put
     /// back or not.
+    ///
+    /// The runs are read about `bytes_per_read` bytes at a time, the store's cache released
+    /// after each ([`Store::release_cache`]).
     fn read(
         households: &mut Households,
         store: &dyn Store,
-        through: u64,
+        log: &LogState,
+        bytes_per_read: u64,
     ) -> Result<Self, StoreError> {
         let mut runs = Self::default();
-        let after = run_key(through.saturating_add(1), 0);
-        store.for_each_in(Space::MonthRun, &after, None, &mut |k, v| {
+        let after = run_key(log.base.through.saturating_add(1), 0);
+        let mut visit = |k: &[u8], v: &[u8]| -> Result<(), StoreError> {
             let run = Run::decode(k, v)?;
             for change in run.roster {
                 match change {
@@ -519,14 +598,15 @@ impl RunChanges {
                             damaged(Space::MonthRun, k, "a household id that is not one")
                         })?;
                         if let Some((slot, _)) = households.remove(&id) {
-                            runs.changes.push(RunChange {
+                            let range = runs.range_mut(slot);
+                            range.changes.push(RunChange {
                                 slot,
                                 month: Month::from_ordinal(0),
-                                at: index_u32(runs.words.len(), k)?,
+                                at: index_u32(range.words.len(), k)?,
                                 len: REMOVED,
                             });
                             // Later changes start past it, so they sort after it.
-                            runs.words.push(0);
+                            range.words.push(0);
                         }
                         runs.removed.insert(id);
                     }
@@ -544,43 +624,58 @@ impl RunChanges {
                 else {
                     continue;
                 };
-                let at = runs.words.len();
+                let range = runs.range_mut(slot);
+                let at = range.words.len();
                 if let Some(b) = &bucket {
-                    months::pack(b, &mut runs.words);
+                    months::pack(b, &mut range.words);
                 }
-                runs.changes.push(RunChange {
+                range.changes.push(RunChange {
                     slot,
                     month,
                     at: index_u32(at, k)?,
-                    len: index_u32(runs.words.len() - at, k)?,
+                    len: index_u32(range.words.len() - at, k)?,
                 });
             }
             Ok(())
-        })?;
-        // In the runs' order within a slot: words are appended in that order, and a
-        // removal, which appends none, sorts before a change starting where it stood.
-        runs.changes.sort_unstable_by_key(|c| (c.slot, c.at, c.len));
-        // Room a growing vector left over goes back before the base's months are packed.
-        runs.changes.shrink_to_fit();
-        runs.words.shrink_to_fit();
-        // Every start is below the count of changes, taken as a u32 here.
-        index_u32(runs.changes.len(), &after)?;
-        let mut start = 0u32;
-        for same in runs.changes.chunk_by(|a, b| a.slot == b.slot) {
-            runs.households.push((same[0].slot, start));
-            start += same.len() as u32;
+        };
+        let per_read = runs_per_read(log, bytes_per_read);
+        let mut from = log.base.through.saturating_add(1);
+        loop {
+            let to = from.checked_add(per_read).filter(|&to| to <= log.last_run);
+            let to_key = to.map(|to| run_key(to, 0));
+            store.for_each_in(
+                Space::MonthRun,
+                &run_key(from, 0),
+                to_key.as_deref(),
+                &mut visit,
+            )?;
+            store.release_cache();
+            match to {
+                Some(to) => from = to,
+                None => break,
+            }
         }
-        runs.done = vec![false; runs.households.len()];
+        for range in &mut runs.ranges {
+            range.index(&after)?;
+        }
         Ok(runs)
     }
 
-    /// The bytes the changes take (not counting the removed households' ids).
-    fn bytes(&self) -> usize {
-        use std::mem::size_of_val;
-        size_of_val(self.changes.as_slice())
-            + size_of_val(self.words.as_slice())
-            + size_of_val(self.households.as_slice())
-            + size_of_val(self.done.as_slice())
+    /// The range of `slot`, made if there is none yet.
+    fn range_mut(&mut self, slot: Slot) -> &mut SlotRange {
+        let i = (slot / RANGE_SLOTS) as usize;
+        if self.ranges.len() <= i {
+            self.ranges.resize_with(i + 1, SlotRange::default);
+        }
+        &mut self.ranges[i]
+    }
+
+    /// How many changes there are, and the bytes they take (not counting the removed
+    /// households' ids).
+    fn size(&self) -> (usize, usize) {
+        self.ranges.iter().fold((0, 0), |(changes, bytes), r| {
+            (changes + r.changes.len(), bytes + r.bytes())
+        })
     }
 
     /// Gives household `id` its months from the base, with the runs' changes made. A
@@ -599,22 +694,29 @@ impl RunChanges {
 
     /// The months of the household in `slot`: `base` with the runs' changes made.
     fn months_of(&mut self, slot: Slot, base: Months) -> Months {
-        match self.households.binary_search_by_key(&slot, |h| h.0) {
-            Ok(i) => self.make(i, &base),
-            Err(_) => base,
+        let r = (slot / RANGE_SLOTS) as usize;
+        let found = self
+            .ranges
+            .get(r)
+            .and_then(|range| range.households.binary_search_by_key(&slot, |h| h.0).ok());
+        match found {
+            Some(i) => self.make(r, i, &base),
+            None => base,
         }
     }
 
-    /// Makes the changes of the `i`th slot on `base`, once: those after the slot's last
-    /// removal on no months, if a household was removed from it.
-    fn make(&mut self, i: usize, base: &Months) -> Months {
-        self.done[i] = true;
-        let start = self.households[i].1 as usize;
-        let end = self
+    /// Makes the changes of the `i`th slot of range `r` on `base`, once: those after the
+    /// slot's last removal on no months, if a household was removed from it. The range is
+    /// emptied once all its slots are made.
+    fn make(&mut self, r: usize, i: usize, base: &Months) -> Months {
+        let range = &mut self.ranges[r];
+        range.done[i] = true;
+        let start = range.households[i].1 as usize;
+        let end = range
             .households
             .get(i + 1)
-            .map_or(self.changes.len(), |h| h.1 as usize);
-        let mut slot_changes = &self.changes[start..end];
+            .map_or(range.changes.len(), |h| h.1 as usize);
+        let mut slot_changes = &range.changes[start..end];
         let none = Months::default();
         let base = match slot_changes.iter().rposition(|c| c.len == REMOVED) {
             Some(last) => {
@@ -627,23 +729,32 @@ impl RunChanges {
             .iter()
             .map(|c| {
                 let (at, len) = (c.at as usize, c.len as usize);
-                let words = &self.words[at..at + len];
+                let words = &range.words[at..at + len];
                 (c.month, (c.len > 0).then_some(words))
             })
             .collect();
-        base.with_changes(&mut changes, &mut self.scratch)
+        let months = base.with_changes(&mut changes, &mut self.scratch);
+        range.pending -= 1;
+        if range.pending == 0 {
+            *range = SlotRange::default();
+        }
+        months
     }
 
     /// Makes the changes of the households the base did not hold (new since it) on the
     /// months they have.
     fn make_the_rest(mut self, households: &mut Households) {
-        for i in 0..self.households.len() {
-            let slot = self.households[i].0;
-            if self.done[i] {
-                continue;
-            }
-            if let Some(h) = households.at_mut(slot) {
-                h.months = self.make(i, &h.months);
+        for r in 0..self.ranges.len() {
+            // The range is emptied when its last slot is made.
+            let mut i = 0;
+            while i < self.ranges[r].households.len() {
+                if !self.ranges[r].done[i] {
+                    let slot = self.ranges[r].households[i].0;
+                    if let Some(h) = households.at_mut(slot) {
+                        h.months = self.make(r, i, &h.months);
+                    }
+                }
+                i += 1;
             }
         }
     }
@@ -1288,6 +1399,70 @@ mod tests {
         let encoded = codec::encode(BASE_INFO_VERSION, &v2);
         assert_eq!(BaseInfo::decode(&encoded).unwrap(), v2);
         assert!(BaseInfo::decode(&[3, 0]).is_err());
+    }
+
+    #[test]
+    fn runs_are_read_a_share_of_their_bytes_at_a_time() {
+        let mib = 1u64 << 20;
+        let log = |runs: u64, bytes: u64| LogState {
+            base: BaseInfo {
+                generation: 1,
+                through: 10,
+                bytes: 400 * mib,
+                in_file: true,
+            },
+            last_run: 10 + runs,
+            run_bytes: 3 * mib + bytes,
+            base_offset: 3 * mib,
+        };
+        // 300 runs of 96 MiB: 25 runs make 8 MiB.
+        assert_eq!(runs_per_read(&log(300, 96 * mib), 8 * mib), 25);
+        // Runs larger than a read: one at a time.
+        assert_eq!(runs_per_read(&log(3, 96 * mib), 8 * mib), 1);
+        // No runs, or no bytes counted: at least one, and no overflow.
+        assert_eq!(runs_per_read(&log(0, 0), 8 * mib), 1);
+        assert_eq!(runs_per_read(&log(u64::MAX - 10, 1), u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn a_range_of_slots_lets_go_of_its_changes_once_its_households_are_made() {
+        let month = Month::from_ordinal(5);
+        let bucket = MonthBucket::new(month);
+        let mut runs = RunChanges::default();
+        for slot in [1, 3, RANGE_SLOTS + 2] {
+            let range = runs.range_mut(slot);
+            let at = range.words.len();
+            months::pack(&bucket, &mut range.words);
+            range.changes.push(RunChange {
+                slot,
+                month,
+                at: at as u32,
+                len: (range.words.len() - at) as u32,
+            });
+        }
+        for range in &mut runs.ranges {
+            range.index(b"test").unwrap();
+        }
+        assert_eq!(runs.size().0, 3);
+        let made = runs.months_of(3, Months::default());
+        assert_eq!(made.iter().map(|b| b.month()).collect::<Vec<_>>(), [month]);
+        assert_eq!(
+            runs.size().0,
+            3,
+            "kept whole while slot 1 is still to be made"
+        );
+        runs.months_of(1, Months::default());
+        let first = &runs.ranges[0];
+        assert_eq!(
+            (first.changes.capacity(), first.words.capacity()),
+            (0, 0),
+            "the first range is let go of"
+        );
+        assert_eq!(runs.size().0, 1, "the second range holds its change");
+        // A slot without changes keeps its base; the rest are made at the end.
+        let base = Months::from_buckets([&bucket]);
+        assert!(runs.months_of(2, base.clone()) == base);
+        assert_eq!(runs.ranges[1].pending, 1);
     }
 
     #[test]

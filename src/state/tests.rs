@@ -400,6 +400,51 @@ fn a_store_of_thousands_of_households_loads_the_same_from_runs_and_from_a_base()
     assert_same_households(&w, &again);
 }
 
+/// Loads the households as a start from the store does, reading the runs after the base
+/// one at a time (each is more than a byte) and all at once: both as `w` holds them.
+fn assert_loads_the_same_a_run_at_a_time(w: &World, store: &dyn Store) {
+    for bytes_per_read in [1, u64::MAX] {
+        let mut loaded = World::new(24);
+        month_log::load_reading(&mut loaded, store, bytes_per_read).unwrap();
+        assert_same_households(w, &loaded);
+    }
+}
+
+/// Runs after a base that change households in two ranges of slots (a start gathers their
+/// changes by range, and lets go of a range once its households are made), remove one and
+/// put another in its slot load as they were made, read one run at a time or all at once.
+#[test]
+fn runs_over_thousands_of_households_load_the_same_read_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let (mut w, _) = thousands_of_households(&store);
+    w.write_base(&store).unwrap();
+    for (run, households) in [[3u32, 4_200, 4_999], [4_200, 17, 4_500], [3, 4_999, 4_098]]
+        .iter()
+        .enumerate()
+    {
+        w.begin();
+        for &i in households {
+            let month = Month::of(now()).minus(run as u32 + 2);
+            let record = Record {
+                id: format!("r{run}-{i}"),
+                observation: Observation::Sample {
+                    subject: Subject::Person(PersonKey((i as u128 + 1).to_le_bytes())),
+                    month,
+                    values: vec![(Indicator::WageIncome, 7 + i64::from(i))],
+                },
+            };
+            w.apply("wages", &record, now()).unwrap();
+        }
+        store.commit(w.take_batch().0).unwrap();
+    }
+    remove_household(&mut w, &store, "H00017");
+    commit_one_more_household(&mut w, &store);
+    assert_eq!(store.scan(Space::MonthRun).unwrap().len(), 5);
+    assert_loads_the_same_a_run_at_a_time(&w, &store);
+    assert_same_households(&w, &World::load(&store, 24).unwrap());
+}
+
 #[test]
 fn runs_after_a_base_that_change_a_month_again_and_prune_months_load_as_they_were_made() {
     // A start packs each household's months once from its base and the runs' changes:
@@ -460,6 +505,7 @@ fn runs_after_a_base_that_change_a_month_again_and_prune_months_load_as_they_wer
     let again = World::load(&store, 24).unwrap();
     assert_eq!(again.n_households(), 4);
     assert_same_households(&w, &again);
+    assert_loads_the_same_a_run_at_a_time(&w, &store);
     let b = again.household(&"B".parse().unwrap()).unwrap();
     assert_eq!(b.months.len(), 2);
     // A base written now holds the same.
@@ -1841,6 +1887,7 @@ fn runs_that_remove_households_load_as_made_whoever_takes_their_slots() {
     }
     let loaded = World::load(&store, 24).unwrap();
     assert_same_households(&w, &loaded);
+    assert_loads_the_same_a_run_at_a_time(&w, &store);
     assert_eq!(loaded.n_households(), 4);
     for id in ["N1", "N2", "H1"] {
         let h = loaded.household(&id.parse().unwrap()).unwrap();
