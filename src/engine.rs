@@ -419,7 +419,7 @@ impl Engine {
     }
 
     /// From now on, a base of the months is written once the runs since the last one hold
-    /// more than `bytes` and half the base (`daemon.base_rewrite_bytes`).
+    /// more than `bytes` and a quarter of the base (`daemon.base_rewrite_bytes`).
     pub fn set_base_rewrite_bytes(&mut self, bytes: u64) {
         self.base_rewrite_bytes = bytes;
     }

@@ -302,7 +302,7 @@ impl Metrics {
                 &r,
                 IntGauge::new(
                     "guardline_months_run_bytes",
-                    "Bytes of months' runs written since the last base: a start from the store reads them after the base, and a new base is written once they pass daemon.base_rewrite_bytes and half the base.",
+                    "Bytes of months' runs written since the last base: a start from the store reads them after the base, and a new base is written once they pass daemon.base_rewrite_bytes and a quarter of the base.",
                 )
                 .expect("valid metric"),
             ),

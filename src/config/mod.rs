@@ -103,7 +103,7 @@ pub struct DaemonConfig {
     /// How often the running daemon writes the state snapshot while the state changes.
     pub snapshot_interval: Duration,
     /// A base of the households' months is written once the runs since the last one hold
-    /// more than this many bytes and half the base.
+    /// more than this many bytes and a quarter of the base.
     pub base_rewrite_bytes: u64,
     pub language: Language,
     pub tokens_file: Option<PathBuf>,
