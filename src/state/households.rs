@@ -171,7 +171,12 @@ impl Households {
                 (self.chunks.len() - 1) * CHUNK
             }
         };
-        let slot = Slot::try_from(next).map_err(|_| TableFull::Slots)?;
+        // `Slot::MAX` is never taken: a start from the store marks changes it leaves out
+        // with it.
+        let slot = Slot::try_from(next)
+            .ok()
+            .filter(|&s| s != Slot::MAX)
+            .ok_or(TableFull::Slots)?;
         if let Some(last) = self.chunks.last_mut() {
             last.push(None);
         }

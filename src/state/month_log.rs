@@ -460,8 +460,13 @@ fn put_roster(households: &mut Households, key: &[u8], mut h: Household) -> Resu
 /// The changes are kept in ranges of [`RANGE_SLOTS`] slots, each let go of as soon as the
 /// months of all its households are made. The base's months come in the table's order of
 /// slots, so the ranges go one after another, and the months being packed take the room the
-/// ranges before them left: held whole to the end, the changes (about 100 MB at 600,000
-/// households) were resident beside all the months.
+/// ranges before them left. For that room to be of use to them, the ranges are small and
+/// their blocks laid out in the order of slots: a first pass over the runs counts each
+/// range's changes, a second gathers them into room made to measure. mimalloc (v3) gives
+/// each stretch of its arena to one kind of page, and with the shipped purge delay (never)
+/// the room of large blocks freed stays resident and is never taken by small ones: held in
+/// ranges of 4,096 slots, in vectors grown as the runs came, the changes (about as many
+/// bytes as the runs) stayed resident beside all the months (BENCHMARKS.md).
 #[derive(Default)]
 struct RunChanges {
     /// The changes of slots `i * RANGE_SLOTS ..` in the `i`th range.
@@ -490,8 +495,35 @@ fn runs_per_read(log: &LogState, bytes_per_read: u64) -> u64 {
     u64::try_from(per_read).unwrap_or(u64::MAX).max(1)
 }
 
-/// Slots per range of [`RunChanges`]: a frame of the base's households.
-const RANGE_SLOTS: Slot = BASE_HOUSEHOLDS_PER_FRAME as Slot;
+/// Reads the runs after the base into `visit`, about `bytes_per_read` bytes at a time,
+/// releasing the store's cache after each read.
+fn read_runs(
+    store: &dyn Store,
+    log: &LogState,
+    bytes_per_read: u64,
+    visit: &mut crate::store::Visit<'_>,
+) -> Result<(), StoreError> {
+    let per_read = runs_per_read(log, bytes_per_read);
+    let mut from = log.base.through.saturating_add(1);
+    loop {
+        let to = from.checked_add(per_read).filter(|&to| to <= log.last_run);
+        let to_key = to.map(|to| run_key(to, 0));
+        store.for_each_in(Space::MonthRun, &run_key(from, 0), to_key.as_deref(), visit)?;
+        store.release_cache();
+        match to {
+            Some(to) => from = to,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// A slot no household takes ([`Households`] refuses it): in the first pass of
+/// [`RunChanges::read`], a change left out.
+const NO_SLOT: Slot = Slot::MAX;
+
+/// Slots per range of [`RunChanges`]: small enough that a range's changes (about 100, a
+/// few KB) are blocks of the allocator's small pages, which the months take next.
+const RANGE_SLOTS: Slot = 32;
 
 /// The changes the runs make to the households of one range of slots.
 #[derive(Default)]
@@ -596,7 +628,21 @@ impl RunChanges {
     ) -> Result<Self, StoreError> {
         let mut runs = Self::default();
         let after = run_key(log.base.through.saturating_add(1), 0);
-        let mut visit = |k: &[u8], v: &[u8]| -> Result<(), StoreError> {
+        // The first pass makes the roster changes and notes, in the runs' order, the slot
+        // each removal and each month's change goes to (`NO_SLOT`: left out), and counts
+        // each range's changes and words.
+        let mut slots: Vec<Slot> = Vec::new();
+        let mut counts: Vec<(usize, usize)> = Vec::new();
+        let mut scratch = Vec::new();
+        let mut count = |slot: Slot, words: usize| {
+            let i = (slot / RANGE_SLOTS) as usize;
+            if counts.len() <= i {
+                counts.resize(i + 1, (0, 0));
+            }
+            counts[i].0 += 1;
+            counts[i].1 += words;
+        };
+        read_runs(store, log, bytes_per_read, &mut |k, v| {
             let run = Run::decode(k, v)?;
             for change in run.roster {
                 match change {
@@ -605,33 +651,85 @@ impl RunChanges {
                         let id: HouseholdId = id.parse().map_err(|_| {
                             damaged(Space::MonthRun, k, "a household id that is not one")
                         })?;
-                        if let Some((slot, _)) = households.remove(&id) {
-                            let range = runs.range_mut(slot);
-                            range.changes.push(RunChange {
-                                slot,
-                                month: Month::from_ordinal(0),
-                                at: index_u32(range.words.len(), k)?,
-                                len: REMOVED,
-                            });
-                            // Later changes start past it, so they sort after it.
-                            range.words.push(0);
+                        match households.remove(&id) {
+                            Some((slot, _)) => {
+                                // The mark of a removal takes a word: later changes start
+                                // past it, so they sort after it.
+                                count(slot, 1);
+                                slots.push(slot);
+                            }
+                            None => slots.push(NO_SLOT),
                         }
                         runs.removed.insert(id);
                     }
                 }
             }
             for (id, month, bucket) in run.months {
-                let month = Month::from_ordinal(month);
-                if bucket.as_ref().is_some_and(|b| b.month != month) {
+                if bucket.as_ref().is_some_and(|b| b.month.ordinal() != month) {
                     return Err(damaged(Space::MonthRun, k, "a bucket under another month"));
                 }
-                let Some(slot) = id
+                let slot = id
                     .parse::<HouseholdId>()
                     .ok()
-                    .and_then(|id| households.slot_of(&id))
-                else {
+                    .and_then(|id| households.slot_of(&id));
+                match slot {
+                    Some(slot) if slot != NO_SLOT => {
+                        scratch.clear();
+                        if let Some(b) = &bucket {
+                            months::pack(b, &mut scratch);
+                        }
+                        count(slot, scratch.len());
+                        slots.push(slot);
+                    }
+                    _ => slots.push(NO_SLOT),
+                }
+            }
+            Ok(())
+        })?;
+        // Each range's room, in the order of slots: the ranges are let go of in that order
+        // as the base's months are made, and the pages they free take the months next.
+        runs.ranges = counts
+            .iter()
+            .map(|&(changes, words)| SlotRange {
+                changes: Vec::with_capacity(changes),
+                words: Vec::with_capacity(words),
+                ..SlotRange::default()
+            })
+            .collect();
+        drop(counts);
+        // The second pass gathers the changes, where the first put them.
+        let mut next = slots.iter();
+        let mut slot_of_next = |k: &[u8]| {
+            next.next().copied().ok_or_else(|| {
+                damaged(
+                    Space::MonthRun,
+                    k,
+                    "the runs changed while a start read them",
+                )
+            })
+        };
+        read_runs(store, log, bytes_per_read, &mut |k, v| {
+            let run = Run::decode(k, v)?;
+            for change in run.roster {
+                if let RosterChange::Gone(_) = change {
+                    let slot = slot_of_next(k)?;
+                    if slot != NO_SLOT {
+                        let range = runs.range_mut(slot);
+                        range.changes.push(RunChange {
+                            slot,
+                            month: Month::from_ordinal(0),
+                            at: index_u32(range.words.len(), k)?,
+                            len: REMOVED,
+                        });
+                        range.words.push(0);
+                    }
+                }
+            }
+            for (_, month, bucket) in run.months {
+                let slot = slot_of_next(k)?;
+                if slot == NO_SLOT {
                     continue;
-                };
+                }
                 let range = runs.range_mut(slot);
                 let at = range.words.len();
                 if let Some(b) = &bucket {
@@ -639,30 +737,21 @@ impl RunChanges {
                 }
                 range.changes.push(RunChange {
                     slot,
-                    month,
+                    month: Month::from_ordinal(month),
                     at: index_u32(at, k)?,
                     len: index_u32(range.words.len() - at, k)?,
                 });
             }
             Ok(())
-        };
-        let per_read = runs_per_read(log, bytes_per_read);
-        let mut from = log.base.through.saturating_add(1);
-        loop {
-            let to = from.checked_add(per_read).filter(|&to| to <= log.last_run);
-            let to_key = to.map(|to| run_key(to, 0));
-            store.for_each_in(
+        })?;
+        if next.next().is_some() {
+            return Err(damaged(
                 Space::MonthRun,
-                &run_key(from, 0),
-                to_key.as_deref(),
-                &mut visit,
-            )?;
-            store.release_cache();
-            match to {
-                Some(to) => from = to,
-                None => break,
-            }
+                &after,
+                "the runs changed while a start read them",
+            ));
         }
+        drop(slots);
         for range in &mut runs.ranges {
             range.index(&after)?;
         }
