@@ -79,7 +79,7 @@ const HOUSEHOLD_DELETES_PER_COMMIT: usize = 10_000;
 const BASE_FILE_PREFIX: &str = "months-base.";
 /// A new base is written once the runs after the current one hold more bytes than a
 /// quarter of it, and at least this many (`daemon.base_rewrite_bytes`): each start reads at
-/// most a quarter again the base (see [`LogState::base_due`]). A bulk ingest of 3,000,000
+/// most a quarter again the base (see `LogState::base_due`). A bulk ingest of 3,000,000
 /// households wrote 17 bases, 8 times the last one's bytes in all.
 pub const DEFAULT_MIN_RUN_BYTES: u64 = 64 << 20;
 /// … or once there are this many runs after it (small feeds' commits).
