@@ -78,8 +78,10 @@ const HOUSEHOLD_DELETES_PER_COMMIT: usize = 10_000;
 /// Base files are named this, then their generation.
 const BASE_FILE_PREFIX: &str = "months-base.";
 /// A new base is written once the runs after the current one hold more bytes than a
-/// quarter of it, and at least this many (`daemon.base_rewrite_bytes`): each start reads at
-/// most a quarter again the base (see `LogState::base_due`). A bulk ingest of 3,000,000
+/// quarter of it, and at least this many (`daemon.base_rewrite_bytes`): a start reads about
+/// a quarter again the base at most (see `LogState::base_due`), this many bytes where the
+/// base is under four times as large, more while a base is being written on its thread, and
+/// fewer when 20,000 small runs make one due first. A bulk ingest of 3,000,000
 /// households wrote 17 bases, 8 times the last one's bytes in all.
 pub const DEFAULT_MIN_RUN_BYTES: u64 = 64 << 20;
 /// … or once there are this many runs after it (small feeds' commits).
@@ -460,7 +462,9 @@ fn put_roster(households: &mut Households, key: &[u8], mut h: Household) -> Resu
 /// The changes are kept in ranges of [`RANGE_SLOTS`] slots, each let go of as soon as the
 /// months of all its households are made. The base's months come in the table's order of
 /// slots, so the ranges go one after another, and the months being packed take the room the
-/// ranges before them left. For that room to be of use to them, the ranges are small and
+/// ranges before them left (a range with a slot the runs emptied, or whose household is
+/// new since the base, waits for the households the base did not hold, at the end). For
+/// that room to be of use to them, the ranges are small and
 /// their blocks laid out in the order of slots: a first pass over the runs counts each
 /// range's changes, a second gathers them into room made to measure. mimalloc (v3) gives
 /// each stretch of its arena to one kind of page, and with the shipped purge delay (never)
@@ -486,8 +490,8 @@ struct RunChanges {
 const RUN_BYTES_PER_READ: u64 = 8 << 20;
 
 /// How many runs to read between releases of the store's cache: about `bytes_per_read`
-/// bytes, by the runs' average size (each run's key counts the bytes of the runs since the
-/// base), at least one.
+/// bytes, by the runs' average size since the base ([`LogState::pending_bytes`]), at least
+/// one. Runs of uneven sizes (a bulk poll's among small feeds') make some reads larger.
 fn runs_per_read(log: &LogState, bytes_per_read: u64) -> u64 {
     let runs = log.last_run.saturating_sub(log.base.through);
     let bytes = log.pending_bytes().max(1);
@@ -524,6 +528,17 @@ const NO_SLOT: Slot = Slot::MAX;
 /// Slots per range of [`RunChanges`]: small enough that a range's changes (about 100, a
 /// few KB) are blocks of the allocator's small pages, which the months take next.
 const RANGE_SLOTS: Slot = 32;
+
+/// What the first pass of [`RunChanges::read`] counts of a range: its changes, their words
+/// and which of its slots they go to.
+#[derive(Clone, Copy, Default)]
+struct RangeCount {
+    changes: usize,
+    words: usize,
+    slots: u32,
+}
+
+const _: () = assert!(RANGE_SLOTS <= u32::BITS);
 
 /// The changes the runs make to the households of one range of slots.
 #[derive(Default)]
@@ -581,9 +596,6 @@ impl SlotRange {
         // In the runs' order within a slot: words are appended in that order, and a
         // removal, which appends none, sorts before a change starting where it stood.
         self.changes.sort_unstable_by_key(|c| (c.slot, c.at, c.len));
-        // Room a growing vector left over goes back before the base's months are packed.
-        self.changes.shrink_to_fit();
-        self.words.shrink_to_fit();
         // Every start is below the count of changes, taken as a u32 here.
         index_u32(self.changes.len(), key)?;
         let mut start = 0u32;
@@ -591,7 +603,6 @@ impl SlotRange {
             self.households.push((same[0].slot, start));
             start += same.len() as u32;
         }
-        self.households.shrink_to_fit();
         self.done = vec![false; self.households.len()];
         self.pending = self.households.len();
         Ok(())
@@ -632,15 +643,16 @@ impl RunChanges {
         // each removal and each month's change goes to (`NO_SLOT`: left out), and counts
         // each range's changes and words.
         let mut slots: Vec<Slot> = Vec::new();
-        let mut counts: Vec<(usize, usize)> = Vec::new();
+        let mut counts: Vec<RangeCount> = Vec::new();
         let mut scratch = Vec::new();
         let mut count = |slot: Slot, words: usize| {
             let i = (slot / RANGE_SLOTS) as usize;
             if counts.len() <= i {
-                counts.resize(i + 1, (0, 0));
+                counts.resize(i + 1, RangeCount::default());
             }
-            counts[i].0 += 1;
-            counts[i].1 += words;
+            counts[i].changes += 1;
+            counts[i].words += words;
+            counts[i].slots |= 1 << (slot % RANGE_SLOTS);
         };
         read_runs(store, log, bytes_per_read, &mut |k, v| {
             let run = Run::decode(k, v)?;
@@ -690,9 +702,10 @@ impl RunChanges {
         // as the base's months are made, and the pages they free take the months next.
         runs.ranges = counts
             .iter()
-            .map(|&(changes, words)| SlotRange {
-                changes: Vec::with_capacity(changes),
-                words: Vec::with_capacity(words),
+            .map(|c| SlotRange {
+                changes: Vec::with_capacity(c.changes),
+                words: Vec::with_capacity(c.words),
+                households: Vec::with_capacity(c.slots.count_ones() as usize),
                 ..SlotRange::default()
             })
             .collect();
@@ -730,11 +743,15 @@ impl RunChanges {
                 if slot == NO_SLOT {
                     continue;
                 }
+                // Packed aside first: packing narrows a bucket after writing it wide,
+                // which would outgrow the room the first pass counted.
+                scratch.clear();
+                if let Some(b) = &bucket {
+                    months::pack(b, &mut scratch);
+                }
                 let range = runs.range_mut(slot);
                 let at = range.words.len();
-                if let Some(b) = &bucket {
-                    months::pack(b, &mut range.words);
-                }
+                range.words.extend_from_slice(&scratch);
                 range.changes.push(RunChange {
                     slot,
                     month: Month::from_ordinal(month),
@@ -807,6 +824,8 @@ impl RunChanges {
     /// emptied once all its slots are made.
     fn make(&mut self, r: usize, i: usize, base: &Months) -> Months {
         let range = &mut self.ranges[r];
+        // Counted once, should a damaged base hold a household twice.
+        let first = !range.done[i];
         range.done[i] = true;
         let start = range.households[i].1 as usize;
         let end = range
@@ -831,7 +850,7 @@ impl RunChanges {
             })
             .collect();
         let months = base.with_changes(&mut changes, &mut self.scratch);
-        range.pending -= 1;
+        range.pending -= usize::from(first);
         if range.pending == 0 {
             *range = SlotRange::default();
         }
