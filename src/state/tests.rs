@@ -35,12 +35,21 @@ pub(crate) fn roster_record(id: &str, members: Vec<PersonKey>, income: i64) -> R
 }
 
 fn wage(id: &str, person: u8, month: &str, yuan: i64) -> Record {
+    wage_in_fen(
+        id,
+        PersonKey([person; 16]),
+        month.parse().unwrap(),
+        yuan * 100,
+    )
+}
+
+fn wage_in_fen(id: &str, person: PersonKey, month: Month, fen: i64) -> Record {
     Record {
         id: id.into(),
         observation: Observation::Sample {
-            subject: Subject::Person(PersonKey([person; 16])),
-            month: month.parse().unwrap(),
-            values: vec![(Indicator::WageIncome, yuan * 100)],
+            subject: Subject::Person(person),
+            month,
+            values: vec![(Indicator::WageIncome, fen)],
         },
     }
 }
@@ -307,15 +316,9 @@ fn thousands_of_households(store: &SledStore) -> (World, usize) {
         }
         w.apply("roster", &r, now()).unwrap();
         for k in (0..(i % 5)).filter(|&k| k != 1 || i % 7 != 0) {
-            let month = Month::of(now()).minus(k).to_string();
-            let record = Record {
-                id: format!("w{i}-{k}"),
-                observation: Observation::Sample {
-                    subject: Subject::Person(person),
-                    month: month.parse().unwrap(),
-                    values: vec![(Indicator::WageIncome, i64::from(i) * 100 + i64::from(k))],
-                },
-            };
+            let month = Month::of(now()).minus(k);
+            let fen = i64::from(i) * 100 + i64::from(k);
+            let record = wage_in_fen(&format!("w{i}-{k}"), person, month, fen);
             w.apply("wages", &record, now()).unwrap();
             keys += 1;
         }
@@ -430,14 +433,8 @@ fn runs_over_thousands_of_households_load_the_same_read_one_at_a_time() {
         w.begin();
         for &i in households {
             let month = Month::of(now()).minus(run as u32 + 2);
-            let record = Record {
-                id: format!("r{run}-{i}"),
-                observation: Observation::Sample {
-                    subject: Subject::Person(PersonKey((i as u128 + 1).to_le_bytes())),
-                    month,
-                    values: vec![(Indicator::WageIncome, 7 + i64::from(i))],
-                },
-            };
+            let person = PersonKey((i as u128 + 1).to_le_bytes());
+            let record = wage_in_fen(&format!("r{run}-{i}"), person, month, 7 + i64::from(i));
             w.apply("wages", &record, now()).unwrap();
         }
         store.commit(w.take_batch().0).unwrap();
