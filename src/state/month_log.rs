@@ -77,12 +77,11 @@ const ROSTER_IN_BASE_FORMAT: u32 = 4;
 const HOUSEHOLD_DELETES_PER_COMMIT: usize = 10_000;
 /// Base files are named this, then their generation.
 const BASE_FILE_PREFIX: &str = "months-base.";
-/// A new base is written once the runs after the current one hold more bytes than a
-/// quarter of it, and at least this many (`daemon.base_rewrite_bytes`): a start reads about
-/// a quarter again the base at most (see `LogState::base_due`), this many bytes where the
-/// base is under four times as large, more while a base is being written on its thread, and
-/// fewer when 20,000 small runs make one due first. A bulk ingest of 3,000,000
-/// households wrote 17 bases, 8 times the last one's bytes in all.
+/// A new base is written once the runs after the current one hold more bytes than this
+/// (`daemon.base_rewrite_bytes`) and than a quarter of it (see `LogState::base_due`): a
+/// start from the store reads at most the larger of the two after the base (more while a
+/// base is being written on its thread). A bulk ingest of 3,000,000 households wrote 17
+/// bases, 8 times the last one's bytes in all.
 pub const DEFAULT_MIN_RUN_BYTES: u64 = 64 << 20;
 /// … or once there are this many runs after it (small feeds' commits).
 const MAX_RUNS: u64 = 20_000;
@@ -172,8 +171,8 @@ impl LogState {
     /// packs (about as many bytes as the runs), and the allocator keeps most of that room
     /// for blocks of other sizes than the months': at half the base, the runs could take
     /// a start at 600,000 households past 1 KB per household. A base at a quarter costs
-    /// a bulk ingest twice as many bases (17 instead of 10 at 3,000,000 households, on a
-    /// thread of their own), for about 2 % of its time (BENCHMARKS.md).
+    /// a bulk ingest more bases (17 instead of 10 at 3,000,000 households, on a thread of
+    /// their own), within the noise of its time in the benches (BENCHMARKS.md).
     pub fn base_due(&self, min_run_bytes: u64) -> bool {
         self.pending_bytes() > (self.base.bytes / 4).max(min_run_bytes)
             || self.last_run.saturating_sub(self.base.through) > MAX_RUNS
@@ -685,7 +684,7 @@ impl RunChanges {
                     .ok()
                     .and_then(|id| households.slot_of(&id));
                 match slot {
-                    Some(slot) if slot != NO_SLOT => {
+                    Some(slot) => {
                         scratch.clear();
                         if let Some(b) = &bucket {
                             months::pack(b, &mut scratch);
@@ -693,7 +692,7 @@ impl RunChanges {
                         count(slot, scratch.len());
                         slots.push(slot);
                     }
-                    _ => slots.push(NO_SLOT),
+                    None => slots.push(NO_SLOT),
                 }
             }
             Ok(())
