@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use guardline::config::source::Source;
 use guardline::config::{Config, FeedConfig, Lines};
-use guardline::feeds::decode::{decode, to_text};
+use guardline::feeds::decode::{decode, decode_json_in_shares, decode_json_whole, to_text};
 use guardline::feeds::{Mapped, map_page, until_next};
 use guardline::pseudonym::Pseudonymizer;
 use guardline::rules::RuleSet;
@@ -324,6 +324,9 @@ fn decode_and_map<T>(format: Format, data: &[u8], then: impl FnOnce(&[Mapped]) -
     }
     bytes.extend_from_slice(body);
     let text = to_text(bytes, feed.encoding, "fuzz").ok()?;
+    if format == Format::Json {
+        same_in_shares(&text, feed);
+    }
     let decoded = decode(&text, feed, "fuzz").ok()?;
     let mapped = map_page(feed, decoded.records, pseudonymizer());
     for m in &mapped {
@@ -333,6 +336,28 @@ fn decode_and_map<T>(format: Format, data: &[u8], then: impl FnOnce(&[Mapped]) -
         }
     }
     Some(then(&mapped))
+}
+
+/// A large JSON page's records are parsed in shares: wherever that path answers (here at
+/// any size, one record a share), it must answer what parsing the whole document does.
+fn same_in_shares(text: &str, feed: &FeedConfig) {
+    let Some(shares) = decode_json_in_shares(text, feed, 1) else {
+        return;
+    };
+    let whole = decode_json_whole(text, feed, "fuzz")
+        .unwrap_or_else(|e| panic!("decoded in shares, but the whole document fails: {e}"));
+    let records = |d: &guardline::feeds::decode::Decoded| -> Vec<Option<String>> {
+        d.records
+            .iter()
+            .map(|r| r.as_ref().ok().map(|j| format!("{j:?}")))
+            .collect()
+    };
+    assert_eq!(
+        records(&shares),
+        records(&whole),
+        "records decoded in shares"
+    );
+    assert_eq!(shares.next, whole.next, "next cursor decoded in shares");
 }
 
 /// Whether the first record of a decoder input maps without error (`None`: the input does

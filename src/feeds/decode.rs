@@ -65,6 +65,88 @@ fn line_error(reason: &'static str, line: usize, detail: String) -> MapError {
     }
 }
 
+/// A JSON page at least this long is parsed in shares (see [`decode_json_in_shares`]).
+const IN_SHARES_MIN_BYTES: usize = 64 << 10;
+/// ... and in one share below this many records, as mapping is.
+const IN_SHARES_MIN_RECORDS: usize = 2048;
+
+/// The next cursor a JSON page names at the feed's `next_cursor_path`.
+fn next_cursor(doc: &Json, feed: &FeedConfig) -> Option<String> {
+    match doc.lookup(&feed.next_cursor_path) {
+        Some(Json::String(s)) if !s.is_empty() => Some(s.to_string()),
+        Some(Json::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A JSON page decoded as [`decode`] does, with its records parsed in shares on every core
+/// ([`crate::parallel::in_shares`]; one share below `min_records`). A scan of the text finds
+/// the list at `records_path` and each record in it ([`super::scan`]); the document is then
+/// parsed with that list left empty, for the next cursor and to check that the list found is
+/// the one at the path. `None` wherever this path cannot decode the page as the parse of the
+/// whole document would, the text not valid JSON among them: parse the whole document then,
+/// for its records or its error.
+pub fn decode_json_in_shares<'a>(
+    text: &'a str,
+    feed: &FeedConfig,
+    min_records: usize,
+) -> Option<Decoded<'a>> {
+    let records_path = feed.records_path.as_str();
+    // A cursor inside the records' list is not in the document without it.
+    let cursor_in_list = if records_path.is_empty() {
+        !feed.next_cursor_path.is_empty()
+    } else {
+        feed.next_cursor_path
+            .strip_prefix(records_path)
+            .is_some_and(|rest| rest.starts_with('.'))
+    };
+    if cursor_in_list {
+        return None;
+    }
+    let spans = super::scan::find_list(text, records_path)?;
+    let rest = format!("{}[]{}", &text[..spans.list.start], &text[spans.list.end..]);
+    let doc = Json::parse(&rest).ok()?;
+    match doc.lookup(records_path) {
+        Some(Json::Array(items)) if items.is_empty() => {}
+        _ => return None,
+    }
+    let next = next_cursor(&doc, feed);
+    let shares = crate::parallel::in_shares(&spans.items, min_records, |_, share| {
+        share
+            .iter()
+            .map(|r| Json::parse(&text[r.clone()]).ok())
+            .collect::<Option<Vec<_>>>()
+    });
+    let mut records = Vec::with_capacity(spans.items.len());
+    for share in shares {
+        records.extend(share?.into_iter().map(Ok));
+    }
+    Some(Decoded { records, next })
+}
+
+/// A JSON page decoded in one parse of the whole document.
+pub fn decode_json_whole<'a>(
+    text: &'a str,
+    feed: &FeedConfig,
+    origin: &str,
+) -> Result<Decoded<'a>, PollError> {
+    let mut doc = Json::parse(text).map_err(|e| PollError::InvalidJson {
+        url: origin.to_string(),
+        detail: e.to_string(),
+    })?;
+    let next = next_cursor(&doc, feed);
+    let records = doc
+        .take_list(&feed.records_path)
+        .ok_or_else(|| PollError::NoRecords {
+            url: origin.to_string(),
+            path: feed.records_path.clone(),
+        })?;
+    Ok(Decoded {
+        records: records.into_iter().map(Ok).collect(),
+        next,
+    })
+}
+
 /// Decodes a page's text (see [`to_text`]) in the feed's format.
 pub fn decode<'a>(
     text: &'a str,
@@ -73,25 +155,12 @@ pub fn decode<'a>(
 ) -> Result<Decoded<'a>, PollError> {
     match feed.format {
         Format::Json => {
-            let mut doc = Json::parse(text).map_err(|e| PollError::InvalidJson {
-                url: origin.to_string(),
-                detail: e.to_string(),
-            })?;
-            let next = match doc.lookup(&feed.next_cursor_path) {
-                Some(Json::String(s)) if !s.is_empty() => Some(s.to_string()),
-                Some(Json::Number(n)) => Some(n.to_string()),
-                _ => None,
-            };
-            let records =
-                doc.take_list(&feed.records_path)
-                    .ok_or_else(|| PollError::NoRecords {
-                        url: origin.to_string(),
-                        path: feed.records_path.clone(),
-                    })?;
-            Ok(Decoded {
-                records: records.into_iter().map(Ok).collect(),
-                next,
-            })
+            if text.len() >= IN_SHARES_MIN_BYTES
+                && let Some(decoded) = decode_json_in_shares(text, feed, IN_SHARES_MIN_RECORDS)
+            {
+                return Ok(decoded);
+            }
+            decode_json_whole(text, feed, origin)
         }
         Format::Ndjson => Ok(Decoded {
             records: text
@@ -261,5 +330,154 @@ mod tests {
         let d = decode(r#"[{"a": 1}, 2]"#, &f, "t").unwrap();
         assert_eq!(d.records.len(), 2);
         assert_eq!(value(&d.records[1]), serde_json::json!(2));
+    }
+
+    /// A JSON page's records (as values) and next cursor.
+    type Page = (Vec<Option<Json<'static>>>, Option<String>);
+
+    fn page_of(d: Decoded<'_>) -> Page {
+        let records = d
+            .records
+            .iter()
+            .map(|r| r.as_ref().ok().map(|j| owned(j.clone())))
+            .collect();
+        (records, d.next)
+    }
+
+    /// `j` with every string owned.
+    fn owned(j: Json<'_>) -> Json<'static> {
+        match j {
+            Json::Null => Json::Null,
+            Json::Bool(b) => Json::Bool(b),
+            Json::Number(n) => Json::Number(n),
+            Json::String(s) => Json::String(Cow::Owned(s.into_owned())),
+            Json::Array(items) => Json::Array(items.into_iter().map(owned).collect()),
+            Json::Object(members) => Json::Object(
+                members
+                    .into_iter()
+                    .map(|(k, v)| (Cow::Owned(k.into_owned()), owned(v)))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The page decoded whole (`Err`: the error's kind), and in shares of one record where
+    /// that path answers.
+    fn both_ways(text: &str, f: &FeedConfig) -> (Result<Page, String>, Option<Page>) {
+        let whole = decode_json_whole(text, f, "t")
+            .map(page_of)
+            .map_err(|e| format!("{e:?}").chars().take(12).collect());
+        (whole, decode_json_in_shares(text, f, 1).map(page_of))
+    }
+
+    #[test]
+    fn a_large_json_page_is_parsed_in_shares_as_the_whole_document_is() {
+        let mut f = feed("json", "utf-8");
+        f.records_path = "data.items".into();
+        f.next_cursor_path = "data.next".into();
+        let records: Vec<Value> = (0..5000)
+            .map(|i| serde_json::json!({"id": format!("R{i}\"]}}"), "n": i, "x": [i, {"y": "二\\"}], "z": null}))
+            .collect();
+        let text = serde_json::json!({"total": 5000, "data": {"items": records, "next": "c9"}})
+            .to_string();
+        assert!(text.len() >= IN_SHARES_MIN_BYTES);
+        let (whole, shares) = both_ways(&text, &f);
+        let whole = whole.unwrap();
+        assert_eq!(whole.0.len(), 5000);
+        assert_eq!(whole.1.as_deref(), Some("c9"));
+        assert_eq!(shares.as_ref(), Some(&whole));
+        assert_eq!(page_of(decode(&text, &f, "t").unwrap()), whole);
+
+        // A cursor inside the list is read from the whole document.
+        f.next_cursor_path = "data.items.4999.id".into();
+        assert!(decode_json_in_shares(&text, &f, 1).is_none());
+        let d = decode(&text, &f, "t").unwrap();
+        assert_eq!(d.next.as_deref(), Some("R4999\"]}"));
+
+        // One bad record: the whole document's error, not a page of the others.
+        let bad = text.replacen("\"n\":17,", "\"n\":17,,", 1);
+        assert_ne!(bad, text);
+        assert!(decode_json_in_shares(&bad, &f, 1).is_none());
+        let e = decode(&bad, &f, "t").unwrap_err();
+        assert!(matches!(e, PollError::InvalidJson { .. }), "{e}");
+    }
+
+    proptest::proptest! {
+        /// Pages built from records with every character JSON escapes or the scan looks
+        /// for, at each kind of path, some with a byte changed: where the shares answer,
+        /// they answer what the whole document does, and they answer for every page that
+        /// is not changed.
+        #[test]
+        fn shares_decode_a_page_as_the_whole_document_does(
+            records in proptest::collection::vec(
+                proptest::collection::vec(
+                    (proptest::sample::select(vec!["a", "\"", "\\", "]", "}", "[", "{", ",", ":", "二", " ", "\n", "\u{1}"]), 0i64..3),
+                    0..6,
+                ),
+                0..12,
+            ),
+            paths in 0usize..3,
+            repeated in proptest::bool::ANY,
+            spaces in proptest::sample::select(vec!["", " ", "\n\t "]),
+            change in proptest::option::of((proptest::bool::ANY, 0usize..4096, proptest::sample::select(vec![b'[', b']', b'{', b'}', b'"', b',', b':', b'\\', b'a', b'1', b' ', b'-', b'.']))),
+        ) {
+            let mut f = feed("json", "utf-8");
+            let (records_path, next_path) = [("records", "next"), ("data.items", "data.next"), ("", "")][paths];
+            f.records_path = records_path.into();
+            f.next_cursor_path = next_path.into();
+            let list: Vec<Value> = records
+                .iter()
+                .map(|parts| {
+                    let text: String = parts.iter().map(|(s, _)| *s).collect();
+                    match parts.first().map_or(0, |(_, k)| *k) {
+                        0 => serde_json::json!({"s": text, "n": parts.len()}),
+                        1 => serde_json::json!([text, {"deep": [text]}]),
+                        _ => Value::String(text),
+                    }
+                })
+                .collect();
+            let list = format!(
+                "[{spaces}{}{spaces}]",
+                list.iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join(&format!("{spaces},{spaces}"))
+            );
+            let (before, after) = match paths {
+                0 if repeated => (
+                    format!(r#"{{"records":[1],{spaces}"next":"c","records":{spaces}"#),
+                    "}".to_string(),
+                ),
+                0 => (r#"{"next": 7, "records": "#.to_string(), r#", "after": {"x": [1]}}"#.to_string()),
+                1 => (
+                    r#"{"data": {"items": "#.to_string(),
+                    format!(r#",{spaces}"next": "n\"]"}}, "items": [9], "m": -1.5e3}}"#),
+                ),
+                _ => (spaces.to_string(), spaces.to_string()),
+            };
+            let mut text = format!("{before}{list}{after}").into_bytes();
+            // A byte changed anywhere, or outside the list (where the scan checks least).
+            if let Some((outside, at, byte)) = change {
+                let at = if outside {
+                    let outside = before.len() + after.len();
+                    let at = at % outside.max(1);
+                    if at < before.len() { at } else { at - before.len() + before.len() + list.len() }
+                } else {
+                    at % text.len().max(1)
+                };
+                if let Some(b) = text.get_mut(at) {
+                    *b = byte;
+                }
+            }
+            let Ok(text) = String::from_utf8(text) else {
+                return Ok(());
+            };
+            let (whole, shares) = both_ways(&text, &f);
+            if let Some(shares) = shares {
+                proptest::prop_assert_eq!(Ok(shares), whole);
+            } else {
+                proptest::prop_assert!(change.is_some(), "an unchanged page is decoded in shares");
+            }
+        }
     }
 }

@@ -15,6 +15,7 @@ mod dir;
 pub mod fetch;
 pub mod json;
 pub mod map;
+mod scan;
 #[cfg(test)]
 mod tests;
 
@@ -209,7 +210,12 @@ impl Applying {
             .await
             .map_err(|e| PollError::Store(format!("applying page {}: {e}", self.page)))?;
         // Freed here, before the next page's apply starts: freeing it while that apply runs
-        // was slower (BENCHMARKS.md).
+        // was slower (BENCHMARKS.md). The records in shares: they were parsed in shares, on
+        // threads that have ended since, and one thread freeing them all was the slowest
+        // part of the poll's thread.
+        let mut page = page;
+        let records = page.with_dependent_mut(|_, page| std::mem::take(&mut page.records));
+        crate::parallel::drop_in_shares(records, PARALLEL_MIN_RECORDS);
         drop(page);
         total.add(counts?);
         debug!(feed = %feed.name, page = self.page, records = self.records, "page applied");
