@@ -490,6 +490,10 @@ pub struct World {
     /// roster record, each rollback and catch-up. [`PersonSlots`] looked up at one count are
     /// good only at that count, and only in this `World` (each starts at 0).
     roster_changes: u64,
+    /// The month of the last `now` a record was applied at (its Unix time and UTC offset):
+    /// a page's records share one `now`, and the calendar conversion was a few percent of
+    /// applying a record.
+    now_month: Option<(i64, i32, Month)>,
 }
 
 /// The households' slots of the persons a page's records name, looked up together before
@@ -697,6 +701,7 @@ impl World {
             undo_villages: Map::default(),
             dirty_counties: BTreeSet::new(),
             roster_changes: 0,
+            now_month: None,
         }
     }
 
@@ -1201,7 +1206,7 @@ impl World {
                 let tag = record_tag(feed, &record.id);
                 let retention = self.retention_months;
                 if let Subject::Village(code) = subject {
-                    if month > Month::of(now) {
+                    if month > self.month_of(now) {
                         return Err(Rejection::FutureMonth(month));
                     }
                     if self
@@ -1271,7 +1276,8 @@ impl World {
         now: DateTime<FixedOffset>,
         f: impl FnOnce(&mut Household) -> Months,
     ) -> Result<Applied, Rejection> {
-        if month > Month::of(now) {
+        let now_month = self.month_of(now);
+        if month > now_month {
             return Err(Rejection::FutureMonth(month));
         }
         let slot = match subject {
@@ -1288,7 +1294,7 @@ impl World {
         let Some(h) = self.households.at_mut(slot) else {
             return Err(Rejection::UnknownPerson);
         };
-        if Month::of(now).since(month) > self.retention_months {
+        if now_month.since(month) > self.retention_months {
             return Err(Rejection::TooOld(month));
         }
         if h.has_record(month, tag) {
@@ -1299,6 +1305,19 @@ impl World {
             .entry(slot)
             .or_insert(Undo::Months(before));
         Ok(Applied::Changed)
+    }
+
+    /// `Month::of(now)`, converted once for the records applied at the same `now`.
+    fn month_of(&mut self, now: DateTime<FixedOffset>) -> Month {
+        let key = (now.timestamp(), now.offset().local_minus_utc());
+        match self.now_month {
+            Some((t, o, m)) if (t, o) == key => m,
+            _ => {
+                let m = Month::of(now);
+                self.now_month = Some((key.0, key.1, m));
+                m
+            }
+        }
     }
 
     fn county_mut(&mut self, code: CountyCode) -> &mut CountyValue {
