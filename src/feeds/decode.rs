@@ -400,6 +400,14 @@ mod tests {
         assert!(decode_json_in_shares(&bad, &f, 1).is_none());
         let e = decode(&bad, &f, "t").unwrap_err();
         assert!(matches!(e, PollError::InvalidJson { .. }), "{e}");
+
+        // A record nested as deep as serde_json allows alone, too deep in its page.
+        f.next_cursor_path = "data.next".into();
+        let deep = format!("{}{}", "[".repeat(126), "]".repeat(126));
+        let page = format!(r#"{{"data": {{"items": [{deep}]}}}}"#);
+        assert!(Json::parse(&deep).is_ok());
+        assert!(decode_json_whole(&page, &f, "t").is_err());
+        assert!(decode_json_in_shares(&page, &f, 1).is_none());
     }
 
     proptest::proptest! {

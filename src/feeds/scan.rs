@@ -14,6 +14,12 @@
 
 use std::ops::Range;
 
+/// How deep serde_json lets a document nest.
+const SERDE_DEPTH: usize = 128;
+/// The scan gives up on values nested deeper than this: parsed alone, a record of the list
+/// could pass serde_json's limit that the whole document fails.
+const MAX_NESTING: usize = 64;
+
 /// Where the list at a path lies in a document's text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListSpans {
@@ -37,6 +43,11 @@ pub fn find_list(text: &str, path: &str) -> Option<ListSpans> {
     } else {
         path.split('.').collect()
     };
+    // A record parsed alone sits that many levels higher than in the document, and
+    // serde_json refuses a document nested deeper than `SERDE_DEPTH`.
+    if segments.len() + 1 + MAX_NESTING > SERDE_DEPTH {
+        return None;
+    }
     let start = skip_ws(bytes, 0);
     let (end, found) = find_in(bytes, start, &segments)?;
     // Nothing but white space may follow the document.
@@ -151,7 +162,12 @@ fn skip_value(bytes: &[u8], at: usize) -> Option<usize> {
                         i = skip_string(bytes, i)?;
                         continue;
                     }
-                    b'{' | b'[' => depth += 1,
+                    b'{' | b'[' => {
+                        depth += 1;
+                        if depth > MAX_NESTING {
+                            return None;
+                        }
+                    }
                     b'}' | b']' => {
                         depth -= 1;
                         if depth == 0 {
@@ -236,5 +252,23 @@ mod tests {
         ] {
             assert_eq!(find_list(text, path), None, "{text} at {path:?}");
         }
+        // Nested deeper than the scan follows, or a path too deep for it.
+        let deep = format!(
+            "{}{}",
+            "[".repeat(MAX_NESTING + 1),
+            "]".repeat(MAX_NESTING + 1)
+        );
+        let shallow = format!("{}{}", "[".repeat(MAX_NESTING), "]".repeat(MAX_NESTING));
+        assert_eq!(find_list(&format!("[{deep}]"), ""), None);
+        assert_eq!(
+            find_list(&format!("[{shallow}]"), "").unwrap().items.len(),
+            1
+        );
+        let at_depth = |n: usize| {
+            let text = format!("{}[1]{}", r#"{"a":"#.repeat(n), "}".repeat(n));
+            find_list(&text, &vec!["a"; n].join("."))
+        };
+        assert!(at_depth(SERDE_DEPTH - MAX_NESTING - 1).is_some());
+        assert_eq!(at_depth(SERDE_DEPTH - MAX_NESTING), None);
     }
 }
