@@ -81,7 +81,7 @@ fn next_cursor(doc: &Json, feed: &FeedConfig) -> Option<String> {
 
 /// A JSON page decoded as [`decode`] does, with its records parsed in shares on every core
 /// ([`crate::parallel::in_shares`]; one share below `min_records`). A scan of the text finds
-/// the list at `records_path` and each record in it ([`super::scan`]); the document is then
+/// the list at `records_path` and each record in it (the `scan` module); the document is then
 /// parsed with that list left empty, for the next cursor and to check that the list found is
 /// the one at the path. `None` wherever this path cannot decode the page as the parse of the
 /// whole document would, the text not valid JSON among them: parse the whole document then,
