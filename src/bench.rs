@@ -74,7 +74,9 @@ pub struct Figures {
 }
 
 /// The allocator settings of the shipped systemd unit. The bench measures guardline as it
-/// ships: without one of the variables it runs itself again with them.
+/// ships: without one of the variables it runs itself again with them. Set to another value,
+/// the bench process (ingest, evaluation, incremental detection) runs with it and reports it;
+/// the daemons it starts for the restarts, their memory and scrapes always run with these.
 /// - mimalloc keeps the pages it frees instead of handing them back to the system a second
 ///   later. sled copies and frees B-tree nodes at a high rate; the kernel took a sixth of
 ///   the bench's CPU time during ingest, most of it faulting in and zeroing fresh pages.
@@ -143,11 +145,13 @@ fn write_config(
     Ok(path)
 }
 
-/// The disk a bench of `households` fills: about 12 GB per million households (BENCHMARKS.md:
-/// 29.7 GB at 3,000,000 before the state snapshot, which adds about 0.5 GB per million), and
-/// 1 GB besides.
+/// The disk a bench of `households` fills: about 6 GB per million households, and 1 GB
+/// besides. Measured (BENCHMARKS.md): the folder peaked at 4.6 GB at 1,000,000 households
+/// and 1.0 GB at 200,000 (the feeds 3.1 GB per million, the store 0.8 GB, the state
+/// snapshot and its next copy while it is written); the rest is room for a base of the
+/// months written beside the last and for sled's log between its cleanings.
 fn disk_needed(households: u32) -> u64 {
-    u64::from(households) * 12_000 + 1_000_000_000
+    u64::from(households) * 6_000 + 1_000_000_000
 }
 
 /// Bytes free for an unprivileged user on the file system of `dir`, from `df` (std has no
@@ -187,10 +191,8 @@ async fn get(client: &reqwest::Client, url: &str) -> Option<(u16, usize)> {
 }
 
 pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
-    // About 12 GB per million households (the feeds 3.1 GB, the store 6 to 6.6 GB, the
-    // ingest's state journal until the first snapshot 0.6 GB, the state snapshot 0.5 GB and
-    // its next copy while it is written): a run that fills the disk half-way wastes an hour and starves the
-    // machine. Checked before the folder is emptied, counting what emptying it frees.
+    // A run that fills the disk half-way wastes an hour and starves the machine: checked
+    // before the folder is emptied, counting what emptying it frees.
     std::fs::create_dir_all(&opts.dir)?;
     let needed = disk_needed(opts.households);
     if let Some(free) = free_bytes(&opts.dir).map(|f| f + dir_size(&opts.dir))
@@ -387,6 +389,8 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
         let mut child = std::process::Command::new(&exe)
             .args(["run", "--config"])
             .arg(&config_path)
+            // The daemon as it ships, whatever the bench process itself runs with.
+            .envs(ALLOCATOR_SETTINGS)
             .env(
                 "GUARDLINE_LOG",
                 "warn,guardline::state::snapshot=info,guardline::daemon=debug",
@@ -643,7 +647,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let free = free_bytes(dir.path()).expect("df reports the temporary folder");
         assert!(free > 0);
-        assert_eq!(disk_needed(3_000_000), 37_000_000_000);
+        assert_eq!(disk_needed(3_000_000), 19_000_000_000);
         let opts = BenchOptions {
             households: u32::MAX,
             runs: 1,

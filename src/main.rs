@@ -123,7 +123,7 @@ enum Command {
     },
     /// Run the simulator and the daemon together on config/demo.toml.
     /// Measure ingest, detection, evaluation, memory, restart and scrapes at province scale
-    /// (BENCHMARKS.md). The generated feeds, the store and the snapshot take about 12 GB per
+    /// (BENCHMARKS.md). The generated feeds, the store and the snapshot take about 6 GB per
     /// million households in --dir; a run the free space cannot hold is refused
     Bench {
         #[arg(long, default_value_t = 600_000)]
