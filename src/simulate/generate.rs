@@ -140,6 +140,18 @@ fn id_number(county: u32, birth: NaiveDate, seq: u32) -> String {
     format!("{body}{check}")
 }
 
+/// The villages a county can have: townships 100 to 999, ten villages each.
+const MAX_VILLAGES_PER_COUNTY: u32 = 9_000;
+
+/// The 12-digit code of a county's village number `v` (below [`MAX_VILLAGES_PER_COUNTY`]):
+/// the county's 6 digits, a township of 3 (ten villages to a township) and a village of 3.
+/// The village digits are `200 + v` for the first 800 villages, as in every world generated
+/// before 10,000,000 households needed more, and `200 + v % 800` after: townships from 180 on
+/// hold only those, so no code repeats, and no part grows past 3 digits.
+fn village_code(county: impl std::fmt::Display, v: u32) -> String {
+    format!("{county}{:03}{:03}", 100 + v / 10, 200 + v % 800)
+}
+
 fn name(rng: &mut ChaCha8Rng) -> String {
     let mut n = SURNAMES[rng.gen_range(0..SURNAMES.len())].to_string();
     for _ in 0..rng.gen_range(1..=2) {
@@ -172,12 +184,21 @@ pub fn generate(opts: &SimOptions) -> std::io::Result<SimWorld> {
     let first = last.minus(MONTHS - 1);
     let n = opts.households.max(1);
     let per_county = ((f64::from(n) / 146.0 / 45.0).ceil() as u32).max(2);
+    if per_county > MAX_VILLAGES_PER_COUNTY {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{n} households need {per_county} villages per county, and 12-digit village codes \
+                 number at most {MAX_VILLAGES_PER_COUNTY}: generate at most {} households",
+                MAX_VILLAGES_PER_COUNTY as u64 * 146 * 45
+            ),
+        ));
+    }
 
-    // Villages: county + township (3 digits) + village (3 digits).
     let mut villages: Vec<(String, String, String)> = Vec::new(); // (code, name, county)
     for c in counties() {
         for v in 0..per_county {
-            let code = format!("{}{:03}{:03}", c.code, 100 + v / 10, 200 + v);
+            let code = village_code(c.code, v);
             let vname = format!(
                 "{}{}村",
                 VILLAGE_SYLLABLES[rng.gen_range(0..VILLAGE_SYLLABLES.len())],
@@ -831,6 +852,36 @@ mod tests {
         assert_eq!(a.cases, b.cases);
         let c = generate(&opts(8)).unwrap();
         assert_ne!(all(&a.roster), all(&c.roster));
+    }
+
+    #[test]
+    fn village_codes_are_12_digits_and_unique_up_to_the_limit() {
+        let codes: Vec<String> = (0..MAX_VILLAGES_PER_COUNTY)
+            .map(|v| village_code("522701", v))
+            .collect();
+        assert!(codes.iter().all(|c| c.len() == 12
+            && c.bytes().all(|b| b.is_ascii_digit())
+            && c.starts_with("522701")));
+        let unique: std::collections::BTreeSet<&String> = codes.iter().collect();
+        assert_eq!(unique.len(), codes.len());
+        // The first 800 keep the codes of the worlds generated before.
+        assert_eq!(village_code("522701", 0), "522701100200");
+        assert_eq!(village_code("522701", 799), "522701179999");
+        // 10,000,000 households need 1,522 villages per county.
+        assert_eq!(village_code("522701", 1521), "522701252921");
+        // And every code the validator accepts.
+        for code in [&codes[0], &codes[800], &codes[8999]] {
+            assert!(code.parse::<crate::model::VillageCode>().is_ok(), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_world_with_more_villages_than_codes_is_refused_before_it_is_generated() {
+        let mut o = opts(1);
+        o.households = 60_000_000;
+        let e = generate(&o).err().expect("refused");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("59130000 households"), "{e}");
     }
 
     #[test]
