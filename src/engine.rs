@@ -106,6 +106,8 @@ pub struct Engine {
     base_retry: Option<(Instant, std::time::Duration)>,
     /// The wait after the first failed base in a row ([`BASE_RETRY_FIRST`]).
     base_retry_first: std::time::Duration,
+    /// The entities a pass commits together ([`EVALUATION_PART`]).
+    evaluation_part: usize,
 }
 
 /// The wait before a base of the months is tried again after one failed (a full disk may
@@ -165,6 +167,13 @@ impl AuditEntry {
 pub const MAX_WAITING: usize = 200_000;
 /// A record waits this long for its person to appear on the roster.
 pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+/// The entities whose evaluation commits together. A full evaluation of a province commits
+/// in parts of this many, so that its transitions, their notifications and the store's
+/// batch stay bounded: at 10,000,000 households one batch of a first full evaluation (about
+/// 409,000 alerts firing at once) grew the process by more than 10 GB before its commit.
+/// A poll's pass (its touched entities) is one part at any scale the bench measures.
+const EVALUATION_PART: usize = 100_000;
 
 /// What one evaluation pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +292,7 @@ impl Engine {
             base_job: None,
             base_retry: None,
             base_retry_first: BASE_RETRY_FIRST,
+            evaluation_part: EVALUATION_PART,
         };
         e.update_gauges();
         e.update_quarantine_gauges();
@@ -551,6 +561,13 @@ impl Engine {
             );
         }
         Ok(written)
+    }
+
+    /// Commits a pass's results every `entities` entities instead of every
+    /// [`EVALUATION_PART`]: the tests' way to make a small world's pass commit in parts.
+    #[doc(hidden)]
+    pub fn set_evaluation_part(&mut self, entities: usize) {
+        self.evaluation_part = entities.max(1);
     }
 
     /// Declares the feeds; until each has caught up once, rules reading its data wait.
@@ -1198,7 +1215,8 @@ impl Engine {
         &self.rules
     }
 
-    /// Evaluates the rules that pass `rule_filter` on `entities` (each once, in any order).
+    /// Evaluates the rules that pass `rule_filter` on `entities` (each once, in any order),
+    /// committing every [`EVALUATION_PART`] entities' transitions and notifications together.
     fn evaluate_set(
         &mut self,
         entities: &[EntityRef],
@@ -1210,24 +1228,67 @@ impl Engine {
         let mut report = EvalReport::default();
         let rules = Arc::clone(&self.rules);
         // Only county rules read the firing households, and only county entities have them:
-        // a poll's pass (households and villages) skips the walk over every alert.
+        // a poll's pass (households and villages) skips the walk over every alert. Taken once
+        // for all the parts, so a county rule sees the households as they were before this
+        // pass, wherever its county falls in the list.
         let firing = if entities.iter().any(|e| matches!(e, EntityRef::County(_))) {
             self.alerts.firing_households()
         } else {
             Vec::new()
         };
+        for part in entities.chunks(self.evaluation_part) {
+            let r = self.evaluate_part(part, &rules, &rule_filter, &firing, now)?;
+            add(&mut report, r);
+        }
+        let seconds = began.elapsed().as_secs_f64();
+        self.metrics
+            .evaluation_duration
+            .with_label_values(&[trigger])
+            .observe(seconds);
+        self.metrics
+            .rule_checks
+            .with_label_values(&[trigger])
+            .inc_by(report.checks);
+        self.update_gauges();
+        if report.checks > 0 {
+            info!(
+                trigger,
+                entities = entities.len(),
+                checks = report.checks,
+                fired = report.fired,
+                resolved = report.resolved,
+                notifications = report.notifications,
+                seconds,
+                "rules evaluated"
+            );
+        }
+        Ok(report)
+    }
+
+    /// One part of [`Engine::evaluate_set`]: the rules on `entities`, then their transitions,
+    /// the notifications these cause and the alerts' changes committed in one batch, and
+    /// the notifications queued once that commit is durable.
+    fn evaluate_part(
+        &mut self,
+        entities: &[EntityRef],
+        rules: &RuleSet,
+        rule_filter: impl Fn(&Rule) -> bool,
+        firing: &[crate::rules::FiringHousehold],
+        now: DateTime<FixedOffset>,
+    ) -> Result<EvalReport, EngineError> {
+        let mut report = EvalReport::default();
         let passed = {
             let ctx = EvalContext {
                 world: &self.world,
                 now,
                 lines: &self.lines,
                 data_until: None,
-                firing: &firing,
+                firing,
                 feed_last_data: &self.feed_last_data,
                 started_at: self.started_at,
                 sources: &self.sources,
             };
-            self.alerts.pass(&rules, &ctx, entities, rule_filter)
+            self.alerts.pass(rules, &ctx, entities, rule_filter)
         };
         let (checks, transitions) = self.stale_on(passed)?;
         report.checks = checks;
@@ -1268,28 +1329,6 @@ impl Engine {
         }
         report.notifications = queued.len() as u64;
         self.enqueue(queued);
-        let seconds = began.elapsed().as_secs_f64();
-        self.metrics
-            .evaluation_duration
-            .with_label_values(&[trigger])
-            .observe(seconds);
-        self.metrics
-            .rule_checks
-            .with_label_values(&[trigger])
-            .inc_by(report.checks);
-        self.update_gauges();
-        if report.checks > 0 {
-            info!(
-                trigger,
-                entities = entities.len(),
-                checks = report.checks,
-                fired = report.fired,
-                resolved = report.resolved,
-                notifications = report.notifications,
-                seconds,
-                "rules evaluated"
-            );
-        }
         Ok(report)
     }
 
