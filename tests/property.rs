@@ -717,10 +717,15 @@ fn roster_some_poor(engine: &mut Engine, f: &Feeds) {
             entry.income_per_capita = 100;
         }
     }
-    engine.set_feeds(&f.cfg.feeds);
     engine
         .ingest(&f.roster, mapped(&records), now(), None)
         .unwrap();
+    feeds_caught_up(engine, f);
+}
+
+/// Every feed declared and caught up, so every rule is ready.
+fn feeds_caught_up(engine: &mut Engine, f: &Feeds) {
+    engine.set_feeds(&f.cfg.feeds);
     engine.poll_finished("roster", true);
     engine.poll_finished("wages", true);
 }
@@ -820,9 +825,7 @@ fn a_full_evaluation_whose_commit_fails_part_way_loses_and_repeats_nothing() {
         let (report_engine, report_outbox, report) = if crash {
             drop(engine);
             let (mut engine, outbox) = open_on(Arc::clone(&store), &f.cfg);
-            engine.set_feeds(&f.cfg.feeds);
-            engine.poll_finished("roster", true);
-            engine.poll_finished("wages", true);
+            feeds_caught_up(&mut engine, &f);
             let report = engine.evaluate_all(now()).unwrap();
             (engine, outbox, report)
         } else {

@@ -140,6 +140,10 @@ fn id_number(county: u32, birth: NaiveDate, seq: u32) -> String {
     format!("{body}{check}")
 }
 
+/// The households of a generated village, on average: a county has as many villages as its
+/// share of the households needs.
+const HOUSEHOLDS_PER_VILLAGE: u32 = 146;
+
 /// The villages a county can have: townships 100 to 999, ten villages each.
 const MAX_VILLAGES_PER_COUNTY: u32 = 9_000;
 
@@ -183,14 +187,15 @@ pub fn generate(opts: &SimOptions) -> std::io::Result<SimWorld> {
     let last = Month::of(opts.as_of).minus(1);
     let first = last.minus(MONTHS - 1);
     let n = opts.households.max(1);
-    let per_county = ((f64::from(n) / 146.0 / 45.0).ceil() as u32).max(2);
+    let county_count = counties().len() as u32;
+    let per_county = n.div_ceil(HOUSEHOLDS_PER_VILLAGE * county_count).max(2);
     if per_county > MAX_VILLAGES_PER_COUNTY {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!(
                 "{n} households need {per_county} villages per county, and 12-digit village codes \
                  number at most {MAX_VILLAGES_PER_COUNTY}: generate at most {} households",
-                MAX_VILLAGES_PER_COUNTY as u64 * 146 * 45
+                u64::from(MAX_VILLAGES_PER_COUNTY * HOUSEHOLDS_PER_VILLAGE * county_count)
             ),
         ));
     }
@@ -867,7 +872,7 @@ mod tests {
         // The first 800 keep the codes of the worlds generated before.
         assert_eq!(village_code("522701", 0), "522701100200");
         assert_eq!(village_code("522701", 799), "522701179999");
-        // 10,000,000 households need 1,522 villages per county.
+        // 10,000,000 households need 1,523 villages per county (68,535 in all).
         assert_eq!(village_code("522701", 1521), "522701252921");
         // And every code the validator accepts.
         for code in [&codes[0], &codes[800], &codes[8999]] {
