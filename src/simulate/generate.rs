@@ -128,8 +128,31 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-fn id_number(county: u32, birth: NaiveDate, seq: u32) -> String {
-    let body = format!("{county:06}{}{:03}", birth.format("%Y%m%d"), seq % 1000);
+/// Issues the persons' 18-digit ID numbers as the registry does: a county's 6 digits, the
+/// birth date's 8, a sequence of 3 counted per county and birth date, and the check digit,
+/// so no two persons share one. A birth date whose 999 sequence numbers are all taken lends
+/// the person the next day's.
+#[derive(Default)]
+struct IdNumbers {
+    issued: std::collections::HashMap<(u32, NaiveDate), u16>,
+}
+
+impl IdNumbers {
+    fn issue(&mut self, county: u32, birth: NaiveDate) -> String {
+        let mut date = birth;
+        loop {
+            let seq = self.issued.entry((county, date)).or_insert(0);
+            if *seq < 999 {
+                *seq += 1;
+                return id_number(county, date, *seq);
+            }
+            date = date.succ_opt().unwrap_or(NaiveDate::MIN);
+        }
+    }
+}
+
+fn id_number(county: u32, birth: NaiveDate, seq: u16) -> String {
+    let body = format!("{county:06}{}{seq:03}", birth.format("%Y%m%d"));
     let weights = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
     let sum: u32 = body
         .bytes()
@@ -216,6 +239,7 @@ pub fn generate(opts: &SimOptions) -> std::io::Result<SimWorld> {
     let mut roster = RecordsBuilder::new(spill, "roster")?;
     let mut households = Vec::new();
     let mut per_village = vec![0u32; villages.len()];
+    let mut id_numbers = IdNumbers::default();
     for i in 0..n {
         let vi = if (i as usize) < villages.len() {
             i as usize
@@ -268,7 +292,7 @@ pub fn generate(opts: &SimOptions) -> std::io::Result<SimWorld> {
                 rng.gen_range(1..=28),
             )
             .unwrap_or(opts.as_of);
-            let pid = id_number(county_num, birth, i * 7 + k);
+            let pid = id_numbers.issue(county_num, birth);
             let pname = name(&mut rng);
             let works = (18..60).contains(&age) && rng.gen_bool(0.45);
             let wage = works.then(|| {
@@ -887,6 +911,80 @@ mod tests {
         let e = generate(&o).err().expect("refused");
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
         assert!(e.to_string().contains("59130000 households"), "{e}");
+    }
+
+    /// ISO 7064 MOD 11-2 over all 18 characters, computed apart from the generator's way.
+    fn id_number_is_valid(id: &str) -> bool {
+        id.len() == 18
+            && id
+                .char_indices()
+                .all(|(i, c)| c.is_ascii_digit() || (i == 17 && c == 'X'))
+            && id
+                .chars()
+                .enumerate()
+                .map(|(i, c)| c.to_digit(10).unwrap_or(10) * (1 << (17 - i)) % 11)
+                .sum::<u32>()
+                % 11
+                == 1
+    }
+
+    #[test]
+    fn id_numbers_count_per_county_and_birth_date_and_lend_the_next_day_when_full() {
+        let mut ids = IdNumbers::default();
+        let birth = NaiveDate::from_ymd_opt(1980, 2, 28).unwrap();
+        let issued: Vec<String> = (0..1_001).map(|_| ids.issue(522701, birth)).collect();
+        assert!(issued[0].starts_with("52270119800228001"), "{}", issued[0]);
+        assert!(
+            issued[998].starts_with("52270119800228999"),
+            "{}",
+            issued[998]
+        );
+        // The 1,000th and 1,001st born that day take the next day's first numbers.
+        assert!(
+            issued[999].starts_with("52270119800229001"),
+            "{}",
+            issued[999]
+        );
+        assert!(
+            issued[1000].starts_with("52270119800229002"),
+            "{}",
+            issued[1000]
+        );
+        assert!(
+            issued.iter().all(|id| id_number_is_valid(id)),
+            "a bad check digit"
+        );
+        let unique: std::collections::BTreeSet<&String> = issued.iter().collect();
+        assert_eq!(unique.len(), issued.len());
+        // Another county counts on its own.
+        assert!(ids.issue(522702, birth).starts_with("52270219800228001"));
+        // The check is a real one: any other last character fails it.
+        let body = &issued[0][..17];
+        let others = "0123456789X".chars().filter(|c| !issued[0].ends_with(*c));
+        assert!(
+            others
+                .map(|c| format!("{body}{c}"))
+                .all(|id| !id_number_is_valid(&id))
+        );
+    }
+
+    #[test]
+    fn no_two_persons_of_a_world_share_an_id_number() {
+        // 30,000 households, about 2,400 persons per county: the sequence taken from the
+        // household's index modulo 1,000, as before, gave some of them the same number.
+        let mut o = opts(3);
+        o.households = 30_000;
+        let w = generate(&o).unwrap();
+        let roster = w.roster.values(0..w.roster.len()).unwrap();
+        let ids: Vec<&str> = roster
+            .iter()
+            .flat_map(|r| r["members"].as_array().into_iter().flatten())
+            .filter_map(|m| m["id_number"].as_str())
+            .collect();
+        assert!(ids.len() > 90_000, "{} persons", ids.len());
+        assert!(ids.iter().all(|id| id_number_is_valid(id)));
+        let unique: std::collections::HashSet<&&str> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
     }
 
     #[test]
