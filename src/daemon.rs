@@ -507,7 +507,19 @@ pub async fn run(
             }
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(10), outbox_task).await;
+    // The outbox stops after the delivery in flight. One stuck longer (a receiver that
+    // neither answers nor times out) is cut: its notifications stay in the outbox, and the
+    // next start sends them again, the documented window for a duplicate delivery.
+    let mut outbox_task = outbox_task;
+    if tokio::time::timeout(Duration::from_secs(10), &mut outbox_task)
+        .await
+        .is_err()
+    {
+        outbox_task.abort();
+        warn!(
+            "a notification delivery did not finish within 10 s of the stop; it is sent again at the next start"
+        );
+    }
     let _ = http_task.await;
     info!("stopped");
     Ok(())

@@ -625,6 +625,8 @@ pub async fn run_outbox(
 ) {
     let mut last_sent = std::collections::HashMap::new();
     loop {
+        let stop = shutdown.clone();
+        let stopping = move || *stop.borrow();
         let next_due = deliver_due(
             &outbox,
             &receivers,
@@ -632,6 +634,7 @@ pub async fn run_outbox(
             &cfg,
             &metrics,
             &mut last_sent,
+            &stopping,
         )
         .await;
         let sleep = next_due
@@ -651,7 +654,9 @@ pub async fn run_outbox(
 /// When each (receiver, group) last went out, for `group_interval`.
 pub type LastSent = std::collections::HashMap<(String, String), i64>;
 
-/// One pass over the outbox; returns when the next waiting notification is due.
+/// One pass over the outbox; returns when the next waiting notification is due. Before each
+/// group it asks `stopping`: once that says yes, the pass ends after the group in flight, so a
+/// stop waits for one delivery, not for an outbox of thousands of groups.
 pub async fn deliver_due(
     outbox: &Mutex<Outbox>,
     receivers: &BTreeMap<String, Receiver>,
@@ -659,6 +664,7 @@ pub async fn deliver_due(
     cfg: &NotifyConfig,
     metrics: &Metrics,
     last_sent: &mut LastSent,
+    stopping: &(dyn Fn() -> bool + Send + Sync),
 ) -> Option<i64> {
     let now = crate::model::now().timestamp();
     if store.writable().is_err() {
@@ -674,6 +680,9 @@ pub async fn deliver_due(
     let due_at =
         |t: i64, next_due: &mut Option<i64>| *next_due = Some(next_due.map_or(t, |d| d.min(t)));
     for pending in groups {
+        if stopping() {
+            break;
+        }
         if blocked.contains(&pending.receiver) {
             continue;
         }
@@ -1056,8 +1065,15 @@ mod tests {
             self.outbox.lock().unwrap().insert(n);
         }
         async fn pass(&self, last: &mut LastSent) -> Option<i64> {
+            self.pass_until(last, &|| false).await
+        }
+        async fn pass_until(
+            &self,
+            last: &mut LastSent,
+            stopping: &(dyn Fn() -> bool + Send + Sync),
+        ) -> Option<i64> {
             let (o, r, st) = (&self.outbox, &self.receivers, &self.store);
-            deliver_due(o, r, st, &self.cfg, &self.metrics, last).await
+            deliver_due(o, r, st, &self.cfg, &self.metrics, last, stopping).await
         }
         fn sent(&self) -> String {
             std::fs::read_to_string(&self.path).unwrap()
@@ -1082,6 +1098,34 @@ mod tests {
         d.pass(&mut last).await;
         assert_eq!(d.sent().matches("=== ").count(), 3);
         assert!(d.outbox.lock().unwrap().is_empty());
+        assert_eq!(delivered(&d.store, 10).unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_pass_asked_to_stop_ends_after_the_group_in_flight_and_keeps_the_rest() {
+        let d = FileDelivery::new();
+        let now = crate::model::now().timestamp();
+        for (id, g) in [(1, "a"), (2, "b"), (3, "c")] {
+            d.queue(&note(id, g, now), true);
+        }
+        // Asked before the first group: nothing goes out.
+        let mut last = LastSent::new();
+        d.pass_until(&mut last, &|| true).await;
+        assert!(!std::path::Path::new(&d.path).exists() || d.sent().is_empty());
+        assert_eq!(d.outbox.lock().unwrap().len(), 3);
+        // The stop comes while the first group is in flight: that group is delivered and
+        // recorded, the other two stay waiting, in memory and in the store.
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let stopping = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1;
+        d.pass_until(&mut last, &stopping).await;
+        assert_eq!(d.sent().matches("=== ").count(), 1);
+        assert_eq!(d.outbox.lock().unwrap().len(), 2);
+        assert_eq!(delivered(&d.store, 10).unwrap().len(), 1);
+        let stored = d.store.scan(Space::Outbox).unwrap().len();
+        assert_eq!(stored, 2);
+        // The next start's pass delivers the rest, each once.
+        d.pass(&mut last).await;
+        assert_eq!(d.sent().matches("=== ").count(), 3);
         assert_eq!(delivered(&d.store, 10).unwrap().len(), 3);
     }
 
