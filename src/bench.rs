@@ -71,6 +71,47 @@ pub struct Figures {
     pub allocator_purge_delay: String,
     /// Whether mimalloc could use transparent huge pages (`MIMALLOC_ALLOW_THP`).
     pub allocator_allow_thp: String,
+    /// The machine's speed before the world is generated, and after the last restart.
+    pub probe_before: Probe,
+    pub probe_after: Probe,
+}
+
+/// A fixed amount of work timed on one thread: the machine's speed at the time of a bench.
+/// The same code ran up to three times slower in one hour than in another on the machine of
+/// BENCHMARKS.md, on every path, so two benches' figures compare only when their probes agree.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Probe {
+    /// SHA-256 (the pseudonymiser's hash) over 256 MiB: the processor.
+    pub hash_mb_per_second: f64,
+    /// Copying 256 MiB from one buffer to another, 16 times: the memory.
+    pub copy_gb_per_second: f64,
+}
+
+/// Times the [`Probe`]'s work.
+pub fn probe() -> Probe {
+    probe_of(256 << 20, 16)
+}
+
+fn probe_of(bytes: usize, copies: u32) -> Probe {
+    use sha2::Digest;
+    let from = vec![0x5a_u8; bytes];
+    let began = Instant::now();
+    std::hint::black_box(sha2::Sha256::digest(&from));
+    let hash_mb_per_second = bytes as f64 / 1e6 / began.elapsed().as_secs_f64();
+    // Both buffers written once before the clock starts: the copies time the memory, not the
+    // system's first touch of fresh pages.
+    let mut to = vec![0_u8; bytes];
+    to.copy_from_slice(&from);
+    let began = Instant::now();
+    for _ in 0..copies {
+        to.copy_from_slice(std::hint::black_box(&from));
+        std::hint::black_box(&mut to);
+    }
+    let copy_gb_per_second = bytes as f64 * f64::from(copies) / 1e9 / began.elapsed().as_secs_f64();
+    Probe {
+        hash_mb_per_second,
+        copy_gb_per_second,
+    }
 }
 
 /// The allocator settings of the shipped systemd unit. The bench measures guardline as it
@@ -216,6 +257,11 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
         ..Figures::default()
     };
 
+    f.probe_before = probe();
+    eprintln!(
+        "machine probe: SHA-256 {:.0} MB/s, copies {:.1} GB/s",
+        f.probe_before.hash_mb_per_second, f.probe_before.copy_gb_per_second
+    );
     eprintln!("generating {} households …", opts.households);
     let began = Instant::now();
     let mut sim_opts = crate::commands::sim_options(opts.seed, opts.households, None);
@@ -494,6 +540,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
     f.restart_after_crash_seconds_median = median(journal_restarts);
     f.restart_after_crash_caught_up_keys = median(caught_up_keys) as u64;
     f.scrape_ms_median = median(scrapes);
+    f.probe_after = probe();
     f.rss_bytes_per_household = f.daemon_peak_rss_bytes as f64 / f64::from(opts.households.max(1));
     let _ = stop_tx.send(true);
     Ok(f)
@@ -558,6 +605,17 @@ pub fn table(f: &Figures) -> String {
     row(
         "mimalloc transparent huge pages (`MIMALLOC_ALLOW_THP`)",
         f.allocator_allow_thp.clone(),
+        "",
+    );
+    row(
+        "machine probe: SHA-256 over 256 MiB; copies of 256 MiB (before / after)",
+        format!(
+            "{:.0} / {:.0} MB/s; {:.1} / {:.1} GB/s",
+            f.probe_before.hash_mb_per_second,
+            f.probe_after.hash_mb_per_second,
+            f.probe_before.copy_gb_per_second,
+            f.probe_after.copy_gb_per_second
+        ),
         "",
     );
     row(
@@ -641,6 +699,32 @@ pub fn table(f: &Figures) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_probe_times_its_work_and_the_table_shows_it() {
+        let p = probe();
+        assert!(p.hash_mb_per_second.is_finite() && p.hash_mb_per_second > 0.0);
+        assert!(p.copy_gb_per_second.is_finite() && p.copy_gb_per_second > 0.0);
+        let f = Figures {
+            probe_before: p,
+            probe_after: Probe {
+                hash_mb_per_second: 123.4,
+                copy_gb_per_second: 5.678,
+            },
+            ..Figures::default()
+        };
+        let table = table(&f);
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("| machine probe"))
+            .expect("a probe row");
+        assert!(
+            row.contains(" / 123 MB/s; ") && row.ends_with(" / 5.7 GB/s |  |"),
+            "{row}"
+        );
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["probe_after"]["copy_gb_per_second"], 5.678);
+    }
 
     #[test]
     fn a_bench_the_disk_cannot_hold_is_refused_before_it_generates_anything() {

@@ -37,6 +37,15 @@ fn a_small_bench_runs_through_and_its_restart_after_a_kill_reads_the_journal() {
     assert!(caught_up >= 1, "{caught_up} keys read again\n{f}");
     assert!(f["daemon_peak_rss_bytes"].as_u64().unwrap() > 0, "{f}");
     assert!(f["scrape_bytes"].as_u64().unwrap() > 10_000, "{f}");
+    // The machine probe ran before and after.
+    for when in ["probe_before", "probe_after"] {
+        for figure in ["hash_mb_per_second", "copy_gb_per_second"] {
+            assert!(
+                f[when][figure].as_f64().unwrap() > 0.0,
+                "{when} {figure}: {f}"
+            );
+        }
+    }
     // Every daemon's log says which way it loaded.
     let logs: Vec<String> = (0..3)
         .map(|i| std::fs::read_to_string(bench.join(format!("daemon-{i}.log"))).unwrap())
