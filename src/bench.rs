@@ -83,8 +83,11 @@ pub struct Figures {
 pub struct Probe {
     /// SHA-256 (the pseudonymiser's hash) over 256 MiB: the processor.
     pub hash_mb_per_second: f64,
-    /// Copying 256 MiB from one buffer to another, 16 times: the memory.
+    /// Copying 256 MiB from one buffer to another, 16 times: the memory's bandwidth.
     pub copy_gb_per_second: f64,
+    /// Reads that each depend on the one before, at random over 128 MiB: the memory's
+    /// latency, which the working set's lookups of households and persons wait on.
+    pub random_read_ns: f64,
 }
 
 /// Times the [`Probe`]'s work.
@@ -108,9 +111,30 @@ fn probe_of(bytes: usize, copies: u32) -> Probe {
         std::hint::black_box(&mut to);
     }
     let copy_gb_per_second = bytes as f64 * f64::from(copies) / 1e9 / began.elapsed().as_secs_f64();
+    drop((from, to));
+    // One cycle through every slot in a random order (Sattolo's shuffle, from xorshift64:
+    // the same cycle at every bench), then 2 Mi steps along it.
+    let slots = bytes / 16;
+    let mut next: Vec<u64> = (0..slots as u64).collect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in (1..slots).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        next.swap(i, (x % i as u64) as usize);
+    }
+    const STEPS: u32 = 2 << 20;
+    let began = Instant::now();
+    let mut at = 0_u64;
+    for _ in 0..STEPS {
+        at = next[at as usize];
+    }
+    std::hint::black_box(at);
+    let random_read_ns = began.elapsed().as_secs_f64() * 1e9 / f64::from(STEPS);
     Probe {
         hash_mb_per_second,
         copy_gb_per_second,
+        random_read_ns,
     }
 }
 
@@ -259,8 +283,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
 
     f.probe_before = probe();
     eprintln!(
-        "machine probe: SHA-256 {:.0} MB/s, copies {:.1} GB/s",
-        f.probe_before.hash_mb_per_second, f.probe_before.copy_gb_per_second
+        "machine probe: SHA-256 {:.0} MB/s, copies {:.1} GB/s, random reads {:.0} ns",
+        f.probe_before.hash_mb_per_second,
+        f.probe_before.copy_gb_per_second,
+        f.probe_before.random_read_ns
     );
     eprintln!("generating {} households …", opts.households);
     let began = Instant::now();
@@ -608,13 +634,15 @@ pub fn table(f: &Figures) -> String {
         "",
     );
     row(
-        "machine probe: SHA-256 over 256 MiB; copies of 256 MiB (before / after)",
+        "machine probe: SHA-256 over 256 MiB; copies of 256 MiB; random reads over 128 MiB (before / after)",
         format!(
-            "{:.0} / {:.0} MB/s; {:.1} / {:.1} GB/s",
+            "{:.0} / {:.0} MB/s; {:.1} / {:.1} GB/s; {:.0} / {:.0} ns",
             f.probe_before.hash_mb_per_second,
             f.probe_after.hash_mb_per_second,
             f.probe_before.copy_gb_per_second,
-            f.probe_after.copy_gb_per_second
+            f.probe_after.copy_gb_per_second,
+            f.probe_before.random_read_ns,
+            f.probe_after.random_read_ns
         ),
         "",
     );
@@ -702,14 +730,17 @@ mod tests {
 
     #[test]
     fn the_probe_times_its_work_and_the_table_shows_it() {
-        let p = probe();
+        // An eighth of the bench's probe: a debug build shuffles slowly.
+        let p = probe_of(32 << 20, 2);
         assert!(p.hash_mb_per_second.is_finite() && p.hash_mb_per_second > 0.0);
         assert!(p.copy_gb_per_second.is_finite() && p.copy_gb_per_second > 0.0);
+        assert!(p.random_read_ns.is_finite() && p.random_read_ns > 0.0);
         let f = Figures {
             probe_before: p,
             probe_after: Probe {
                 hash_mb_per_second: 123.4,
                 copy_gb_per_second: 5.678,
+                random_read_ns: 91.5,
             },
             ..Figures::default()
         };
@@ -719,7 +750,9 @@ mod tests {
             .find(|l| l.starts_with("| machine probe"))
             .expect("a probe row");
         assert!(
-            row.contains(" / 123 MB/s; ") && row.ends_with(" / 5.7 GB/s |  |"),
+            row.contains(" / 123 MB/s; ")
+                && row.contains(" / 5.7 GB/s; ")
+                && row.ends_with(" / 92 ns |  |"),
             "{row}"
         );
         let json = serde_json::to_value(&f).unwrap();

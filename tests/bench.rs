@@ -39,7 +39,7 @@ fn a_small_bench_runs_through_and_its_restart_after_a_kill_reads_the_journal() {
     assert!(f["scrape_bytes"].as_u64().unwrap() > 10_000, "{f}");
     // The machine probe ran before and after.
     for when in ["probe_before", "probe_after"] {
-        for figure in ["hash_mb_per_second", "copy_gb_per_second"] {
+        for figure in ["hash_mb_per_second", "copy_gb_per_second", "random_read_ns"] {
             assert!(
                 f[when][figure].as_f64().unwrap() > 0.0,
                 "{when} {figure}: {f}"
