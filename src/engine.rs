@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chrono::{DateTime, FixedOffset};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::alerts::{Alerts, Transition};
 use crate::config::{FeedConfig, Lines, NotifyConfig};
@@ -183,6 +183,12 @@ pub struct EvalReport {
     pub resolved: u64,
     pub notifications: u64,
 }
+
+/// The alert transitions a pass logs one by one at INFO; those past them go to DEBUG, and
+/// one INFO line counts them. A province's first evaluation fires hundreds of thousands of
+/// alerts at once (409,410 at 10,000,000 households), which journald's rate limit would
+/// cut together with every other line of the daemon.
+pub const TRANSITIONS_LOGGED_PER_PASS: u64 = 1_000;
 
 /// The least time between two snapshots written because the changes grew (see
 /// [`Engine::snapshot_if_due`]).
@@ -1237,8 +1243,18 @@ impl Engine {
             Vec::new()
         };
         for part in entities.chunks(self.evaluation_part) {
-            let r = self.evaluate_part(part, &rules, &rule_filter, &firing, now)?;
+            let logged = report.fired + report.resolved;
+            let r = self.evaluate_part(part, &rules, &rule_filter, &firing, now, logged)?;
             add(&mut report, r);
+        }
+        let transitions = report.fired + report.resolved;
+        if transitions > TRANSITIONS_LOGGED_PER_PASS {
+            info!(
+                trigger,
+                transitions,
+                logged = TRANSITIONS_LOGGED_PER_PASS,
+                "alert transitions past the first of this pass logged at debug level only (GUARDLINE_LOG=guardline=debug); every alert is in the alerts API and the metrics"
+            );
         }
         let seconds = began.elapsed().as_secs_f64();
         self.metrics
@@ -1267,7 +1283,8 @@ impl Engine {
 
     /// One part of [`Engine::evaluate_set`]: the rules on `entities`, then their transitions,
     /// the notifications these cause and the alerts' changes committed in one batch, and
-    /// the notifications queued once that commit is durable.
+    /// the notifications queued once that commit is durable. `logged`: the transitions of
+    /// the pass's earlier parts (see [`TRANSITIONS_LOGGED_PER_PASS`]).
     fn evaluate_part(
         &mut self,
         entities: &[EntityRef],
@@ -1275,6 +1292,7 @@ impl Engine {
         rule_filter: impl Fn(&Rule) -> bool,
         firing: &[crate::rules::FiringHousehold],
         now: DateTime<FixedOffset>,
+        logged: u64,
     ) -> Result<EvalReport, EngineError> {
         let mut report = EvalReport::default();
         let passed = {
@@ -1304,7 +1322,11 @@ impl Engine {
                 Transition::Resolved(_) => report.resolved += 1,
             }
             let county = alert.county.map(|c| c.to_string()).unwrap_or_default();
-            info!(rule = %alert.rule, county = %county, fingerprint = %alert.fingerprint, state, "alert transition");
+            if logged + report.fired + report.resolved <= TRANSITIONS_LOGGED_PER_PASS {
+                info!(rule = %alert.rule, county = %county, fingerprint = %alert.fingerprint, state, "alert transition");
+            } else {
+                debug!(rule = %alert.rule, county = %county, fingerprint = %alert.fingerprint, state, "alert transition");
+            }
             self.metrics
                 .alert_transitions
                 .with_label_values(&[alert.rule.as_str(), state])

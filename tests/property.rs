@@ -783,6 +783,134 @@ fn a_full_evaluation_in_parts_ends_like_one_committed_at_once() {
     }
 }
 
+/// Log lines written while a test holds the subscriber, as text.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// A pass that fires more alerts than it logs one by one at INFO: the first
+/// `TRANSITIONS_LOGGED_PER_PASS` of the pass (not of each part) at INFO, the rest at DEBUG,
+/// and one INFO line that counts them all.
+#[test]
+fn a_pass_with_many_transitions_logs_the_first_at_info_and_counts_the_rest() {
+    let limit = guardline::engine::TRANSITIONS_LOGGED_PER_PASS as usize;
+    let households = limit + 300;
+    let dir = tempfile::tempdir().unwrap();
+    let f = feeds_notifying(dir.path());
+    let store: Arc<dyn Store> = Arc::new(store::open(dir.path()).unwrap());
+    let (mut engine, _outbox) = open_on(Arc::clone(&store), &f.cfg);
+    // Parts of 400 entities: the count carries from one part to the next.
+    engine.set_evaluation_part(400);
+    let records: Vec<Record> = (0..households)
+        .map(|h| Record {
+            id: format!("r{h}"),
+            observation: Observation::Roster(RosterEntry {
+                household: format!("hh-{h:05}").parse().unwrap(),
+                village: "632522100201".parse().unwrap(),
+                village_name: "村".into(),
+                category: HouseholdCategory::Lifted,
+                head_masked: "张*".into(),
+                members: vec![PersonKey(
+                    [[h as u8, (h >> 8) as u8], [7; 2]]
+                        .concat()
+                        .repeat(4)
+                        .try_into()
+                        .unwrap(),
+                )],
+                income_per_capita: 100,
+            }),
+        })
+        .collect();
+    engine
+        .ingest(&f.roster, mapped(&records), now(), None)
+        .unwrap();
+    feeds_caught_up(&mut engine, &f);
+
+    let log = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    let report =
+        tracing::subscriber::with_default(subscriber, || engine.evaluate_all(now())).unwrap();
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let transitions = (report.fired + report.resolved) as usize;
+    assert!(transitions >= households, "{report:?}");
+    assert_eq!(lines_of(&text, " INFO "), limit, "{text:.2000}");
+    assert_eq!(lines_of(&text, " DEBUG "), transitions - limit);
+    let summary: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("logged at debug level only"))
+        .collect();
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    assert!(summary[0].contains(" INFO "), "{}", summary[0]);
+    assert!(
+        summary[0].contains(&format!("transitions={transitions}")),
+        "{}",
+        summary[0]
+    );
+    assert!(
+        summary[0].contains(&format!("logged={limit}")),
+        "{}",
+        summary[0]
+    );
+
+    // A pass within the limit logs every transition and no summary: the households recover.
+    let recovered: Vec<Record> = records
+        .into_iter()
+        .take(10)
+        .map(|mut r| {
+            if let Observation::Roster(e) = &mut r.observation {
+                e.income_per_capita = 1_000_000;
+            }
+            r.id.push_str("-again");
+            r
+        })
+        .collect();
+    engine
+        .ingest(&f.roster, mapped(&recovered), now(), None)
+        .unwrap();
+    let log = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    let report =
+        tracing::subscriber::with_default(subscriber, || engine.evaluate_all(now())).unwrap();
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(report.resolved >= 10, "{report:?}");
+    assert_eq!(
+        lines_of(&text, " INFO "),
+        (report.fired + report.resolved) as usize
+    );
+    assert!(!text.contains("logged at debug level only"));
+}
+
+/// The lines of one transition each at `level` (the count line says "alert transitions").
+fn lines_of(text: &str, level: &str) -> usize {
+    text.lines()
+        .filter(|l| l.contains(level) && l.contains(": alert transition "))
+        .count()
+}
+
 /// A commit that fails in the middle of a full evaluation in parts: the parts before it
 /// stay committed with their notifications, the pass reports the error, and the next pass
 /// (by the same engine, or by a new one after a crash) ends like one that never failed:
