@@ -842,15 +842,7 @@ fn a_pass_with_many_transitions_logs_the_first_at_info_and_counts_the_rest() {
         .unwrap();
     feeds_caught_up(&mut engine, &f);
 
-    let log = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .finish();
-    let report =
-        tracing::subscriber::with_default(subscriber, || engine.evaluate_all(now())).unwrap();
-    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let (report, text) = evaluate_all_logged(&mut engine);
     let transitions = (report.fired + report.resolved) as usize;
     assert!(transitions >= households, "{report:?}");
     assert_eq!(lines_of(&text, " INFO "), limit, "{text:.2000}");
@@ -887,6 +879,17 @@ fn a_pass_with_many_transitions_logs_the_first_at_info_and_counts_the_rest() {
     engine
         .ingest(&f.roster, mapped(&recovered), now(), None)
         .unwrap();
+    let (report, text) = evaluate_all_logged(&mut engine);
+    assert!(report.resolved >= 10, "{report:?}");
+    assert_eq!(
+        lines_of(&text, " INFO "),
+        (report.fired + report.resolved) as usize
+    );
+    assert!(!text.contains("logged at debug level only"));
+}
+
+/// A full evaluation by `engine`, with the lines it logged down to DEBUG.
+fn evaluate_all_logged(engine: &mut Engine) -> (guardline::engine::EvalReport, String) {
     let log = Captured::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(log.clone())
@@ -896,12 +899,7 @@ fn a_pass_with_many_transitions_logs_the_first_at_info_and_counts_the_rest() {
     let report =
         tracing::subscriber::with_default(subscriber, || engine.evaluate_all(now())).unwrap();
     let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-    assert!(report.resolved >= 10, "{report:?}");
-    assert_eq!(
-        lines_of(&text, " INFO "),
-        (report.fired + report.resolved) as usize
-    );
-    assert!(!text.contains("logged at debug level only"));
+    (report, text)
 }
 
 /// The lines of one transition each at `level` (the count line says "alert transitions").
