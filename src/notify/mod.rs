@@ -624,9 +624,9 @@ pub async fn run_outbox(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last_sent = std::collections::HashMap::new();
+    let stop = shutdown.clone();
+    let stopping = move || *stop.borrow();
     loop {
-        let stop = shutdown.clone();
-        let stopping = move || *stop.borrow();
         let next_due = deliver_due(
             &outbox,
             &receivers,
