@@ -71,14 +71,17 @@ pub struct Figures {
     pub allocator_purge_delay: String,
     /// Whether mimalloc could use transparent huge pages (`MIMALLOC_ALLOW_THP`).
     pub allocator_allow_thp: String,
+    /// The machine the bench ran on, as the system describes it.
+    pub machine: Machine,
     /// The machine's speed before the world is generated, and after the last restart.
     pub probe_before: Probe,
     pub probe_after: Probe,
 }
 
 /// A fixed amount of work timed on one thread: the machine's speed at the time of a bench.
-/// The same code ran up to three times slower in one hour than in another on the machine of
-/// BENCHMARKS.md, on every path, so two benches' figures compare only when their probes agree.
+/// The same code ran up to three times slower in one bench than in another (BENCHMARKS.md), on
+/// every path: on another host (see [`Machine`]), or in another hour. Two benches' figures
+/// compare only when their machines and probes agree.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct Probe {
     /// SHA-256 (the pseudonymiser's hash) over 256 MiB: the processor.
@@ -88,6 +91,114 @@ pub struct Probe {
     /// Reads that each depend on the one before, at random over 128 MiB: the memory's
     /// latency, which the working set's lookups of households and persons wait on.
     pub random_read_ns: f64,
+}
+
+/// The machine a bench ran on, read from `/proc` at its start. The benches of BENCHMARKS.md
+/// ran on virtual machines of different hosts: 2 cores of an Intel Xeon in its first runs,
+/// 2 cores of an AMD EPYC in runs BI to BL, where the same code ingested at less than half
+/// the rate. A table that does not say which cannot be compared with another.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct Machine {
+    /// The processor's name (`model name`); a hypervisor may report only the brand.
+    pub cpu: String,
+    /// Vendor, family, model and stepping, which tell apart processors of one name: an AMD
+    /// family 25 model 1 is a third-generation EPYC (Milan).
+    pub cpu_id: String,
+    /// The clock the system reports for the first processor, in MHz.
+    pub cpu_mhz: f64,
+    /// Processors this process may run on.
+    pub cpus: u32,
+    /// The memory the system has (`MemTotal`).
+    pub memory_bytes: u64,
+    /// Linux's release.
+    pub kernel: String,
+    /// Whether the processor reports that it runs under a hypervisor.
+    pub virtual_machine: bool,
+}
+
+impl Machine {
+    /// This machine; what `/proc` does not tell stays empty.
+    pub fn here() -> Machine {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get() as u32);
+        Machine::from_proc(
+            &read("/proc/cpuinfo"),
+            &read("/proc/meminfo"),
+            read("/proc/sys/kernel/osrelease").trim(),
+            cpus,
+        )
+    }
+
+    /// The description from the texts of `/proc/cpuinfo` (its first processor) and
+    /// `/proc/meminfo`.
+    fn from_proc(cpuinfo: &str, meminfo: &str, kernel: &str, cpus: u32) -> Machine {
+        let first = cpuinfo.split("\n\n").next().unwrap_or_default();
+        let field = |name: &str| {
+            first
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim() == name)
+                .map(|(_, v)| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let cpu_id = [
+            ("", "vendor_id"),
+            ("family ", "cpu family"),
+            ("model ", "model"),
+            ("stepping ", "stepping"),
+        ]
+        .iter()
+        .filter_map(|(label, name)| {
+            let v = field(name);
+            (!v.is_empty()).then(|| format!("{label}{v}"))
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+        let memory_bytes = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024);
+        Machine {
+            cpu: field("model name"),
+            cpu_id,
+            cpu_mhz: field("cpu MHz").parse().unwrap_or(0.0),
+            cpus,
+            memory_bytes,
+            kernel: kernel.to_string(),
+            virtual_machine: field("flags").split_whitespace().any(|f| f == "hypervisor"),
+        }
+    }
+
+    /// One line for the table and the bench's output.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({}, {:.0} MHz), {} processors{}, {:.1} GiB, Linux {}",
+            if self.cpu.is_empty() {
+                "unknown processor"
+            } else {
+                &self.cpu
+            },
+            if self.cpu_id.is_empty() {
+                "no id"
+            } else {
+                &self.cpu_id
+            },
+            self.cpu_mhz,
+            self.cpus,
+            if self.virtual_machine {
+                " of a virtual machine"
+            } else {
+                ""
+            },
+            self.memory_bytes as f64 / f64::from(1u32 << 30),
+            if self.kernel.is_empty() {
+                "unknown"
+            } else {
+                &self.kernel
+            },
+        )
+    }
 }
 
 /// Times the [`Probe`]'s work.
@@ -281,6 +392,8 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
         ..Figures::default()
     };
 
+    f.machine = Machine::here();
+    eprintln!("machine: {}", f.machine.describe());
     f.probe_before = probe();
     eprintln!(
         "machine probe: SHA-256 {:.0} MB/s, copies {:.1} GB/s, random reads {:.0} ns",
@@ -623,6 +736,7 @@ pub fn table(f: &Figures) -> String {
         "",
     );
     row("records ingested", f.records.to_string(), "");
+    row("machine", f.machine.describe(), "");
     row(
         "mimalloc purge delay (`MIMALLOC_PURGE_DELAY`)",
         f.allocator_purge_delay.clone(),
@@ -757,6 +871,55 @@ mod tests {
         );
         let json = serde_json::to_value(&f).unwrap();
         assert_eq!(json["probe_after"]["copy_gb_per_second"], 5.678);
+    }
+
+    #[test]
+    fn the_machine_is_read_from_the_first_processor_and_the_memory_total() {
+        let cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n\
+            model\t\t: 1\nmodel name\t: AMD EPYC\nstepping\t: 1\ncpu MHz\t\t: 2445.406\n\
+            flags\t\t: fpu sse2 hypervisor avx2\n\n\
+            processor\t: 1\nvendor_id\t: GenuineIntel\nmodel name\t: Other\ncpu MHz\t\t: 1.0\n";
+        let meminfo = "MemFree:        1024 kB\nMemTotal:       24683584 kB\n";
+        let m = Machine::from_proc(cpuinfo, meminfo, "6.18.44", 2);
+        assert_eq!(
+            m,
+            Machine {
+                cpu: "AMD EPYC".into(),
+                cpu_id: "AuthenticAMD family 25 model 1 stepping 1".into(),
+                cpu_mhz: 2445.406,
+                cpus: 2,
+                memory_bytes: 24_683_584 * 1024,
+                kernel: "6.18.44".into(),
+                virtual_machine: true,
+            }
+        );
+        assert_eq!(
+            m.describe(),
+            "AMD EPYC (AuthenticAMD family 25 model 1 stepping 1, 2445 MHz), \
+             2 processors of a virtual machine, 23.5 GiB, Linux 6.18.44"
+        );
+        // A system without the files (or another kernel's format) gives an honest blank.
+        let none = Machine::from_proc("", "", "", 1);
+        assert!(!none.virtual_machine);
+        assert_eq!(
+            none.describe(),
+            "unknown processor (no id, 0 MHz), 1 processors, 0.0 GiB, Linux unknown"
+        );
+        let f = Figures {
+            machine: m,
+            ..Figures::default()
+        };
+        assert!(
+            table(&f).contains("| machine | AMD EPYC (AuthenticAMD family 25 model 1 stepping 1"),
+            "{}",
+            table(&f)
+        );
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(
+            json["machine"]["cpu_id"],
+            "AuthenticAMD family 25 model 1 stepping 1"
+        );
+        assert_eq!(json["machine"]["virtual_machine"], true);
     }
 
     #[test]

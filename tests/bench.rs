@@ -46,6 +46,21 @@ fn a_small_bench_runs_through_and_its_restart_after_a_kill_reads_the_journal() {
             );
         }
     }
+    // The machine is described as the system reports it.
+    assert_eq!(
+        f["machine"]["cpus"].as_u64().unwrap(),
+        std::thread::available_parallelism().unwrap().get() as u64,
+        "{f}"
+    );
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap();
+    assert!(
+        mem.contains(&format!(
+            "{} kB",
+            f["machine"]["memory_bytes"].as_u64().unwrap() / 1024
+        )),
+        "{f}"
+    );
+    assert!(!f["machine"]["kernel"].as_str().unwrap().is_empty(), "{f}");
     // Every daemon's log says which way it loaded.
     let logs: Vec<String> = (0..3)
         .map(|i| std::fs::read_to_string(bench.join(format!("daemon-{i}.log"))).unwrap())
