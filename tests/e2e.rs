@@ -222,6 +222,78 @@ fn stopped_mid_delivery_the_daemon_delivers_everything_once_after_restart() {
 }
 
 #[test]
+fn a_delivery_stuck_at_the_stop_is_cut_after_10_s_and_sent_once_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // A mail server that accepts connections and never greets: a delivery waits on it until
+    // the receiver's timeout, set past the 10 s the stop gives the delivery in flight.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let held = std::sync::Arc::clone(&held);
+        std::thread::spawn(move || {
+            for conn in silent.incoming().flatten() {
+                held.lock().unwrap().push(conn);
+            }
+        });
+    }
+    let sim = Simulator::start(5, 500);
+    let cases = planted_set(&sim, "cases");
+    let cfg = config(dir.path(), sim.addr, silent_port);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("timeout = \"10s\"", "timeout = \"120s\"");
+    std::fs::write(&cfg, &text).unwrap();
+    let log = dir.path().join("daemon.log");
+
+    let d = Daemon::start(&cfg, &log);
+    wait_for(
+        Duration::from_secs(120),
+        "a delivery waiting on the silent server",
+        || (!held.lock().unwrap().is_empty()).then_some(()),
+    );
+    let status = d.stop();
+    assert!(status.success(), "the stop ends cleanly: {status}");
+    let first = std::fs::read_to_string(&log).unwrap();
+    let cut = first
+        .find("a notification delivery did not finish within 10 s of the stop")
+        .unwrap_or_else(|| panic!("the stuck delivery is cut:\n{first}"));
+    let stopped = first.rfind("guardline::daemon: stopped");
+    assert!(
+        stopped.is_some_and(|at| at > cut),
+        "the daemon stops after cutting it:\n{first}"
+    );
+    assert_eq!(held.lock().unwrap().len(), 1, "one delivery at a time");
+
+    // The next start, with a mail server that answers, sends every notification once.
+    let smtp = Smtp::start(dir.path(), 0);
+    std::fs::write(
+        &cfg,
+        text.replace(
+            &format!("port = {silent_port}"),
+            &format!("port = {}", smtp.port),
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&cfg, &log);
+    let mails = wait_for(
+        Duration::from_secs(120),
+        "every notification after restart",
+        || {
+            let m = smtp.messages();
+            (m.len() >= cases.len()).then_some(m)
+        },
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(smtp.messages().len(), mails.len(), "nothing more comes");
+    let got: Vec<(String, String)> = mails.iter().map(announced).collect();
+    let unique: BTreeSet<(String, String)> = got.iter().cloned().collect();
+    assert_eq!(unique.len(), got.len(), "none sent twice");
+    assert_eq!(unique, cases, "no alert lost");
+    assert!(d.stop().success());
+}
+
+#[test]
 fn mail_goes_over_starttls_with_a_private_ca_and_fails_without_it() {
     let dir = tempfile::tempdir().unwrap();
     let smtp = Smtp::start_with(dir.path(), 0, true);
