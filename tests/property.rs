@@ -806,7 +806,8 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 
 /// A pass that fires more alerts than it logs one by one at INFO: the first
 /// `TRANSITIONS_LOGGED_PER_PASS` of the pass (not of each part) at INFO, the rest at DEBUG,
-/// and one INFO line that counts them all.
+/// and one INFO line that counts them all. The delivery pass of their notifications does the
+/// same with `DELIVERIES_LOGGED_PER_PASS`.
 ///
 /// It runs alone, in a process of its own: `tracing` caches per call site whether anyone
 /// listens, and another test of this binary reaching the same call site on another thread
@@ -835,7 +836,7 @@ fn a_pass_with_many_transitions_logs_the_first_at_info_and_counts_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let f = feeds_notifying(dir.path());
     let store: Arc<dyn Store> = Arc::new(store::open(dir.path()).unwrap());
-    let (mut engine, _outbox) = open_on(Arc::clone(&store), &f.cfg);
+    let (mut engine, outbox) = open_on(Arc::clone(&store), &f.cfg);
     // Parts of 400 entities: the count carries from one part to the next.
     engine.set_evaluation_part(400);
     let records: Vec<Record> = (0..households)
@@ -885,6 +886,36 @@ fn a_pass_with_many_transitions_logs_the_first_at_info_and_counts_the_rest() {
         summary[0]
     );
 
+    // Their notifications go out in one delivery pass, which logs the first
+    // DELIVERIES_LOGGED_PER_PASS one by one at INFO, the rest at DEBUG, and counts them.
+    let queued = outbox.lock().unwrap().len();
+    let per_pass = guardline::notify::DELIVERIES_LOGGED_PER_PASS as usize;
+    assert!(queued > per_pass, "{queued} notifications");
+    let text = deliver_logged(&f.cfg, &outbox, store.as_ref(), dir.path());
+    assert!(
+        outbox.lock().unwrap().is_empty(),
+        "every notification delivered: {text:.3000}"
+    );
+    let delivered_at = |level: &str| {
+        text.lines()
+            .filter(|l| l.contains(level) && l.contains(": notification delivered "))
+            .count()
+    };
+    assert_eq!(delivered_at(" INFO "), per_pass, "{text:.2000}");
+    assert_eq!(delivered_at(" DEBUG "), queued - per_pass);
+    let summary: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("notifications delivered past the first"))
+        .collect();
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    assert!(
+        summary[0].contains(" INFO ")
+            && summary[0].contains(&format!("delivered={queued}"))
+            && summary[0].contains(&format!("logged={per_pass}")),
+        "{}",
+        summary[0]
+    );
+
     // A pass within the limit logs every transition and no summary: the households recover.
     let recovered: Vec<Record> = records
         .into_iter()
@@ -907,6 +938,65 @@ fn a_pass_with_many_transitions_logs_the_first_at_info_and_counts_the_rest() {
         (report.fired + report.resolved) as usize
     );
     assert!(!text.contains("logged at debug level only"));
+    // And their deliveries, fewer than the limit, each at INFO and no count.
+    let queued = outbox.lock().unwrap().len();
+    assert!(queued >= 10, "{queued} notifications of recoveries");
+    let text = deliver_logged(&f.cfg, &outbox, store.as_ref(), dir.path());
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains(" INFO ") && l.contains(": notification delivered "))
+            .count(),
+        queued,
+        "{text:.2000}"
+    );
+    assert!(!text.contains("logged at debug level only"));
+}
+
+/// One delivery pass over `outbox`, each receiver of `cfg` a file in `dir`, with the lines it
+/// logged down to DEBUG.
+fn deliver_logged(cfg: &Config, outbox: &Mutex<Outbox>, store: &dyn Store, dir: &Path) -> String {
+    use guardline::notify::{LastSent, Receiver, deliver_due};
+    let receivers = cfg
+        .receivers
+        .iter()
+        .map(|r| {
+            let path = dir.join(format!("{}.log", r.name()));
+            (
+                r.name().to_string(),
+                Receiver::File {
+                    path,
+                    stdout: false,
+                },
+            )
+        })
+        .collect();
+    // The notifications were made at this file's fixed `now`, which a delivery at the
+    // clock's time must not take for days ago and expire.
+    let mut notify = cfg.notify.clone();
+    notify.expire_after = std::time::Duration::from_secs(10 * 365 * 86_400);
+    let metrics = guardline::metrics::Metrics::new();
+    let log = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        runtime.block_on(deliver_due(
+            outbox,
+            &receivers,
+            store,
+            &notify,
+            &metrics,
+            &mut LastSent::new(),
+            &|| false,
+        ))
+    });
+    String::from_utf8(log.0.lock().unwrap().clone()).unwrap()
 }
 
 /// A full evaluation by `engine`, with the lines it logged down to DEBUG.

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use receivers::{Receiver, SendError, am_alert, push_alertmanager};
 
@@ -651,6 +651,41 @@ pub async fn run_outbox(
     }
 }
 
+/// The deliveries a pass over the outbox logs one by one at INFO; those past them go to
+/// DEBUG, and one INFO line counts them. After a province's first evaluation a county's group
+/// holds thousands of notifications delivered at once (409,410 notifications in 45 counties
+/// at 10,000,000 households), which journald's rate limit would cut together with every other
+/// line of the daemon.
+pub const DELIVERIES_LOGGED_PER_PASS: u64 = 1_000;
+
+/// A pass's deliveries, counted; dropped when the pass ends, however it ends (a stop, a
+/// store that refuses the commit, the task cut at the stop), it logs one line counting
+/// those past [`DELIVERIES_LOGGED_PER_PASS`].
+#[derive(Default)]
+struct DeliveriesLogged {
+    delivered: u64,
+}
+
+impl DeliveriesLogged {
+    /// Counts the next delivery; whether it is among the first, logged at INFO.
+    fn next_at_info(&mut self) -> bool {
+        self.delivered += 1;
+        self.delivered <= DELIVERIES_LOGGED_PER_PASS
+    }
+}
+
+impl Drop for DeliveriesLogged {
+    fn drop(&mut self) {
+        if self.delivered > DELIVERIES_LOGGED_PER_PASS {
+            info!(
+                delivered = self.delivered,
+                logged = DELIVERIES_LOGGED_PER_PASS,
+                "notifications delivered past the first of this pass logged at debug level only (GUARDLINE_LOG=guardline=debug); every delivery is in /api/v1/notifications and the metrics"
+            );
+        }
+    }
+}
+
 /// When each (receiver, group) last went out, for `group_interval`.
 pub type LastSent = std::collections::HashMap<(String, String), i64>;
 
@@ -677,6 +712,7 @@ pub async fn deliver_due(
     };
     let mut blocked: std::collections::BTreeSet<String> = Default::default();
     let mut next_due: Option<i64> = None;
+    let mut logged = DeliveriesLogged::default();
     let due_at =
         |t: i64, next_due: &mut Option<i64>| *next_due = Some(next_due.map_or(t, |d| d.min(t)));
     for pending in groups {
@@ -759,9 +795,14 @@ pub async fn deliver_due(
             let outcome = match receiver.send_group(&live).await {
                 Ok(()) => {
                     for m in &live {
-                        info!(receiver = %m.receiver, fingerprint = %m.fingerprint, rule = %m.rule,
-                              county = %m.county.map(|c| c.to_string()).unwrap_or_default(), status = m.status.name(),
-                              attempts = m.attempts + 1, group_size = live.len(), "notification delivered");
+                        let county = m.county.map(|c| c.to_string()).unwrap_or_default();
+                        if logged.next_at_info() {
+                            info!(receiver = %m.receiver, fingerprint = %m.fingerprint, rule = %m.rule, county = %county,
+                                  status = m.status.name(), attempts = m.attempts + 1, group_size = live.len(), "notification delivered");
+                        } else {
+                            debug!(receiver = %m.receiver, fingerprint = %m.fingerprint, rule = %m.rule, county = %county,
+                                   status = m.status.name(), attempts = m.attempts + 1, group_size = live.len(), "notification delivered");
+                        }
                         batch.delete(Space::Outbox, m.id.to_be_bytes().to_vec());
                         let entry = Delivered {
                             id: m.id,
