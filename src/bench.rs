@@ -93,27 +93,30 @@ pub struct Probe {
     pub random_read_ns: f64,
 }
 
-/// The machine a bench ran on, read from `/proc` at its start. The benches of BENCHMARKS.md
-/// ran on virtual machines of different hosts: 2 cores of an Intel Xeon in its first runs,
-/// 2 cores of an AMD EPYC in runs BI to BL, where the same code ingested at less than half
-/// the rate. A table that does not say which cannot be compared with another.
+/// The machine a bench ran on, read at its start from `/proc` (and the processors this
+/// process may use). The benches of BENCHMARKS.md ran on virtual machines of different
+/// hosts: 2 cores of an Intel Xeon in its first runs, 2 cores of an AMD EPYC in runs BI to
+/// BM, where the same code ingested at about half the rate. A table that does not say which
+/// cannot be compared with another.
 #[derive(Debug, Default, Clone, PartialEq, Serialize)]
 pub struct Machine {
     /// The processor's name (`model name`); a hypervisor may report only the brand.
     pub cpu: String,
     /// Vendor, family, model and stepping, which tell apart processors of one name: an AMD
-    /// family 25 model 1 is a third-generation EPYC (Milan).
+    /// family 25 model 1 is a third-generation EPYC (Milan). On ARM, the implementer,
+    /// architecture, variant, part and revision.
     pub cpu_id: String,
-    /// The clock the system reports for the first processor, in MHz.
-    pub cpu_mhz: f64,
-    /// Processors this process may run on.
+    /// The clock the system reports for the first processor, in MHz, where it reports one.
+    pub cpu_mhz: Option<f64>,
+    /// Processors this process may run on (its affinity and CPU quota).
     pub cpus: u32,
     /// The memory the system has (`MemTotal`).
     pub memory_bytes: u64,
     /// Linux's release.
     pub kernel: String,
-    /// Whether the processor reports that it runs under a hypervisor.
-    pub virtual_machine: bool,
+    /// Whether the processor reports that it runs under a hypervisor (its `hypervisor` flag);
+    /// unknown where `/proc/cpuinfo` lists no flags (ARM).
+    pub virtual_machine: Option<bool>,
 }
 
 impl Machine {
@@ -141,19 +144,32 @@ impl Machine {
                 .map(|(_, v)| v.trim().to_string())
                 .unwrap_or_default()
         };
-        let cpu_id = [
+        let id_of = |parts: &[(&str, &str)]| {
+            parts
+                .iter()
+                .filter_map(|(label, name)| {
+                    let v = field(name);
+                    (!v.is_empty()).then(|| format!("{label}{v}"))
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut cpu_id = id_of(&[
             ("", "vendor_id"),
             ("family ", "cpu family"),
             ("model ", "model"),
             ("stepping ", "stepping"),
-        ]
-        .iter()
-        .filter_map(|(label, name)| {
-            let v = field(name);
-            (!v.is_empty()).then(|| format!("{label}{v}"))
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
+        ]);
+        if cpu_id.is_empty() {
+            cpu_id = id_of(&[
+                ("implementer ", "CPU implementer"),
+                ("architecture ", "CPU architecture"),
+                ("variant ", "CPU variant"),
+                ("part ", "CPU part"),
+                ("revision ", "CPU revision"),
+            ]);
+        }
+        let flags = field("flags");
         let memory_bytes = meminfo
             .lines()
             .find_map(|l| l.strip_prefix("MemTotal:"))
@@ -162,41 +178,40 @@ impl Machine {
         Machine {
             cpu: field("model name"),
             cpu_id,
-            cpu_mhz: field("cpu MHz").parse().unwrap_or(0.0),
+            cpu_mhz: field("cpu MHz").parse().ok(),
             cpus,
             memory_bytes,
             kernel: kernel.to_string(),
-            virtual_machine: field("flags").split_whitespace().any(|f| f == "hypervisor"),
+            virtual_machine: (!flags.is_empty())
+                .then(|| flags.split_whitespace().any(|f| f == "hypervisor")),
         }
     }
 
     /// One line for the table and the bench's output.
     pub fn describe(&self) -> String {
+        let or = |v: &str, none: &str| {
+            if v.is_empty() {
+                none.to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        let clock = self
+            .cpu_mhz
+            .map_or("clock unknown".to_string(), |m| format!("{m:.0} MHz"));
+        let host = match self.virtual_machine {
+            Some(true) => " of a virtual machine",
+            Some(false) => " (no hypervisor reported)",
+            None => " (virtual or not: unknown)",
+        };
         format!(
-            "{} ({}, {:.0} MHz), {} processors{}, {:.1} GiB, Linux {}",
-            if self.cpu.is_empty() {
-                "unknown processor"
-            } else {
-                &self.cpu
-            },
-            if self.cpu_id.is_empty() {
-                "no id"
-            } else {
-                &self.cpu_id
-            },
-            self.cpu_mhz,
+            "{} ({}, {clock}), {} processor{}{host}, {:.1} GiB, Linux {}",
+            or(&self.cpu, "unknown processor"),
+            or(&self.cpu_id, "no id"),
             self.cpus,
-            if self.virtual_machine {
-                " of a virtual machine"
-            } else {
-                ""
-            },
+            if self.cpus == 1 { "" } else { "s" },
             self.memory_bytes as f64 / f64::from(1u32 << 30),
-            if self.kernel.is_empty() {
-                "unknown"
-            } else {
-                &self.kernel
-            },
+            or(&self.kernel, "unknown"),
         )
     }
 }
@@ -886,11 +901,11 @@ mod tests {
             Machine {
                 cpu: "AMD EPYC".into(),
                 cpu_id: "AuthenticAMD family 25 model 1 stepping 1".into(),
-                cpu_mhz: 2445.406,
+                cpu_mhz: Some(2445.406),
                 cpus: 2,
                 memory_bytes: 24_683_584 * 1024,
                 kernel: "6.18.44".into(),
-                virtual_machine: true,
+                virtual_machine: Some(true),
             }
         );
         assert_eq!(
@@ -898,13 +913,27 @@ mod tests {
             "AMD EPYC (AuthenticAMD family 25 model 1 stepping 1, 2445 MHz), \
              2 processors of a virtual machine, 23.5 GiB, Linux 6.18.44"
         );
-        // A system without the files (or another kernel's format) gives an honest blank.
+        // ARM lists its processor by implementer and part, with neither clock nor flags.
+        let arm = "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd\n\
+            CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x1\n\
+            CPU part\t: 0xd0c\nCPU revision\t: 1\n";
+        let on_arm = Machine::from_proc(arm, "MemTotal: 1048576 kB\n", "6.1.0", 4);
+        assert_eq!(
+            on_arm.describe(),
+            "unknown processor (implementer 0x41 architecture 8 variant 0x1 part 0xd0c \
+             revision 1, clock unknown), 4 processors (virtual or not: unknown), 1.0 GiB, \
+             Linux 6.1.0"
+        );
+        // A system without the files gives an honest blank.
         let none = Machine::from_proc("", "", "", 1);
-        assert!(!none.virtual_machine);
+        assert_eq!(none.virtual_machine, None);
         assert_eq!(
             none.describe(),
-            "unknown processor (no id, 0 MHz), 1 processors, 0.0 GiB, Linux unknown"
+            "unknown processor (no id, clock unknown), 1 processor (virtual or not: unknown), \
+             0.0 GiB, Linux unknown"
         );
+        let bare = Machine::from_proc("flags\t\t: fpu sse2\n", "", "", 2);
+        assert_eq!(bare.virtual_machine, Some(false));
         let f = Figures {
             machine: m,
             ..Figures::default()

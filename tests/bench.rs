@@ -52,15 +52,31 @@ fn a_small_bench_runs_through_and_its_restart_after_a_kill_reads_the_journal() {
         std::thread::available_parallelism().unwrap().get() as u64,
         "{f}"
     );
-    let mem = std::fs::read_to_string("/proc/meminfo").unwrap();
-    assert!(
-        mem.contains(&format!(
-            "{} kB",
-            f["machine"]["memory_bytes"].as_u64().unwrap() / 1024
-        )),
+    let total_kb: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(total_kb > 0);
+    assert_eq!(
+        f["machine"]["memory_bytes"].as_u64().unwrap(),
+        total_kb * 1024,
         "{f}"
     );
-    assert!(!f["machine"]["kernel"].as_str().unwrap().is_empty(), "{f}");
+    assert_eq!(
+        f["machine"]["kernel"].as_str().unwrap(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap()
+            .trim(),
+        "{f}"
+    );
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let cpu = f["machine"]["cpu"].as_str().unwrap();
+    assert!(
+        cpu.is_empty() || cpuinfo.contains(cpu),
+        "{cpu} is not in /proc/cpuinfo"
+    );
     // Every daemon's log says which way it loaded.
     let logs: Vec<String> = (0..3)
         .map(|i| std::fs::read_to_string(bench.join(format!("daemon-{i}.log"))).unwrap())
