@@ -516,6 +516,8 @@ pub async fn run(
         .is_err()
     {
         outbox_task.abort();
+        // Waited for, so that what the cut pass logs as it is dropped comes before this.
+        let _ = outbox_task.await;
         warn!(
             "a notification delivery did not finish within 10 s of the stop; it is sent again at the next start"
         );

@@ -243,6 +243,7 @@ fn a_delivery_stuck_at_the_stop_is_cut_after_10_s_and_sent_once_at_the_next_star
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("timeout = \"10s\"", "timeout = \"120s\"");
+    assert!(text.contains("timeout = \"120s\""), "{text}");
     std::fs::write(&cfg, &text).unwrap();
     let log = dir.path().join("daemon.log");
 

@@ -652,10 +652,10 @@ pub async fn run_outbox(
 }
 
 /// The deliveries a pass over the outbox logs one by one at INFO; those past them go to
-/// DEBUG, and one INFO line counts them. After a province's first evaluation a county's group
-/// holds thousands of notifications delivered at once (409,410 notifications in 45 counties
-/// at 10,000,000 households), which journald's rate limit would cut together with every other
-/// line of the daemon.
+/// DEBUG, and one INFO line counts them. After a province's first evaluation the outbox
+/// holds a notification per alert fired and receiver (409,410 alerts fired at 10,000,000
+/// households), and a pass delivers every group that is due, which journald's rate limit
+/// would cut together with every other line of the daemon.
 pub const DELIVERIES_LOGGED_PER_PASS: u64 = 1_000;
 
 /// A pass's deliveries, counted; dropped when the pass ends, however it ends (a stop, a
@@ -680,7 +680,7 @@ impl Drop for DeliveriesLogged {
             info!(
                 delivered = self.delivered,
                 logged = DELIVERIES_LOGGED_PER_PASS,
-                "notifications delivered past the first of this pass logged at debug level only (GUARDLINE_LOG=guardline=debug); every delivery is in /api/v1/notifications and the metrics"
+                "notifications delivered past the first of this pass logged at debug level only (GUARDLINE_LOG=guardline=debug); guardline_notifications_total counts every delivery, and the notification log keeps them (the newest 10,000 in /api/v1/notifications)"
             );
         }
     }
@@ -795,13 +795,14 @@ pub async fn deliver_due(
             let outcome = match receiver.send_group(&live).await {
                 Ok(()) => {
                     for m in &live {
-                        let county = m.county.map(|c| c.to_string()).unwrap_or_default();
                         if logged.next_at_info() {
-                            info!(receiver = %m.receiver, fingerprint = %m.fingerprint, rule = %m.rule, county = %county,
-                                  status = m.status.name(), attempts = m.attempts + 1, group_size = live.len(), "notification delivered");
+                            info!(receiver = %m.receiver, fingerprint = %m.fingerprint, rule = %m.rule,
+                                  county = %m.county.map(|c| c.to_string()).unwrap_or_default(), status = m.status.name(),
+                                  attempts = m.attempts + 1, group_size = live.len(), "notification delivered");
                         } else {
-                            debug!(receiver = %m.receiver, fingerprint = %m.fingerprint, rule = %m.rule, county = %county,
-                                   status = m.status.name(), attempts = m.attempts + 1, group_size = live.len(), "notification delivered");
+                            debug!(receiver = %m.receiver, fingerprint = %m.fingerprint, rule = %m.rule,
+                                   county = %m.county.map(|c| c.to_string()).unwrap_or_default(), status = m.status.name(),
+                                   attempts = m.attempts + 1, group_size = live.len(), "notification delivered");
                         }
                         batch.delete(Space::Outbox, m.id.to_be_bytes().to_vec());
                         let entry = Delivered {
