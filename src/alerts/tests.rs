@@ -75,6 +75,8 @@ fn pending_firing_resolved_and_persisted() {
     a.write_changes(&mut b).unwrap();
     store.commit(b).unwrap();
     let mut again = Alerts::load(store).unwrap();
+    assert_numbers_are_the_keys(&again);
+    assert_eq!(again.numbers.len(), 1);
     assert_eq!(
         again
             .observe(&rs, rule, &e, Some(&finding(3)), at(5))
@@ -214,6 +216,7 @@ description = "d"
             a.expire_resolved(now.timestamp() + RESOLVED_RETENTION_SECS - 24 * 3600);
         }
         assert_eq!(a.tally, Tally::of(a.alerts.values()), "after step {step}");
+        assert_numbers_are_the_keys(&a);
     }
     assert!(acked > 5, "the sequence records dispositions");
     let (per_county, per_risk) = a.households_at_risk();
@@ -252,6 +255,35 @@ description = "d"
         count(both) < count(water) + count(RiskSet::of([RiskCategory::Illness])),
         "a household fires in both categories at the end"
     );
+}
+
+/// The checks' index of fingerprints as numbers holds exactly the alerts' keys.
+fn assert_numbers_are_the_keys(a: &Alerts) {
+    let keys: HashSet<u64> = a
+        .alerts
+        .keys()
+        .map(|k| u64::from_str_radix(k, 16).unwrap())
+        .collect();
+    let numbers: HashSet<u64> = a.numbers.iter().copied().collect();
+    assert_eq!(numbers, keys);
+}
+
+#[test]
+fn a_fingerprint_is_its_number_in_16_hex_digits_and_nothing_else_has_one() {
+    let e = EntityRef::Household("H1".parse().unwrap());
+    let n = fingerprint_number("water", &e);
+    assert_eq!(fingerprint("water", &e), format!("{n:016x}"));
+    assert_eq!(number_of(&fingerprint("water", &e)), Some(n));
+    assert_eq!(number_of("00000000000000ff"), Some(255));
+    for odd in [
+        "ff",
+        "00000000000000FF",
+        "+000000000000000",
+        "00000000000000fg",
+        "",
+    ] {
+        assert_eq!(number_of(odd), None, "{odd}");
+    }
 }
 
 /// Alerts loaded or written keep their description and evidence in the store only: every
