@@ -120,22 +120,35 @@ fn now() -> chrono::DateTime<chrono::FixedOffset> {
 
 fn roster_records(households: usize) -> Vec<Record> {
     (0..households)
-        .map(|h| Record {
-            id: format!("r{h}"),
-            observation: Observation::Roster(RosterEntry {
-                household: format!("6325221002010{h:02}").parse().unwrap(),
-                village: "632522100201".parse().unwrap(),
-                village_name: "村".into(),
-                category: HouseholdCategory::Lifted,
-                head_masked: "张*".into(),
-                members: vec![
-                    PersonKey([2 * h as u8; 16]),
-                    PersonKey([2 * h as u8 + 1; 16]),
-                ],
-                income_per_capita: 1_000_000,
-            }),
+        .map(|h| {
+            let members = vec![
+                PersonKey([2 * h as u8; 16]),
+                PersonKey([2 * h as u8 + 1; 16]),
+            ];
+            roster_record(h, &format!("6325221002010{h:02}"), members, 1_000_000)
         })
         .collect()
+}
+
+/// The roster record `r{n}` of household `household` of village 632522100201.
+fn roster_record(
+    n: usize,
+    household: &str,
+    members: Vec<PersonKey>,
+    income_per_capita: i64,
+) -> Record {
+    Record {
+        id: format!("r{n}"),
+        observation: Observation::Roster(RosterEntry {
+            household: household.parse().unwrap(),
+            village: "632522100201".parse().unwrap(),
+            village_name: "村".into(),
+            category: HouseholdCategory::Lifted,
+            head_masked: "张*".into(),
+            members,
+            income_per_capita,
+        }),
+    }
 }
 
 fn wage_records(wages: &[(usize, u32, i64, usize)], persons: usize) -> Vec<Record> {
@@ -839,24 +852,12 @@ fn a_pass_with_many_transitions_logs_the_first_at_info_and_counts_the_rest() {
     let (mut engine, outbox) = open_on(Arc::clone(&store), &f.cfg);
     // Parts of 400 entities: the count carries from one part to the next.
     engine.set_evaluation_part(400);
+    // More households than `roster_records` can number, one member each.
     let records: Vec<Record> = (0..households)
-        .map(|h| Record {
-            id: format!("r{h}"),
-            observation: Observation::Roster(RosterEntry {
-                household: format!("hh-{h:05}").parse().unwrap(),
-                village: "632522100201".parse().unwrap(),
-                village_name: "村".into(),
-                category: HouseholdCategory::Lifted,
-                head_masked: "张*".into(),
-                members: vec![PersonKey(
-                    [[h as u8, (h >> 8) as u8], [7; 2]]
-                        .concat()
-                        .repeat(4)
-                        .try_into()
-                        .unwrap(),
-                )],
-                income_per_capita: 100,
-            }),
+        .map(|h| {
+            let member = [[h as u8, (h >> 8) as u8], [7; 2]].concat().repeat(4);
+            let members = vec![PersonKey(member.try_into().unwrap())];
+            roster_record(h, &format!("hh-{h:05}"), members, 100)
         })
         .collect();
     engine
