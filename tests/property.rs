@@ -976,17 +976,11 @@ fn deliver_logged(cfg: &Config, outbox: &Mutex<Outbox>, store: &dyn Store, dir: 
     let mut notify = cfg.notify.clone();
     notify.expire_after = std::time::Duration::from_secs(10 * 365 * 86_400);
     let metrics = guardline::metrics::Metrics::new();
-    let log = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .finish();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    tracing::subscriber::with_default(subscriber, || {
+    let ((), text) = logged(|| {
         runtime.block_on(deliver_due(
             outbox,
             &receivers,
@@ -995,23 +989,28 @@ fn deliver_logged(cfg: &Config, outbox: &Mutex<Outbox>, store: &dyn Store, dir: 
             &metrics,
             &mut LastSent::new(),
             &|| false,
-        ))
+        ));
     });
-    String::from_utf8(log.0.lock().unwrap().clone()).unwrap()
+    text
 }
 
 /// A full evaluation by `engine`, with the lines it logged down to DEBUG.
 fn evaluate_all_logged(engine: &mut Engine) -> (guardline::engine::EvalReport, String) {
+    let (report, text) = logged(|| engine.evaluate_all(now()));
+    (report.unwrap(), text)
+}
+
+/// What `f` returns, and the lines logged on this thread while it ran, down to DEBUG.
+fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
     let log = Captured::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(log.clone())
         .with_max_level(tracing::Level::DEBUG)
         .with_ansi(false)
         .finish();
-    let report =
-        tracing::subscriber::with_default(subscriber, || engine.evaluate_all(now())).unwrap();
+    let out = tracing::subscriber::with_default(subscriber, f);
     let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-    (report, text)
+    (out, text)
 }
 
 /// The lines of one transition each at `level` (the count line says "alert transitions").
