@@ -500,8 +500,9 @@ pub struct World {
 /// the page is applied ([`World::person_slots`]).
 ///
 /// A lookup waits on memory: the person index's bucket, then the household in that slot and
-/// its members. One after another in a tight loop, the processor overlaps the lookups of
-/// several records; between records' other work it cannot. Good only while no roster record
+/// its members. Done for all the page's records in passes of one step each
+/// (`Persons::get_many`), the processor overlaps the lookups of many records;
+/// between records' other work it cannot. Good only while no roster record
 /// is applied and within the batch they were looked up in (`roster_changes` tells).
 #[derive(Debug, Default)]
 pub struct PersonSlots {
@@ -1052,7 +1053,7 @@ impl World {
         &self,
         records: impl Iterator<Item = Option<&'r Record>>,
     ) -> PersonSlots {
-        let slots = records
+        let keys: Vec<Option<&PersonKey>> = records
             .map_while(|r| match r.map(|r| &r.observation) {
                 Some(Observation::Roster(_)) => None,
                 Some(
@@ -1064,13 +1065,13 @@ impl World {
                         subject: Subject::Person(p),
                         ..
                     },
-                ) => Some(self.persons.get(&self.households, p)),
+                ) => Some(Some(p)),
                 _ => Some(None),
             })
             .collect();
         PersonSlots {
             roster_changes: self.roster_changes,
-            slots,
+            slots: self.persons.get_many(&self.households, &keys),
         }
     }
 
