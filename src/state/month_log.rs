@@ -50,7 +50,7 @@ use crate::store::{Batch, Space, Store, StoreError, codec};
 
 /// The version of a run's value: 1 held months only (roster parts were keys of their own), 2
 /// holds the roster changes, then the months ([`Run`]).
-const RUN_VERSION: u8 = 2;
+pub(super) const RUN_VERSION: u8 = 2;
 /// The version of a base key's value (stores written before bases were files).
 const BASE_KEY_VERSION: u8 = 1;
 /// The meta key naming the current base: [`BaseInfo`].
@@ -293,7 +293,8 @@ fn damaged(space: Space, key: &[u8], detail: &str) -> StoreError {
 }
 
 /// Encodes the roster parts and months that changed as the next run, if any did; advances
-/// `state`.
+/// `state`. The value is the one `codec::encode(RUN_VERSION, &(roster, entries))` makes,
+/// the entries written straight (`Bucket::encode_postcard`); a test pins the two.
 pub(super) fn put_run(
     batch: &mut Batch,
     state: &mut LogState,
@@ -303,7 +304,25 @@ pub(super) fn put_run(
     if roster.is_empty() && entries.is_empty() {
         return;
     }
-    let value = codec::encode(RUN_VERSION, &(roster, entries));
+    let mut value = Vec::with_capacity(64 + 48 * entries.len());
+    value.push(RUN_VERSION);
+    codec::push_varint(&mut value, roster.len() as u64);
+    for r in roster {
+        value = codec::extend_item(r, value);
+    }
+    codec::push_varint(&mut value, entries.len() as u64);
+    for (id, month, bucket) in entries {
+        codec::push_varint(&mut value, id.len() as u64);
+        value.extend_from_slice(id.as_bytes());
+        codec::push_varint(&mut value, (*month).into());
+        match bucket {
+            None => value.push(0),
+            Some(b) => {
+                value.push(1);
+                b.encode_postcard(&mut value);
+            }
+        }
+    }
     state.last_run += 1;
     state.run_bytes += value.len() as u64;
     batch.put(

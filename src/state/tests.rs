@@ -1977,3 +1977,50 @@ fn persons_looked_up_for_a_page_are_looked_up_again_once_a_roster_record_may_hav
         Err(Rejection::UnknownPerson)
     );
 }
+
+/// A run's value, its entries written straight, is what serde writes of the run: roster
+/// parts put and gone, months with and without buckets, lengths of two varint bytes.
+#[test]
+fn a_run_written_straight_is_what_serde_writes_of_it() {
+    let mut w = World::new(24);
+    w.begin();
+    for h in 0..150u32 {
+        let id = format!("H{h:05}");
+        let mut person = PersonKey([0; 16]);
+        person.0[..4].copy_from_slice(&h.to_le_bytes());
+        w.apply("roster", &roster_record(&id, vec![person], 10_000), now())
+            .unwrap();
+        for k in 0..=(h % 3) {
+            let month = Month::new(2026, 1 + k).unwrap();
+            let r = wage_in_fen(&format!("w{h}-{k}"), person, month, 100 + i64::from(h));
+            assert_eq!(w.apply("wages", &r, now()), Ok(Applied::Changed));
+        }
+    }
+    let households: Vec<Household> = w.households().cloned().collect();
+    let roster: Vec<month_log::RosterChangeRef<'_>> = households
+        .iter()
+        .map(month_log::RosterChangeRef::Put)
+        .chain([month_log::RosterChangeRef::Gone("H99999")])
+        .collect();
+    let mut entries = Vec::new();
+    for h in &households {
+        month_log::household_entries(&mut entries, &h.id, &Months::default(), Some(h));
+    }
+    let gone = households[0].months.clone();
+    month_log::household_entries(&mut entries, &households[0].id, &gone, None);
+    assert!(
+        roster.len() > 128 && entries.len() > 128,
+        "lengths of two varint bytes"
+    );
+    assert!(entries.iter().any(|e| e.2.is_none()), "a month gone");
+    let mut batch = Batch::default();
+    month_log::put_run(&mut batch, &mut w.log, &roster, &entries);
+    let whole = codec::encode(month_log::RUN_VERSION, &(&roster, &entries));
+    assert_eq!(batch.ops.len(), 1);
+    assert_eq!(batch.ops[0].2.as_deref(), Some(&whole[..]));
+    let run = month_log::Run::decode(&batch.ops[0].1, &whole).unwrap();
+    assert_eq!(
+        (run.roster.len(), run.months.len()),
+        (roster.len(), entries.len())
+    );
+}

@@ -21,6 +21,28 @@ pub fn encode<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
     postcard::to_extend(value, out).expect("guardline values serialize")
 }
 
+/// Appends `item` as postcard encodes it, without a version: one element of a sequence, or
+/// one field of a tuple, that a caller writes in parts.
+pub fn extend_item<T: Serialize + ?Sized>(item: &T, out: Vec<u8>) -> Vec<u8> {
+    // Invariant: as in `encode`.
+    postcard::to_extend(item, out).expect("guardline values serialize")
+}
+
+/// Appends `v` as postcard writes an unsigned integer or a sequence's length: a varint,
+/// seven bits to a byte, low bits first.
+pub fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Appends `v` as postcard writes a signed integer: zigzag, then a varint.
+pub fn push_zigzag(out: &mut Vec<u8>, v: i64) {
+    push_varint(out, ((v << 1) ^ (v >> 63)) as u64);
+}
+
 pub fn decode<T: DeserializeOwned>(
     version: u8,
     space: Space,
