@@ -1015,6 +1015,13 @@ mod tests {
         }
     }
 
+    /// A wage bucket of month `k` with `tags` records: a value of a few fen (`v` below 0)
+    /// packs narrow, one of more than 32 bits wide.
+    fn sized(k: u32, (v, tags): (i64, usize)) -> MonthBucket {
+        let wage = if v < 0 { v } else { v << 33 };
+        bucket(k, Some(wage), &vec![u64::from(k); tags], &[])
+    }
+
     proptest::proptest! {
         /// `with_changes` against `set`, one change at a time: buckets narrow and wide,
         /// months changed twice, removed, removed then put back, and months the base lacks.
@@ -1026,17 +1033,12 @@ mod tests {
                 0..40,
             ),
         ) {
-            // Values of a few fen pack narrow, of more than 32 bits wide.
-            let of = |k: u32, (v, tags): (i64, usize)| {
-                let wage = if v < 0 { v } else { v << 33 };
-                bucket(k, Some(wage), &vec![u64::from(k); tags], &[])
-            };
-            let base: Vec<MonthBucket> = base.into_iter().map(|(k, b)| of(k, b)).collect();
+            let base: Vec<MonthBucket> = base.into_iter().map(|(k, b)| sized(k, b)).collect();
             let base = Months::from_buckets(&base);
             let mut one_by_one = base.clone();
             let mut packed: Vec<(Month, Vec<u64>)> = Vec::new();
             for &(k, b) in &changes {
-                let b = b.map(|b| of(k, b));
+                let b = b.map(|b| sized(k, b));
                 one_by_one.set(m(k), b.as_ref());
                 let mut words = Vec::new();
                 if let Some(b) = &b {
@@ -1125,14 +1127,10 @@ mod tests {
                 0..4,
             ),
         ) {
-            let of = |k: u32, (v, tags): (i64, usize)| {
-                let wage = if v < 0 { v } else { v << 33 };
-                bucket(k, Some(wage), &vec![u64::from(k) + 100; tags], &[])
-            };
-            let old = Months::from_buckets(&base.iter().map(|(k, b)| of(*k, *b)).collect::<Vec<_>>());
+            let old = Months::from_buckets(&base.iter().map(|(k, b)| sized(*k, *b)).collect::<Vec<_>>());
             let mut new = old.clone();
             for (k, b) in &edits {
-                new.set(m(*k), b.map(|b| of(*k, b)).as_ref());
+                new.set(m(*k), b.map(|b| sized(*k, b)).as_ref());
             }
             let (changed, gone) = new.changes_since(&old);
             let olds: BTreeMap<Month, MonthBucket> =

@@ -16,15 +16,14 @@ const FIRST_CAPACITY: usize = 128;
 pub fn encode<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(FIRST_CAPACITY);
     out.push(version);
-    // Invariant: postcard serialization into a Vec only fails for types serde cannot
-    // describe (maps with non-string keys are fine); guardline's value types are all plain.
-    postcard::to_extend(value, out).expect("guardline values serialize")
+    extend_item(value, out)
 }
 
 /// Appends `item` as postcard encodes it, without a version: one element of a sequence, or
 /// one field of a tuple, that a caller writes in parts.
 pub fn extend_item<T: Serialize + ?Sized>(item: &T, out: Vec<u8>) -> Vec<u8> {
-    // Invariant: as in `encode`.
+    // Invariant: postcard serialization into a Vec only fails for types serde cannot
+    // describe (maps with non-string keys are fine); guardline's value types are all plain.
     postcard::to_extend(item, out).expect("guardline values serialize")
 }
 
