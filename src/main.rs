@@ -121,7 +121,6 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Run the simulator and the daemon together on config/demo.toml.
     /// Measure ingest, detection, evaluation, memory, restart and scrapes at province scale
     /// (BENCHMARKS.md). The generated feeds, the store and the snapshot take about 6 GB per
     /// million households in --dir; a run the free space cannot hold is refused
@@ -131,6 +130,10 @@ enum Command {
         /// Runs per figure (the median is reported)
         #[arg(long, default_value_t = 3)]
         runs: u32,
+        /// Ingests of the whole world, each into a fresh store (the median is reported;
+        /// default: --runs)
+        #[arg(long)]
+        ingest_runs: Option<u32>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// The store and generated configuration go here (emptied first)
@@ -143,6 +146,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the simulator and the daemon together on config/demo.toml.
     Demo {
         #[arg(long, default_value = "config/demo.toml")]
         config: PathBuf,
@@ -243,6 +247,7 @@ fn main() -> ExitCode {
             Command::Bench {
                 households,
                 runs,
+                ingest_runs,
                 seed,
                 dir,
                 config,
@@ -252,6 +257,7 @@ fn main() -> ExitCode {
                     guardline::bench::BenchOptions {
                         households,
                         runs,
+                        ingest_runs: ingest_runs.unwrap_or(runs),
                         seed,
                         dir,
                         config,

@@ -18,6 +18,8 @@ fn a_small_bench_runs_through_and_its_restart_after_a_kill_reads_the_journal() {
         "3000",
         "--runs",
         "1",
+        "--ingest-runs",
+        "2",
         "--json",
         "--dir",
         bench.to_str().unwrap(),
@@ -28,6 +30,30 @@ fn a_small_bench_runs_through_and_its_restart_after_a_kill_reads_the_journal() {
     assert_eq!(f["allocator_purge_delay"], "-1", "{f}");
     assert_eq!(f["allocator_allow_thp"], "0", "{f}");
     assert!(f["records"].as_u64().unwrap() > 50_000, "{f}");
+    // Two ingests of the same feeds, each into a fresh store, every feed in each; the figure
+    // is one of them (of two, the slower).
+    let ingests = f["ingests"].as_array().unwrap();
+    assert_eq!(ingests.len(), 2, "{f}");
+    let feeds_of = |i: &serde_json::Value| -> Vec<String> {
+        i["feeds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|feed| feed[0].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(feeds_of(&ingests[0]).len(), 10, "{f}");
+    assert_eq!(feeds_of(&ingests[0]), feeds_of(&ingests[1]), "{f}");
+    assert_eq!(feeds_of(&ingests[0])[0], "roster", "{f}");
+    let seconds: Vec<f64> = ingests
+        .iter()
+        .map(|i| i["seconds"].as_f64().unwrap())
+        .collect();
+    assert!(seconds.iter().all(|s| *s > 0.0), "{f}");
+    let median = f["ingest_seconds"].as_f64().unwrap();
+    assert_eq!(median, seconds[0].max(seconds[1]), "{f}");
+    // Had the second ingest found the first one's store, its polls would have started at
+    // the saved cursors and read nothing: the bench fails when the ingests' records differ.
     assert_eq!(f["incremental_records"], 10_000, "{f}");
     assert!(f["incremental_alerts"].as_u64().unwrap() > 0, "{f}");
     assert!(f["evaluation_checks"].as_u64().unwrap() > 0, "{f}");
