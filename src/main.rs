@@ -130,9 +130,9 @@ enum Command {
         /// Runs per figure (the median is reported)
         #[arg(long, default_value_t = 3)]
         runs: u32,
-        /// Ingests of the whole world, each into a fresh store (the median is reported;
-        /// default: --runs)
-        #[arg(long)]
+        /// Ingests of the whole world, each into an empty store (the median is reported, of
+        /// an even number the slower middle one; default: --runs)
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         ingest_runs: Option<u32>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
