@@ -299,19 +299,17 @@ fn probe_of(bytes: usize, copies: u32) -> Probe {
 pub const ALLOCATOR_SETTINGS: [(&str, &str); 2] =
     [("MIMALLOC_PURGE_DELAY", "-1"), ("MIMALLOC_ALLOW_THP", "0")];
 
-/// Polls every feed of `cfg` to its end through `sink`, the roster's feed first. Returns
-/// the ingest's times and the records read.
+/// Polls every feed of `cfg` to its end through `sink`, the roster's feed first.
 async fn ingest_all(
     cfg: &crate::config::Config,
     sink: &crate::daemon::EngineSink,
     metrics: &Arc<crate::metrics::Metrics>,
     pseudo: &crate::pseudonym::Pseudonymizer,
-) -> anyhow::Result<(Ingest, u64)> {
+) -> anyhow::Result<Ingest> {
     let mut ordered: Vec<&crate::config::FeedConfig> = cfg.feeds.iter().collect();
     ordered.sort_by_key(|feed| !feed.inputs().contains(&crate::rules::Input::Roster));
     eprintln!("ingesting {} feeds …", ordered.len());
     let mut ingest = Ingest::default();
-    let mut records = 0;
     let began = Instant::now();
     for feed in ordered {
         let client = FeedClient::build(feed, Arc::clone(metrics))?;
@@ -331,12 +329,11 @@ async fn ingest_all(
         sink.engine.lock().await.poll_finished(&feed.name, true);
         ingest.feeds.push((feed.name.clone(), seconds));
         ingest.accepted += counts.accepted;
-        records += n;
+        ingest.records += n;
     }
     ingest.seconds = began.elapsed().as_secs_f64();
-    ingest.records = records;
-    ingest.records_per_second = records as f64 / ingest.seconds;
-    Ok((ingest, records))
+    ingest.records_per_second = ingest.records as f64 / ingest.seconds;
+    Ok(ingest)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -539,21 +536,22 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
             store,
         };
         eprintln!("ingest {} of {ingest_runs}:", run + 1);
-        let (ingest, records) = ingest_all(&cfg, &sink, &metrics, &pseudo).await?;
+        let ingest = ingest_all(&cfg, &sink, &metrics, &pseudo).await?;
         if let Some(first) = f.ingests.first()
-            && (records != first.records || ingest.accepted != first.accepted)
+            && (ingest.records != first.records || ingest.accepted != first.accepted)
         {
             bail!(
-                "ingest {} read {records} records and applied {} as new, where the first read {} and applied {}: \
+                "ingest {} read {} records and applied {} as new, where the first read {} and applied {}: \
                  each ingest must read the same feeds into an empty store; is another bench or daemon using {}?",
                 run + 1,
+                ingest.records,
                 ingest.accepted,
                 first.records,
                 first.accepted,
                 opts.dir.display()
             );
         }
-        f.records = records;
+        f.records = ingest.records;
         f.ingests.push(ingest);
         if run + 1 == ingest_runs {
             kept = Some((sink, outbox));
