@@ -22,7 +22,7 @@ use crate::alerts::{Alerts, Transition};
 use crate::config::{FeedConfig, Lines, NotifyConfig};
 use crate::feeds::{Counts, Mapped, Validators};
 use crate::metrics::Metrics;
-use crate::model::{HouseholdCategory, Month, Observation};
+use crate::model::{HouseholdCategory, Month, Observation, Record};
 use crate::notify::{Outbox, Templates, notifications_for};
 use crate::pseudonym::Pseudonymizer;
 use crate::quarantine;
@@ -651,15 +651,17 @@ impl Engine {
         let mut newest_month: Option<Month> = None;
         self.reload_if_stale()?;
         self.world.begin();
-        let looked_up = self
-            .world
-            .person_slots(records.iter().map(|m| m.result.as_ref().ok()));
-        for (i, m) in records.iter().enumerate() {
-            let outcome = match &m.result {
-                Err(e) => Err((e.reason, e.to_string())),
-                Ok(rec) => self
-                    .world
-                    .apply_looked_up(&feed.name, rec, now, &looked_up, i)
+        let mapped: Vec<Option<&Record>> = records.iter().map(|m| m.result.as_ref().ok()).collect();
+        let looked_up = self.world.person_slots(mapped.iter().copied());
+        let applied = self.world.apply_page(&feed.name, &mapped, now, &looked_up);
+        drop((mapped, looked_up));
+        for ((i, m), applied) in records.iter().enumerate().zip(applied) {
+            let outcome = match (&m.result, applied) {
+                (Err(e), _) => Err((e.reason, e.to_string())),
+                (Ok(rec), applied) => applied
+                    // Invariant: `apply_page` answers every record that mapped; one it did
+                    // not would be applied here, on its own.
+                    .unwrap_or_else(|| self.world.apply(&feed.name, rec, now))
                     .map_err(|e| (e.reason(), e.to_string())),
             };
             let record_id = || match &m.result {

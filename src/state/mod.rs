@@ -34,8 +34,8 @@ pub use values::{
 };
 
 use crate::model::{
-    CountyCode, HouseholdCategory, HouseholdId, Indicator, Month, Observation, PersonKey, Record,
-    RiskSet, Subject, VillageCode,
+    CountyCode, Fen, HouseholdCategory, HouseholdId, Indicator, Month, Observation, PersonKey,
+    Record, RiskSet, Subject, VillageCode,
 };
 use crate::store::{Batch, Space, Store, StoreError, codec};
 
@@ -79,6 +79,9 @@ pub enum Applied {
     Changed,
     Duplicate,
 }
+
+/// A sample record's tag ([`record_tag`]) and values.
+type TaggedSample<'r> = (u64, &'r [(Indicator, Fen)]);
 
 /// An entity rules are evaluated on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -1100,6 +1103,144 @@ impl World {
             .get(i)
             .filter(|_| looked_up.roster_changes == self.roster_changes);
         self.apply_with(feed, record, now, slot.copied())
+    }
+
+    /// Applies a page's records in order, with the answer of [`World::person_slots`] for
+    /// the same records: each record's outcome is what [`World::apply_looked_up`] would give
+    /// it one record at a time, and so is the world after (`None` in `records`, a record that
+    /// failed to map, is answered `None`).
+    ///
+    /// A feed such as the wages lists a household's members one after the other, so a page
+    /// holds runs of samples of one household and month: each such run is applied at once,
+    /// its household's months packed once instead of once per record.
+    pub fn apply_page(
+        &mut self,
+        feed: &str,
+        records: &[Option<&Record>],
+        now: DateTime<FixedOffset>,
+        looked_up: &PersonSlots,
+    ) -> Vec<Option<Result<Applied, Rejection>>> {
+        let mut outcomes = Vec::with_capacity(records.len());
+        let mut group: Vec<TaggedSample<'_>> = Vec::new();
+        // What `looked_up_sample` answered for `records[i]` while the run before it was
+        // sought, so that no record's tag is hashed twice.
+        let mut seen = None;
+        let mut i = 0;
+        while let Some(&record) = records.get(i) {
+            let Some(record) = record else {
+                outcomes.push(None);
+                i += 1;
+                continue;
+            };
+            let first = seen
+                .take()
+                .unwrap_or_else(|| self.looked_up_sample(feed, record, looked_up, i));
+            let Some((slot, month, sample)) = first else {
+                outcomes.push(Some(self.apply_looked_up(feed, record, now, looked_up, i)));
+                i += 1;
+                continue;
+            };
+            group.clear();
+            group.push(sample);
+            i += 1;
+            while let Some(&Some(next)) = records.get(i) {
+                match self.looked_up_sample(feed, next, looked_up, i) {
+                    Some((s, m, sample)) if (s, m) == (slot, month) => {
+                        group.push(sample);
+                        i += 1;
+                    }
+                    other => {
+                        seen = Some(other);
+                        break;
+                    }
+                }
+            }
+            self.apply_samples(slot, month, &mut group, now, &mut outcomes);
+        }
+        outcomes
+    }
+
+    /// The `i`th record of a page as [`World::apply_page`] groups it: a sample of a person
+    /// whose household `looked_up` found (and still holds), with its month, tag and values.
+    fn looked_up_sample<'r>(
+        &self,
+        feed: &str,
+        record: &'r Record,
+        looked_up: &PersonSlots,
+        i: usize,
+    ) -> Option<(Slot, Month, TaggedSample<'r>)> {
+        if looked_up.roster_changes != self.roster_changes {
+            return None;
+        }
+        match &record.observation {
+            Observation::Sample {
+                subject: Subject::Person(_),
+                month,
+                values,
+            } => {
+                let slot = looked_up.slots.get(i).copied().flatten()?;
+                Some((slot, *month, (record_tag(feed, &record.id), values)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Applies samples of one month to the household in `slot`, in the order given (tag and
+    /// values of each), pushing each one's outcome: the checks of
+    /// [`World::apply_to_household`] in its order, a record already applied (before, or
+    /// earlier in `samples`) a duplicate, the rest added with one packing of the months.
+    /// Leaves in `samples` the ones added.
+    fn apply_samples(
+        &mut self,
+        slot: Slot,
+        month: Month,
+        samples: &mut Vec<TaggedSample<'_>>,
+        now: DateTime<FixedOffset>,
+        outcomes: &mut Vec<Option<Result<Applied, Rejection>>>,
+    ) {
+        let now_month = self.month_of(now);
+        let retention = self.retention_months;
+        let refused = if month > now_month {
+            Some(Rejection::FutureMonth(month))
+        } else if self.households.at(slot).is_none() {
+            // Invariant: the person index holds occupied slots only.
+            Some(Rejection::UnknownPerson)
+        } else if now_month.since(month) > retention {
+            Some(Rejection::TooOld(month))
+        } else {
+            None
+        };
+        let Some(h) = self.households.at_mut(slot).filter(|_| refused.is_none()) else {
+            let refused = refused.unwrap_or(Rejection::UnknownPerson);
+            outcomes.extend(samples.iter().map(|_| Some(Err(refused.clone()))));
+            samples.clear();
+            return;
+        };
+        // Those added move to the front: a record is a duplicate when its tag is in the
+        // month already or among those added before it.
+        let applied = h.bucket(month).map(|b| b.records()).unwrap_or_default();
+        let mut added = 0;
+        for k in 0..samples.len() {
+            let (tag, values) = samples[k];
+            if applied.contains(&tag) || samples[..added].iter().any(|&(t, _)| t == tag) {
+                outcomes.push(Some(Ok(Applied::Duplicate)));
+            } else {
+                samples[added] = (tag, values);
+                added += 1;
+                outcomes.push(Some(Ok(Applied::Changed)));
+            }
+        }
+        samples.truncate(added);
+        if samples.is_empty() {
+            return;
+        }
+        let before = h.add_samples(month, samples, retention);
+        self.undo_households
+            .entry(slot)
+            .or_insert(Undo::Months(before));
+        for (ind, _) in samples.iter().flat_map(|(_, values)| values.iter()) {
+            raise(&mut self.latest[ind.index()], month);
+        }
     }
 
     /// `person`: the slot of the record's person, if already looked up since the last roster

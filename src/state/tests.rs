@@ -2024,3 +2024,106 @@ fn a_run_written_straight_is_what_serde_writes_of_it() {
         (roster.len(), entries.len())
     );
 }
+
+/// A record of a generated page: `None` stands for one that failed to map.
+fn page_record(
+    (kind, person, month, id, fen, medical): (u8, u8, u8, u8, i64, bool),
+) -> Option<Record> {
+    let this = Month::of(now());
+    let month = match month {
+        0 => this.plus(1),
+        1 => this.minus(30),
+        2..=4 => this.minus(1),
+        _ => this.minus(2),
+    };
+    let id = format!("r{id}");
+    let values = if medical {
+        vec![
+            (Indicator::MedicalOutOfPocket, fen),
+            (Indicator::MedicalTotal, 3 * fen),
+        ]
+    } else {
+        vec![(Indicator::WageIncome, fen)]
+    };
+    let subject = match kind {
+        0 => return None,
+        1 => {
+            let household = format!("H{}", person % 3);
+            return Some(roster(&household, &[person, person % 7 + 1]));
+        }
+        2 => Subject::Household(format!("H{}", person % 4).parse().unwrap()),
+        _ => Subject::Person(PersonKey([person; 16])),
+    };
+    Some(Record {
+        id,
+        observation: Observation::Sample {
+            subject,
+            month,
+            values,
+        },
+    })
+}
+
+/// Three households (H0: persons 1 to 3, H1: 4 and 5, H2: 6; person 7 on no roster), with
+/// wages of last month and the month before already applied and committed.
+fn world_for_pages() -> World {
+    let mut w = World::new(24);
+    w.begin();
+    for (h, members) in [("H0", &[1, 2, 3][..]), ("H1", &[4, 5]), ("H2", &[6])] {
+        w.apply("roster", &roster(h, members), now()).unwrap();
+    }
+    let this = Month::of(now());
+    for (id, person, back) in [("r1", 1, 1), ("r2", 4, 1), ("r3", 2, 2)] {
+        let r = wage_in_fen(id, PersonKey([person; 16]), this.minus(back), 500);
+        w.apply("feed", &r, now()).unwrap();
+    }
+    w.take_batch();
+    w
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// A page applied at once, each household's consecutive samples of a month together,
+    /// answers each record and leaves the world, its batch and its rollback as the records
+    /// applied one at a time do: repeated ids within a run and before it, months in the
+    /// future and beyond the retention, persons on no roster, records that failed to map,
+    /// and roster records that move persons between the lookup and their samples.
+    #[test]
+    fn a_page_applied_at_once_is_the_records_applied_one_at_a_time(
+        page in proptest::collection::vec(
+            (0u8..12, 1u8..8, 0u8..6, 0u8..6, -5i64..50, proptest::bool::ANY),
+            0..40,
+        )
+    ) {
+        let page: Vec<Option<Record>> = page.into_iter().map(page_record).collect();
+        let refs: Vec<Option<&Record>> = page.iter().map(Option::as_ref).collect();
+
+        let mut at_once = world_for_pages();
+        at_once.begin();
+        let looked_up = at_once.person_slots(refs.iter().copied());
+        let outcomes = at_once.apply_page("feed", &refs, now(), &looked_up);
+
+        let mut one_by_one = world_for_pages();
+        one_by_one.begin();
+        let looked_up = one_by_one.person_slots(refs.iter().copied());
+        let expected: Vec<_> = refs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.map(|r| one_by_one.apply_looked_up("feed", r, now(), &looked_up, i)))
+            .collect();
+        proptest::prop_assert_eq!(&outcomes, &expected);
+        assert_same_world(&at_once, &one_by_one);
+        let (batch, touched) = at_once.take_batch();
+        let (expected_batch, expected_touched) = one_by_one.take_batch();
+        proptest::prop_assert_eq!(format!("{:?}", batch.ops), format!("{:?}", expected_batch.ops));
+        proptest::prop_assert_eq!(touched.households, expected_touched.households);
+
+        let mut rolled_back = world_for_pages();
+        rolled_back.begin();
+        let looked_up = rolled_back.person_slots(refs.iter().copied());
+        rolled_back.apply_page("feed", &refs, now(), &looked_up);
+        rolled_back.rollback();
+        assert_same_world(&rolled_back, &world_for_pages());
+    }
+}

@@ -180,12 +180,25 @@ impl Household {
         values: &[(Indicator, Fen)],
         retention: u32,
     ) -> Months {
+        self.add_samples(month, &[(tag, values)], retention)
+    }
+
+    /// [`Household::add_sample`] for several records of one month, in the order given, with
+    /// the months packed once: the same months as adding them one at a time.
+    pub fn add_samples(
+        &mut self,
+        month: Month,
+        samples: &[(u64, &[(Indicator, Fen)])],
+        retention: u32,
+    ) -> Months {
         self.months.update(month, retention, |b| {
-            for (ind, v) in values {
-                b.values[ind.index()] += v;
-                b.present |= 1 << ind.index();
+            for &(tag, values) in samples {
+                for (ind, v) in values {
+                    b.values[ind.index()] += v;
+                    b.present |= 1 << ind.index();
+                }
+                b.records.push(tag);
             }
-            b.records.push(tag);
         })
     }
 
