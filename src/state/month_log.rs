@@ -1306,7 +1306,7 @@ pub fn write_base_from(source: &BaseSource, store: &dyn Store) -> Result<BaseWri
         codec::encode(BASE_INFO_VERSION, &base),
     );
     let through = run_key(state.last_run.saturating_add(1), 0);
-    store.for_each_in(Space::MonthRun, &[], Some(&through), &mut |k, _| {
+    store.for_each_key_in(Space::MonthRun, &[], Some(&through), &mut |k| {
         batch.delete(Space::MonthRun, k.to_vec());
         Ok(())
     })?;

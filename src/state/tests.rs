@@ -1438,7 +1438,7 @@ fn writing_a_snapshot_replaces_the_old_one_which_serves_when_the_write_fails() {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    assert_eq!(files, vec!["state.snapshot", "store"]);
+    assert_eq!(files, vec!["state.snapshot", "store", "store-runs"]);
     // The old one, with the journal the failed write did not forget, is still the state.
     let loaded = snapshot::load(&path, &store, 24).expect("the old snapshot");
     assert_eq!(loaded.caught_up, 1);

@@ -20,6 +20,7 @@
 pub mod codec;
 pub mod files;
 pub mod journal;
+pub mod run_files;
 mod sled_backend;
 
 use std::path::{Path, PathBuf};
@@ -277,10 +278,13 @@ impl Space {
     }
 }
 
+/// One write (`Some` value) or deletion (`None`) of a [`Batch`].
+pub type Op = (Space, Vec<u8>, Option<Vec<u8>>);
+
 /// Writes and deletes applied together by [`Store::commit`].
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
-    pub ops: Vec<(Space, Vec<u8>, Option<Vec<u8>>)>,
+    pub ops: Vec<Op>,
 }
 
 impl Batch {
@@ -331,6 +335,17 @@ pub trait Store: Send + Sync {
             }
         }
         Ok(())
+    }
+    /// The keys of [`Store::for_each_in`]'s range, without their values (a backend that
+    /// keeps large values apart need not read them).
+    fn for_each_key_in(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.for_each_in(space, from, to, &mut |k, _| f(k))
     }
     /// The first key of a space from `from` (included) on, if there is one.
     fn first_key_from(&self, space: Space, from: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

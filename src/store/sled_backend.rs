@@ -20,8 +20,9 @@ use tracing::{debug, error, info, warn};
 
 use super::files::{FileDir, Fill};
 use super::journal::ChangedKeys;
+use super::run_files::{self, RunFiles, Spill};
 use super::{
-    Batch, Entries, SCHEMA_VERSION, Space, Store, StoreError, WriteFailure, WriteObserver,
+    Batch, Entries, Op, SCHEMA_VERSION, Space, Store, StoreError, WriteFailure, WriteObserver,
 };
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
@@ -43,6 +44,15 @@ fn stamp_into(db: &sled::Db, b: &mut sled::Batch, changed: &ChangedKeys) -> sled
     b.insert(key_of(Space::Meta, STATE_STAMP_KEY), &stamp.to_be_bytes());
     Ok(stamp)
 }
+/// The counts of references to run files that the store holds ([`run_files`]).
+fn run_file_counts(db: &sled::Db) -> Result<run_files::Counts, StoreError> {
+    let entries = db
+        .scan_prefix(key_of(Space::Meta, run_files::count_prefix()))
+        .map(|r| r.map(|(k, v)| (k[1..].to_vec(), v.to_vec())))
+        .collect::<sled::Result<Vec<_>>>()?;
+    run_files::counts_of(entries.iter().map(|(k, v)| (&k[..], &v[..])))
+}
+
 /// Adds one write or deletion of a [`Batch`] to a sled batch.
 fn put_op(b: &mut sled::Batch, space: Space, key: &[u8], value: Option<Vec<u8>>) {
     let k = key_of(space, key);
@@ -77,6 +87,8 @@ pub struct SledStore {
     path: PathBuf,
     /// The files beside the keys: `data_dir/store-files`.
     files: FileDir,
+    /// The runs too large for sled's tree: `data_dir/store-runs` ([`run_files`]).
+    runs: RunFiles,
     /// The open database, `None` from a failed operation until a reopen succeeds.
     slot: RwLock<Slot>,
     /// Why the store refuses writes: `Some` exactly while the database is closed.
@@ -202,10 +214,13 @@ impl SledStore {
             source,
         })?;
         check_schema(&db, &path)?;
+        let runs = RunFiles::new(dir.join(run_files::RUNS_DIR));
+        runs.load(run_file_counts(&db)?)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             path,
             files: FileDir::new(dir.join(FILES_DIR)),
+            runs,
             slot: RwLock::new(Slot {
                 db: Some(db),
                 generation: 0,
@@ -263,6 +278,7 @@ impl SledStore {
             // The last handle: dropping it closes the files and releases sled's lock.
             // After an I/O error sled skips its final flush, so this does not block.
             drop(slot.db.take());
+            self.runs.close();
         }
         self.record_failure(failure, e.to_string())
     }
@@ -495,16 +511,10 @@ fn check_schema(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
     }
 }
 
-impl Store for SledStore {
-    fn scan(&self, space: Space) -> Result<Entries, StoreError> {
-        self.run(|db| {
-            db.scan_prefix([space.prefix()])
-                .map(|r| r.map(|(k, v)| (k[1..].to_vec(), v.to_vec())))
-                .collect()
-        })
-    }
-
-    fn for_each_in(
+impl SledStore {
+    /// Calls `f` with the keys and the values as sled holds them (run references not
+    /// resolved) from `from` (included) to `to` (excluded; `None`: the space's end).
+    fn visit_range(
         &self,
         space: Space,
         from: &[u8],
@@ -526,6 +536,74 @@ impl Store for SledStore {
             Ok(())
         })?;
         stopped.map_or(Ok(()), Err)
+    }
+
+    /// The sled batch of `ops`: runs above [`run_files::SPILL_ABOVE`] bytes appended to a
+    /// run file (synced) and referred to, and the counts of references that changed.
+    fn sled_batch(&self, db: &sled::Db, ops: &mut Vec<Op>) -> sled::Result<(sled::Batch, Spill)> {
+        let (counts, spill) = if ops.iter().any(|(space, ..)| *space == Space::MonthRun) {
+            self.runs.spill(ops, |key| {
+                db.get(key_of(Space::MonthRun, key))
+                    .map(|v| v.map(|v| v.to_vec()))
+            })?
+        } else {
+            Default::default()
+        };
+        let mut b = sled::Batch::default();
+        for (space, key, value) in ops.drain(..) {
+            put_op(&mut b, space, &key, value);
+        }
+        for (file, count) in counts {
+            let key = key_of(Space::Meta, &run_files::count_key(file));
+            match count {
+                Some(n) => b.insert(key, &n.to_be_bytes()),
+                None => b.remove(key),
+            }
+        }
+        Ok((b, spill))
+    }
+}
+
+impl Store for SledStore {
+    fn scan(&self, space: Space) -> Result<Entries, StoreError> {
+        let entries: Entries = self.run(|db| {
+            db.scan_prefix([space.prefix()])
+                .map(|r| r.map(|(k, v)| (k[1..].to_vec(), v.to_vec())))
+                .collect()
+        })?;
+        if space != Space::MonthRun {
+            return Ok(entries);
+        }
+        entries
+            .into_iter()
+            .map(|(k, v)| {
+                let v = self.runs.resolve(&k, &v)?.into_owned();
+                Ok((k, v))
+            })
+            .collect()
+    }
+
+    fn for_each_in(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: &mut super::Visit<'_>,
+    ) -> Result<(), StoreError> {
+        self.visit_range(space, from, to, &mut |k, v| match space {
+            Space::MonthRun => f(k, &self.runs.resolve(k, v)?),
+            _ => f(k, v),
+        })
+    }
+
+    fn for_each_key_in(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.visit_range(space, from, to, &mut |k, _| f(k))
     }
 
     fn first_key_from(&self, space: Space, from: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -550,7 +628,13 @@ impl Store for SledStore {
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.run(|db| Ok(db.get(key_of(space, key))?.map(|v| v.to_vec())))
+        let value = self.run(|db| db.get(key_of(space, key)))?;
+        match value {
+            Some(v) if space == Space::MonthRun => {
+                Ok(Some(self.runs.resolve(key, &v)?.into_owned()))
+            }
+            v => Ok(v.map(|v| v.to_vec())),
+        }
     }
 
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
@@ -558,24 +642,25 @@ impl Store for SledStore {
             return Ok(());
         }
         let mut changed: Option<ChangedKeys> = None;
-        let mut b = sled::Batch::default();
-        for (space, key, value) in batch.ops {
+        for (space, key, _) in &batch.ops {
             if space.is_state() {
-                changed.get_or_insert_default().push(space, &key);
+                changed.get_or_insert_default().push(*space, key);
             }
-            put_op(&mut b, space, &key, value);
         }
         let _one_at_a_time = changed
             .is_some()
             .then(|| self.stamping.lock().unwrap_or_else(PoisonError::into_inner));
-        self.run(|db| {
+        let mut ops = batch.ops;
+        let spill = self.run(|db| {
+            let (mut b, spill) = self.sled_batch(db, &mut ops)?;
             if let Some(changed) = &changed {
                 stamp_into(db, &mut b, changed)?;
             }
             db.apply_batch(b)?;
             db.flush()?;
-            Ok(())
+            Ok(spill)
         })?;
+        self.runs.committed(spill);
         if let Some(changed) = &changed {
             self.journaled.fetch_add(changed.len(), Ordering::Relaxed);
         }
@@ -613,18 +698,18 @@ impl Store for SledStore {
     }
 
     fn commit_unjournaled(&self, batch: Batch) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
-        for (space, key, value) in batch.ops {
-            put_op(&mut b, space, &key, value);
-        }
         let _one_at_a_time = self.stamping.lock().unwrap_or_else(PoisonError::into_inner);
-        self.run(|db| {
+        let mut ops = batch.ops;
+        let spill = self.run(|db| {
+            let (mut b, spill) = self.sled_batch(db, &mut ops)?;
             let (_, stamp) = next_stamp(db)?;
             b.insert(key_of(Space::Meta, STATE_STAMP_KEY), &stamp.to_be_bytes());
             db.apply_batch(b)?;
             db.flush()?;
-            Ok(())
-        })
+            Ok(spill)
+        })?;
+        self.runs.committed(spill);
+        Ok(())
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {
@@ -655,7 +740,7 @@ impl Store for SledStore {
         if let Some(Ok(n)) = slot.db.as_ref().map(sled::Db::size_on_disk) {
             self.size.store(n, Ordering::Relaxed);
         }
-        self.size.load(Ordering::Relaxed) + self.files.size()
+        self.size.load(Ordering::Relaxed) + self.files.size() + self.runs.size()
     }
 
     /// Closes the database and opens it again: sled keeps up to its cache's capacity (and
@@ -730,6 +815,18 @@ impl Store for SledStore {
             drop(db);
             return Err(self.record_failure(WriteFailure::of(&e), e.to_string()));
         }
+        // The failed commit may have been applied or not: the run files' counts are read
+        // again, and the next run goes to a new file.
+        let counts = match run_file_counts(&db) {
+            Ok(counts) => counts,
+            Err(e) => {
+                drop(db);
+                return Err(self.record_failure(WriteFailure::Io, e.to_string()));
+            }
+        };
+        if let Err(e) = self.runs.load(counts) {
+            warn!(error = %e, "run files named by nothing not removed; the next start removes them");
+        }
         slot.db = Some(db);
         slot.generation += 1;
         // Recorded before other callers can see the database (the slot is still locked).
@@ -761,6 +858,8 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::io::Write;
 
     #[test]
     fn batch_is_applied_and_survives_reopen() {
@@ -783,6 +882,218 @@ mod tests {
         assert_eq!(s.get(Space::Cursor, b"h1").unwrap(), None);
         let a = s.next_id().unwrap();
         assert!(s.next_id().unwrap() > a);
+    }
+
+    /// A run of `len` bytes, beginning with a run's version as real runs do.
+    fn run_value(len: usize, seed: u8) -> Vec<u8> {
+        let mut v: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect();
+        v[0] = 2;
+        v
+    }
+
+    fn put_runs(s: &SledStore, runs: &[(&[u8], &[u8])]) -> Result<(), StoreError> {
+        let mut b = Batch::default();
+        for (k, v) in runs {
+            b.put(Space::MonthRun, k.to_vec(), v.to_vec());
+        }
+        s.commit(b)
+    }
+
+    /// The counts of references per run file, in memory and in the store's meta keys,
+    /// which must agree.
+    fn counts(s: &SledStore) -> Vec<(u32, u64)> {
+        let slot = s.slot.read().unwrap();
+        let stored = run_file_counts(slot.db.as_ref().unwrap()).unwrap();
+        assert_eq!(stored, s.runs.counts_for_tests());
+        stored
+    }
+
+    fn blobs(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("store/blobs")).map_or(0, |d| d.count())
+    }
+
+    #[test]
+    fn large_runs_go_to_run_files_synced_and_read_back_the_same_through_every_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = run_value(300_000, 1);
+        let small = run_value(run_files::SPILL_ABOVE, 2);
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            let mut b = Batch::default();
+            b.put(Space::MonthRun, b"r1".to_vec(), big.clone());
+            b.put(Space::MonthRun, b"r2".to_vec(), small.clone());
+            b.put(Space::Cursor, b"feed".to_vec(), b"c".to_vec());
+            s.commit(b).unwrap();
+            assert_eq!(s.runs.numbers(), [0]);
+            let raw = s.run(|db| db.get(key_of(Space::MonthRun, b"r1"))).unwrap();
+            assert_eq!(raw.map(|v| v.len()), Some(run_files::REFERENCE_LEN));
+            let raw = s.run(|db| db.get(key_of(Space::MonthRun, b"r2"))).unwrap();
+            assert_eq!(
+                raw.as_deref(),
+                Some(&small[..]),
+                "a small run stays in the tree"
+            );
+            assert!(s.size_on_disk() >= big.len() as u64);
+        }
+        // sled wrote no blob (the run would have been one), and a reopen reads the same.
+        assert_eq!(blobs(dir.path()), 0);
+        let s = SledStore::open(dir.path()).unwrap();
+        let expected = vec![
+            (b"r1".to_vec(), big.clone()),
+            (b"r2".to_vec(), small.clone()),
+        ];
+        assert_eq!(s.get(Space::MonthRun, b"r1").unwrap(), Some(big.clone()));
+        assert_eq!(s.scan(Space::MonthRun).unwrap(), expected);
+        let mut visited = Vec::new();
+        s.for_each(Space::MonthRun, &mut |k, v| {
+            visited.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(visited, expected);
+        let mut keys = Vec::new();
+        s.for_each_key_in(Space::MonthRun, b"", None, &mut |k| {
+            keys.push(k.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(keys, [b"r1".to_vec(), b"r2".to_vec()]);
+        assert_eq!(s.get(Space::Cursor, b"feed").unwrap(), Some(b"c".to_vec()));
+    }
+
+    #[test]
+    fn run_files_nothing_names_are_removed_and_appends_go_past_what_a_failure_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs: Vec<Vec<u8>> = (0..4).map(|i| run_value(120_000, i)).collect();
+        {
+            let mut s = SledStore::open(dir.path()).unwrap();
+            s.runs.rotate_at_for_tests(100_000);
+            for (i, r) in runs[..3].iter().enumerate() {
+                put_runs(&s, &[(format!("r{i}").as_bytes(), r)]).unwrap();
+            }
+            assert_eq!(s.runs.numbers(), [0, 1, 2], "a file per run at this size");
+            // Runs deleted (as a base deletes them): their files go, but the one appended to.
+            let mut b = Batch::default();
+            b.delete(Space::MonthRun, b"r0".to_vec());
+            b.delete(Space::MonthRun, b"r1".to_vec());
+            s.commit(b).unwrap();
+            assert_eq!(s.runs.numbers(), [2]);
+            assert_eq!(counts(&s), [(2, 1)]);
+            // What a commit cut short by a crash leaves: bytes after the last run of the file
+            // appended to, and a file nothing names.
+            let mut f = OpenOptions::new()
+                .append(true)
+                .open(s.runs.path_for_tests(2))
+                .unwrap();
+            f.write_all(b"half a run").unwrap();
+            std::fs::write(s.runs.path_for_tests(9), b"a run never committed").unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.runs.numbers(), [2], "the file nothing named is removed");
+        assert_eq!(
+            s.get(Space::MonthRun, b"r2").unwrap(),
+            Some(runs[2].clone())
+        );
+        put_runs(&s, &[(b"r3", &runs[3])]).unwrap();
+        assert_eq!(
+            s.runs.numbers(),
+            [2, 10],
+            "a new file past every number seen"
+        );
+        assert_eq!(
+            s.get(Space::MonthRun, b"r3").unwrap(),
+            Some(runs[3].clone())
+        );
+        // A run replaced and one deleted in one commit: both files are named by nothing then.
+        let mut b = Batch::default();
+        b.put(Space::MonthRun, b"r3".to_vec(), run_value(10, 5));
+        b.delete(Space::MonthRun, b"r2".to_vec());
+        s.commit(b).unwrap();
+        assert_eq!(s.runs.numbers(), [10], "file 10 is the one appended to");
+        assert!(counts(&s).is_empty());
+        drop(s);
+        let s = SledStore::open(dir.path()).unwrap();
+        assert!(s.runs.numbers().is_empty());
+        assert_eq!(
+            s.get(Space::MonthRun, b"r3").unwrap(),
+            Some(run_value(10, 5))
+        );
+    }
+
+    #[test]
+    fn a_damaged_or_missing_run_file_is_an_error_that_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        put_runs(&s, &[(b"\x00\x01", &run_value(50_000, 3))]).unwrap();
+        let path = s.runs.path_for_tests(0);
+        let good = std::fs::read(&path).unwrap();
+        let mut flipped = good.clone();
+        flipped[40_000] ^= 1;
+        for (bytes, says) in [
+            (Some(flipped), "checksum differs"),
+            (Some(good[..49_999].to_vec()), "the file is shorter"),
+            (None, "its file is missing"),
+        ] {
+            match bytes {
+                Some(b) => std::fs::write(&path, b).unwrap(),
+                None => std::fs::remove_file(&path).unwrap(),
+            }
+            let errors = [
+                s.get(Space::MonthRun, b"\x00\x01").unwrap_err(),
+                s.scan(Space::MonthRun).unwrap_err(),
+                s.for_each(Space::MonthRun, &mut |_, _| Ok(())).unwrap_err(),
+            ];
+            for e in errors {
+                let text = e.to_string();
+                assert!(
+                    text.contains(says)
+                        && text.contains("00000000.runs")
+                        && text.contains("the run 0001")
+                        && text.contains("restore data_dir from a backup"),
+                    "{text}"
+                );
+            }
+            // The keys alone are still read (a base deletes runs by their keys).
+            s.for_each_key_in(Space::MonthRun, b"", None, &mut |_| Ok(()))
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_run_that_cannot_be_written_fails_the_commit_whole_and_the_store_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let seen = Arc::new(Seen::default());
+        s.observe(seen.clone());
+        // The run files' folder cannot be made: a file is in its place.
+        let runs_dir = dir.path().join(run_files::RUNS_DIR);
+        std::fs::write(&runs_dir, b"in the way").unwrap();
+        let mut b = Batch::default();
+        b.put(Space::MonthRun, b"r1".to_vec(), run_value(200_000, 1));
+        b.put(Space::Cursor, b"feed".to_vec(), b"c".to_vec());
+        let e = s.commit(b).unwrap_err();
+        assert!(e.is_not_writable(), "{e}");
+        assert_eq!(s.write_failure(), Some(WriteFailure::Io));
+        std::fs::remove_file(&runs_dir).unwrap();
+        s.reopen_now_for_tests();
+        s.writable().unwrap();
+        assert_eq!(
+            s.get(Space::Cursor, b"feed").unwrap(),
+            None,
+            "nothing of it applied"
+        );
+        assert_eq!(s.get(Space::MonthRun, b"r1").unwrap(), None);
+        put_runs(&s, &[(b"r1", &run_value(200_000, 1))]).unwrap();
+        assert_eq!(
+            s.get(Space::MonthRun, b"r1").unwrap(),
+            Some(run_value(200_000, 1))
+        );
+        assert_eq!(
+            seen.0.lock().unwrap().as_slice(),
+            ["writable=true", "io", "writable=false", "writable=true"]
+        );
     }
 
     #[test]
