@@ -117,14 +117,19 @@ impl FileDir {
 
     /// The bytes of the files in the folder.
     pub fn size(&self) -> u64 {
-        std::fs::read_dir(&self.dir).map_or(0, |entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
+        folder_size(&self.dir)
     }
+}
+
+/// The bytes of the files in `dir` (0 if it cannot be read).
+pub fn folder_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    })
 }
 
 /// A writer that counts the bytes written through it.

@@ -381,13 +381,7 @@ impl RunFiles {
 
     /// The bytes of the run files.
     pub fn size(&self) -> u64 {
-        std::fs::read_dir(&self.dir).map_or(0, |entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
+        super::files::folder_size(&self.dir)
     }
 
     /// The numbers of the run files in the folder, in order (tests).
