@@ -284,7 +284,8 @@ impl RunFiles {
         Ok((counts, spill))
     }
 
-    /// The file to append to, begun (and its folder made) if there is none or it is full.
+    /// The file to append to, begun (and its folder made) if there is none or it is full
+    /// (then synced first).
     fn appending<'s>(
         &self,
         state: &'s mut FilesState,
@@ -300,6 +301,11 @@ impl RunFiles {
                 if let Some(parent) = self.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                     File::open(parent)?.sync_all()?;
                 }
+            }
+            // A batch may have appended to the full file already: its bytes are synced
+            // before it is left, as the last file's are at the batch's end.
+            if let Some(full) = &state.current {
+                full.file.sync_data()?;
             }
             let number = state.next;
             let file = OpenOptions::new()

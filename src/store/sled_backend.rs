@@ -990,7 +990,8 @@ mod tests {
             f.write_all(b"half a run").unwrap();
             std::fs::write(s.runs.path_for_tests(9), b"a run never committed").unwrap();
         }
-        let s = SledStore::open(dir.path()).unwrap();
+        let mut s = SledStore::open(dir.path()).unwrap();
+        s.runs.rotate_at_for_tests(100_000);
         assert_eq!(s.runs.numbers(), [2], "the file nothing named is removed");
         assert_eq!(
             s.get(Space::MonthRun, b"r2").unwrap(),
@@ -1006,12 +1007,32 @@ mod tests {
             s.get(Space::MonthRun, b"r3").unwrap(),
             Some(runs[3].clone())
         );
+        // Two runs in one commit, past the size of a file: each in a file of its own (the
+        // one left synced before the next is begun), each read back.
+        let two = [run_value(150_000, 6), run_value(150_000, 7)];
+        put_runs(&s, &[(b"r4", &two[0]), (b"r5", &two[1])]).unwrap();
+        assert_eq!(s.runs.numbers(), [2, 10, 11, 12]);
+        assert_eq!(s.get(Space::MonthRun, b"r4").unwrap(), Some(two[0].clone()));
+        assert_eq!(s.get(Space::MonthRun, b"r5").unwrap(), Some(two[1].clone()));
+        let mut b = Batch::default();
+        b.delete(Space::MonthRun, b"r4".to_vec());
+        b.delete(Space::MonthRun, b"r5".to_vec());
+        s.commit(b).unwrap();
+        assert_eq!(
+            s.runs.numbers(),
+            [2, 10, 12],
+            "file 12 is the one appended to"
+        );
         // A run replaced and one deleted in one commit: both files are named by nothing then.
         let mut b = Batch::default();
         b.put(Space::MonthRun, b"r3".to_vec(), run_value(10, 5));
         b.delete(Space::MonthRun, b"r2".to_vec());
         s.commit(b).unwrap();
-        assert_eq!(s.runs.numbers(), [10], "file 10 is the one appended to");
+        assert_eq!(
+            s.runs.numbers(),
+            [12],
+            "file 12 is still the one appended to"
+        );
         assert!(counts(&s).is_empty());
         drop(s);
         let s = SledStore::open(dir.path()).unwrap();
