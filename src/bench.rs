@@ -494,10 +494,14 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut sim_stop = stop_rx.clone();
-    let (sim, _task) = simulate::serve(Arc::clone(&world), "127.0.0.1:0".parse()?, async move {
+    let (sim, sim_task) = simulate::serve(Arc::clone(&world), "127.0.0.1:0".parse()?, async move {
         let _ = sim_stop.wait_for(|v| *v).await;
     })
     .await?;
+    // The feed server runs until the bench's end; one ending before would fail an ingest
+    // with "connection refused" and nothing else to go on.
+    let mut supervisor = crate::supervise::Supervisor::default();
+    let _sim_task = supervisor.watch("the bench's feed server", sim_task);
     let listen = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -536,7 +540,12 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
             store,
         };
         eprintln!("ingest {} of {ingest_runs}:", run + 1);
-        let ingest = ingest_all(&cfg, &sink, &metrics, &pseudo).await?;
+        let ingest = ingest_all(&cfg, &sink, &metrics, &pseudo)
+            .await
+            .with_context(|| match supervisor.try_next_end() {
+                Some(ended) => format!("ingest {}: {ended} during it", run + 1),
+                None => format!("ingest {} (the feed server still runs)", run + 1),
+            })?;
         if let Some(first) = f.ingests.first()
             && (ingest.records != first.records || ingest.accepted != first.accepted)
         {

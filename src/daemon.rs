@@ -24,6 +24,7 @@ use crate::pseudonym::Pseudonymizer;
 use crate::rules::RuleSet;
 use crate::sd_notify;
 use crate::store::{self, Store};
+use crate::supervise::Supervisor;
 
 /// What a running daemon reports back to its caller (tests and `demo`).
 #[derive(Debug, Clone)]
@@ -166,7 +167,7 @@ pub async fn run(
     config_path: PathBuf,
     config: Config,
     rules: RuleSet,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     started: Option<tokio::sync::oneshot::Sender<Started>>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.daemon.data_dir)
@@ -259,6 +260,12 @@ pub async fn run(
     );
     let engine = Arc::new(tokio::sync::Mutex::new(engine));
 
+    // The tasks below stop on this daemon's own signal: the caller's shutdown, or the end of
+    // a task that should have run until then (`supervise`).
+    let mut stopping = shutdown;
+    let (stop, shutdown) = watch::channel(false);
+    let mut supervisor = Supervisor::default();
+
     let ready = Arc::new(AtomicBool::new(false));
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<ReloadRequest>(4);
     #[cfg(unix)]
@@ -306,16 +313,20 @@ pub async fn run(
         })?
     };
     info!(address = %http, "serving /metrics, /healthz and /readyz");
+    let http_task = supervisor.watch("the HTTP server", http_task);
 
-    let outbox_task = tokio::spawn(notify::run_outbox(
-        Arc::clone(&outbox),
-        Arc::clone(&wake),
-        receivers,
-        Arc::clone(&store),
-        config.notify.clone(),
-        Arc::clone(&metrics),
-        shutdown.clone(),
-    ));
+    let outbox_task = supervisor.spawn(
+        "the outbox",
+        notify::run_outbox(
+            Arc::clone(&outbox),
+            Arc::clone(&wake),
+            receivers,
+            Arc::clone(&store),
+            config.notify.clone(),
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        ),
+    );
 
     let mut clients = BTreeMap::new();
     for f in &config.feeds {
@@ -343,17 +354,20 @@ pub async fn run(
         } else {
             (open_rx.clone(), None)
         };
-        feed_tasks.push(tokio::spawn(feeds::run_feed(feeds::FeedTask {
-            feed: f.clone(),
-            client: clients[&f.name].clone(),
-            pseudo: pseudo.clone(),
-            sink: sink.clone(),
-            metrics: Arc::clone(&metrics),
-            health: Arc::clone(&feed_health),
-            shutdown: shutdown.clone(),
-            start: gate,
-            report,
-        })));
+        feed_tasks.push(supervisor.spawn(
+            format!("the poller of feed {}", f.name),
+            feeds::run_feed(feeds::FeedTask {
+                feed: f.clone(),
+                client: clients[&f.name].clone(),
+                pseudo: pseudo.clone(),
+                sink: sink.clone(),
+                metrics: Arc::clone(&metrics),
+                health: Arc::clone(&feed_health),
+                shutdown: shutdown.clone(),
+                start: gate,
+                report,
+            }),
+        ));
     }
     drop(first_tx);
     tokio::spawn(async move {
@@ -443,6 +457,7 @@ pub async fn run(
         let _ = tx.send(Started { http });
     }
 
+    let mut failure = None;
     let mut ticker = tokio::time::interval(config.daemon.evaluation_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -472,8 +487,31 @@ pub async fn run(
                 tell_systemd(sd_notify::ready(), "READY=1");
                 let _ = answer.send(outcome);
             }
-            _ = shutdown.wait_for(|v| *v) => break,
+            Some(ended) = supervisor.next_end() => {
+                error!(
+                    task = %ended.task,
+                    ending = %ended.how,
+                    "a task that runs until the stop has ended; exiting, so that the service manager starts the daemon again"
+                );
+                failure = Some(ended);
+                break;
+            }
+            _ = stopping.wait_for(|v| *v) => break,
         }
+    }
+    // Every task stops on this (a dropped sender would stop them too, at the function's end).
+    let _ = stop.send(true);
+    if let Some(ended) = failure {
+        // A task that panicked may have held the engine's lock halfway through a page: its
+        // state is not to be evaluated or written to the snapshot. The daemon ends as after
+        // a crash, which loses nothing committed (the next start reads the snapshot and the
+        // store's journal); the tasks go with the runtime.
+        ready.store(false, Ordering::SeqCst);
+        tell_systemd(sd_notify::stopping(), "STOPPING=1");
+        anyhow::bail!(
+            "{ended} while the daemon ran, so it stopped at once, as after a crash: nothing is lost \
+             that was committed, and the next start resumes from the store. The log above says why it ended"
+        );
     }
 
     info!("shutting down: waiting for polls in flight");
@@ -522,7 +560,7 @@ pub async fn run(
             "a notification delivery did not finish within 10 s of the stop; it is sent again at the next start"
         );
     }
-    let _ = http_task.await;
+    http_task.await;
     info!("stopped");
     Ok(())
 }

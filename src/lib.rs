@@ -28,3 +28,4 @@ pub mod silence;
 pub mod simulate;
 pub mod state;
 pub mod store;
+pub mod supervise;
