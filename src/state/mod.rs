@@ -513,6 +513,10 @@ pub struct PersonSlots {
     slots: Vec<Option<Slot>>,
 }
 
+/// Households read ahead together before a loop works on them one at a time
+/// ([`Households::warm`]).
+const WARM_HOUSEHOLDS: usize = 16;
+
 /// The working set's hash maps, with Fx hashing instead of the standard library's SipHash.
 /// SipHash resists keys chosen to collide, and cost a fifth of the instructions of applying
 /// a record. These keys are person keys (keyed hashes already, which no feed can choose)
@@ -1126,7 +1130,14 @@ impl World {
         // sought, so that no record's tag is hashed twice.
         let mut seen = None;
         let mut i = 0;
+        let mut warmed = 0;
         while let Some(&record) = records.get(i) {
+            if i >= warmed {
+                warmed = (i + WARM_HOUSEHOLDS).min(looked_up.slots.len());
+                let ahead = looked_up.slots.get(i..warmed).unwrap_or_default();
+                self.households
+                    .warm(ahead.iter().map(|&s| (s, None)), false);
+            }
             let Some(record) = record else {
                 outcomes.push(None);
                 i += 1;
@@ -1520,8 +1531,14 @@ impl World {
         let parts = crate::parallel::in_shares(&undone, PARALLEL_MIN_HOUSEHOLDS, |_, part| {
             let mut roster = Vec::new();
             let mut entries = Vec::new();
-            for (slot, before) in part {
-                household_changes(&mut roster, &mut entries, before, households.at(*slot));
+            for chunk in part.chunks(WARM_HOUSEHOLDS) {
+                let ahead = chunk
+                    .iter()
+                    .map(|(slot, before)| (Some(*slot), before.months()));
+                households.warm(ahead, true);
+                for (slot, before) in chunk {
+                    household_changes(&mut roster, &mut entries, before, households.at(*slot));
+                }
             }
             (roster, entries)
         });

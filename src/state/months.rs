@@ -345,6 +345,13 @@ impl Months {
         self.iter().count()
     }
 
+    /// Reads the first and the last word (the oldest month's header, the newest month's
+    /// last word): the cache lines a change to the newest months starts from. For reading
+    /// households ahead (`Households::warm`); the answer means nothing.
+    pub fn touch(&self) -> u64 {
+        self.0.first().copied().unwrap_or(0) ^ self.0.last().copied().unwrap_or(0)
+    }
+
     pub fn find(&self, month: Month) -> Option<Bucket<'_>> {
         self.iter()
             .take_while(|b| b.month() <= month)
