@@ -161,13 +161,13 @@ impl Sink for EngineSink {
 /// A reload request; the answer says what happened.
 pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<String, String>>;
 
-/// Runs the daemon until `shutdown` becomes true. `started` receives the bound address.
+/// Runs the daemon until `shutdown_asked` becomes true. `started` receives the bound address.
 /// `config_path` is read again on SIGHUP and `POST /-/reload`.
 pub async fn run(
     config_path: PathBuf,
     config: Config,
     rules: RuleSet,
-    shutdown: watch::Receiver<bool>,
+    shutdown_asked: watch::Receiver<bool>,
     started: Option<tokio::sync::oneshot::Sender<Started>>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.daemon.data_dir)
@@ -260,10 +260,21 @@ pub async fn run(
     );
     let engine = Arc::new(tokio::sync::Mutex::new(engine));
 
-    // The tasks below stop on this daemon's own signal: the caller's shutdown, or the end of
-    // a task that should have run until then (`supervise`).
-    let mut stopping = shutdown;
+    // The tasks below stop on this daemon's own signal: the caller's shutdown, passed on at
+    // once (not by the loop below, which may be in an evaluation then: the feeds would start
+    // polls the stop then waits for), or the end of a task that should have run until then
+    // (`supervise`). A dropped caller's sender stops the daemon too.
     let (stop, shutdown) = watch::channel(false);
+    let stop = Arc::new(stop);
+    {
+        let stop = Arc::clone(&stop);
+        let mut caller = shutdown_asked;
+        tokio::spawn(async move {
+            let _ = caller.wait_for(|v| *v).await;
+            let _ = stop.send(true);
+        });
+    }
+    let mut stopping = shutdown.clone();
     let mut supervisor = Supervisor::default();
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -488,6 +499,10 @@ pub async fn run(
                 let _ = answer.send(outcome);
             }
             Some(ended) = supervisor.next_end() => {
+                if *shutdown.borrow() {
+                    // Asked to stop: the tasks end because of it.
+                    break;
+                }
                 error!(
                     task = %ended.task,
                     ending = %ended.how,
@@ -499,7 +514,7 @@ pub async fn run(
             _ = stopping.wait_for(|v| *v) => break,
         }
     }
-    // Every task stops on this (a dropped sender would stop them too, at the function's end).
+    // Every task stops on this (already sent when the caller asked).
     let _ = stop.send(true);
     if let Some(ended) = failure {
         // A task that panicked may have held the engine's lock halfway through a page: its
