@@ -502,7 +502,8 @@ pub struct FeedTask<S> {
 }
 
 /// Runs one feed forever: a poll right away (a start catches up once, not once per missed
-/// slot), then one poll per cron slot. Stops when `shutdown` fires, never mid-poll.
+/// slot), then one poll per cron slot. Stops when `shutdown` fires, never mid-poll, and
+/// begins no poll once it has.
 pub async fn run_feed<S: Sink + Clone + Send + Sync + 'static>(task: FeedTask<S>) {
     let FeedTask {
         feed,
@@ -524,6 +525,10 @@ pub async fn run_feed<S: Sink + Clone + Send + Sync + 'static>(task: FeedTask<S>
     let name = feed.name.as_str();
     let mut failures: i64 = 0;
     loop {
+        // A stop asked before a poll begins: a poll is never cut, so none is begun.
+        if *shutdown.borrow() {
+            return;
+        }
         let began = Instant::now();
         sink.poll_started(&feed.name).await;
         let result = poll(&feed, &client, &pseudo, &sink).await;

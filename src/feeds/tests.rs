@@ -235,3 +235,54 @@ async fn a_failed_commit_saves_no_cursor_and_applies_nothing_after_it() {
         "{lines:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_asked_to_stop_before_a_poll_begins_fetches_nothing() {
+    let rec = Recorder::default();
+    let dir = tempfile::tempdir().unwrap();
+    let feed = feed(serve(rec.clone(), false).await, dir.path());
+    let metrics = Arc::new(Metrics::new());
+    let task = |shutdown, start| FeedTask {
+        feed: feed.clone(),
+        client: FeedClient::build(&feed, Arc::clone(&metrics)).unwrap(),
+        pseudo: Pseudonymizer::from_key(b"test key of sixteen+ bytes"),
+        sink: rec.clone(),
+        metrics: Arc::clone(&metrics),
+        health: Arc::new(FeedHealth::new(["f"])),
+        shutdown,
+        start,
+        report: None,
+    };
+    // Asked to stop while it waited for its gate, which then opens: the stop wins.
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let (open, start) = tokio::sync::watch::channel(false);
+    let waiting = tokio::spawn(run_feed(task(shutdown, start)));
+    stop.send(true).unwrap();
+    open.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the feed stopped")
+        .unwrap();
+    // Asked to stop with its gate open, before its first poll began.
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    stop.send(true).unwrap();
+    let (_open, start) = tokio::sync::watch::channel(true);
+    tokio::time::timeout(Duration::from_secs(30), run_feed(task(shutdown, start)))
+        .await
+        .expect("the feed stopped");
+    assert_eq!(rec.lines(), Vec::<String>::new());
+
+    // Not asked to stop, it polls (the test would pass for a feed that never polls else).
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let (_open, start) = tokio::sync::watch::channel(true);
+    let polling = tokio::spawn(run_feed(task(shutdown, start)));
+    while !rec.lines().iter().any(|l| l == "save c3") {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), polling)
+        .await
+        .expect("the feed stopped after its poll")
+        .unwrap();
+    assert_eq!(rec.at("fetch start"), 0);
+}
