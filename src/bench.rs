@@ -344,28 +344,45 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The demo configuration the bench rewrites, and the rules folder beside it: read before
+/// anything is generated, so that a bench started where they are not fails at once.
+struct Template {
+    text: String,
+    rules: PathBuf,
+}
+
+impl Template {
+    fn read(opts: &BenchOptions) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(&opts.config).with_context(|| {
+            format!(
+                "reading {} (run from the repository root)",
+                opts.config.display()
+            )
+        })?;
+        let base = opts
+            .config
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let rules = std::fs::canonicalize(base.join("../alerts")).with_context(|| {
+            format!("finding the rules folder next to {}", opts.config.display())
+        })?;
+        Ok(Template { text, rules })
+    }
+}
+
 /// The demo configuration rewritten for the bench: the in-process simulator's address, a
 /// daemon port, the bench's data folder, absolute rules folder, no page limits.
 fn write_config(
     opts: &BenchOptions,
+    template: &Template,
     sim: std::net::SocketAddr,
     listen: u16,
 ) -> anyhow::Result<PathBuf> {
-    let text = std::fs::read_to_string(&opts.config).with_context(|| {
-        format!(
-            "reading {} (run from the repository root)",
-            opts.config.display()
-        )
-    })?;
-    let base = opts
-        .config
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let rules = std::fs::canonicalize(base.join("../alerts"))
-        .with_context(|| format!("finding the rules folder next to {}", opts.config.display()))?;
+    let rules = &template.rules;
     let data = std::fs::canonicalize(&opts.dir)?;
-    let text = text
+    let text = template
+        .text
         .replace("127.0.0.1:18700", &sim.to_string())
         .replace("127.0.0.1:9187", &format!("127.0.0.1:{listen}"))
         .replace(
@@ -438,6 +455,7 @@ async fn get(client: &reqwest::Client, url: &str) -> Option<(u16, usize)> {
 }
 
 pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
+    let template = Template::read(opts)?;
     // A run that fills the disk half-way wastes an hour and starves the machine: checked
     // before the folder is emptied, counting what emptying it frees.
     std::fs::create_dir_all(&opts.dir)?;
@@ -505,7 +523,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
     let listen = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let config_path = write_config(opts, sim, listen)?;
+    let config_path = write_config(opts, &template, sim, listen)?;
     let (cfg, rules) = crate::commands::load(&config_path)?;
     let n_rules = rules.rules.len() as u64;
 
@@ -1044,6 +1062,33 @@ mod tests {
             "AuthenticAMD family 25 model 1 stepping 1"
         );
         assert_eq!(json["machine"]["virtual_machine"], true);
+    }
+
+    #[test]
+    fn a_bench_started_away_from_its_configuration_fails_before_it_generates_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = BenchOptions {
+            households: 3_000,
+            runs: 1,
+            ingest_runs: 1,
+            seed: 1,
+            dir: dir.path().join("bench"),
+            config: PathBuf::from("config/demo.toml.missing"),
+        };
+        std::fs::create_dir_all(&opts.dir).unwrap();
+        std::fs::write(opts.dir.join("an earlier run"), b"kept").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = format!("{:#}", rt.block_on(run(&opts)).unwrap_err());
+        assert!(
+            err.contains("reading config/demo.toml.missing (run from the repository root)"),
+            "{err}"
+        );
+        // Nothing generated, nothing of the folder emptied.
+        assert!(!opts.dir.join("world").exists());
+        assert!(opts.dir.join("an earlier run").exists());
     }
 
     #[test]
