@@ -110,7 +110,7 @@ impl Households {
     /// them at once (the loads do not depend on each other), so the processor waits for
     /// them together. Measured on alternate pages of the wage feed at 600,000 households,
     /// 16 households at a time (BENCHMARKS.md): applying a page 5 to 6 % faster, taking its
-    /// changes 9 to 11 %. 8 to 32 at a time gained about as much, 128 less and 512 little;
+    /// changes 10 to 11 %. 8 to 32 at a time gained about as much, 128 less and 512 little;
     /// a pass over the whole page before applying it, tried before, lost: the first
     /// households are out of the cache again before they are used.
     ///
