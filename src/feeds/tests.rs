@@ -257,15 +257,16 @@ async fn a_feed_asked_to_stop_before_a_poll_begins_fetches_nothing() {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let (open, start) = tokio::sync::watch::channel(false);
     let waiting = tokio::spawn(run_feed(task(shutdown, start)));
-    stop.send(true).unwrap();
-    open.send(true).unwrap();
+    stop.send_replace(true);
+    // The feed may have stopped already and dropped its gate: `send` would fail then.
+    open.send_replace(true);
     tokio::time::timeout(Duration::from_secs(30), waiting)
         .await
         .expect("the feed stopped")
         .unwrap();
     // Asked to stop with its gate open, before its first poll began.
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    stop.send(true).unwrap();
+    stop.send_replace(true);
     let (_open, start) = tokio::sync::watch::channel(true);
     tokio::time::timeout(Duration::from_secs(30), run_feed(task(shutdown, start)))
         .await
@@ -279,7 +280,7 @@ async fn a_feed_asked_to_stop_before_a_poll_begins_fetches_nothing() {
     while !rec.lines().iter().any(|l| l == "save c3") {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    stop.send(true).unwrap();
+    stop.send_replace(true);
     tokio::time::timeout(Duration::from_secs(30), polling)
         .await
         .expect("the feed stopped after its poll")
