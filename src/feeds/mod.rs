@@ -6,9 +6,11 @@
 //! - A page's records are handed to the sink with the cursor that follows them, and both are
 //!   committed in one batch; a poll that fails half-way keeps the cursor of the last
 //!   committed page.
-//! - Pages are applied in order, one at a time. While one is applied (on a blocking thread),
-//!   the next is fetched, decoded and mapped; its own commit waits for the one before, and
-//!   an error in it is returned only after the page before is committed.
+//! - Pages are applied in order, one at a time, on one blocking thread per poll. While one
+//!   is applied, the next may wait for it (`PAGES_WAITING`) and the one after is fetched,
+//!   decoded and mapped; a page's commit waits for the ones before, no page is applied after
+//!   one whose commit failed, and an error in fetching a page is returned only after the
+//!   pages before are committed.
 
 pub mod decode;
 mod dir;
@@ -167,58 +169,166 @@ struct PageInfo {
     next_link: Option<reqwest::Url>,
 }
 
-/// A page being applied, with the cursor after it, on a blocking thread.
-struct Applying {
-    /// What applying the page came to, and the page, which the poll frees: freeing a bulk
-    /// page's decoded records on the applying thread took a tenth of its time.
-    task: tokio::task::JoinHandle<(Result<Counts, PollError>, MappedPage)>,
-    page: u32,
+/// A page handed to the [`Applier`], with its index in the poll and the cursor to save with it.
+struct ToApply {
+    page: MappedPage,
+    index: u32,
+    cursor: Option<String>,
+}
+
+/// A page the [`Applier`] is done with: what applying it came to, and the page, which the
+/// poll frees (freeing a bulk page's decoded records on the applying thread took a tenth of
+/// its time).
+struct AppliedPage {
+    counts: Result<Counts, PollError>,
+    page: MappedPage,
+    index: u32,
     records: usize,
 }
 
-impl Applying {
-    /// Starts applying `page` through `sink`, on a thread of the blocking pool.
-    fn start<S: Sink + Clone + Send + Sync + 'static>(
-        feed: &Arc<FeedConfig>,
-        sink: &S,
-        page: MappedPage,
-        index: u32,
-    ) -> Self {
-        let info = &page.borrow_dependent().info;
-        let records = info.records;
-        // Saved with the page; an empty page moves no cursor.
-        let cursor = info.next_cursor.clone().filter(|_| records > 0);
+/// Pages handed over but not applied yet that the poll allows before it hands over another:
+/// one waits while another is applied, so that the applying thread takes the next page as
+/// soon as it is done with one, without waiting for the poll to come back from the page it
+/// is mapping, and the poll maps the page after while both are with the applier.
+const PAGES_WAITING: usize = 1;
+
+/// Applies a poll's pages in order, one at a time, on a thread of the blocking pool, while
+/// the poll fetches, decodes and maps the pages after them.
+struct Applier {
+    pages: Option<tokio::sync::mpsc::UnboundedSender<ToApply>>,
+    done: tokio::sync::mpsc::UnboundedReceiver<AppliedPage>,
+    task: tokio::task::JoinHandle<()>,
+    /// Pages handed over whose [`AppliedPage`] has not come back.
+    outstanding: usize,
+}
+
+impl Applier {
+    fn start<S: Sink + Clone + Send + Sync + 'static>(feed: &Arc<FeedConfig>, sink: &S) -> Self {
+        let (pages, mut to_apply) = tokio::sync::mpsc::unbounded_channel::<ToApply>();
+        let (applied, done) = tokio::sync::mpsc::unbounded_channel();
         let (feed, sink) = (Arc::clone(feed), sink.clone());
         let runtime = tokio::runtime::Handle::current();
         let task = tokio::task::spawn_blocking(move || {
-            let counts = page.with_dependent(|_, page| {
-                runtime.block_on(sink.ingest(&feed, &page.records, cursor.as_deref()))
-            });
-            (counts, page)
+            while let Some(next) = to_apply.blocking_recv() {
+                let ToApply {
+                    page,
+                    index,
+                    cursor,
+                } = next;
+                let records = page.borrow_dependent().info.records;
+                let counts = page.with_dependent(|_, page| {
+                    runtime.block_on(sink.ingest(&feed, &page.records, cursor.as_deref()))
+                });
+                // No page after one that failed is applied: its cursor would skip the page.
+                let failed = counts.is_err();
+                let back = AppliedPage {
+                    counts,
+                    page,
+                    index,
+                    records,
+                };
+                if applied.send(back).is_err() || failed {
+                    break;
+                }
+            }
         });
-        Applying {
+        Applier {
+            pages: Some(pages),
+            done,
             task,
-            page: index,
-            records,
+            outstanding: 0,
         }
     }
 
-    /// Waits until the page and the cursor after it are committed, and frees the page.
-    async fn finish(self, feed: &FeedConfig, total: &mut Counts) -> Result<(), PollError> {
-        let (counts, page) = self
-            .task
+    /// Hands `page` over to be applied after the pages before it, once no more than
+    /// [`PAGES_WAITING`] of those are left; frees the pages applied meanwhile. The error of
+    /// a page before it that failed, if one did.
+    async fn hand_over(
+        &mut self,
+        feed: &FeedConfig,
+        page: MappedPage,
+        index: u32,
+        total: &mut Counts,
+    ) -> Result<(), PollError> {
+        let info = &page.borrow_dependent().info;
+        // Saved with the page; an empty page moves no cursor.
+        let cursor = info.next_cursor.clone().filter(|_| info.records > 0);
+        while let Ok(done) = self.done.try_recv() {
+            self.free(feed, done, total)?;
+        }
+        while self.outstanding > PAGES_WAITING {
+            match self.done.recv().await {
+                Some(done) => self.free(feed, done, total)?,
+                None => return self.ended().await,
+            }
+        }
+        let sent = self.pages.as_ref().map(|pages| {
+            pages.send(ToApply {
+                page,
+                index,
+                cursor,
+            })
+        });
+        match sent {
+            Some(Ok(())) => {
+                self.outstanding += 1;
+                Ok(())
+            }
+            _ => {
+                self.finish(feed, total).await?;
+                Err(PollError::Store(format!(
+                    "the applying thread ended before page {} was handed to it",
+                    index + 1
+                )))
+            }
+        }
+    }
+
+    /// Waits until every page handed over is applied, and frees each. The first error.
+    async fn finish(&mut self, feed: &FeedConfig, total: &mut Counts) -> Result<(), PollError> {
+        self.pages = None;
+        while let Some(done) = self.done.recv().await {
+            self.free(feed, done, total)?;
+        }
+        self.ended().await
+    }
+
+    /// The applier's thread has ended: how, when it ended before the pages handed to it
+    /// came back.
+    async fn ended(&mut self) -> Result<(), PollError> {
+        (&mut self.task)
             .await
-            .map_err(|e| PollError::Store(format!("applying page {}: {e}", self.page)))?;
-        // Freed here, before the next page's apply starts: freeing it while that apply runs
-        // was slower (BENCHMARKS.md). The records in shares: they were parsed in shares, on
-        // threads that have ended since, and one thread freeing them all was the slowest
-        // part of the poll's thread.
-        let mut page = page;
-        let records = page.with_dependent_mut(|_, page| std::mem::take(&mut page.records));
-        crate::parallel::drop_in_shares(records, PARALLEL_MIN_RECORDS);
+            .map_err(|e| PollError::Store(format!("applying pages: {e}")))?;
+        if self.outstanding > 0 {
+            return Err(PollError::Store(format!(
+                "the applying thread ended with {} pages not applied",
+                self.outstanding
+            )));
+        }
+        Ok(())
+    }
+
+    /// Frees a page the applier is done with, before the next is handed over: the records
+    /// in shares, as they were parsed in shares, on threads that have ended since, and one
+    /// thread freeing them all was the slowest part of the poll's thread.
+    fn free(
+        &mut self,
+        feed: &FeedConfig,
+        done: AppliedPage,
+        total: &mut Counts,
+    ) -> Result<(), PollError> {
+        self.outstanding -= 1;
+        let AppliedPage {
+            counts,
+            mut page,
+            index,
+            records,
+        } = done;
+        let decoded = page.with_dependent_mut(|_, page| std::mem::take(&mut page.records));
+        crate::parallel::drop_in_shares(decoded, PARALLEL_MIN_RECORDS);
         drop(page);
         total.add(counts?);
-        debug!(feed = %feed.name, page = self.page, records = self.records, "page applied");
+        debug!(feed = %feed.name, page = index, records, "page applied");
         Ok(())
     }
 }
@@ -248,8 +358,7 @@ pub async fn poll<S: Sink + Clone + Send + Sync + 'static>(
     let mut link: Option<reqwest::Url> = None;
     let mut last_page: Option<String> = None;
     let mut fresh_validators = None;
-    // The page before, still being applied.
-    let mut applying: Option<Applying> = None;
+    let mut applier = Applier::start(&shared, sink);
     for i in 0..feed.max_pages_per_poll {
         let page_no = u64::from(i) + 1;
         let url = match feed.paging {
@@ -309,10 +418,16 @@ pub async fn poll<S: Sink + Clone + Send + Sync + 'static>(
             Ok(Some(page))
         }
         .await;
-        if let Some(before) = applying.take() {
-            before.finish(feed, &mut total).await?;
-        }
-        let Some(page) = fetched? else {
+        // The pages before are committed first, and their error comes first.
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                applier.finish(feed, &mut total).await?;
+                return Err(e);
+            }
+        };
+        let Some(page) = fetched else {
+            applier.finish(feed, &mut total).await?;
             debug!(feed = %feed.name, "not modified since the last poll");
             return Ok((total, true));
         };
@@ -321,7 +436,7 @@ pub async fn poll<S: Sink + Clone + Send + Sync + 'static>(
         let next_cursor = info.next_cursor.clone();
         let next_link = info.next_link.clone();
         last_page = info.fingerprint.clone();
-        applying = Some(Applying::start(&shared, sink, page, i));
+        applier.hand_over(feed, page, i, &mut total).await?;
         if let Some(next) = &next_cursor
             && n > 0
         {
@@ -334,9 +449,7 @@ pub async fn poll<S: Sink + Clone + Send + Sync + 'static>(
                 if let Some(next) = &next_link
                     && *next == url
                 {
-                    if let Some(before) = applying.take() {
-                        before.finish(feed, &mut total).await?;
-                    }
+                    applier.finish(feed, &mut total).await?;
                     return Err(PollError::CursorStuck {
                         cursor: next.to_string(),
                     });
@@ -347,18 +460,14 @@ pub async fn poll<S: Sink + Clone + Send + Sync + 'static>(
             Paging::None => true,
         };
         if done {
-            if let Some(last) = applying.take() {
-                last.finish(feed, &mut total).await?;
-            }
+            applier.finish(feed, &mut total).await?;
             if let Some(v) = fresh_validators.filter(|v| !v.is_empty()) {
                 sink.save_validators(&feed.name, &v).await?;
             }
             return Ok((total, true));
         }
     }
-    if let Some(last) = applying.take() {
-        last.finish(feed, &mut total).await?;
-    }
+    applier.finish(feed, &mut total).await?;
     Ok((total, false))
 }
 

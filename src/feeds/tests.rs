@@ -15,9 +15,11 @@ use crate::metrics::Metrics;
 #[derive(Clone, Default)]
 struct Recorder {
     log: Arc<Mutex<Vec<String>>>,
-    /// Set once the server has served the page after the first; the first page's commit
-    /// waits for it, so a poll that fetched nothing during a commit fails the test.
+    /// Set once the server has served the page at `hold_until` (by default the page after
+    /// the first, `c1`); the first page's commit waits for it, so a poll that fetched
+    /// nothing during a commit fails the test.
     second_fetched: Arc<(Mutex<bool>, Condvar)>,
+    hold_until: Option<&'static str>,
     /// The commit of the page starting with this record fails.
     fail_commit_of: Option<&'static str>,
 }
@@ -129,7 +131,7 @@ async fn serve(rec: Recorder, broken: bool) -> std::net::SocketAddr {
                         Some((_, body)) => body.clone(),
                         None => r#"{"records": []}"#.to_string(),
                     };
-                    if since == Some("c1") {
+                    if since == Some(rec.hold_until.unwrap_or("c1")) {
                         let (fetched, cv) = &*rec.second_fetched;
                         *fetched.lock().unwrap() = true;
                         cv.notify_all();
@@ -200,6 +202,28 @@ async fn pages_commit_in_order_while_the_next_is_fetched() {
         3,
         "{lines:#?}"
     );
+}
+
+/// The applying thread finds the next page waiting: while the first page is committed, the
+/// second is handed over and the third fetched. (Without a page waiting, the poll would hand
+/// the second over only after the first's commit, and fetch the third after that.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_waits_while_the_one_before_is_applied_and_the_one_after_is_fetched() {
+    let rec = Recorder {
+        hold_until: Some("c2"),
+        ..Recorder::default()
+    };
+    let (counts, caught_up) = poll_with(&rec, false).await.unwrap();
+    assert_eq!((counts.accepted, caught_up), (5, true));
+    let lines = rec.lines();
+    assert!(
+        !lines.iter().any(|l| l.contains("not fetched")),
+        "{lines:#?}"
+    );
+    assert!(rec.at("fetch c2") < rec.at("committed A1"), "{lines:#?}");
+    // Still in order, each page after the cursor of the one before.
+    assert!(rec.at("save c1") < rec.at("apply A3,A4"), "{lines:#?}");
+    assert!(rec.at("save c2") < rec.at("apply A5"), "{lines:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
