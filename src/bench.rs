@@ -650,7 +650,8 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
     //    page of 10,000 new wage records first, so that the start reads the snapshot and
     //    the keys the journal names since; stopped cleanly (SIGTERM), writing a snapshot;
     // 3. after that clean stop: from the current snapshot.
-    let exe = std::env::current_exe()?;
+    let exe = std::env::current_exe()
+        .context("cannot find this program's own executable to start the daemons")?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
@@ -689,6 +690,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
             engine.ingest(wages, mapped, now(), None)?;
             engine.evaluate_touched(now())?;
         }
+        let log_path = opts.dir.join(format!("daemon-{run}.log"));
         let t = Instant::now();
         let mut child = std::process::Command::new(&exe)
             .args(["run", "--config"])
@@ -700,10 +702,18 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
                 "warn,guardline::state::snapshot=info,guardline::daemon=debug",
             )
             .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(
-                opts.dir.join(format!("daemon-{run}.log")),
-            )?)
-            .spawn()?;
+            .stderr(std::fs::File::create(&log_path).with_context(|| {
+                format!("cannot create the daemon's log {}", log_path.display())
+            })?)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start the daemon {} (was it rebuilt or removed while the bench ran? \
+                     `cargo build` and `cargo test --release` replace it: run the bench from a \
+                     binary nothing rebuilds meanwhile)",
+                    exe.display()
+                )
+            })?;
         let ready = loop {
             if let Some((200, _)) = get(&http, &format!("{base}/readyz")).await {
                 break true;
@@ -717,7 +727,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
             let _ = child.kill();
             bail!(
                 "the daemon did not become ready; see {}",
-                opts.dir.join(format!("daemon-{run}.log")).display()
+                log_path.display()
             );
         }
         let elapsed = t.elapsed().as_secs_f64();
