@@ -731,7 +731,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
             );
         }
         let elapsed = t.elapsed().as_secs_f64();
-        let log = std::fs::read_to_string(opts.dir.join(format!("daemon-{run}.log")))?;
+        let log = std::fs::read_to_string(&log_path)?;
         let used_line = log
             .lines()
             .find(|l| l.contains("working set loaded from the state snapshot"));
@@ -742,7 +742,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
                 "the restart {} the state snapshot, where it should {}; see {}",
                 if used { "used" } else { "did not use" },
                 if cold { "load the store" } else { "read it" },
-                opts.dir.join(format!("daemon-{run}.log")).display()
+                log_path.display()
             );
         }
         match kind {
@@ -757,7 +757,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
                     let _ = child.kill();
                     bail!(
                         "the restart after a page of records read no changes from the journal; see {}",
-                        opts.dir.join(format!("daemon-{run}.log")).display()
+                        log_path.display()
                     );
                 }
                 caught_up_keys.push(keys as f64);
@@ -782,14 +782,14 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Figures> {
             // The snapshot of its first tick, and the journal it covers forgotten (the
             // bench's ingest wrote one entry per page).
             let t = Instant::now();
-            while !std::fs::read_to_string(opts.dir.join(format!("daemon-{run}.log")))?
+            while !std::fs::read_to_string(&log_path)?
                 .contains("state journal entries covered by the snapshot forgotten")
             {
                 if child.try_wait()?.is_some() || t.elapsed() > Duration::from_secs(600) {
                     let _ = child.kill();
                     bail!(
                         "the daemon wrote no state snapshot after loading the store; see {}",
-                        opts.dir.join(format!("daemon-{run}.log")).display()
+                        log_path.display()
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
